@@ -1,0 +1,56 @@
+/**
+ * KeyRing: the node's Ed25519 identity, its self-signed X.509 certificate chain for TLS,
+ * chain verification for the QUIC verify callback, and key renewal.
+ */
+import { Context, Data, type Effect, type Stream } from "effect"
+import type { NodeId } from "./NodeId.js"
+
+/** PEM material ready for QUIC's `key` / `cert` options. The chain is leaf first. */
+export interface TlsConfig {
+  readonly keyPrivatePem: string
+  readonly certChainPem: string
+}
+
+/** Why a key file could not be used. The private key never appears in these errors. */
+export class KeyRingError extends Data.TaggedError("KeyRingError")<{
+  readonly path: string
+  readonly reason: "unreadable" | "corrupt" | "insecure-permissions" | "write-failed" | "renew-failed"
+  readonly detail: string
+}> {
+  override get message() {
+    return `key ring at ${this.path}: ${this.reason}: ${this.detail}`
+  }
+}
+
+/** A certificate chain that does not verify. `index` is the certificate at fault (0 = leaf). */
+export class CertificateError extends Data.TaggedError("CertificateError")<{
+  readonly reason: "empty" | "malformed" | "expired" | "not-yet-valid" | "bad-signature" | "broken-chain"
+  readonly index: number
+  readonly detail: string
+}> {
+  override get message() {
+    return `certificate ${this.index}: ${this.reason}: ${this.detail}`
+  }
+}
+
+export interface KeyRingService {
+  /** The current NodeId (changes after `renew`). */
+  readonly nodeId: Effect.Effect<NodeId>
+  /** Current key and certificate chain as PEM. */
+  readonly tlsConfig: Effect.Effect<TlsConfig>
+  /** Current certificate chain as DER, leaf first. */
+  readonly certChainDer: Effect.Effect<ReadonlyArray<Uint8Array>>
+  /**
+   * Verifies a peer's chain (leaf first, as the TLS verify callback gets it): every signature,
+   * validity dates against the Clock, and issuer order. Succeeds with the leaf's NodeId.
+   */
+  readonly verifyCertChain: (certs: ReadonlyArray<Uint8Array>) => Effect.Effect<NodeId, CertificateError>
+  /** New key pair and certificate, signed by the old key; persisted, then published on `changes`. */
+  readonly renew: Effect.Effect<TlsConfig, KeyRingError>
+  /** Each renewal's new TLS config (subscribers created before a renewal see it). */
+  readonly changes: Stream.Stream<TlsConfig>
+  /** Sign bytes with the current private key (Ed25519). */
+  readonly sign: (data: Uint8Array) => Effect.Effect<Uint8Array>
+}
+
+export class KeyRing extends Context.Tag("quicmesh/KeyRing")<KeyRing, KeyRingService>() {}

@@ -1,0 +1,80 @@
+/**
+ * NodeGraph: the Kademlia routing table. 256 k-buckets by XOR distance to our own NodeId.
+ */
+import { Context, Data, type Effect, type Option } from "effect"
+import type { NodeId } from "./NodeId.js"
+
+export type AddressScope = "local" | "global"
+
+export interface NodeAddress {
+  readonly host: string
+  readonly port: number
+  readonly scope: AddressScope
+}
+
+export interface NodeContact {
+  readonly nodeId: NodeId
+  /** Most recently seen first, at most `MAX_ADDRESSES`. */
+  readonly addresses: ReadonlyArray<NodeAddress>
+  /** Milliseconds since the epoch, from the Effect Clock. */
+  readonly lastSeen: number
+}
+
+export const MAX_ADDRESSES = 5
+export const DEFAULT_BUCKET_LIMIT = 20
+
+export type SetNodeResult =
+  | { readonly _tag: "Added"; readonly bucketIndex: number }
+  | { readonly _tag: "Updated"; readonly bucketIndex: number }
+  /** The bucket is full: nothing changed. Ping `leastRecentlySeen`; evict it only if it is dead. */
+  | { readonly _tag: "BucketFull"; readonly bucketIndex: number; readonly leastRecentlySeen: NodeContact }
+
+/** Bad input to the NodeGraph. */
+export class NodeGraphInputError extends Data.TaggedError("NodeGraphInputError")<{
+  readonly field: "nodeId" | "host" | "port" | "bucketIndex" | "limit"
+  readonly detail: string
+}> {
+  override get message() {
+    return `invalid ${this.field}: ${this.detail}`
+  }
+}
+
+/** The store failed (disk, corruption). */
+export class NodeGraphStorageError extends Data.TaggedError("NodeGraphStorageError")<{
+  readonly detail: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `node graph storage: ${this.detail}`
+  }
+}
+
+export interface NodeGraphService {
+  readonly ownNodeId: NodeId
+  /** Bucket limit k. */
+  readonly k: number
+  /** Insert or refresh (the node becomes most-recently-seen, the address goes first). */
+  readonly setNode: (
+    nodeId: NodeId,
+    address: NodeAddress
+  ) => Effect.Effect<SetNodeResult, NodeGraphInputError | NodeGraphStorageError>
+  readonly unsetNode: (nodeId: NodeId) => Effect.Effect<boolean, NodeGraphStorageError>
+  readonly getNode: (nodeId: NodeId) => Effect.Effect<Option.Option<NodeContact>>
+  /** One bucket, least recently seen first. */
+  readonly getBucket: (
+    index: number
+  ) => Effect.Effect<ReadonlyArray<NodeContact>, NodeGraphInputError>
+  /** Every non-empty bucket as [index, contacts], ascending index. */
+  readonly getBuckets: Effect.Effect<ReadonlyArray<readonly [number, ReadonlyArray<NodeContact>]>>
+  /** Exactly the `limit` (default k) closest known nodes by XOR distance, nearest first. */
+  readonly getClosestNodes: (
+    target: NodeId,
+    limit?: number
+  ) => Effect.Effect<ReadonlyArray<NodeContact>, NodeGraphInputError>
+  /** Last time the bucket was refreshed by a lookup (ms since epoch), if ever. */
+  readonly getBucketRefreshedAt: (index: number) => Effect.Effect<Option.Option<number>, NodeGraphInputError>
+  readonly markBucketRefreshed: (index: number) => Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError>
+  readonly size: Effect.Effect<number>
+}
+
+export class NodeGraph extends Context.Tag("quicmesh/NodeGraph")<NodeGraph, NodeGraphService>() {}

@@ -1,0 +1,124 @@
+/**
+ * QuicTransport: one UDP port carrying a QUIC server and every outgoing connection,
+ * mutually authenticated by NodeId. The interface names no `@matrixai/quic` type so that
+ * the simulated network (SimNetwork) can implement it in memory.
+ */
+import type { Socket } from "@effect/platform"
+import { Context, Data, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import type { NodeId } from "./NodeId.js"
+
+export type ConnectionDirection = "forward" | "reverse"
+
+export type CloseReason =
+  | { readonly _tag: "Local"; readonly detail?: string }
+  | { readonly _tag: "Peer"; readonly detail?: string }
+  | { readonly _tag: "IdleTimeout" }
+  | { readonly _tag: "Error"; readonly detail: string }
+
+export interface QuicConnection {
+  /** Unique per transport, stable for the connection's life (logging, tie-breaking). */
+  readonly id: string
+  readonly remoteNodeId: NodeId
+  readonly remoteHost: string
+  readonly remotePort: number
+  readonly localHost: string
+  readonly localPort: number
+  /** "forward" when we dialled, "reverse" when the peer did. */
+  readonly direction: ConnectionDirection
+  /**
+   * Opens a bidirectional stream. Closing the scope ends our side of it.
+   */
+  readonly openStream: Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope>
+  /** Streams the peer opens, each as a Socket; ends when the connection closes. Single consumer. */
+  readonly acceptedStreams: Stream.Stream<Socket.Socket>
+  /** Closes the connection (idempotent); completes once it is closed. */
+  readonly close: (reason?: string) => Effect.Effect<void>
+  /** Completes when the connection is closed, for whatever reason. */
+  readonly closed: Effect.Effect<CloseReason>
+}
+
+export interface DialOptions {
+  readonly host: string
+  readonly port: number
+  /** The connection succeeds only if the peer proves it owns one of these NodeIds. */
+  readonly expectedNodeIds: ReadonlyArray<NodeId>
+  /** Defaults to the transport's connect timeout. */
+  readonly timeout?: Duration.DurationInput
+}
+
+/** Dialling failed. A `mismatch` names both NodeIds. */
+export class DialError extends Data.TaggedError("DialError")<{
+  readonly host: string
+  readonly port: number
+  readonly reason: "timeout" | "unreachable" | "mismatch" | "tls" | "stopped" | "invalid-address"
+  readonly detail: string
+}> {
+  override get message() {
+    return `dial ${this.host}:${this.port} failed (${this.reason}): ${this.detail}`
+  }
+}
+
+/** An operation on an open connection failed (it closed, a stream could not be opened). */
+export class ConnectionError extends Data.TaggedError("ConnectionError")<{
+  readonly connectionId: string
+  readonly reason: "closed" | "stream" | "error"
+  readonly detail: string
+}> {
+  override get message() {
+    return `connection ${this.connectionId}: ${this.reason}: ${this.detail}`
+  }
+}
+
+/** The socket or server failed or stopped without being asked to. */
+export class TransportError extends Data.TaggedError("TransportError")<{
+  readonly reason: "bind" | "socket" | "server" | "stopped" | "send"
+  readonly detail: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `transport ${this.reason}: ${this.detail}`
+  }
+}
+
+export interface QuicTransportService {
+  /** The bound host and port. */
+  readonly host: string
+  readonly port: number
+  /** Dial a peer; the connection is closed when the scope closes. */
+  readonly dial: (options: DialOptions) => Effect.Effect<QuicConnection, DialError, Scope.Scope>
+  /** Authenticated inbound connections. Single consumer; the transport closes them when it stops. */
+  readonly incoming: Stream.Stream<QuicConnection>
+  /** Raw datagram over the shared socket (hole punching). */
+  readonly sendDatagram: (host: string, port: number, data: Uint8Array) => Effect.Effect<void, TransportError>
+  /** Fails when the socket or server stops without being asked to; never succeeds. */
+  readonly failure: Effect.Effect<never, TransportError>
+}
+
+export class QuicTransport extends Context.Tag("quicmesh/QuicTransport")<QuicTransport, QuicTransportService>() {}
+
+export interface QuicTransportOptions {
+  readonly host: string
+  readonly port: number
+  readonly reuseAddr: boolean
+  readonly ipv6Only: boolean
+  readonly keepAliveInterval: Duration.Duration
+  readonly maxIdleTimeout: Duration.Duration
+  readonly connectTimeout: Duration.Duration
+}
+
+export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConfig")<
+  QuicTransportConfig,
+  QuicTransportOptions
+>() {
+  static readonly defaults: QuicTransportOptions = {
+    host: "::",
+    port: 0,
+    reuseAddr: false,
+    ipv6Only: false,
+    keepAliveInterval: Duration.seconds(10),
+    maxIdleTimeout: Duration.seconds(30),
+    connectTimeout: Duration.seconds(15)
+  }
+  static readonly layer = (options: Partial<QuicTransportOptions> = {}) =>
+    Layer.succeed(QuicTransportConfig, { ...QuicTransportConfig.defaults, ...options })
+}
