@@ -1,0 +1,43 @@
+/** One measured figure. When `baseline` is given, `ratio` = value / baseline (lower is better unless said). */
+export interface BenchResult {
+  readonly suite: string
+  readonly name: string
+  readonly value: number
+  readonly unit: string
+  readonly baselineName?: string
+  readonly baseline?: number
+  readonly ratio?: number
+  /** Human statement of the target, e.g. "≤ 1.10×" or "< 0.5 ms". */
+  readonly target?: string
+  readonly met?: boolean
+  readonly notes?: string
+}
+
+export interface BenchSuite {
+  readonly name: string
+  readonly run: () => Promise<ReadonlyArray<BenchResult>>
+}
+
+/** Runs `fn` `iterations` times after `warmup` runs; returns per-iteration times in ms. */
+export const sampleMs = async (
+  fn: () => Promise<unknown> | unknown,
+  iterations: number,
+  warmup = Math.min(10, iterations)
+): Promise<number[]> => {
+  for (let i = 0; i < warmup; i++) await fn()
+  const out: number[] = []
+  for (let i = 0; i < iterations; i++) {
+    const t0 = performance.now()
+    await fn()
+    out.push(performance.now() - t0)
+  }
+  return out
+}
+
+export const quantile = (xs: ReadonlyArray<number>, q: number): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  if (s.length === 0) return Number.NaN
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!
+}
+
+export const median = (xs: ReadonlyArray<number>) => quantile(xs, 0.5)
