@@ -22,7 +22,8 @@ for (const name of suiteNames) {
   try {
     mod = await load(name)
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ERR_MODULE_NOT_FOUND" && String(e).includes(`${name}.`)) continue
+    if ((e as NodeJS.ErrnoException).code === "ERR_MODULE_NOT_FOUND" && String(e).includes(`${name}.`))
+      continue
     throw e
   }
   process.stderr.write(`bench: ${name}…\n`)
@@ -30,7 +31,13 @@ for (const name of suiteNames) {
 }
 
 const fmt = (n: number | undefined) =>
-  n === undefined ? "" : Math.abs(n) >= 100 ? n.toFixed(0) : Math.abs(n) >= 1 ? n.toFixed(2) : n.toPrecision(3)
+  n === undefined
+    ? ""
+    : Math.abs(n) >= 100
+      ? n.toFixed(0)
+      : Math.abs(n) >= 1
+        ? n.toFixed(2)
+        : n.toPrecision(3)
 const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`
 const lines = [
   `Machine: ${machine}; run ${new Date().toISOString()}`,
@@ -44,7 +51,10 @@ const lines = [
 ]
 const out = join(here, "results")
 mkdirSync(out, { recursive: true })
-writeFileSync(join(out, "latest.json"), `${JSON.stringify({ machine, date: new Date().toISOString(), results }, null, 2)}\n`)
+writeFileSync(
+  join(out, "latest.json"),
+  `${JSON.stringify({ machine, date: new Date().toISOString(), results }, null, 2)}\n`
+)
 writeFileSync(join(out, "latest.md"), `${lines.join("\n")}\n`)
 process.stdout.write(`${lines.join("\n")}\n`)
 process.exit(0)

@@ -1,0 +1,199 @@
+/**
+ * ConnectionManager: authenticated connections to other nodes keyed by NodeId, Kademlia
+ * lookups over the agent RPC, joining through seed nodes and hole-punch signalling.
+ * The Effect counterpart of Polykey's NodeConnectionManager (see README for the mapping).
+ */
+import { Context, Data, type Duration, type Effect, type Option, type Scope, type Stream } from "effect"
+import type { SeedNode } from "./ConnectionManagerConfig.js"
+import type { NodeAddress } from "./NodeGraph.js"
+import type { NodeId, NodeIdEncoded } from "./NodeId.js"
+import type { QuicConnection } from "./QuicTransport.js"
+
+export interface PeerAddress {
+  readonly host: string
+  readonly port: number
+}
+
+/** Options every operation takes. `timeout` defaults to `connectionConnectTimeoutTime`. */
+export interface OperationOptions {
+  readonly timeout?: Duration.DurationInput
+}
+
+export interface ConnectionInfo {
+  readonly nodeId: NodeIdEncoded
+  readonly host: string
+  readonly port: number
+  /** The hostname the address was resolved from, when it came from one. */
+  readonly hostname: string | undefined
+  readonly usageCount: number
+  /** Milliseconds left before the idle timer destroys it; undefined while in use or for seeds. */
+  readonly timeout: number | undefined
+  readonly direction: "forward" | "reverse"
+}
+
+export type ConnectionEvent =
+  | {
+      readonly _tag: "ConnectionAdded"
+      readonly nodeId: NodeId
+      readonly host: string
+      readonly port: number
+      readonly direction: "forward" | "reverse"
+    }
+  | { readonly _tag: "ConnectionRemoved"; readonly nodeId: NodeId; readonly reason: string }
+  | { readonly _tag: "ManagerError"; readonly error: ConnectionManagerStopped }
+
+/** A connection could not be had. */
+export class NodeConnectionError extends Data.TaggedError("NodeConnectionError")<{
+  readonly nodeId: NodeIdEncoded
+  readonly reason:
+    | "not-found"
+    | "unreachable"
+    | "timeout"
+    | "mismatch"
+    | "limit"
+    | "stopped"
+    | "closed"
+    | "invalid-address"
+  readonly detail: string
+}> {
+  override get message() {
+    return `node ${this.nodeId}: ${this.reason}: ${this.detail}`
+  }
+}
+
+/** getMultiConnection connected to none of the wanted nodes. */
+export class MultiConnectionError extends Data.TaggedError("MultiConnectionError")<{
+  readonly nodeIds: ReadonlyArray<NodeIdEncoded>
+  readonly addresses: ReadonlyArray<string>
+  readonly detail: string
+}> {
+  override get message() {
+    return `none of ${this.nodeIds.length} node(s) reachable at ${this.addresses.join(", ")}: ${this.detail}`
+  }
+}
+
+/** A remote node answered a lookup query badly, or the query failed. */
+export class RemoteQueryError extends Data.TaggedError("RemoteQueryError")<{
+  readonly nodeId: NodeIdEncoded
+  readonly detail: string
+}> {
+  override get message() {
+    return `query to ${this.nodeId} failed: ${this.detail}`
+  }
+}
+
+/** The transport or RPC server stopped unexpectedly: the manager stopped with it. */
+export class ConnectionManagerStopped extends Data.TaggedError("ConnectionManagerStopped")<{
+  readonly detail: string
+  readonly cause?: unknown
+}> {
+  override get message() {
+    return `connection manager stopped: ${this.detail}`
+  }
+}
+
+/** Figures from one iterative lookup. */
+export interface LookupStats {
+  readonly rounds: number
+  readonly queries: number
+  readonly contacted: number
+}
+
+export interface LookupResult {
+  readonly address: Option.Option<NodeAddress>
+  readonly stats: LookupStats
+}
+
+/** A node as another node reported it. */
+export interface RemoteContact {
+  readonly nodeId: NodeId
+  readonly host: string
+  readonly port: number
+}
+
+/** What `acquireConnection` hands out. `client` is typed by the agent RPC module. */
+export interface NodeConnectionHandle<Client> {
+  readonly nodeId: NodeId
+  readonly connection: QuicConnection
+  readonly client: Client
+}
+
+export interface ConnectionManagerService<Client> {
+  readonly host: string
+  readonly port: number
+  readonly nodeId: NodeId
+  /** Get or create; usage +1 while the scope is open; at zero the idle timer starts. */
+  readonly acquireConnection: (
+    nodeId: NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError, Scope.Scope>
+  readonly withConnection: <A, E, R>(
+    nodeId: NodeId,
+    f: (handle: NodeConnectionHandle<Client>) => Effect.Effect<A, E, R>,
+    options?: OperationOptions
+  ) => Effect.Effect<A, E | NodeConnectionError, R>
+  readonly withConnectionStream: <A, E, R>(
+    nodeId: NodeId,
+    f: (handle: NodeConnectionHandle<Client>) => Stream.Stream<A, E, R>,
+    options?: OperationOptions
+  ) => Stream.Stream<A, E | NodeConnectionError, R>
+  /** Existing connection, else find the node's address, else dial. */
+  readonly getConnection: (
+    nodeId: NodeId,
+    options?: OperationOptions & { readonly address?: PeerAddress }
+  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError>
+  readonly getConnectionWithAddress: (
+    nodeId: NodeId,
+    address: PeerAddress,
+    options?: OperationOptions
+  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError>
+  /** Dial every address (hostnames resolved to all their IPs) for any of `nodeIds`; ends once all are connected. */
+  readonly getMultiConnection: (
+    nodeIds: ReadonlyArray<NodeId>,
+    addresses: ReadonlyArray<PeerAddress>,
+    options?: OperationOptions
+  ) => Effect.Effect<ReadonlyArray<NodeId>, MultiConnectionError>
+  readonly destroyConnection: (nodeId: NodeId, reason?: string) => Effect.Effect<void>
+  readonly listConnections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
+  readonly hasConnection: (nodeId: NodeId) => Effect.Effect<boolean>
+  readonly getSeedNodes: ReadonlyArray<SeedNode>
+  readonly isSeedNode: (nodeId: NodeId) => boolean
+  /** Liveness now: given an address, exactly that address; else a round trip on (or after) a connection. */
+  readonly pingNode: (
+    nodeId: NodeId,
+    address?: PeerAddress,
+    options?: OperationOptions
+  ) => Effect.Effect<boolean>
+  readonly findNode: (nodeId: NodeId, options?: OperationOptions) => Effect.Effect<Option.Option<NodeAddress>>
+  readonly getClosestGlobalNodes: (target: NodeId, options?: OperationOptions) => Effect.Effect<LookupResult>
+  readonly getRemoteNodeClosestNodes: (
+    nodeId: NodeId,
+    target: NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError>
+  /** Connect to the seeds and look up our own NodeId to fill the table. */
+  readonly syncNodeGraph: (options?: OperationOptions) => Effect.Effect<void, MultiConnectionError>
+  /** Look up a random id in every bucket not refreshed within `bucketRefreshInterval`. */
+  readonly refreshBuckets: (options?: OperationOptions) => Effect.Effect<number>
+  /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
+  readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
+  readonly sendSignalingMessage: (
+    relay: NodeId,
+    source: NodeId,
+    target: NodeId,
+    address?: PeerAddress,
+    options?: OperationOptions
+  ) => Effect.Effect<void>
+  readonly relaySignalingMessage: (
+    message: { readonly source: NodeId; readonly target: NodeId },
+    sourceAddress: PeerAddress
+  ) => Effect.Effect<void>
+  /** Connection added/removed and manager errors; subscribe within a scope. */
+  readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>
+  /** Fails when the transport or RPC server stops unexpectedly. */
+  readonly failure: Effect.Effect<never, ConnectionManagerStopped>
+}
+
+/** The tag, with the agent RPC client type fixed in the live module. */
+export const makeTag = <Client>() =>
+  Context.GenericTag<ConnectionManagerService<Client>>("quicmesh/ConnectionManager")

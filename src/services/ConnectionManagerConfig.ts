@@ -1,0 +1,106 @@
+/**
+ * ConnectionManagerConfig: every option of the connection manager, with the reference's
+ * defaults (SEMANTICS.md), as a service of its own: `layer(options)`, `layerDefaults`,
+ * `layerFromEnv` (reads QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME=60 seconds, …).
+ */
+import { Config, Context, Duration, Effect, Layer } from "effect"
+import type { NodeId } from "./NodeId.js"
+
+export interface SeedNode {
+  readonly nodeId: NodeId
+  readonly host: string
+  readonly port: number
+}
+
+export interface ConnectionManagerOptions {
+  /** Kademlia alpha: queries in flight at once during a lookup. */
+  readonly connectionFindConcurrencyLimit: number
+  readonly connectionIdleTimeoutTime: Duration.Duration
+  readonly connectionConnectTimeoutTime: Duration.Duration
+  readonly connectionKeepAliveTimeoutTime: Duration.Duration
+  readonly connectionKeepAliveIntervalTime: Duration.Duration
+  readonly connectionHolePunchIntervalTime: Duration.Duration
+  readonly rpcParserBufferSize: number
+  readonly rpcCallTimeoutTime: Duration.Duration
+  /** Seed nodes; our own NodeId is filtered out when the manager starts. */
+  readonly seedNodes: ReadonlyArray<SeedNode>
+  /** Most connections held at once; past it, idle non-seed connections are pruned (LRU). */
+  readonly maxConnections: number
+  /** Most inbound handshakes being set up at once; more are closed straight away. */
+  readonly maxInboundPending: number
+  /** Hole-punch relay requests accepted per source NodeId per `relayRateWindow`. */
+  readonly relayRateLimit: number
+  readonly relayRateWindow: Duration.Duration
+  /** Buckets not looked up for this long are refreshed (with jitter). */
+  readonly bucketRefreshInterval: Duration.Duration
+}
+
+export const defaults: ConnectionManagerOptions = {
+  connectionFindConcurrencyLimit: 3,
+  connectionIdleTimeoutTime: Duration.seconds(60),
+  connectionConnectTimeoutTime: Duration.seconds(15),
+  connectionKeepAliveTimeoutTime: Duration.seconds(30),
+  connectionKeepAliveIntervalTime: Duration.seconds(10),
+  connectionHolePunchIntervalTime: Duration.seconds(1),
+  rpcParserBufferSize: 64 * 1024,
+  rpcCallTimeoutTime: Duration.seconds(15),
+  seedNodes: [],
+  maxConnections: 1024,
+  maxInboundPending: 64,
+  relayRateLimit: 10,
+  relayRateWindow: Duration.seconds(1),
+  bucketRefreshInterval: Duration.hours(1)
+}
+
+export class ConnectionManagerConfig extends Context.Tag("quicmesh/ConnectionManagerConfig")<
+  ConnectionManagerConfig,
+  ConnectionManagerOptions
+>() {}
+
+export const layer = (options: Partial<ConnectionManagerOptions> = {}) =>
+  Layer.succeed(ConnectionManagerConfig, { ...defaults, ...options })
+
+export const layerDefaults = layer()
+
+const durationOr = (name: string, fallback: Duration.Duration) =>
+  Config.duration(name).pipe(Config.withDefault(fallback))
+const intOr = (name: string, fallback: number) => Config.integer(name).pipe(Config.withDefault(fallback))
+
+/** Options from config (environment by default): each option's name in CONSTANT_CASE. */
+export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Config.all({
+  connectionFindConcurrencyLimit: intOr(
+    "connectionFindConcurrencyLimit",
+    defaults.connectionFindConcurrencyLimit
+  ),
+  connectionIdleTimeoutTime: durationOr("connectionIdleTimeoutTime", defaults.connectionIdleTimeoutTime),
+  connectionConnectTimeoutTime: durationOr(
+    "connectionConnectTimeoutTime",
+    defaults.connectionConnectTimeoutTime
+  ),
+  connectionKeepAliveTimeoutTime: durationOr(
+    "connectionKeepAliveTimeoutTime",
+    defaults.connectionKeepAliveTimeoutTime
+  ),
+  connectionKeepAliveIntervalTime: durationOr(
+    "connectionKeepAliveIntervalTime",
+    defaults.connectionKeepAliveIntervalTime
+  ),
+  connectionHolePunchIntervalTime: durationOr(
+    "connectionHolePunchIntervalTime",
+    defaults.connectionHolePunchIntervalTime
+  ),
+  rpcParserBufferSize: intOr("rpcParserBufferSize", defaults.rpcParserBufferSize),
+  rpcCallTimeoutTime: durationOr("rpcCallTimeoutTime", defaults.rpcCallTimeoutTime),
+  maxConnections: intOr("maxConnections", defaults.maxConnections),
+  maxInboundPending: intOr("maxInboundPending", defaults.maxInboundPending),
+  relayRateLimit: intOr("relayRateLimit", defaults.relayRateLimit),
+  relayRateWindow: durationOr("relayRateWindow", defaults.relayRateWindow),
+  bucketRefreshInterval: durationOr("bucketRefreshInterval", defaults.bucketRefreshInterval)
+})
+
+/** Reads the options from the current ConfigProvider, with `seedNodes` given by the caller. */
+export const layerFromConfig = (seedNodes: ReadonlyArray<SeedNode> = []) =>
+  Layer.effect(
+    ConnectionManagerConfig,
+    Effect.map(config, (options) => ({ ...options, seedNodes }))
+  )
