@@ -7,6 +7,7 @@ import { Context, Data, type Duration, type Effect, type Option, type Scope, typ
 import type { SeedNode } from "./ConnectionManagerConfig.js"
 import type { NodeAddress } from "./NodeGraph.js"
 import type { NodeId, NodeIdEncoded } from "./NodeId.js"
+import type { PeerClient } from "./PeerRpc.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
 export interface PeerAddress {
@@ -111,14 +112,14 @@ export interface RemoteContact {
   readonly port: number
 }
 
-/** What `acquireConnection` hands out. `client` is typed by the agent RPC module. */
-export interface NodeConnectionHandle<Client> {
+/** What `acquireConnection` hands out: the connection and an agent RPC client on it. */
+export interface NodeConnectionHandle {
   readonly nodeId: NodeId
   readonly connection: QuicConnection
-  readonly client: Client
+  readonly client: PeerClient
 }
 
-export interface ConnectionManagerService<Client> {
+export interface ConnectionManagerService {
   readonly host: string
   readonly port: number
   readonly nodeId: NodeId
@@ -126,27 +127,27 @@ export interface ConnectionManagerService<Client> {
   readonly acquireConnection: (
     nodeId: NodeId,
     options?: OperationOptions
-  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError, Scope.Scope>
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError, Scope.Scope>
   readonly withConnection: <A, E, R>(
     nodeId: NodeId,
-    f: (handle: NodeConnectionHandle<Client>) => Effect.Effect<A, E, R>,
+    f: (handle: NodeConnectionHandle) => Effect.Effect<A, E, R>,
     options?: OperationOptions
   ) => Effect.Effect<A, E | NodeConnectionError, R>
   readonly withConnectionStream: <A, E, R>(
     nodeId: NodeId,
-    f: (handle: NodeConnectionHandle<Client>) => Stream.Stream<A, E, R>,
+    f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
     options?: OperationOptions
   ) => Stream.Stream<A, E | NodeConnectionError, R>
   /** Existing connection, else find the node's address, else dial. */
   readonly getConnection: (
     nodeId: NodeId,
     options?: OperationOptions & { readonly address?: PeerAddress }
-  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError>
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
   readonly getConnectionWithAddress: (
     nodeId: NodeId,
     address: PeerAddress,
     options?: OperationOptions
-  ) => Effect.Effect<NodeConnectionHandle<Client>, NodeConnectionError>
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
   /** Dial every address (hostnames resolved to all their IPs) for any of `nodeIds`; ends once all are connected. */
   readonly getMultiConnection: (
     nodeIds: ReadonlyArray<NodeId>,
@@ -194,6 +195,7 @@ export interface ConnectionManagerService<Client> {
   readonly failure: Effect.Effect<never, ConnectionManagerStopped>
 }
 
-/** The tag, with the agent RPC client type fixed in the live module. */
-export const makeTag = <Client>() =>
-  Context.GenericTag<ConnectionManagerService<Client>>("quicmesh/ConnectionManager")
+export class ConnectionManager extends Context.Tag("quicmesh/ConnectionManager")<
+  ConnectionManager,
+  ConnectionManagerService
+>() {}

@@ -1,0 +1,979 @@
+/**
+ * The connection manager over any QuicTransport (live QUIC or the simulated network),
+ * the NodeGraph and the agent RPC (PeerRpc).
+ */
+import { lookup as dnsLookup } from "node:dns/promises"
+import { isIP } from "node:net"
+import {
+  Cause,
+  Chunk,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  FiberId,
+  FiberSet,
+  Layer,
+  Option,
+  PubSub,
+  Random,
+  Scope,
+  Stream
+} from "effect"
+import {
+  type ConnectionEvent,
+  ConnectionManager,
+  type ConnectionManagerService,
+  ConnectionManagerStopped,
+  type LookupResult,
+  MultiConnectionError,
+  NodeConnectionError,
+  type NodeConnectionHandle,
+  type OperationOptions,
+  type PeerAddress,
+  type RemoteContact,
+  RemoteQueryError
+} from "../services/ConnectionManager.js"
+import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import { KeyRing } from "../services/KeyRing.js"
+import { type NodeAddress, NodeGraph } from "../services/NodeGraph.js"
+import * as NodeId from "../services/NodeId.js"
+import {
+  type AgentHandlers,
+  type CallerInfo,
+  type HolePunchMessage,
+  type PeerClient,
+  PeerRpc,
+  type WireContact
+} from "../services/PeerRpc.js"
+import { type DialError, type QuicConnection, QuicTransport } from "../services/QuicTransport.js"
+import * as ConnectionMap from "./ConnectionMap.js"
+
+type Entry = ConnectionMap.Entry<PeerClient>
+type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
+
+interface PendingDial {
+  readonly deferred: Deferred.Deferred<Entry, NodeConnectionError>
+  fiber: Fiber.RuntimeFiber<void, unknown> | undefined
+  waiters: number
+}
+
+/** "::ffff:1.2.3.4" and "1.2.3.4" name the same peer. */
+export const normalizeHost = (host: string) => {
+  const h = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
+  return h.toLowerCase().startsWith("::ffff:") && isIP(h.slice(7)) === 4 ? h.slice(7) : h.toLowerCase()
+}
+
+const sameAddress = (connection: QuicConnection, address: PeerAddress) =>
+  connection.remotePort === address.port &&
+  normalizeHost(connection.remoteHost) === normalizeHost(address.host)
+
+const isLocalHost = (host: string) => {
+  const h = normalizeHost(host)
+  return (
+    h === "::1" ||
+    h === "localhost" ||
+    h.startsWith("127.") ||
+    h.startsWith("10.") ||
+    h.startsWith("192.168.") ||
+    /^172\.(1[6-9]|2\d|3[01])\./.test(h) ||
+    h.startsWith("fe80:") ||
+    h.startsWith("fc") ||
+    h.startsWith("fd")
+  )
+}
+
+const addressOf = (host: string, port: number): NodeAddress => ({
+  host: normalizeHost(host),
+  port,
+  scope: isLocalHost(host) ? "local" : "global"
+})
+
+/** True when the work on a connection failed because of the connection itself. */
+const isConnectionFailure = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) &&
+  Chunk.some(Cause.failures(exit.cause), (e) => {
+    const tag = (e as { _tag?: string } | null)?._tag
+    if (tag === "ConnectionError") return true
+    return tag === "PeerCallError" && (e as { reason?: string }).reason === "connection"
+  })
+
+const dialReason = (e: DialError): NodeConnectionError["reason"] => {
+  switch (e.reason) {
+    case "mismatch":
+      return "mismatch"
+    case "timeout":
+      return "timeout"
+    case "stopped":
+      return "stopped"
+    case "invalid-address":
+      return "invalid-address"
+    default:
+      return "unreachable"
+  }
+}
+
+export const make = Effect.gen(function* () {
+  const config = yield* ConnectionManagerConfig
+  const keyRing = yield* KeyRing
+  const graph = yield* NodeGraph
+  const transport = yield* QuicTransport
+  const rpc = yield* PeerRpc
+  const self = yield* keyRing.nodeId
+  const selfKey = NodeId.encode(self) as string
+  const managerScope = yield* Effect.scope
+  const k = graph.k
+  const alpha = Math.max(1, config.connectionFindConcurrencyLimit)
+  const connectTimeout = config.connectionConnectTimeoutTime
+
+  const seeds = config.seedNodes.filter((s) => !NodeId.equals(s.nodeId, self))
+  const seedKeys = new Set(seeds.map((s) => NodeId.encode(s.nodeId) as string))
+  const isSeedNode = (nodeId: NodeId.NodeId) => seedKeys.has(NodeId.encode(nodeId))
+
+  const events = yield* PubSub.unbounded<ConnectionEvent>()
+  const background = yield* FiberSet.make<unknown, unknown>()
+  const stopped = yield* Deferred.make<never, ConnectionManagerStopped>()
+  const pending = new Map<string, PendingDial>()
+  let inboundInProgress = 0
+
+  const timeoutOf = (options?: OperationOptions) =>
+    options?.timeout === undefined ? connectTimeout : Duration.decode(options.timeout)
+
+  const fail = (nodeId: NodeId.NodeId, reason: NodeConnectionError["reason"], detail: string) =>
+    new NodeConnectionError({ nodeId: NodeId.encode(nodeId), reason, detail })
+
+  const probe = (record: ConnectionMap.ConnectionRecord<unknown>) =>
+    (record.client as PeerClient).ping.pipe(
+      Effect.timeout(Duration.min(connectTimeout, Duration.seconds(2))),
+      Effect.as(true),
+      Effect.orElseSucceed(() => false)
+    )
+
+  const map = ConnectionMap.make<PeerClient>({
+    self,
+    idleTimeout: config.connectionIdleTimeoutTime,
+    isSeed: isSeedNode,
+    events,
+    scope: managerScope,
+    probe
+  })
+  yield* map.useClock
+
+  // Closing the manager: every connection goes first (the transport, built before us, stops after).
+  yield* Effect.addFinalizer(() =>
+    map.removeAll("connection manager stopped").pipe(Effect.zipRight(PubSub.shutdown(events)))
+  )
+
+  // ---- NodeGraph upkeep ---------------------------------------------------------------
+
+  const evicting = new Set<number>()
+
+  /** Adds a live node; on a full bucket pings the least recently seen node and evicts it only if dead. */
+  const addToGraph = (nodeId: NodeId.NodeId, host: string, port: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (NodeId.equals(nodeId, self)) return Effect.void
+      const address = addressOf(host, port)
+      return graph.setNode(nodeId, address).pipe(
+        Effect.flatMap((result) => {
+          if (result._tag !== "BucketFull" || evicting.has(result.bucketIndex)) return Effect.void
+          evicting.add(result.bucketIndex)
+          const lrs = result.leastRecentlySeen
+          const lrsAddress = lrs.addresses[0]
+          return pingNode(lrs.nodeId, lrsAddress).pipe(
+            Effect.flatMap((alive) =>
+              alive && lrsAddress
+                ? graph.setNode(lrs.nodeId, lrsAddress)
+                : graph.unsetNode(lrs.nodeId).pipe(Effect.zipRight(graph.setNode(nodeId, address)))
+            ),
+            Effect.ensuring(Effect.sync(() => evicting.delete(result.bucketIndex))),
+            FiberSet.run(background),
+            Effect.asVoid
+          )
+        }),
+        Effect.catchAllCause((cause) => Effect.logDebug("node graph update failed", cause))
+      )
+    })
+
+  // ---- Records and the map -------------------------------------------------------------
+
+  const handlers: AgentHandlers = {
+    closestNodes: (caller, target) =>
+      graph.getClosestNodes(target, k + 1).pipe(
+        Effect.map((contacts) =>
+          contacts
+            .filter((c) => !NodeId.equals(c.nodeId, caller.nodeId) && c.addresses.length > 0)
+            .slice(0, k)
+            .map(
+              (c): WireContact => ({
+                nodeIdEncoded: NodeId.encode(c.nodeId),
+                host: c.addresses[0]!.host,
+                port: c.addresses[0]!.port
+              })
+            )
+        ),
+        Effect.orElseSucceed(() => [])
+      ),
+    holePunchSignal: (caller, message) => handleHolePunchSignal(caller, message)
+  }
+
+  /** Sets up what runs on a connection; the connection is closed with `scope`. */
+  const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
+    Effect.gen(function* () {
+      yield* Scope.addFinalizer(scope, connection.close("connection released"))
+      const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
+      yield* rpc.serve(connection, handlers).pipe(Effect.forkIn(scope))
+      const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
+      yield* connection.closed.pipe(Effect.zipRight(map.onClosed(record)), FiberSet.run(background))
+      return record
+    }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
+
+  const dialRecord = (
+    expected: ReadonlyArray<NodeId.NodeId>,
+    address: PeerAddress,
+    timeout: Duration.Duration,
+    hostname?: string
+  ): Effect.Effect<ConnRecord, DialError> =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      return yield* transport
+        .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout })
+        .pipe(
+          Scope.extend(scope),
+          Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
+          Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))
+        )
+    })
+
+  /** Room for one more connection: prune idle non-seed connections (LRU) if at the limit. */
+  const ensureCapacity = (nodeId: NodeId.NodeId): Effect.Effect<void, NodeConnectionError> =>
+    Effect.suspend(() => {
+      if (map.entries.size + pending.size < config.maxConnections) return Effect.void
+      return map.pruneOne.pipe(
+        Effect.flatMap((pruned) =>
+          pruned
+            ? Effect.void
+            : Effect.fail(
+                fail(nodeId, "limit", `connection limit of ${config.maxConnections} reached and none is idle`)
+              )
+        )
+      )
+    })
+
+  // ---- Hole-punch signalling -----------------------------------------------------------
+
+  const holePunchReverse = (host: string, port: number, options?: OperationOptions): Effect.Effect<void> =>
+    Effect.gen(function* () {
+      let delay = config.connectionHolePunchIntervalTime
+      while (true) {
+        const bytes = new Uint8Array(32)
+        for (let i = 0; i < 32; i++) bytes[i] = yield* Random.nextIntBetween(0, 256)
+        yield* transport.sendDatagram(host, port, bytes).pipe(Effect.ignore)
+        yield* Effect.sleep(delay)
+        delay = Duration.times(delay, 2)
+      }
+    }).pipe(Effect.timeout(timeoutOf(options)), Effect.ignore)
+
+  const sendSignalingMessage = (
+    relay: NodeId.NodeId,
+    source: NodeId.NodeId,
+    target: NodeId.NodeId,
+    address?: PeerAddress,
+    options?: OperationOptions
+  ): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (NodeId.equals(relay, self) || NodeId.equals(target, self)) return Effect.void
+      const message: HolePunchMessage = {
+        sourceNodeIdEncoded: NodeId.encode(source),
+        targetNodeIdEncoded: NodeId.encode(target),
+        address
+      }
+      return withConnection(relay, (h) => h.client.holePunchSignal(message), options).pipe(
+        Effect.timeout(timeoutOf(options)),
+        Effect.ignore
+      )
+    })
+
+  const relaySignalingMessage = (
+    message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
+    sourceAddress: PeerAddress
+  ): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (NodeId.equals(message.target, self)) return Effect.void
+      // Relay only over a connection we already hold: a request never makes us dial anybody.
+      if (!map.get(message.target)) return Effect.logDebug("hole-punch relay: no connection to the target")
+      return withConnection(message.target, (h) =>
+        h.client.holePunchSignal({
+          sourceNodeIdEncoded: NodeId.encode(message.source),
+          targetNodeIdEncoded: NodeId.encode(message.target),
+          address: { host: sourceAddress.host, port: sourceAddress.port }
+        })
+      ).pipe(Effect.timeout(connectTimeout), Effect.ignore)
+    })
+
+  const relayWindows = new Map<string, { start: number; count: number }>()
+  const rateLimited = (key: string) =>
+    Effect.map(
+      Effect.clockWith((c) => c.currentTimeMillis),
+      (now) => {
+        const window = relayWindows.get(key)
+        if (!window || now - window.start >= Duration.toMillis(config.relayRateWindow)) {
+          relayWindows.set(key, { start: now, count: 1 })
+          if (relayWindows.size > 10_000) relayWindows.clear()
+          return false
+        }
+        window.count++
+        return window.count > config.relayRateLimit
+      }
+    )
+
+  const handleHolePunchSignal = (
+    caller: CallerInfo,
+    message: HolePunchMessage
+  ): Effect.Effect<void, string> =>
+    Effect.gen(function* () {
+      const source = NodeId.decode(message.sourceNodeIdEncoded)
+      const target = NodeId.decode(message.targetNodeIdEncoded)
+      if (Either.isLeft(source)) return yield* Effect.fail(`bad source: ${source.left.message}`)
+      if (Either.isLeft(target)) return yield* Effect.fail(`bad target: ${target.left.message}`)
+      const callerKey = NodeId.encode(caller.nodeId) as string
+      if (yield* rateLimited(callerKey))
+        return yield* Effect.fail("rate limited: too many hole-punch requests")
+      if (NodeId.equals(target.right, self)) {
+        if (NodeId.equals(source.right, self)) return
+        // For us: punch toward the source. Directly from the source, its own observed address;
+        // through a relay, the address the relay observed.
+        const direct = NodeId.equals(caller.nodeId, source.right)
+        const address = direct ? { host: caller.host, port: caller.port } : message.address
+        if (!address) return yield* Effect.fail("relayed message without the source address")
+        yield* holePunchReverse(address.host, address.port).pipe(FiberSet.run(background))
+        return
+      }
+      if (!NodeId.equals(source.right, caller.nodeId))
+        return yield* Effect.fail("the source of a relay request must be the calling node")
+      yield* relaySignalingMessage(
+        { source: source.right, target: target.right },
+        { host: caller.host, port: caller.port }
+      )
+    })
+
+  /** Ask every seed to relay a hole-punch request to `target`. */
+  const signalThroughSeeds = (target: NodeId.NodeId, timeout: Duration.Duration) =>
+    Effect.forEach(seeds, (seed) => sendSignalingMessage(seed.nodeId, self, target, undefined, { timeout }), {
+      concurrency: "unbounded",
+      discard: true
+    })
+
+  // ---- Getting connections -------------------------------------------------------------
+
+  /** Joins the dial already running for `nodeId`, or starts `start`. One dial per NodeId. */
+  const joinDial = (
+    nodeId: NodeId.NodeId,
+    timeout: Duration.Duration,
+    start: Effect.Effect<Entry, NodeConnectionError>
+  ): Effect.Effect<Entry, NodeConnectionError> =>
+    Effect.suspend(() => {
+      const existing = map.get(nodeId)
+      if (existing) return Effect.succeed(existing)
+      const key = NodeId.encode(nodeId) as string
+      let p = pending.get(key)
+      const begin = !p
+      if (!p) {
+        p = {
+          deferred: Deferred.unsafeMake<Entry, NodeConnectionError>(FiberId.none),
+          fiber: undefined,
+          waiters: 0
+        }
+        pending.set(key, p)
+      }
+      const dial = p
+      dial.waiters++
+      const launch = begin
+        ? start.pipe(
+            Effect.onExit((exit) =>
+              Effect.suspend(() => {
+                if (pending.get(key) === dial) pending.delete(key)
+                return Deferred.done(
+                  dial.deferred,
+                  Exit.isInterrupted(exit) ? Exit.fail(fail(nodeId, "timeout", "dial interrupted")) : exit
+                )
+              })
+            ),
+            Effect.asVoid,
+            Effect.forkIn(managerScope),
+            Effect.tap((fiber) =>
+              Effect.sync(() => {
+                dial.fiber = fiber
+              })
+            )
+          )
+        : Effect.void
+      return launch.pipe(
+        Effect.zipRight(Deferred.await(dial.deferred)),
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
+        }),
+        Effect.ensuring(
+          Effect.suspend(() => {
+            dial.waiters--
+            return dial.waiters === 0 && dial.fiber ? Fiber.interrupt(dial.fiber) : Effect.void
+          })
+        )
+      )
+    })
+
+  /** Dial `nodeId` on each address at once; the first that proves to be it wins. */
+  const dialEntry = (
+    nodeId: NodeId.NodeId,
+    addresses: ReadonlyArray<PeerAddress>,
+    timeout: Duration.Duration
+  ): Effect.Effect<Entry, NodeConnectionError> => {
+    const attempt = (address: PeerAddress) =>
+      dialRecord([nodeId], address, timeout).pipe(
+        Effect.mapError((e) => fail(nodeId, dialReason(e), e.message)),
+        Effect.flatMap(map.adopt),
+        Effect.tap(() => addToGraph(nodeId, address.host, address.port))
+      )
+    const direct =
+      addresses.length === 0
+        ? Effect.fail(fail(nodeId, "not-found", "no address known"))
+        : Effect.raceAll(addresses.map(attempt))
+    const withSignals =
+      isSeedNode(nodeId) || seeds.length === 0
+        ? direct
+        : Effect.acquireUseRelease(
+            Effect.fork(signalThroughSeeds(nodeId, timeout)),
+            () => direct,
+            (fiber) => Fiber.interrupt(fiber)
+          )
+    return ensureCapacity(nodeId).pipe(Effect.zipRight(withSignals))
+  }
+
+  const handleOf = (entry: Entry): NodeConnectionHandle => ({
+    nodeId: entry.nodeId,
+    connection: entry.record.connection,
+    client: entry.record.client
+  })
+
+  const getConnectionWithAddress = (
+    nodeId: NodeId.NodeId,
+    address: PeerAddress,
+    options?: OperationOptions
+  ) =>
+    Effect.suspend(() => {
+      if (NodeId.equals(nodeId, self))
+        return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const timeout = timeoutOf(options)
+      return joinDial(nodeId, timeout, dialEntry(nodeId, [address], timeout)).pipe(Effect.map(handleOf))
+    })
+
+  const getEntry = (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions & { readonly address?: PeerAddress }
+  ): Effect.Effect<Entry, NodeConnectionError> =>
+    Effect.suspend(() => {
+      if (NodeId.equals(nodeId, self))
+        return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const existing = map.get(nodeId)
+      if (existing) return Effect.succeed(existing)
+      const timeout = timeoutOf(options)
+      const resolve: Effect.Effect<ReadonlyArray<PeerAddress>, NodeConnectionError> = options?.address
+        ? Effect.succeed([options.address])
+        : graph
+            .getNode(nodeId)
+            .pipe(
+              Effect.flatMap((contact) =>
+                Option.isSome(contact) && contact.value.addresses.length > 0
+                  ? Effect.succeed(contact.value.addresses)
+                  : getClosestGlobalNodes(nodeId, { timeout }).pipe(
+                      Effect.flatMap((r) =>
+                        Option.isSome(r.address)
+                          ? Effect.succeed([r.address.value])
+                          : Effect.fail(
+                              fail(nodeId, "not-found", "the node could not be found in the network")
+                            )
+                      )
+                    )
+              )
+            )
+      return joinDial(
+        nodeId,
+        timeout,
+        resolve.pipe(
+          Effect.flatMap((addresses) => {
+            const now = map.get(nodeId)
+            return now ? Effect.succeed(now) : dialEntry(nodeId, addresses, timeout)
+          })
+        )
+      )
+    })
+
+  const getConnection = (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions & { readonly address?: PeerAddress }
+  ) => Effect.map(getEntry(nodeId, options), handleOf)
+
+  const acquireConnection = (nodeId: NodeId.NodeId, options?: OperationOptions) =>
+    Effect.acquireRelease(
+      getEntry(nodeId, options).pipe(
+        Effect.flatMap((entry) => Effect.map(map.acquire(entry), (record) => ({ entry, record })))
+      ),
+      ({ entry, record }, exit) => map.release(entry, record, isConnectionFailure(exit))
+    ).pipe(
+      Effect.map(
+        ({ entry, record }): NodeConnectionHandle => ({
+          nodeId: entry.nodeId,
+          connection: record.connection,
+          client: record.client
+        })
+      )
+    )
+
+  const withConnection = <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Effect.Effect<A, E, R>,
+    options?: OperationOptions
+  ): Effect.Effect<A, E | NodeConnectionError, R> =>
+    Effect.scoped(Effect.flatMap(acquireConnection(nodeId, options), f))
+
+  const withConnectionStream = <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
+    options?: OperationOptions
+  ): Stream.Stream<A, E | NodeConnectionError, R> =>
+    Stream.unwrapScoped(Effect.map(acquireConnection(nodeId, options), f))
+
+  const resolveAddresses = (addresses: ReadonlyArray<PeerAddress>) =>
+    Effect.forEach(addresses, (address) =>
+      isIP(normalizeHost(address.host)) !== 0
+        ? Effect.succeed([{ host: normalizeHost(address.host), port: address.port, hostname: undefined }])
+        : Effect.tryPromise(() => dnsLookup(address.host, { all: true })).pipe(
+            Effect.map((found) =>
+              found.map((f) => ({
+                host: f.address,
+                port: address.port,
+                hostname: address.host as string | undefined
+              }))
+            ),
+            Effect.orElseSucceed(() => [])
+          )
+    ).pipe(Effect.map((xs) => xs.flat()))
+
+  const getMultiConnection = (
+    nodeIds: ReadonlyArray<NodeId.NodeId>,
+    addresses: ReadonlyArray<PeerAddress>,
+    options?: OperationOptions
+  ): Effect.Effect<ReadonlyArray<NodeId.NodeId>, MultiConnectionError> =>
+    Effect.gen(function* () {
+      const timeout = timeoutOf(options)
+      const wanted = new Map(
+        nodeIds.filter((id) => !NodeId.equals(id, self)).map((id) => [NodeId.encode(id) as string, id])
+      )
+      const connected = new Map<string, NodeId.NodeId>()
+      for (const [key, id] of wanted) if (map.get(id)) connected.set(key, id)
+      const allDone = yield* Deferred.make<void>()
+      const errors: string[] = []
+      const resolved = yield* resolveAddresses(addresses)
+      const attempt = (address: { host: string; port: number; hostname: string | undefined }) =>
+        Effect.suspend(() => {
+          const expected = [...wanted].filter(([key]) => !connected.has(key)).map(([, id]) => id)
+          if (expected.length === 0) return Effect.void
+          return dialRecord(expected, address, timeout, address.hostname).pipe(
+            Effect.flatMap(map.adopt),
+            Effect.flatMap((entry) =>
+              Effect.suspend(() => {
+                connected.set(entry.key, entry.nodeId)
+                return addToGraph(entry.nodeId, address.host, address.port).pipe(
+                  Effect.zipRight(
+                    connected.size >= wanted.size ? Deferred.succeed(allDone, undefined) : Effect.void
+                  )
+                )
+              })
+            ),
+            Effect.catchAll((e) => Effect.sync(() => errors.push(e.message)))
+          )
+        })
+      if (connected.size < wanted.size) {
+        yield* Effect.raceFirst(
+          Effect.forEach(resolved, attempt, { concurrency: "unbounded", discard: true }),
+          Deferred.await(allDone)
+        ).pipe(Effect.timeout(timeout), Effect.ignore)
+      }
+      if (connected.size === 0)
+        return yield* Effect.fail(
+          new MultiConnectionError({
+            nodeIds: [...wanted.keys()] as Array<NodeId.NodeIdEncoded>,
+            addresses: addresses.map((a) => `${a.host}:${a.port}`),
+            detail: errors.length > 0 ? errors.slice(0, 3).join("; ") : "no connection within the timeout"
+          })
+        )
+      return [...connected.values()]
+    })
+
+  const destroyConnection = (nodeId: NodeId.NodeId, reason = "destroyed") =>
+    Effect.suspend(() => {
+      const entry = map.get(nodeId)
+      return entry ? map.remove(entry, reason) : Effect.void
+    })
+
+  // ---- Ping ----------------------------------------------------------------------------
+
+  const pingNode = (nodeId: NodeId.NodeId, address?: PeerAddress, options?: OperationOptions) =>
+    Effect.suspend((): Effect.Effect<boolean> => {
+      if (NodeId.equals(nodeId, self)) return Effect.succeed(false)
+      const timeout = timeoutOf(options)
+      const existing = map.get(nodeId)
+      const roundTrip = (entry: Entry) =>
+        entry.record.client.ping.pipe(
+          Effect.timeout(timeout),
+          Effect.as(true),
+          Effect.catchAll(() => map.remove(entry, "ping failed").pipe(Effect.as(false)))
+        )
+      if (address === undefined) {
+        if (existing) return roundTrip(existing)
+        return getEntry(nodeId, { timeout }).pipe(
+          Effect.as(true),
+          Effect.orElseSucceed(() => false)
+        )
+      }
+      if (existing && sameAddress(existing.record.connection, address)) return roundTrip(existing)
+      // Exactly that address: a fresh authenticated connection proves it.
+      return dialRecord([nodeId], address, timeout).pipe(
+        Effect.flatMap((record) =>
+          map.get(nodeId) ? map.closeRecord(record, "ping") : Effect.asVoid(map.adopt(record))
+        ),
+        Effect.as(true),
+        Effect.orElseSucceed(() => false)
+      )
+    }).pipe(
+      Effect.timeout(timeoutOf(options)),
+      Effect.orElseSucceed(() => false)
+    )
+
+  // ---- Kademlia ------------------------------------------------------------------------
+
+  const getRemoteNodeClosestNodes = (
+    nodeId: NodeId.NodeId,
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError> =>
+    withConnection(
+      nodeId,
+      (h) =>
+        h.client.closestNodes(target).pipe(
+          Stream.take(k),
+          Stream.runCollect,
+          Effect.timeout(timeoutOf(options)),
+          Effect.mapError(
+            (e) =>
+              new RemoteQueryError({
+                nodeId: NodeId.encode(nodeId),
+                detail: e._tag === "TimeoutException" ? "no answer within the timeout" : e.message
+              })
+          )
+        ),
+      options
+    ).pipe(
+      Effect.map((chunk) => {
+        const out: RemoteContact[] = []
+        const seen = new Set<string>()
+        for (const c of chunk) {
+          const id = NodeId.decode(c.nodeIdEncoded)
+          if (Either.isLeft(id) || NodeId.equals(id.right, self) || seen.has(c.nodeIdEncoded)) continue
+          if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535 || typeof c.host !== "string")
+            continue
+          if (c.host.length === 0 || c.host.length > 255) continue
+          seen.add(c.nodeIdEncoded)
+          out.push({ nodeId: id.right, host: c.host, port: c.port })
+        }
+        return out
+      })
+    )
+
+  interface Candidate {
+    readonly nodeId: NodeId.NodeId
+    readonly key: string
+    readonly distance: Uint8Array
+    readonly address: PeerAddress
+    readonly depth: number
+    state: "new" | "inflight" | "answered" | "failed"
+  }
+
+  const getClosestGlobalNodes = (
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<LookupResult> =>
+    Effect.gen(function* () {
+      const timeout = timeoutOf(options)
+      const queryTimeout = Duration.max(
+        Duration.millis(1),
+        Duration.divide(timeout, 3).pipe(Option.getOrElse(() => timeout))
+      )
+      const targetKey = NodeId.encode(target) as string
+      const seen = new Set<string>([selfKey])
+      const shortlist: Candidate[] = []
+      const insert = (nodeId: NodeId.NodeId, address: PeerAddress, depth: number) => {
+        const key = NodeId.encode(nodeId) as string
+        if (seen.has(key)) return
+        seen.add(key)
+        const c: Candidate = {
+          nodeId,
+          key,
+          distance: NodeId.distanceBytes(nodeId, target),
+          address,
+          depth,
+          state: "new"
+        }
+        let i = shortlist.length
+        while (i > 0 && NodeId.compare(shortlist[i - 1]!.distance, c.distance) > 0) i--
+        shortlist.splice(i, 0, c)
+      }
+      const known = yield* graph.getClosestNodes(target, k).pipe(Effect.orElseSucceed(() => []))
+      for (const c of known) if (c.addresses[0]) insert(c.nodeId, c.addresses[0], 0)
+      if (shortlist.length === 0) for (const s of seeds) insert(s.nodeId, { host: s.host, port: s.port }, 0)
+
+      let found: Option.Option<NodeAddress> = Option.none()
+      let inflight = 0
+      let queries = 0
+      let rounds = 0
+      let finished = false
+      const done = yield* Deferred.make<void>()
+      const fibers = yield* FiberSet.make<void, never>()
+      const permits = yield* Effect.makeSemaphore(alpha)
+
+      // The next candidate: the nearest not yet asked among the k nearest that have not failed.
+      const pickNext = (): Candidate | undefined => {
+        let live = 0
+        for (const c of shortlist) {
+          if (c.state === "failed") continue
+          if (live++ >= k) return undefined
+          if (c.state === "new") return c
+        }
+        return undefined
+      }
+
+      const query = (c: Candidate): Effect.Effect<void> => {
+        rounds = Math.max(rounds, c.depth + 1)
+        if (c.key === targetKey)
+          return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
+            Effect.matchEffect({
+              onFailure: () =>
+                Effect.sync(() => {
+                  c.state = "failed"
+                }),
+              onSuccess: () =>
+                Effect.suspend(() => {
+                  c.state = "answered"
+                  found = Option.some(addressOf(c.address.host, c.address.port))
+                  finished = true
+                  return Deferred.succeed(done, undefined)
+                })
+            })
+          )
+        return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
+          Effect.zipRight(getRemoteNodeClosestNodes(c.nodeId, target, { timeout: queryTimeout })),
+          Effect.matchEffect({
+            onFailure: () =>
+              Effect.sync(() => {
+                c.state = "failed"
+              }),
+            onSuccess: (contacts) =>
+              Effect.suspend(() => {
+                c.state = "answered"
+                for (const r of contacts) insert(r.nodeId, { host: r.host, port: r.port }, c.depth + 1)
+                return addToGraph(c.nodeId, c.address.host, c.address.port)
+              })
+          })
+        )
+      }
+
+      const launch: Effect.Effect<void> = Effect.suspend(() => {
+        if (finished) return Effect.void
+        const batch: Candidate[] = []
+        while (inflight < alpha) {
+          const c = pickNext()
+          if (!c) break
+          c.state = "inflight"
+          inflight++
+          queries++
+          batch.push(c)
+        }
+        if (batch.length === 0 && inflight === 0) {
+          finished = true
+          return Deferred.succeed(done, undefined)
+        }
+        return Effect.forEach(
+          batch,
+          (c) =>
+            FiberSet.run(
+              fibers,
+              permits
+                .withPermits(1)(query(c))
+                .pipe(
+                  Effect.ensuring(
+                    Effect.suspend(() => {
+                      inflight--
+                      return launch
+                    })
+                  )
+                )
+            ),
+          { discard: true }
+        )
+      })
+
+      yield* launch
+      yield* Deferred.await(done).pipe(Effect.timeout(timeout), Effect.ignore)
+      finished = true
+      if (Option.isNone(found)) {
+        const bucket = NodeId.bucketIndex(self, target)
+        if (bucket >= 0) yield* graph.markBucketRefreshed(bucket).pipe(Effect.ignore)
+      }
+      return {
+        address: found,
+        stats: { rounds, queries, contacted: shortlist.filter((c) => c.state === "answered").length }
+      }
+    }).pipe(Effect.scoped)
+
+  const findNode = (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<Option.Option<NodeAddress>> =>
+    graph
+      .getNode(nodeId)
+      .pipe(
+        Effect.flatMap((contact) =>
+          Option.isSome(contact) && contact.value.addresses[0]
+            ? Effect.succeed(Option.some(contact.value.addresses[0]))
+            : Effect.map(getClosestGlobalNodes(nodeId, options), (r) => r.address)
+        )
+      )
+
+  const syncNodeGraph = (options?: OperationOptions) =>
+    Effect.gen(function* () {
+      if (seeds.length > 0) {
+        yield* getMultiConnection(
+          seeds.map((s) => s.nodeId),
+          seeds.map((s) => ({ host: s.host, port: s.port })),
+          options
+        )
+      }
+      yield* getClosestGlobalNodes(self, options)
+      const own = NodeId.bucketIndex(self, self)
+      if (own >= 0) yield* graph.markBucketRefreshed(own).pipe(Effect.ignore)
+    })
+
+  const randomIdInBucket = (index: number) =>
+    Effect.gen(function* () {
+      const id = Uint8Array.from(self)
+      const byte = NodeId.NODE_ID_BYTES - 1 - Math.floor(index / 8)
+      const bit = index % 8
+      id[byte] = id[byte]! ^ (1 << bit)
+      const lowMask = (1 << bit) - 1
+      id[byte] = (id[byte]! & ~lowMask) | ((yield* Random.nextIntBetween(0, 256)) & lowMask)
+      for (let i = byte + 1; i < NodeId.NODE_ID_BYTES; i++) id[i] = yield* Random.nextIntBetween(0, 256)
+      return id as NodeId.NodeId
+    })
+
+  const refreshBuckets = (options?: OperationOptions) =>
+    Effect.gen(function* () {
+      const now = yield* Effect.clockWith((c) => c.currentTimeMillis)
+      const buckets = yield* graph.getBuckets
+      const stale: number[] = []
+      for (const [index] of buckets) {
+        const at = yield* graph
+          .getBucketRefreshedAt(index)
+          .pipe(Effect.orElseSucceed(() => Option.none<number>()))
+        if (Option.isNone(at) || now - at.value >= Duration.toMillis(config.bucketRefreshInterval))
+          stale.push(index)
+      }
+      yield* Effect.forEach(
+        stale,
+        (index) =>
+          randomIdInBucket(index).pipe(
+            Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
+            Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore))
+          ),
+        { concurrency: 1, discard: true }
+      )
+      return stale.length
+    })
+
+  // ---- Inbound connections and failures ------------------------------------------------
+
+  const acceptInbound = (connection: QuicConnection): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (inboundInProgress >= config.maxInboundPending)
+        return connection.close("too many inbound handshakes")
+      inboundInProgress++
+      return Effect.gen(function* () {
+        const room = yield* ensureCapacity(connection.remoteNodeId).pipe(Effect.either)
+        if (Either.isLeft(room) && !map.get(connection.remoteNodeId)) {
+          yield* connection.close("connection limit reached")
+          return
+        }
+        const scope = yield* Scope.make()
+        const record = yield* setupRecord(connection, scope)
+        yield* map.adopt(record)
+        yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
+      }).pipe(
+        Effect.catchAllCause((cause) => Effect.logDebug("inbound connection setup failed", cause)),
+        Effect.ensuring(Effect.sync(() => inboundInProgress--))
+      )
+    })
+
+  yield* transport.incoming.pipe(
+    Stream.runForEach((connection) => FiberSet.run(background, acceptInbound(connection))),
+    Effect.forkScoped
+  )
+
+  yield* transport.failure.pipe(
+    Effect.catchAll((error) =>
+      Effect.gen(function* () {
+        const stop = new ConnectionManagerStopped({ detail: error.message, cause: error })
+        yield* Effect.logError(`connection manager stopping: ${error.message}`)
+        yield* PubSub.publish(events, { _tag: "ManagerError", error: stop })
+        yield* map.removeAll("transport failed")
+        yield* Deferred.fail(stopped, stop)
+      })
+    ),
+    Effect.forkScoped
+  )
+
+  const service: ConnectionManagerService = {
+    host: transport.host,
+    port: transport.port,
+    nodeId: self,
+    acquireConnection,
+    withConnection,
+    withConnectionStream,
+    getConnection,
+    getConnectionWithAddress,
+    getMultiConnection,
+    destroyConnection,
+    listConnections: Effect.sync(() => [...map.entries.values()].map(map.info)),
+    hasConnection: (nodeId) => Effect.sync(() => map.get(nodeId) !== undefined),
+    getSeedNodes: seeds,
+    isSeedNode,
+    pingNode,
+    findNode,
+    getClosestGlobalNodes,
+    getRemoteNodeClosestNodes,
+    syncNodeGraph,
+    refreshBuckets,
+    holePunchReverse,
+    sendSignalingMessage,
+    relaySignalingMessage,
+    events: Effect.map(PubSub.subscribe(events), (queue) => Stream.fromQueue(queue)),
+    failure: Deferred.await(stopped)
+  }
+  return service
+})
+
+export const layer: Layer.Layer<
+  ConnectionManager,
+  never,
+  ConnectionManagerConfig | KeyRing | NodeGraph | QuicTransport | PeerRpc
+> = Layer.scoped(ConnectionManager, make)

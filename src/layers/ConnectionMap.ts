@@ -1,0 +1,277 @@
+/**
+ * The connection map: one entry per remote NodeId, usage counts, idle timers, and the
+ * simultaneous-open rule. Pure bookkeeping over QuicConnections; dialling lives in
+ * ConnectionManagerLive.
+ *
+ * Simultaneous open: when two connections join the same pair of nodes, both sides keep
+ * the one initiated by the smaller NodeId. The larger node closes the connection it
+ * initiated once nothing uses it; the smaller node keeps serving it until then.
+ */
+import { type Clock, Duration, Effect, Exit, Fiber, PubSub, Scope } from "effect"
+import type { ConnectionEvent, ConnectionInfo } from "../services/ConnectionManager.js"
+import * as NodeId from "../services/NodeId.js"
+import type { QuicConnection } from "../services/QuicTransport.js"
+
+/** One QUIC connection with what runs on it. */
+export interface ConnectionRecord<Client> {
+  readonly connection: QuicConnection
+  readonly client: Client
+  /** Closing it closes the connection and stops everything started for it. */
+  readonly scope: Scope.CloseableScope
+  readonly hostname: string | undefined
+  /** Handles given out on this record and not yet released. */
+  users: number
+  retired: boolean
+}
+
+export interface Entry<Client> {
+  readonly nodeId: NodeId.NodeId
+  readonly key: string
+  record: ConnectionRecord<Client>
+  /** Other open connections to the same node, kept until their initiator closes them. */
+  readonly standby: Set<ConnectionRecord<Client>>
+  usageCount: number
+  idleFiber: Fiber.RuntimeFiber<void> | undefined
+  idleDeadline: number | undefined
+  lastUsed: number
+}
+
+export const keyOf = (nodeId: NodeId.NodeId) => NodeId.encode(nodeId) as string
+
+/**
+ * True when `connection` is the one the simultaneous-open rule keeps: the connection
+ * initiated by the smaller of the two NodeIds.
+ */
+export const isPreferred = (self: NodeId.NodeId, connection: QuicConnection): boolean => {
+  const selfIsSmaller = NodeId.compare(self, connection.remoteNodeId) < 0
+  return connection.direction === "forward" ? selfIsSmaller : !selfIsSmaller
+}
+
+export interface ConnectionMapOptions {
+  readonly self: NodeId.NodeId
+  readonly idleTimeout: Duration.Duration
+  readonly isSeed: (nodeId: NodeId.NodeId) => boolean
+  readonly events: PubSub.PubSub<ConnectionEvent>
+  /** Where idle timers run (the manager's scope). */
+  readonly scope: Scope.Scope
+  /** Probe whether a connection is still alive (a round trip); used on duplicate inbound connections. */
+  readonly probe: (record: ConnectionRecord<unknown>) => Effect.Effect<boolean>
+}
+
+export const make = <Client>(options: ConnectionMapOptions) => {
+  const entries = new Map<string, Entry<Client>>()
+  // The manager's clock (the TestClock in tests), read synchronously where bookkeeping needs it.
+  let clock: Clock.Clock | undefined
+  const now = () => (clock ? clock.unsafeCurrentTimeMillis() : Date.now())
+  const useClock = Effect.flatMap(Effect.clock, (c) =>
+    Effect.sync(() => {
+      clock = c
+    })
+  )
+
+  const closeRecord = (record: ConnectionRecord<Client>, reason: string) =>
+    Effect.suspend(() => {
+      record.retired = true
+      return Scope.close(record.scope, Exit.void).pipe(
+        Effect.zipRight(record.connection.close(reason)),
+        Effect.ignore
+      )
+    })
+
+  /** A retired record closes once nobody uses it, if we initiated it; the peer closes its own. */
+  const retire = (record: ConnectionRecord<Client>, reason: string): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      record.retired = true
+      if (record.users === 0 && record.connection.direction === "forward") return closeRecord(record, reason)
+      return Effect.void
+    })
+
+  const cancelIdle = (entry: Entry<Client>) =>
+    Effect.suspend(() => {
+      const fiber = entry.idleFiber
+      entry.idleFiber = undefined
+      entry.idleDeadline = undefined
+      return fiber ? Fiber.interrupt(fiber).pipe(Effect.asVoid) : Effect.void
+    })
+
+  const remove = (entry: Entry<Client>, reason: string): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (entries.get(entry.key) !== entry) return Effect.void
+      entries.delete(entry.key)
+      const records = [entry.record, ...entry.standby]
+      entry.standby.clear()
+      return cancelIdle(entry).pipe(
+        Effect.zipRight(Effect.forEach(records, (r) => closeRecord(r, reason), { discard: true })),
+        Effect.zipRight(
+          PubSub.publish(options.events, { _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason })
+        )
+      )
+    })
+
+  const startIdle = (entry: Entry<Client>): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (entry.usageCount > 0 || options.isSeed(entry.nodeId) || entry.idleFiber) return Effect.void
+      entry.idleDeadline = now() + Duration.toMillis(options.idleTimeout)
+      return Effect.sleep(options.idleTimeout).pipe(
+        Effect.zipRight(
+          Effect.suspend(() => {
+            entry.idleFiber = undefined
+            return remove(entry, "idle timeout")
+          })
+        ),
+        Effect.forkIn(options.scope),
+        Effect.tap((fiber) =>
+          Effect.sync(() => {
+            entry.idleFiber = fiber
+          })
+        ),
+        Effect.asVoid
+      )
+    })
+
+  /** When a record's connection closes: promote a standby connection, or remove the entry. */
+  const onClosed = (record: ConnectionRecord<Client>): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      record.retired = true
+      const entry = entries.get(keyOf(record.connection.remoteNodeId))
+      if (!entry) return Scope.close(record.scope, Exit.void)
+      if (entry.standby.delete(record)) return Scope.close(record.scope, Exit.void)
+      if (entry.record !== record) return Scope.close(record.scope, Exit.void)
+      const next = [...entry.standby][0]
+      if (next) {
+        entry.standby.delete(next)
+        entry.record = next
+        next.retired = false
+        return Scope.close(record.scope, Exit.void)
+      }
+      return Scope.close(record.scope, Exit.void).pipe(Effect.zipRight(remove(entry, "connection closed")))
+    })
+
+  /**
+   * Puts a freshly made connection into the map and returns the entry that now serves the
+   * node (which may hold another connection, by the simultaneous-open rule).
+   */
+  const adopt = (record: ConnectionRecord<Client>): Effect.Effect<Entry<Client>> =>
+    Effect.suspend(() => {
+      const conn = record.connection
+      const key = keyOf(conn.remoteNodeId)
+      const existing = entries.get(key)
+      if (!existing) {
+        const entry: Entry<Client> = {
+          nodeId: conn.remoteNodeId,
+          key,
+          record,
+          standby: new Set(),
+          usageCount: 0,
+          idleFiber: undefined,
+          idleDeadline: undefined,
+          lastUsed: now()
+        }
+        entries.set(key, entry)
+        return PubSub.publish(options.events, {
+          _tag: "ConnectionAdded",
+          nodeId: conn.remoteNodeId,
+          host: conn.remoteHost,
+          port: conn.remotePort,
+          direction: conn.direction
+        }).pipe(Effect.zipRight(startIdle(entry)), Effect.as(entry))
+      }
+      if (existing.record === record) return Effect.succeed(existing)
+      const newPreferred = isPreferred(options.self, conn)
+      const oldPreferred = isPreferred(options.self, existing.record.connection)
+      if (newPreferred && !oldPreferred) {
+        const old = existing.record
+        existing.record = record
+        existing.standby.add(old)
+        return retire(old, "superseded by simultaneous open").pipe(Effect.as(existing))
+      }
+      if (!newPreferred && oldPreferred) {
+        existing.standby.add(record)
+        return retire(record, "simultaneous open: the other connection is kept").pipe(Effect.as(existing))
+      }
+      // Same initiator twice. Our own duplicate dial: keep the first. A second inbound one:
+      // the peer may have restarted, so keep the new one only if the old one is dead.
+      if (conn.direction === "forward") {
+        existing.standby.add(record)
+        return retire(record, "duplicate connection").pipe(Effect.as(existing))
+      }
+      existing.standby.add(record)
+      const old = existing.record
+      return options.probe(old as ConnectionRecord<unknown>).pipe(
+        Effect.flatMap((alive) =>
+          Effect.suspend(() => {
+            if (alive || entries.get(key) !== existing || !existing.standby.has(record)) return Effect.void
+            existing.standby.delete(record)
+            existing.record = record
+            record.retired = false
+            return closeRecord(old, "replaced by a newer connection from the peer")
+          })
+        ),
+        Effect.as(existing)
+      )
+    })
+
+  const acquire = (entry: Entry<Client>) =>
+    Effect.suspend(() => {
+      entry.usageCount++
+      entry.lastUsed = now()
+      const record = entry.record
+      record.users++
+      return cancelIdle(entry).pipe(Effect.as(record))
+    })
+
+  const release = (entry: Entry<Client>, record: ConnectionRecord<Client>, destroy: boolean) =>
+    Effect.suspend(() => {
+      record.users--
+      entry.usageCount = Math.max(0, entry.usageCount - 1)
+      entry.lastUsed = now()
+      if (destroy) return remove(entry, "connection error")
+      if (record.retired && record.users === 0 && record.connection.direction === "forward")
+        return closeRecord(record, "retired")
+      return entry.usageCount === 0 && entries.get(entry.key) === entry ? startIdle(entry) : Effect.void
+    })
+
+  /** Removes the least recently used idle non-seed entry; false if there is none. */
+  const pruneOne: Effect.Effect<boolean> = Effect.suspend(() => {
+    let victim: Entry<Client> | undefined
+    for (const entry of entries.values()) {
+      if (entry.usageCount > 0 || options.isSeed(entry.nodeId)) continue
+      if (!victim || entry.lastUsed < victim.lastUsed) victim = entry
+    }
+    return victim ? remove(victim, "pruned: connection limit").pipe(Effect.as(true)) : Effect.succeed(false)
+  })
+
+  const info = (entry: Entry<Client>): ConnectionInfo => {
+    const c = entry.record.connection
+    return {
+      nodeId: NodeId.encode(entry.nodeId),
+      host: c.remoteHost,
+      port: c.remotePort,
+      hostname: entry.record.hostname,
+      usageCount: entry.usageCount,
+      timeout: entry.idleDeadline === undefined ? undefined : Math.max(0, entry.idleDeadline - now()),
+      direction: c.direction
+    }
+  }
+
+  const removeAll = (reason: string) =>
+    Effect.suspend(() => Effect.forEach([...entries.values()], (e) => remove(e, reason), { discard: true }))
+
+  return {
+    /** Run once inside the manager so timestamps come from its Clock. */
+    useClock,
+    entries,
+    get: (nodeId: NodeId.NodeId) => entries.get(keyOf(nodeId)),
+    adopt,
+    acquire,
+    release,
+    remove,
+    removeAll,
+    onClosed,
+    closeRecord,
+    pruneOne,
+    info
+  }
+}
+
+export type ConnectionMap<Client> = ReturnType<typeof make<Client>>

@@ -1,0 +1,61 @@
+/**
+ * PeerRpc: what the connection manager needs from the agent RPC, in its own terms:
+ * serve the agent methods on a connection, and call them on a peer. The live layer adapts
+ * the @effect/rpc server and client (RpcServer / AgentRpc) to this.
+ */
+import { Context, Data, type Effect, type Scope, type Stream } from "effect"
+import type { NodeId } from "./NodeId.js"
+import type { QuicConnection } from "./QuicTransport.js"
+
+/** Who is calling, as the connection proves it: never taken from a message. */
+export interface CallerInfo {
+  readonly nodeId: NodeId
+  readonly host: string
+  readonly port: number
+}
+
+export interface WireContact {
+  readonly nodeIdEncoded: string
+  readonly host: string
+  readonly port: number
+}
+
+export interface HolePunchMessage {
+  readonly sourceNodeIdEncoded: string
+  readonly targetNodeIdEncoded: string
+  /** Set by the relay: the address it observed for the source. */
+  readonly address?: { readonly host: string; readonly port: number } | undefined
+}
+
+/** A call to a peer failed: transport, timeout, or the peer's typed error. */
+export class PeerCallError extends Data.TaggedError("PeerCallError")<{
+  readonly method: string
+  readonly reason: "timeout" | "connection" | "remote" | "invalid-response"
+  readonly detail: string
+}> {
+  override get message() {
+    return `${this.method}: ${this.reason}: ${this.detail}`
+  }
+}
+
+/** Typed calls on one connection. */
+export interface PeerClient {
+  readonly ping: Effect.Effect<void, PeerCallError>
+  readonly closestNodes: (target: NodeId) => Stream.Stream<WireContact, PeerCallError>
+  readonly holePunchSignal: (message: HolePunchMessage) => Effect.Effect<void, PeerCallError>
+}
+
+/** What the node answers; the manager provides these. */
+export interface AgentHandlers {
+  readonly closestNodes: (caller: CallerInfo, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>
+  readonly holePunchSignal: (caller: CallerInfo, message: HolePunchMessage) => Effect.Effect<void, string>
+}
+
+export interface PeerRpcService {
+  /** Serves the agent methods on every stream the peer opens, until the connection closes. */
+  readonly serve: (connection: QuicConnection, handlers: AgentHandlers) => Effect.Effect<void>
+  /** A client for calls on `connection`; released with the scope. */
+  readonly client: (connection: QuicConnection) => Effect.Effect<PeerClient, never, Scope.Scope>
+}
+
+export class PeerRpc extends Context.Tag("quicmesh/PeerRpc")<PeerRpc, PeerRpcService>() {}
