@@ -1,0 +1,438 @@
+/**
+ * KademliaTable: the in-memory routing table behind both NodeGraph layers (memory and lmdb).
+ *
+ * 256 buckets, bucket `i` holding the nodes whose XOR distance to our own NodeId has its
+ * highest set bit at position `i`. Each bucket is a `Map` in least-recently-seen-first order
+ * (a refresh deletes and re-inserts, moving the node to the end).
+ *
+ * The table is plain synchronous code; `toService` wraps it as a `NodeGraphService`, optionally
+ * with a `TablePersistence` whose writes are started in the same synchronous step as the
+ * in-memory change (so the store sees writes in table order) and awaited before the operation
+ * succeeds.
+ */
+import { isIP } from "node:net"
+import { Effect, Either, Option } from "effect"
+import {
+  type AddressScope,
+  DEFAULT_BUCKET_LIMIT,
+  MAX_ADDRESSES,
+  type NodeAddress,
+  type NodeContact,
+  NodeGraphInputError,
+  type NodeGraphService,
+  NodeGraphStorageError,
+  type SetNodeResult
+} from "../services/NodeGraph.js"
+import { bucketIndex, NODE_ID_BYTES, type NodeId } from "../services/NodeId.js"
+
+export const BUCKET_COUNT = NODE_ID_BYTES * 8
+
+/** A stored node: its contact plus `seq`, a table-wide counter that orders equal `lastSeen`s. */
+export interface TableEntry extends NodeContact {
+  readonly seq: number
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+const HOSTNAME_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/i
+
+/** RFC 1123 host name: dot-separated labels of 1–63 letters, digits and inner hyphens; ≤ 253 chars. */
+export const isHostname = (host: string): boolean =>
+  host.length > 0 && host.length <= 253 && host.split(".").every((label) => HOSTNAME_LABEL.test(label))
+
+export const validateNodeId = (nodeId: unknown): Either.Either<NodeId, NodeGraphInputError> =>
+  nodeId instanceof Uint8Array && nodeId.length === NODE_ID_BYTES
+    ? Either.right(nodeId as NodeId)
+    : Either.left(
+        new NodeGraphInputError({
+          field: "nodeId",
+          detail:
+            nodeId instanceof Uint8Array
+              ? `expected ${NODE_ID_BYTES} bytes, got ${nodeId.length}`
+              : "expected a Uint8Array"
+        })
+      )
+
+const SCOPES: ReadonlyArray<AddressScope> = ["local", "global"]
+
+export const validateAddress = (address: NodeAddress): Either.Either<NodeAddress, NodeGraphInputError> => {
+  const { host, port, scope } = address
+  if (typeof host !== "string" || (isIP(host) === 0 && !isHostname(host)))
+    return Either.left(
+      new NodeGraphInputError({
+        field: "host",
+        detail: `${JSON.stringify(String(host)).slice(0, 80)} is neither an IP address nor a host name`
+      })
+    )
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535)
+    return Either.left(
+      new NodeGraphInputError({ field: "port", detail: `${String(port)} is not an integer in 0–65535` })
+    )
+  // The scope is typed; an unknown one (from untyped callers) falls back to "global".
+  return Either.right({ host, port, scope: SCOPES.includes(scope) ? scope : "global" })
+}
+
+export const validateBucketIndex = (index: number): Either.Either<number, NodeGraphInputError> =>
+  Number.isInteger(index) && index >= 0 && index < BUCKET_COUNT
+    ? Either.right(index)
+    : Either.left(
+        new NodeGraphInputError({
+          field: "bucketIndex",
+          detail: `${index} is not an integer in 0–${BUCKET_COUNT - 1}`
+        })
+      )
+
+export const validateLimit = (limit: number): Either.Either<number, NodeGraphInputError> =>
+  Number.isInteger(limit) && limit >= 0
+    ? Either.right(limit)
+    : Either.left(
+        new NodeGraphInputError({ field: "limit", detail: `${limit} is not a non-negative integer` })
+      )
+
+export const validateK = (k: number): number => {
+  if (!Number.isInteger(k) || k < 1)
+    throw new RangeError(`bucket limit k must be a positive integer, got ${k}`)
+  return k
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+const keyOf = (nodeId: Uint8Array): string =>
+  Buffer.from(nodeId.buffer, nodeId.byteOffset, nodeId.byteLength).toString("hex")
+
+/** The address list after seeing `address`: it goes first, duplicates (host+port) removed, at most 5. */
+export const pushAddress = (
+  addresses: ReadonlyArray<NodeAddress>,
+  address: NodeAddress
+): ReadonlyArray<NodeAddress> => {
+  const rest = addresses.filter((a) => !(a.host === address.host && a.port === address.port))
+  return [address, ...rest].slice(0, MAX_ADDRESSES)
+}
+
+/** A planned `setNode`: apply it with `KademliaTable.apply`. */
+export type SetNodePlan =
+  | {
+      readonly _tag: "Write"
+      readonly result: SetNodeResult
+      readonly entry: TableEntry
+      readonly previous?: TableEntry
+    }
+  | { readonly _tag: "Full"; readonly result: SetNodeResult }
+
+export class KademliaTable {
+  readonly #buckets: Array<Map<string, TableEntry>> = Array.from({ length: BUCKET_COUNT }, () => new Map())
+  readonly #refreshedAt: Array<number | undefined> = new Array(BUCKET_COUNT).fill(undefined)
+  #size = 0
+  #nextSeq = 0
+
+  constructor(
+    readonly ownNodeId: NodeId,
+    readonly k: number = DEFAULT_BUCKET_LIMIT
+  ) {
+    if (ownNodeId.length !== NODE_ID_BYTES) throw new RangeError(`own NodeId must be ${NODE_ID_BYTES} bytes`)
+    this.ownNodeId = Uint8Array.from(ownNodeId) as NodeId
+    validateK(k)
+  }
+
+  get size(): number {
+    return this.#size
+  }
+
+  /** Bucket index of a (valid, non-own) NodeId; -1 for our own. */
+  bucketOf(nodeId: Uint8Array): number {
+    return bucketIndex(this.ownNodeId, nodeId)
+  }
+
+  get(nodeId: Uint8Array): TableEntry | undefined {
+    if (nodeId.length !== NODE_ID_BYTES) return undefined
+    const i = this.bucketOf(nodeId)
+    return i < 0 ? undefined : this.#buckets[i]!.get(keyOf(nodeId))
+  }
+
+  /** What `setNode(nodeId, address)` at time `now` would do; changes nothing. Inputs must be valid. */
+  plan(nodeId: NodeId, address: NodeAddress, now: number): SetNodePlan {
+    const index = this.bucketOf(nodeId)
+    const bucket = this.#buckets[index]!
+    const previous = bucket.get(keyOf(nodeId))
+    if (previous === undefined && bucket.size >= this.k) {
+      const leastRecentlySeen = bucket.values().next().value!
+      return {
+        _tag: "Full",
+        result: { _tag: "BucketFull", bucketIndex: index, leastRecentlySeen: toContact(leastRecentlySeen) }
+      }
+    }
+    const entry: TableEntry = {
+      nodeId: previous?.nodeId ?? (Uint8Array.from(nodeId) as NodeId),
+      addresses: pushAddress(previous?.addresses ?? [], address),
+      lastSeen: now,
+      seq: this.#nextSeq
+    }
+    return previous === undefined
+      ? { _tag: "Write", result: { _tag: "Added", bucketIndex: index }, entry }
+      : { _tag: "Write", result: { _tag: "Updated", bucketIndex: index }, entry, previous }
+  }
+
+  /** Puts the entry in its bucket as most recently seen (replacing any entry for the same node). */
+  apply(entry: TableEntry): void {
+    const index = this.bucketOf(entry.nodeId)
+    const bucket = this.#buckets[index]!
+    const key = keyOf(entry.nodeId)
+    if (!bucket.delete(key)) this.#size++
+    bucket.set(key, entry)
+    this.#nextSeq = Math.max(this.#nextSeq, entry.seq + 1)
+  }
+
+  /** Inserts or refreshes; validation is the caller's job (see `toService`). */
+  set(nodeId: NodeId, address: NodeAddress, now: number): SetNodeResult {
+    const plan = this.plan(nodeId, address, now)
+    if (plan._tag === "Write") this.apply(plan.entry)
+    return plan.result
+  }
+
+  remove(nodeId: Uint8Array): TableEntry | undefined {
+    const entry = this.get(nodeId)
+    if (entry === undefined) return undefined
+    this.#buckets[this.bucketOf(nodeId)]!.delete(keyOf(nodeId))
+    this.#size--
+    return entry
+  }
+
+  /**
+   * Puts back an entry at its place in the recency order (by `seq`): used to
+   * undo a change whose write failed. An entry for the same node is replaced.
+   */
+  restore(entry: TableEntry): void {
+    const index = this.bucketOf(entry.nodeId)
+    const bucket = this.#buckets[index]!
+    const key = keyOf(entry.nodeId)
+    if (!bucket.delete(key)) this.#size++
+    const ordered = [...bucket.values(), entry].sort(byRecency)
+    bucket.clear()
+    for (const e of ordered) bucket.set(keyOf(e.nodeId), e)
+    this.#nextSeq = Math.max(this.#nextSeq, entry.seq + 1)
+  }
+
+  /**
+   * Bulk load (e.g. from a store, possibly written under another own NodeId). Our own NodeId is
+   * skipped; where a bucket would exceed k, the most recently seen k are kept. Returns the
+   * entries that were not loaded.
+   */
+  load(entries: Iterable<TableEntry>): Array<TableEntry> {
+    const dropped: Array<TableEntry> = []
+    const newestFirst = [...entries].sort((a, b) => byRecency(b, a))
+    const perBucket: Array<Array<TableEntry>> = Array.from({ length: BUCKET_COUNT }, () => [])
+    for (const entry of newestFirst) {
+      const index = this.bucketOf(entry.nodeId)
+      if (index < 0 || this.#buckets[index]!.has(keyOf(entry.nodeId))) {
+        dropped.push(entry)
+        continue
+      }
+      const slot = perBucket[index]!
+      if (this.#buckets[index]!.size + slot.length >= this.k) dropped.push(entry)
+      else slot.push(entry)
+    }
+    for (const slot of perBucket) for (let i = slot.length - 1; i >= 0; i--) this.restore(slot[i]!)
+    return dropped
+  }
+
+  /** One bucket, least recently seen first. */
+  bucket(index: number): ReadonlyArray<NodeContact> {
+    return Array.from(this.#buckets[index]!.values(), toContact)
+  }
+
+  buckets(): ReadonlyArray<readonly [number, ReadonlyArray<NodeContact>]> {
+    const out: Array<readonly [number, ReadonlyArray<NodeContact>]> = []
+    for (let i = 0; i < BUCKET_COUNT; i++) if (this.#buckets[i]!.size > 0) out.push([i, this.bucket(i)])
+    return out
+  }
+
+  /** Every entry, in no particular order. */
+  *entries(): IterableIterator<TableEntry> {
+    for (const bucket of this.#buckets) yield* bucket.values()
+  }
+
+  /**
+   * The `limit` known nodes closest to `target` by XOR distance, nearest first.
+   *
+   * Every bucket covers one contiguous range of distances from the target, and the ranges of
+   * different buckets do not overlap. With D = target XOR own and b = bucketIndex(own, target):
+   * bucket b is nearest (distances < 2^b); then the buckets i < b with bit i of D set, in
+   * descending i; then the buckets with bit i of D clear (all of those above b among them), in
+   * ascending i. So the buckets are visited in that order, each sorted on its own (≤ k nodes),
+   * until `limit` nodes are collected.
+   */
+  closest(target: Uint8Array, limit: number = this.k): Array<NodeContact> {
+    const out: Array<NodeContact> = []
+    if (limit <= 0 || this.#size === 0) return out
+    const own = this.ownNodeId
+    const b = bucketIndex(own, target)
+    const bitOfD = (i: number): number =>
+      (own[NODE_ID_BYTES - 1 - (i >> 3)]! ^ target[NODE_ID_BYTES - 1 - (i >> 3)]!) & (1 << (i & 7))
+    const byDistance = (x: TableEntry, y: TableEntry): number => {
+      const a = x.nodeId
+      const c = y.nodeId
+      for (let j = 0; j < NODE_ID_BYTES; j++) {
+        const dx = a[j]! ^ target[j]!
+        const dy = c[j]! ^ target[j]!
+        if (dx !== dy) return dx - dy
+      }
+      return 0
+    }
+    const take = (i: number): boolean => {
+      const bucket = this.#buckets[i]!
+      if (bucket.size === 0) return out.length >= limit
+      const sorted = [...bucket.values()].sort(byDistance)
+      for (const entry of sorted) {
+        out.push(toContact(entry))
+        if (out.length >= limit) return true
+      }
+      return false
+    }
+    if (b >= 0 && take(b)) return out
+    for (let i = b - 1; i >= 0; i--) if (bitOfD(i) !== 0 && take(i)) return out
+    for (let i = 0; i < BUCKET_COUNT; i++) if (i !== b && bitOfD(i) === 0 && take(i)) return out
+    return out
+  }
+
+  refreshedAt(index: number): number | undefined {
+    return this.#refreshedAt[index]
+  }
+
+  markRefreshed(index: number, at: number | undefined): void {
+    this.#refreshedAt[index] = at
+  }
+}
+
+/** Recency order: `seq` grows with every change, so it is the order of the bucket maps. */
+const byRecency = (a: TableEntry, b: TableEntry): number => a.seq - b.seq || a.lastSeen - b.lastSeen
+
+/** The public view of an entry (without `seq`). */
+export const toContact = (entry: TableEntry): NodeContact => ({
+  nodeId: entry.nodeId,
+  addresses: entry.addresses,
+  lastSeen: entry.lastSeen
+})
+
+// ---------------------------------------------------------------------------------------------
+// The service over a table
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A store behind the table. Each method must START its write synchronously (so writes reach the
+ * store in call order) and return a promise that resolves once the write is committed.
+ */
+export interface TablePersistence {
+  readonly putNode: (entry: TableEntry) => PromiseLike<unknown>
+  readonly removeNode: (nodeId: NodeId) => PromiseLike<unknown>
+  readonly putRefreshedAt: (index: number, at: number) => PromiseLike<unknown>
+}
+
+const storageError = (detail: string) => (cause: unknown) => new NodeGraphStorageError({ detail, cause })
+
+/**
+ * `NodeGraphService` over `table`. Without `persistence` every operation is synchronous; with
+ * it, a change is made in memory and its write started in one synchronous step, then the write
+ * is awaited; if it fails the in-memory change is undone and the error returned.
+ */
+export const toService = (table: KademliaTable, persistence?: TablePersistence): NodeGraphService => {
+  const write = <A>(
+    start: () => PromiseLike<unknown>,
+    undo: () => void,
+    value: A,
+    detail: string
+  ): Effect.Effect<A, NodeGraphStorageError> => {
+    if (persistence === undefined) return Effect.succeed(value)
+    let promise: PromiseLike<unknown>
+    try {
+      promise = start()
+    } catch (cause) {
+      undo()
+      return Effect.fail(storageError(detail)(cause))
+    }
+    return Effect.tryPromise({ try: () => Promise.resolve(promise), catch: storageError(detail) }).pipe(
+      Effect.tapError(() => Effect.sync(undo)),
+      Effect.as(value)
+    )
+  }
+
+  const setNode: NodeGraphService["setNode"] = (nodeId, address) =>
+    Effect.gen(function* () {
+      const id = yield* validateNodeId(nodeId)
+      if (table.bucketOf(id) < 0)
+        return yield* new NodeGraphInputError({ field: "nodeId", detail: "our own NodeId is never stored" })
+      const valid = yield* validateAddress(address)
+      const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+      return yield* Effect.suspend(() => {
+        const plan = table.plan(id, valid, now)
+        if (plan._tag === "Full") return Effect.succeed(plan.result)
+        const { entry, previous } = plan
+        table.apply(entry)
+        return write(
+          () => persistence!.putNode(entry),
+          () => {
+            if (table.get(id) !== entry) return
+            if (previous === undefined) table.remove(id)
+            else table.restore(previous)
+          },
+          plan.result,
+          "could not write a node"
+        )
+      })
+    })
+
+  const unsetNode: NodeGraphService["unsetNode"] = (nodeId) =>
+    Effect.suspend(() => {
+      if (Either.isLeft(validateNodeId(nodeId))) return Effect.succeed(false)
+      const removed = table.remove(nodeId)
+      if (removed === undefined) return Effect.succeed(false)
+      return write(
+        () => persistence!.removeNode(removed.nodeId),
+        () => {
+          if (table.get(nodeId) === undefined) table.restore(removed)
+        },
+        true,
+        "could not remove a node"
+      )
+    })
+
+  const withIndex = <A>(index: number, f: (i: number) => A) => Effect.map(validateBucketIndex(index), f)
+
+  return {
+    ownNodeId: table.ownNodeId,
+    k: table.k,
+    setNode,
+    unsetNode,
+    getNode: (nodeId) => Effect.sync(() => Option.map(Option.fromNullable(table.get(nodeId)), toContact)),
+    getBucket: (index) => withIndex(index, (i) => table.bucket(i)),
+    getBuckets: Effect.sync(() => table.buckets()),
+    getClosestNodes: (target, limit) =>
+      Effect.gen(function* () {
+        const t = yield* validateNodeId(target)
+        const n = yield* validateLimit(limit ?? table.k)
+        return table.closest(t, n)
+      }),
+    getBucketRefreshedAt: (index) => withIndex(index, (i) => Option.fromNullable(table.refreshedAt(i))),
+    markBucketRefreshed: (index) =>
+      Effect.gen(function* () {
+        const i = yield* validateBucketIndex(index)
+        const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+        return yield* Effect.suspend(() => {
+          const before = table.refreshedAt(i)
+          table.markRefreshed(i, now)
+          return write(
+            () => persistence!.putRefreshedAt(i, now),
+            () => {
+              if (table.refreshedAt(i) === now) table.markRefreshed(i, before)
+            },
+            undefined,
+            "could not write a bucket refresh time"
+          )
+        })
+      }),
+    size: Effect.sync(() => table.size)
+  }
+}
