@@ -1,0 +1,73 @@
+/**
+ * Parsing and checking what a person types: seed lists, addresses, ports, NodeIds.
+ * Every failure is a UsageError whose message names the bad value (exit code 2).
+ */
+import { isIP } from "node:net"
+import { Data, Effect, Either } from "effect"
+import type { SeedNode } from "../services/ConnectionManagerConfig.js"
+import * as NodeId from "../services/NodeId.js"
+
+/** Bad usage or bad input: the CLI exits with code 2 and this one-line message. */
+export class UsageError extends Data.TaggedError("UsageError")<{ readonly message: string }> {}
+
+/** The operation ran but failed (not found, unreachable, no agent): exit code 1. */
+export class OperationError extends Data.TaggedError("OperationError")<{ readonly message: string }> {}
+
+const HOSTNAME =
+  /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/
+
+export const checkHost = (host: string, what = "host"): Effect.Effect<string, UsageError> =>
+  isIP(host) !== 0 || HOSTNAME.test(host)
+    ? Effect.succeed(host)
+    : Effect.fail(new UsageError({ message: `invalid ${what} "${host}": not an IP address or hostname` }))
+
+export const checkPort = (port: number, what = "port"): Effect.Effect<number, UsageError> =>
+  Number.isInteger(port) && port >= 0 && port <= 65535
+    ? Effect.succeed(port)
+    : Effect.fail(new UsageError({ message: `invalid ${what} ${port}: must be an integer from 0 to 65535` }))
+
+export const parseNodeId = (text: string): Effect.Effect<NodeId.NodeId, UsageError> =>
+  Either.match(NodeId.decode(text.trim()), {
+    onLeft: (e) => Effect.fail(new UsageError({ message: e.message })),
+    onRight: Effect.succeed
+  })
+
+/** "HOST:PORT" or "[IPV6]:PORT". */
+export const parseAddress = (text: string): Effect.Effect<{ host: string; port: number }, UsageError> =>
+  Effect.gen(function* () {
+    const t = text.trim()
+    const m = /^\[([^\]]+)\]:(\d+)$/.exec(t) ?? /^([^:]+):(\d+)$/.exec(t)
+    if (!m)
+      return yield* Effect.fail(new UsageError({ message: `invalid address "${text}": expected HOST:PORT` }))
+    const host = yield* checkHost(m[1]!)
+    const port = Number(m[2])
+    if (port < 1 || port > 65535)
+      return yield* Effect.fail(
+        new UsageError({ message: `invalid port in address "${text}": must be 1-65535` })
+      )
+    return { host, port }
+  })
+
+/** "NODEID@HOST:PORT;NODEID@HOST:PORT" (empty means none). */
+export const parseSeedNodes = (text: string): Effect.Effect<ReadonlyArray<SeedNode>, UsageError> =>
+  Effect.forEach(
+    text
+      .split(";")
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0),
+    (entry) =>
+      Effect.gen(function* () {
+        const at = entry.indexOf("@")
+        if (at < 0)
+          return yield* Effect.fail(
+            new UsageError({ message: `invalid seed node "${entry}": expected NODEID@HOST:PORT` })
+          )
+        const nodeId = yield* parseNodeId(entry.slice(0, at)).pipe(
+          Effect.mapError((e) => new UsageError({ message: `invalid seed node "${entry}": ${e.message}` }))
+        )
+        const address = yield* parseAddress(entry.slice(at + 1)).pipe(
+          Effect.mapError((e) => new UsageError({ message: `invalid seed node "${entry}": ${e.message}` }))
+        )
+        return { nodeId, host: address.host, port: address.port }
+      })
+  )

@@ -1,0 +1,73 @@
+/**
+ * The agent's local control API, served on `<node-path>/agent.sock` (mode 0600) with
+ * @effect/rpc. The CLI's commands are its clients.
+ */
+import { Rpc, RpcGroup } from "@effect/rpc"
+import { Schema } from "effect"
+
+/** An operation ran but failed (crosses the socket to the CLI). */
+export class ControlError extends Schema.TaggedError<ControlError>()("ControlError", {
+  message: Schema.String
+}) {}
+
+export const AddressJson = Schema.Struct({ host: Schema.String, port: Schema.Number })
+
+export const StatusJson = Schema.Struct({
+  status: Schema.Literal("LIVE"),
+  nodeId: Schema.String,
+  host: Schema.String,
+  port: Schema.Number,
+  connections: Schema.Number,
+  nodes: Schema.Number,
+  pid: Schema.Number
+})
+
+export const ConnectionJson = Schema.Struct({
+  nodeId: Schema.String,
+  host: Schema.String,
+  port: Schema.Number,
+  hostname: Schema.NullOr(Schema.String),
+  usageCount: Schema.Number,
+  timeout: Schema.NullOr(Schema.Number),
+  direction: Schema.String
+})
+
+export const NodeJson = Schema.Struct({
+  nodeId: Schema.String,
+  host: Schema.String,
+  port: Schema.Number,
+  bucketIndex: Schema.Number,
+  lastUpdated: Schema.Number
+})
+
+const Timeout = Schema.optional(Schema.Number)
+
+export class ControlRpcs extends RpcGroup.make(
+  Rpc.make("status", { success: StatusJson }),
+  Rpc.make("stop", {}),
+  Rpc.make("nodesAdd", {
+    payload: { nodeId: Schema.String, host: Schema.String, port: Schema.Number },
+    error: ControlError
+  }),
+  Rpc.make("nodesFind", {
+    payload: { nodeId: Schema.String, timeout: Timeout },
+    success: Schema.Struct({
+      success: Schema.Boolean,
+      nodeId: Schema.String,
+      address: Schema.optional(AddressJson)
+    }),
+    error: ControlError
+  }),
+  Rpc.make("nodesPing", {
+    payload: { nodeId: Schema.String, address: Schema.optional(AddressJson), timeout: Timeout },
+    success: Schema.Struct({ success: Schema.Boolean }),
+    error: ControlError
+  }),
+  Rpc.make("nodesConnections", { success: Schema.Array(ConnectionJson) }),
+  Rpc.make("nodesGetAll", { success: Schema.Array(NodeJson) }),
+  Rpc.make("nodesClosest", {
+    payload: { nodeId: Schema.String, limit: Schema.optional(Schema.Number) },
+    success: Schema.Array(NodeJson),
+    error: ControlError
+  })
+) {}
