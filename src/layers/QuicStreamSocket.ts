@@ -1,0 +1,189 @@
+/**
+ * QuicStreamSocket: one bidirectional QUIC stream as an `@effect/platform` `Socket`.
+ *
+ * - `run` / `runRaw` read the stream until the peer ends it (FIN), then return cleanly;
+ *   a reset by the peer or a closed connection fails with `SocketGenericError("Read")`.
+ * - writes need no running `run` (unlike `Socket.fromTransformStream`): each write resolves
+ *   once the bytes are handed to the QUIC connection, which sends them at once.
+ * - releasing a `writer` ends our side of the stream (FIN) after all pending writes;
+ *   writing a `CloseEvent` ends the socket (the running `run` returns, clean for 1000).
+ * - `close` (used by the owner's scope) ends our side and stops reading.
+ *
+ * Only the web-stream half of js-quic's `QUICStream` is used, so the adapter also works
+ * over any `{ readable, writable }` pair.
+ */
+import { Socket } from "@effect/platform"
+import { Deferred, Duration, Effect, FiberSet, Option, Scope } from "effect"
+
+/** The part of js-quic's `QUICStream` the adapter needs. */
+export interface QuicStreamLike {
+  readonly readable: ReadableStream<Uint8Array>
+  readonly writable: WritableStream<Uint8Array>
+  /** Resets both directions (RESET_STREAM + STOP_SENDING). */
+  readonly cancel?: (reason?: unknown) => void
+}
+
+export interface QuicStreamSocket extends Socket.Socket {
+  /**
+   * Ends our side gracefully (FIN after pending writes, bounded by `timeout`, default 5 s;
+   * reset after that) and stops reading. Idempotent.
+   */
+  readonly close: (options?: { readonly timeout?: Duration.DurationInput }) => Effect.Effect<void>
+}
+
+const encoder = new TextEncoder()
+
+/** Builds the socket; the stream is not touched until it is used. */
+export const make = (
+  stream: QuicStreamLike,
+  options?: { readonly closeCodeIsError?: (code: number) => boolean }
+): QuicStreamSocket => {
+  const closeCodeIsError = options?.closeCodeIsError ?? Socket.defaultCloseCodeIsError
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
+  let streamWriter: WritableStreamDefaultWriter<Uint8Array> | undefined
+  let readDone = false
+  let writeEnded = false
+  /** The running `run`'s fibers; failing its deferred ends the run. */
+  let current: FiberSet.FiberSet<unknown, unknown> | undefined
+
+  const getReader = () => {
+    reader ??= stream.readable.getReader()
+    return reader
+  }
+  const getWriter = () => {
+    streamWriter ??= stream.writable.getWriter()
+    return streamWriter
+  }
+
+  const stopReading = (reason?: unknown): Promise<void> => {
+    if (readDone) return Promise.resolve()
+    readDone = true
+    return getReader()
+      .cancel(reason)
+      .catch(() => undefined)
+  }
+
+  const endWrite = (): Promise<void> => {
+    if (writeEnded) return Promise.resolve()
+    writeEnded = true
+    return getWriter()
+      .close()
+      .catch(() => undefined)
+  }
+
+  const abortWrite = (reason?: unknown): Promise<void> => {
+    if (writeEnded) return Promise.resolve()
+    writeEnded = true
+    return getWriter()
+      .abort(reason)
+      .catch(() => undefined)
+  }
+
+  const runRaw = <_, E = never, R = never>(
+    // biome-ignore lint/suspicious/noConfusingVoidType: the signature of `Socket.runRaw`
+    handler: (_: string | Uint8Array) => Effect.Effect<_, E, R> | void,
+    opts?: { readonly onOpen?: Effect.Effect<void> | undefined }
+  ): Effect.Effect<void, Socket.SocketError | E, R> =>
+    Effect.scopedWith((scope) =>
+      Effect.gen(function* () {
+        if (current !== undefined)
+          return yield* new Socket.SocketGenericError({
+            reason: "Open",
+            cause: "the socket is already running"
+          })
+        const r = getReader()
+        const fiberSet = yield* FiberSet.make<unknown, E | Socket.SocketError>().pipe(Scope.extend(scope))
+        const runFork = yield* FiberSet.runtime(fiberSet)<R>()
+        yield* Effect.tryPromise({
+          try: async () => {
+            while (true) {
+              const { done, value } = await r.read()
+              if (done) {
+                readDone = true
+                throw new Socket.SocketCloseError({ reason: "Close", code: 1000 })
+              }
+              const result = handler(value)
+              if (Effect.isEffect(result)) runFork(result)
+            }
+          },
+          catch: (cause) =>
+            Socket.isSocketError(cause) ? cause : new Socket.SocketGenericError({ reason: "Read", cause })
+        }).pipe(FiberSet.run(fiberSet))
+        current = fiberSet
+        yield* Scope.addFinalizer(
+          scope,
+          Effect.promise(() => stopReading()).pipe(
+            Effect.ensuring(
+              Effect.sync(() => {
+                current = undefined
+              })
+            )
+          )
+        )
+        if (opts?.onOpen) yield* opts.onOpen
+        return yield* FiberSet.join(fiberSet).pipe(
+          Effect.catchIf(
+            Socket.SocketCloseError.isClean((code) => !closeCodeIsError(code)),
+            () => Effect.void
+          )
+        )
+      })
+    ).pipe(Effect.interruptible)
+
+  const run = <_, E = never, R = never>(
+    // biome-ignore lint/suspicious/noConfusingVoidType: the signature of `Socket.run`
+    handler: (_: Uint8Array) => Effect.Effect<_, E, R> | void,
+    opts?: { readonly onOpen?: Effect.Effect<void> | undefined }
+  ) => runRaw((data) => (typeof data === "string" ? handler(encoder.encode(data)) : handler(data)), opts)
+
+  const write = (chunk: Uint8Array | string | Socket.CloseEvent): Effect.Effect<void, Socket.SocketError> =>
+    Effect.suspend(() => {
+      if (Socket.isCloseEvent(chunk)) {
+        const error = new Socket.SocketCloseError({
+          reason: "Close",
+          code: chunk.code,
+          closeReason: chunk.reason
+        })
+        const fiberSet = current
+        return Effect.promise(() =>
+          Promise.all([
+            chunk.code === 1000 ? endWrite() : abortWrite(error),
+            fiberSet ? undefined : stopReading()
+          ])
+        ).pipe(
+          Effect.zipRight(fiberSet ? Deferred.fail(fiberSet.deferred, error) : Effect.void),
+          Effect.asVoid
+        )
+      }
+      if (writeEnded)
+        return Effect.fail(
+          new Socket.SocketGenericError({ reason: "Write", cause: "the stream's write side is closed" })
+        )
+      const bytes = typeof chunk === "string" ? encoder.encode(chunk) : chunk
+      return Effect.tryPromise({
+        try: () => getWriter().write(bytes),
+        catch: (cause) => new Socket.SocketGenericError({ reason: "Write", cause })
+      })
+    })
+
+  const writer: Effect.Effect<
+    (chunk: Uint8Array | string | Socket.CloseEvent) => Effect.Effect<void, Socket.SocketError>,
+    never,
+    Scope.Scope
+  > = Effect.acquireRelease(Effect.succeed(write), () => Effect.promise(endWrite))
+
+  const close = (closeOptions?: { readonly timeout?: Duration.DurationInput }) =>
+    Effect.promise(endWrite).pipe(
+      Effect.timeoutOption(closeOptions?.timeout ?? Duration.seconds(5)),
+      Effect.flatMap((ended) =>
+        Option.isNone(ended)
+          ? Effect.sync(() => stream.cancel?.(new Error("stream close timed out")))
+          : Effect.void
+      ),
+      Effect.zipRight(Effect.promise(() => stopReading())),
+      Effect.uninterruptible
+    )
+
+  const socket: QuicStreamSocket = { [Socket.TypeId]: Socket.TypeId, run, runRaw, writer, close }
+  return socket
+}

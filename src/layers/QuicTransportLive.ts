@@ -1,0 +1,566 @@
+/**
+ * QuicTransportLive: `QuicTransport` over `@matrixai/quic`.
+ *
+ * One `QUICSocket` carries the `QUICServer` and every outgoing `QUICClient` (js-quic's
+ * "injected socket"), so the source port of our dials is the port we listen on. Both sides
+ * present the KeyRing's certificate chain and verify the peer's with
+ * `KeyRing.verifyCertChain`; a dial succeeds only if the peer's NodeId is one we expect.
+ *
+ * js-quic is promise and event based. Its events are bridged here with listeners held by
+ * scopes, its promises with `Effect.async` (interruption aborts the pending attempt), and
+ * its errors become `DialError` / `ConnectionError` / `TransportError`.
+ */
+
+import { createHmac, randomFillSync, timingSafeEqual } from "node:crypto"
+import { isIPv4, isIPv6 } from "node:net"
+import type { Socket } from "@effect/platform"
+import type Logger from "@matrixai/logger"
+import type { QUICConnection, QUICStream, TLSVerifyCallback } from "@matrixai/quic"
+import {
+  QUICClient,
+  QUICServer,
+  QUICSocket,
+  errors as quicErrors,
+  events as quicEvents
+} from "@matrixai/quic"
+import {
+  Cause,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberSet,
+  Layer,
+  Queue,
+  Runtime,
+  type Scope,
+  Stream
+} from "effect"
+import { KeyRing, type KeyRingService, type TlsConfig } from "../services/KeyRing.js"
+import * as NodeId from "../services/NodeId.js"
+import {
+  type CloseReason,
+  ConnectionError,
+  DialError,
+  type DialOptions,
+  type QuicConnection,
+  QuicTransport,
+  QuicTransportConfig,
+  type QuicTransportOptions,
+  type QuicTransportService,
+  TransportError
+} from "../services/QuicTransport.js"
+import * as QuicStreamSocket from "./QuicStreamSocket.js"
+
+// ---------------------------------------------------------------------------------------------
+// js-quic plumbing
+
+/** TLS alert "bad_certificate" as a QUIC crypto error (0x100 + 42). */
+const CRYPTO_BAD_CERTIFICATE = 0x100 + 42
+
+/** js-quic logs every state change at INFO; we keep it quiet. */
+const silentLogger: Logger = (() => {
+  const noop = () => {}
+  const logger = { debug: noop, info: noop, warn: noop, error: noop, getChild: () => logger }
+  return logger as unknown as Logger
+})()
+
+const toArrayBuffer = (bytes: Uint8Array): ArrayBuffer =>
+  bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer
+
+/** The server signs retry tokens and derives connection ids with an HMAC key of its own. */
+const makeServerCrypto = () => {
+  const key = toArrayBuffer(randomFillSync(new Uint8Array(32)))
+  const hmac = (k: ArrayBuffer, data: ArrayBuffer) =>
+    createHmac("sha256", Buffer.from(k)).update(Buffer.from(data)).digest()
+  return {
+    key,
+    ops: {
+      sign: async (k: ArrayBuffer, data: ArrayBuffer) => toArrayBuffer(hmac(k, data)),
+      verify: async (k: ArrayBuffer, data: ArrayBuffer, sig: ArrayBuffer) => {
+        const expected = hmac(k, data)
+        const given = Buffer.from(sig)
+        return expected.length === given.length && timingSafeEqual(expected, given)
+      }
+    }
+  }
+}
+
+const clientCrypto = {
+  ops: {
+    randomBytes: async (data: ArrayBuffer) => {
+      randomFillSync(new Uint8Array(data))
+    }
+  }
+}
+
+/** The events js-quic objects dispatch (`@matrixai/events` Evented). */
+interface Evented {
+  addEventListener(type: string, listener: (evt: never) => void): void
+  removeEventListener(type: string, listener: (evt: never) => void): void
+}
+
+/** A listener that lives exactly as long as the current scope. */
+const listen = <A>(target: Evented, type: string, listener: (evt: A) => void) =>
+  Effect.acquireRelease(
+    Effect.sync(() => target.addEventListener(type, listener)),
+    () => Effect.sync(() => target.removeEventListener(type, listener))
+  )
+
+const describe = (e: unknown): string => {
+  if (e instanceof Error) {
+    const cause = (e as { cause?: unknown }).cause
+    const own = e.message || e.constructor.name
+    return cause instanceof Error ? `${own} (${describe(cause)})` : own
+  }
+  return String(e)
+}
+
+/** "::ffff:1.2.3.4" → "1.2.3.4": a dual-stack socket reports IPv4 peers as mapped. */
+const unmapHost = (host: string): string => {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host)
+  return m ? m[1]! : host
+}
+
+const textDecoder = new TextDecoder()
+
+/** The reason a js-quic connection error stands for. */
+const closeReasonOf = (error: unknown): CloseReason => {
+  const data = (error as { data?: { reason?: Uint8Array; errorCode?: number; isApp?: boolean } }).data
+  const reasonText = data?.reason && data.reason.byteLength > 0 ? textDecoder.decode(data.reason) : undefined
+  const detail =
+    reasonText ??
+    (error instanceof Error && error.message !== "" ? error.message : (error as object).constructor.name)
+  if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return { _tag: "IdleTimeout" }
+  if (
+    error instanceof quicErrors.ErrorQUICConnectionPeerTLS ||
+    error instanceof quicErrors.ErrorQUICConnectionPeer
+  )
+    return { _tag: "Peer", detail }
+  if (error instanceof quicErrors.ErrorQUICConnectionLocal) return { _tag: "Local", detail }
+  return { _tag: "Error", detail: describe(error) }
+}
+
+/** js-quic keeps the connection's streams in `streamMap` (not in its typings). */
+const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICStream> => {
+  const map = (connection as unknown as { streamMap?: Map<number, QUICStream> }).streamMap
+  return map ? [...map.values()] : []
+}
+
+const isValidHost = (host: string) => isIPv4(host) || isIPv6(host) || /^[a-zA-Z0-9.-]{1,253}$/.test(host)
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+interface LiveConnection {
+  readonly connection: QuicConnection
+  /** Closes without waiting (transport shutdown). */
+  readonly closeNow: (reason: string) => Promise<void>
+}
+
+interface ConnectionContext {
+  readonly live: Set<LiveConnection>
+  readonly fibers: FiberSet.FiberSet<unknown, unknown>
+  readonly nextId: () => string
+}
+
+/**
+ * Wraps a started js-quic connection. The peer streams it already has are taken from its
+ * stream map and the listener for new ones is added in the same synchronous step, so no
+ * stream slips between the two.
+ */
+const wrapConnection = (
+  ctx: ConnectionContext,
+  raw: QUICConnection,
+  options: {
+    readonly direction: QuicConnection["direction"]
+    readonly remoteNodeId: NodeId.NodeId
+    readonly stop: (reason: Uint8Array) => Promise<void>
+  }
+): QuicConnection & { readonly live: LiveConnection; readonly isClosing: () => boolean } => {
+  const id = ctx.nextId()
+  const closed = Effect.runSync(Deferred.make<CloseReason>())
+  const accepted = Effect.runSync(Queue.unbounded<Socket.Socket>())
+  const sockets = new Set<QuicStreamSocket.QuicStreamSocket>()
+  let reason: CloseReason | undefined
+  let stopping: Promise<void> | undefined
+
+  const acceptStream = (stream: QUICStream) => {
+    if (stream.type !== "bidi" || stream.initiated !== "peer") return
+    const socket = QuicStreamSocket.make(stream)
+    sockets.add(socket)
+    void stream.closedP.then(() => sockets.delete(socket))
+    Queue.unsafeOffer(accepted, socket)
+  }
+  const onStream = (evt: { detail: QUICStream }) => acceptStream(evt.detail)
+  const onError = (evt: { detail: unknown }) => {
+    reason ??= closeReasonOf(evt.detail)
+  }
+  for (const stream of existingStreams(raw)) acceptStream(stream)
+  raw.addEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
+  raw.addEventListener(quicEvents.EventQUICConnectionError.name, onError)
+
+  const stop = (text: string): Promise<void> => {
+    stopping ??= options.stop(new TextEncoder().encode(text)).catch(() => undefined)
+    return stopping
+  }
+
+  let live: LiveConnection
+  const finish = Effect.sync(() => {
+    raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
+    raw.removeEventListener(quicEvents.EventQUICConnectionError.name, onError)
+    ctx.live.delete(live)
+  }).pipe(
+    Effect.zipRight(Queue.shutdown(accepted)),
+    Effect.zipRight(
+      Effect.suspend(() => {
+        const final: CloseReason = reason ?? { _tag: "Error", detail: "connection closed" }
+        return Deferred.succeed(closed, final)
+      })
+    )
+  )
+
+  const connection: QuicConnection = {
+    id,
+    remoteNodeId: options.remoteNodeId,
+    remoteHost: unmapHost(raw.remoteHost),
+    remotePort: raw.remotePort,
+    localHost: raw.localHost,
+    localPort: raw.localPort,
+    direction: options.direction,
+    openStream: Effect.acquireRelease(
+      Effect.suspend(() => {
+        if (reason !== undefined || stopping !== undefined || raw.closed)
+          return Effect.fail(
+            new ConnectionError({ connectionId: id, reason: "closed", detail: "connection is closed" })
+          )
+        return Effect.try({
+          try: () => raw.newStream("bidi"),
+          catch: (e) =>
+            new ConnectionError({
+              connectionId: id,
+              reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
+              detail: describe(e)
+            })
+        }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
+      }),
+      (socket) => socket.close()
+    ),
+    acceptedStreams: Stream.fromQueue(accepted),
+    close: (text) =>
+      Effect.suspend(() => {
+        reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
+        return Effect.promise(() => stop(text ?? ""))
+      }).pipe(Effect.zipRight(Deferred.await(closed)), Effect.asVoid),
+    closed: Deferred.await(closed)
+  }
+  live = { connection, closeNow: (text) => stop(text) }
+  ctx.live.add(live)
+  // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
+  FiberSet.unsafeAdd(
+    ctx.fibers,
+    Effect.runFork(Effect.promise(() => raw.closedP).pipe(Effect.zipRight(finish)))
+  )
+  return Object.assign(connection, { live, isClosing: () => reason !== undefined || stopping !== undefined })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The transport
+
+const verifyCallback =
+  (
+    runtime: Runtime.Runtime<never>,
+    keyRing: KeyRingService,
+    check: (result: Exit.Exit<NodeId.NodeId, unknown>) => boolean
+  ): TLSVerifyCallback =>
+  async (certs) => {
+    const exit = await Runtime.runPromiseExit(runtime)(keyRing.verifyCertChain(certs))
+    return check(exit) ? undefined : (CRYPTO_BAD_CERTIFICATE as never)
+  }
+
+const quicTimings = (options: QuicTransportOptions) => ({
+  keepAliveIntervalTime: Duration.toMillis(options.keepAliveInterval),
+  maxIdleTimeout: Duration.toMillis(options.maxIdleTimeout)
+})
+
+export const make: Effect.Effect<
+  QuicTransportService,
+  TransportError,
+  KeyRing | QuicTransportConfig | Scope.Scope
+> = Effect.gen(function* () {
+  const options = yield* QuicTransportConfig
+  const keyRing = yield* KeyRing
+  const runtime = yield* Effect.runtime<never>()
+  const failure = yield* Deferred.make<never, TransportError>()
+  let stopping = false
+
+  // The socket, first in, last out.
+  const socket = new QUICSocket({ logger: silentLogger })
+  yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () =>
+        socket.start({
+          host: options.host,
+          port: options.port,
+          reuseAddr: options.reuseAddr,
+          ipv6Only: options.ipv6Only
+        }),
+      catch: (cause) =>
+        new TransportError({
+          reason: "bind",
+          detail: `cannot bind ${options.host}:${options.port}: ${describe(cause)}`,
+          cause
+        })
+    }),
+    () => Effect.promise(() => socket.stop({ force: true }).catch(() => undefined))
+  )
+
+  // The server, sharing the socket.
+  const tls = yield* keyRing.tlsConfig
+  const serverVerify = verifyCallback(runtime, keyRing, Exit.isSuccess)
+  const server = new QUICServer({
+    socket,
+    crypto: makeServerCrypto(),
+    config: {
+      key: tls.keyPrivatePem,
+      cert: tls.certChainPem,
+      verifyPeer: true,
+      verifyCallback: serverVerify,
+      ...quicTimings(options)
+    },
+    logger: silentLogger
+  })
+  yield* Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () => server.start(),
+      catch: (cause) => new TransportError({ reason: "server", detail: describe(cause), cause })
+    }),
+    () => Effect.promise(() => server.stop({ isApp: true, force: true }).catch(() => undefined))
+  )
+
+  // An unexpected stop of the socket or the server fails `failure`.
+  const unexpected = (reason: "socket" | "server", detail: string) => (evt: { detail?: unknown }) => {
+    if (stopping) return
+    Deferred.unsafeDone(
+      failure,
+      Exit.fail(
+        new TransportError({
+          reason,
+          detail: evt.detail === undefined ? detail : `${detail}: ${describe(evt.detail)}`,
+          cause: evt.detail
+        })
+      )
+    )
+  }
+  yield* listen(
+    socket,
+    quicEvents.EventQUICSocketStopped.name,
+    unexpected("socket", "the UDP socket stopped")
+  )
+  yield* listen(socket, quicEvents.EventQUICSocketError.name, unexpected("socket", "socket error"))
+  yield* listen(server, quicEvents.EventQUICServerError.name, unexpected("server", "server error"))
+  yield* listen(
+    server,
+    quicEvents.EventQUICServerStopped.name,
+    unexpected("server", "the QUIC server stopped")
+  )
+
+  // Connections: tracked so that the transport closes them all when it stops.
+  const fibers = yield* FiberSet.make<unknown, unknown>()
+  let counter = 0
+  const ctx: ConnectionContext = {
+    live: new Set(),
+    fibers,
+    nextId: () => `${socket.port}-${++counter}`
+  }
+
+  // Inbound: wrap at once (streams must not be missed), then authenticate and offer.
+  const incoming = yield* Queue.unbounded<QuicConnection>()
+  const handshaken = yield* Queue.unbounded<QUICConnection>()
+  yield* listen(server, quicEvents.EventQUICServerConnection.name, (evt: { detail: QUICConnection }) => {
+    Queue.unsafeOffer(handshaken, evt.detail)
+  })
+  const admit = (raw: QUICConnection) =>
+    keyRing.verifyCertChain(raw.getRemoteCertsChain()).pipe(
+      Effect.matchEffect({
+        onFailure: () => Effect.promise(() => raw.stop({ isApp: false, errorCode: 1, force: true })),
+        onSuccess: (remoteNodeId) =>
+          Effect.suspend(() => {
+            const connection = wrapConnection(ctx, raw, {
+              direction: "reverse",
+              remoteNodeId,
+              stop: (reason) => raw.stop({ isApp: true, errorCode: 0, reason, force: true })
+            })
+            // A dialler that rejects our certificate closes right after the handshake.
+            return connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
+          })
+      })
+    )
+  yield* Queue.take(handshaken).pipe(Effect.flatMap(admit), Effect.forever, FiberSet.run(fibers))
+
+  // Key renewal: new connections use the new certificate; existing ones keep theirs.
+  let clientTls: TlsConfig = tls
+  yield* keyRing.changes.pipe(
+    Stream.runForEach((next) =>
+      Effect.sync(() => {
+        clientTls = next
+        server.updateConfig({ key: next.keyPrivatePem, cert: next.certChainPem })
+      })
+    ),
+    FiberSet.run(fibers)
+  )
+
+  // Shutdown, in this order: stop admitting, close every connection, then (finalizers above)
+  // the server and the socket.
+  yield* Effect.addFinalizer(() =>
+    Effect.gen(function* () {
+      stopping = true
+      yield* Queue.shutdown(incoming)
+      yield* Queue.shutdown(handshaken)
+      const all = [...ctx.live]
+      yield* Effect.promise(() => Promise.all(all.map((c) => c.closeNow("transport stopping"))))
+      yield* Effect.forEach(all, (c) => c.connection.closed, { concurrency: "unbounded", discard: true })
+      yield* FiberSet.clear(fibers)
+    })
+  )
+
+  const dial = (dialOptions: DialOptions): Effect.Effect<QuicConnection, DialError, Scope.Scope> => {
+    const { host, port, expectedNodeIds } = dialOptions
+    const fail = (reason: DialError["reason"], detail: string) =>
+      new DialError({ host, port, reason, detail })
+    const expected = expectedNodeIds.map(NodeId.encode).join(", ")
+    if (!Number.isInteger(port) || port < 1 || port > 65535 || !isValidHost(host))
+      return Effect.fail(fail("invalid-address", `not a valid address: ${host}:${port}`))
+    if (expectedNodeIds.length === 0) return Effect.fail(fail("mismatch", "no expected NodeId given"))
+    const timeout =
+      dialOptions.timeout === undefined ? options.connectTimeout : Duration.decode(dialOptions.timeout)
+
+    const attempt = Effect.suspend(() => {
+      let verified: NodeId.NodeId | undefined
+      let rejection: DialError | undefined
+      const check = (exit: Exit.Exit<NodeId.NodeId, unknown>) => {
+        if (Exit.isFailure(exit)) {
+          const error = Cause.squash(exit.cause)
+          rejection = fail("tls", `peer certificate rejected: ${describe(error)}`)
+          return false
+        }
+        const actual = exit.value
+        if (!expectedNodeIds.some((e) => NodeId.equals(e, actual))) {
+          rejection = fail("mismatch", `expected NodeId ${expected}, peer proved ${NodeId.encode(actual)}`)
+          return false
+        }
+        verified = actual
+        return true
+      }
+      const current = clientTls
+      return Effect.async<QUICClient, DialError>((resume) => {
+        const controller = new AbortController()
+        const pending = QUICClient.createQUICClient(
+          {
+            host,
+            port,
+            socket,
+            crypto: clientCrypto,
+            config: {
+              key: current.keyPrivatePem,
+              cert: current.certChainPem,
+              verifyPeer: true,
+              verifyCallback: verifyCallback(runtime, keyRing, check),
+              ...quicTimings(options)
+            },
+            logger: silentLogger
+          },
+          { signal: controller.signal }
+        )
+        let abandoned = false
+        const settled = pending.then(
+          (client) => {
+            if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
+            resume(Effect.succeed(client))
+          },
+          (error: unknown) => {
+            if (abandoned) return
+            resume(Effect.fail(rejection ?? classify(error)))
+          }
+        )
+        return Effect.promise(() => {
+          abandoned = true
+          controller.abort(new Error("dial interrupted"))
+          return settled
+        })
+      }).pipe(Effect.map((client) => ({ client, remoteNodeId: verified! })))
+    })
+
+    const classify = (error: unknown): DialError => {
+      if (stopping || error instanceof quicErrors.ErrorQUICServerSocketNotRunning)
+        return fail("stopped", "the transport is stopping")
+      if (
+        error instanceof quicErrors.ErrorQUICHostInvalid ||
+        error instanceof quicErrors.ErrorQUICClientInvalidHost
+      )
+        return fail("invalid-address", describe(error))
+      if (error instanceof quicErrors.ErrorQUICClientInvalidArgument)
+        return fail("unreachable", describe(error))
+      if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return fail("timeout", "no answer")
+      if (
+        error instanceof quicErrors.ErrorQUICConnectionLocalTLS ||
+        error instanceof quicErrors.ErrorQUICConnectionPeerTLS
+      )
+        return fail("tls", describe(error))
+      if (error instanceof quicErrors.ErrorQUICConnectionPeer)
+        return fail("unreachable", `peer refused: ${describe(error)}`)
+      return fail("unreachable", describe(error))
+    }
+
+    // The attempt itself is interruptible (timeout, caller); once it has produced a
+    // connection, the connection is registered and tied to the caller's scope atomically.
+    return Effect.uninterruptibleMask((restore) =>
+      restore(
+        Effect.suspend(() =>
+          stopping ? Effect.fail(fail("stopped", "the transport is stopping")) : attempt
+        ).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => fail("timeout", `no connection within ${Duration.format(timeout)}`)
+          })
+        )
+      ).pipe(
+        Effect.map(({ client, remoteNodeId }) =>
+          wrapConnection(ctx, client.connection, {
+            direction: "forward",
+            remoteNodeId,
+            stop: (reason) => client.destroy({ isApp: true, errorCode: 0, reason, force: true })
+          })
+        ),
+        Effect.tap((connection) => Effect.addFinalizer(() => connection.close("dial scope closed")))
+      )
+    )
+  }
+
+  const sendDatagram = (host: string, port: number, data: Uint8Array) =>
+    Effect.tryPromise({
+      try: () => socket.send(data, port, host),
+      catch: (cause) =>
+        new TransportError({
+          reason: "send",
+          detail: `datagram to ${host}:${port}: ${describe(cause)}`,
+          cause
+        })
+    }).pipe(Effect.asVoid)
+
+  const service: QuicTransportService = {
+    host: socket.host,
+    port: socket.port,
+    dial,
+    incoming: Stream.fromQueue(incoming),
+    sendDatagram,
+    failure: Deferred.await(failure)
+  }
+  return service
+})
+
+/** The live transport: binds on build, closes every connection, the server and the socket on release. */
+export const layer: Layer.Layer<QuicTransport, TransportError, KeyRing | QuicTransportConfig> = Layer.scoped(
+  QuicTransport,
+  make
+)
