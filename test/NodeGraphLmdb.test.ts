@@ -173,25 +173,38 @@ describe("NodeGraphLmdb", () => {
     })
   )
 
-  it.effect("the layer takes our NodeId from the KeyRing and closes the store with its scope", () =>
-    Effect.gen(function* () {
-      const path = freshDir()
-      const layer = NodeGraphLmdb.layer({ path, k: 7 }).pipe(Layer.provide(stubKeyRing(own)))
-      const other = idInBucket(own, 99, 1)
-      const scope = yield* Scope.make()
-      const ctx = yield* Layer.buildWithScope(layer, scope)
-      const graph = Context.get(ctx, NodeGraph)
-      expect(hex(graph.ownNodeId)).toBe(hex(own))
-      expect(graph.k).toBe(7)
-      yield* graph.setNode(other, addr(5))
-      yield* Scope.close(scope, Exit.void)
-      // After close, the store reopens (in another layer instance) with the write in it.
-      const found = yield* Effect.provide(
-        Effect.flatMap(NodeGraph, (g) => g.getNode(other)),
-        layer
-      )
-      expect(Option.map(found, (c) => c.addresses[0]!.port)).toEqual(Option.some(5))
-    })
+  it.effect(
+    "the layer takes our NodeId from the KeyRing and closes the store with its scope; failed writes are undone",
+    () =>
+      Effect.gen(function* () {
+        const path = freshDir()
+        const layer = NodeGraphLmdb.layer({ path, k: 7 }).pipe(Layer.provide(stubKeyRing(own)))
+        const other = idInBucket(own, 99, 1)
+        const scope = yield* Scope.make()
+        const ctx = yield* Layer.buildWithScope(layer, scope)
+        const graph = Context.get(ctx, NodeGraph)
+        expect(hex(graph.ownNodeId)).toBe(hex(own))
+        expect(graph.k).toBe(7)
+        yield* graph.setNode(other, addr(5))
+        yield* Scope.close(scope, Exit.void)
+        // The store is closed: a write now fails as a storage error and the table change is undone.
+        const late = idInBucket(own, 98, 2)
+        const err = yield* Effect.flip(graph.setNode(late, addr(6)))
+        expect(err._tag).toBe("NodeGraphStorageError")
+        expect(Option.isNone(yield* graph.getNode(late))).toBe(true)
+        expect(yield* graph.size).toBe(1)
+        const refreshErr = yield* Effect.flip(graph.markBucketRefreshed(98))
+        expect(refreshErr._tag).toBe("NodeGraphStorageError")
+        expect(yield* graph.getBucketRefreshedAt(98)).toEqual(Option.none())
+        expect(yield* Effect.flip(graph.unsetNode(other))).toMatchObject({ _tag: "NodeGraphStorageError" })
+        expect(Option.isSome(yield* graph.getNode(other))).toBe(true)
+        // After close, the store reopens (in another layer instance) with the write in it.
+        const found = yield* Effect.provide(
+          Effect.flatMap(NodeGraph, (g) => g.getNode(other)),
+          layer
+        )
+        expect(Option.map(found, (c) => c.addresses[0]!.port)).toEqual(Option.some(5))
+      })
   )
 })
 

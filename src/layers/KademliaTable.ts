@@ -331,6 +331,8 @@ export interface TablePersistence {
   readonly putRefreshedAt: (index: number, at: number) => PromiseLike<unknown>
 }
 
+const currentTimeMillis = Effect.clockWith((clock) => clock.currentTimeMillis)
+
 const storageError = (detail: string) => (cause: unknown) => new NodeGraphStorageError({ detail, cause })
 
 /**
@@ -360,22 +362,25 @@ export const toService = (table: KademliaTable, persistence?: TablePersistence):
   }
 
   const setNode: NodeGraphService["setNode"] = (nodeId, address) =>
-    Effect.gen(function* () {
-      const id = yield* validateNodeId(nodeId)
-      if (table.bucketOf(id) < 0)
-        return yield* new NodeGraphInputError({ field: "nodeId", detail: "our own NodeId is never stored" })
-      const valid = yield* validateAddress(address)
-      const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
-      return yield* Effect.suspend(() => {
-        const plan = table.plan(id, valid, now)
+    Effect.suspend((): Effect.Effect<SetNodeResult, NodeGraphInputError | NodeGraphStorageError> => {
+      const id = validateNodeId(nodeId)
+      if (Either.isLeft(id)) return Effect.fail(id.left)
+      if (table.bucketOf(id.right) < 0)
+        return Effect.fail(
+          new NodeGraphInputError({ field: "nodeId", detail: "our own NodeId is never stored" })
+        )
+      const valid = validateAddress(address)
+      if (Either.isLeft(valid)) return Effect.fail(valid.left)
+      return Effect.flatMap(currentTimeMillis, (now) => {
+        const plan = table.plan(id.right, valid.right, now)
         if (plan._tag === "Full") return Effect.succeed(plan.result)
         const { entry, previous } = plan
         table.apply(entry)
         return write(
           () => persistence!.putNode(entry),
           () => {
-            if (table.get(id) !== entry) return
-            if (previous === undefined) table.remove(id)
+            if (table.get(entry.nodeId) !== entry) return
+            if (previous === undefined) table.remove(entry.nodeId)
             else table.restore(previous)
           },
           plan.result,
@@ -419,7 +424,7 @@ export const toService = (table: KademliaTable, persistence?: TablePersistence):
     markBucketRefreshed: (index) =>
       Effect.gen(function* () {
         const i = yield* validateBucketIndex(index)
-        const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+        const now = yield* currentTimeMillis
         return yield* Effect.suspend(() => {
           const before = table.refreshedAt(i)
           table.markRefreshed(i, now)

@@ -52,6 +52,8 @@ interface Store {
   readonly nodes: Database<StoredNode, Uint8Array>
   readonly buckets: Database<number, number>
   readonly meta: Database<Uint8Array, string>
+  /** Set when the scope closes; lmdb never settles writes issued after close, so we refuse them. */
+  closed: boolean
 }
 
 const OWNER_KEY = "owner"
@@ -74,7 +76,8 @@ const openStore = (path: string): Effect.Effect<Store, NodeGraphStorageError, Sc
               keyEncoding: "uint32",
               encoding: "msgpack"
             }),
-            meta: root.openDB<Uint8Array, string>({ name: "meta", encoding: "binary" })
+            meta: root.openDB<Uint8Array, string>({ name: "meta", encoding: "binary" }),
+            closed: false
           }
         } catch (e) {
           void root.close()
@@ -84,9 +87,10 @@ const openStore = (path: string): Effect.Effect<Store, NodeGraphStorageError, Sc
       catch: (cause) => new NodeGraphStorageError({ detail: `cannot open lmdb at ${path}`, cause })
     }),
     (store) =>
-      Effect.tryPromise(() => store.root.close()).pipe(
-        Effect.catchAll((e) => Effect.logWarning("node graph: closing lmdb failed", e))
-      )
+      Effect.tryPromise(() => {
+        store.closed = true
+        return store.root.close()
+      }).pipe(Effect.catchAll((e) => Effect.logWarning("node graph: closing lmdb failed", e)))
   )
 
 /** A stored value, checked; undefined when it is not a node record. */
@@ -153,15 +157,26 @@ export const make = (
     })
     if (invalid > 0) yield* Effect.logWarning(`node graph: dropped ${invalid} unreadable entries`)
     if (dropped > 0 && !ownerChanged) yield* Effect.logInfo(`node graph: dropped ${dropped} entries beyond k`)
+    const ensureOpen = () => {
+      if (store.closed) throw new Error("the node graph store is closed")
+    }
     const persistence: TablePersistence = {
-      putNode: (entry) =>
-        store.nodes.put(entry.nodeId, {
+      putNode: (entry) => {
+        ensureOpen()
+        return store.nodes.put(entry.nodeId, {
           addresses: entry.addresses,
           lastSeen: entry.lastSeen,
           seq: entry.seq
-        }),
-      removeNode: (nodeId) => store.nodes.remove(nodeId),
-      putRefreshedAt: (index, at) => store.buckets.put(index, at)
+        })
+      },
+      removeNode: (nodeId) => {
+        ensureOpen()
+        return store.nodes.remove(nodeId)
+      },
+      putRefreshedAt: (index, at) => {
+        ensureOpen()
+        return store.buckets.put(index, at)
+      }
     }
     return toService(table, persistence)
   })
