@@ -29,6 +29,7 @@ import {
   Duration,
   Effect,
   Exit,
+  FiberId,
   FiberSet,
   Layer,
   Queue,
@@ -160,7 +161,6 @@ interface LiveConnection {
 
 interface ConnectionContext {
   readonly live: Set<LiveConnection>
-  readonly fibers: FiberSet.FiberSet<unknown, unknown>
   readonly nextId: () => string
 }
 
@@ -177,95 +177,103 @@ const wrapConnection = (
     readonly remoteNodeId: NodeId.NodeId
     readonly stop: (reason: Uint8Array) => Promise<void>
   }
-): QuicConnection & { readonly live: LiveConnection; readonly isClosing: () => boolean } => {
-  const id = ctx.nextId()
-  const closed = Effect.runSync(Deferred.make<CloseReason>())
-  const accepted = Effect.runSync(Queue.unbounded<Socket.Socket>())
-  const sockets = new Set<QuicStreamSocket.QuicStreamSocket>()
-  let reason: CloseReason | undefined
-  let stopping: Promise<void> | undefined
+): Effect.Effect<QuicConnection & { readonly isClosing: () => boolean }> =>
+  Effect.map(Queue.unbounded<Socket.Socket>(), (accepted) => {
+    const id = ctx.nextId()
+    const closed = Deferred.unsafeMake<CloseReason>(FiberId.none)
+    let reason: CloseReason | undefined
+    let stopping: Promise<void> | undefined
 
-  const acceptStream = (stream: QUICStream) => {
-    if (stream.type !== "bidi" || stream.initiated !== "peer") return
-    const socket = QuicStreamSocket.make(stream)
-    sockets.add(socket)
-    void stream.closedP.then(() => sockets.delete(socket))
-    Queue.unsafeOffer(accepted, socket)
-  }
-  const onStream = (evt: { detail: QUICStream }) => acceptStream(evt.detail)
-  const onError = (evt: { detail: unknown }) => {
-    reason ??= closeReasonOf(evt.detail)
-  }
-  for (const stream of existingStreams(raw)) acceptStream(stream)
-  raw.addEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
-  raw.addEventListener(quicEvents.EventQUICConnectionError.name, onError)
+    const acceptStream = (stream: QUICStream) => {
+      if (stream.type !== "bidi" || stream.initiated !== "peer") return
+      Queue.unsafeOffer(accepted, QuicStreamSocket.make(stream))
+    }
+    const onStream = (evt: { detail: QUICStream }) => acceptStream(evt.detail)
+    const onError = (evt: { detail: unknown }) => {
+      reason ??= closeReasonOf(evt.detail)
+    }
+    for (const stream of existingStreams(raw)) acceptStream(stream)
+    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
+    raw.addEventListener(quicEvents.EventQUICConnectionError.name, onError)
 
-  const stop = (text: string): Promise<void> => {
-    stopping ??= options.stop(new TextEncoder().encode(text)).catch(() => undefined)
-    return stopping
-  }
+    const stop = (text: string): Promise<void> => {
+      stopping ??= options.stop(new TextEncoder().encode(text)).catch(() => undefined)
+      return stopping
+    }
 
-  let live: LiveConnection
-  const finish = Effect.sync(() => {
-    raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
-    raw.removeEventListener(quicEvents.EventQUICConnectionError.name, onError)
-    ctx.live.delete(live)
-  }).pipe(
-    Effect.zipRight(Queue.shutdown(accepted)),
-    Effect.zipRight(
-      Effect.suspend(() => {
-        const final: CloseReason = reason ?? { _tag: "Error", detail: "connection closed" }
-        return Deferred.succeed(closed, final)
-      })
+    let live: LiveConnection
+    const finish = Effect.sync(() => {
+      raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
+      raw.removeEventListener(quicEvents.EventQUICConnectionError.name, onError)
+      ctx.live.delete(live)
+    }).pipe(
+      Effect.zipRight(Queue.shutdown(accepted)),
+      Effect.zipRight(
+        Effect.suspend(() => {
+          const final: CloseReason = reason ?? { _tag: "Error", detail: "connection closed" }
+          return Deferred.succeed(closed, final)
+        })
+      )
     )
-  )
 
-  const connection: QuicConnection = {
-    id,
-    remoteNodeId: options.remoteNodeId,
-    remoteHost: unmapHost(raw.remoteHost),
-    remotePort: raw.remotePort,
-    localHost: raw.localHost,
-    localPort: raw.localPort,
-    direction: options.direction,
-    openStream: Effect.acquireRelease(
-      Effect.suspend(() => {
-        if (reason !== undefined || stopping !== undefined || raw.closed)
-          return Effect.fail(
-            new ConnectionError({ connectionId: id, reason: "closed", detail: "connection is closed" })
-          )
-        return Effect.try({
-          try: () => raw.newStream("bidi"),
-          catch: (e) =>
-            new ConnectionError({
-              connectionId: id,
-              reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
-              detail: describe(e)
-            })
-        }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
-      }),
-      (socket) => socket.close()
-    ),
-    acceptedStreams: Stream.fromQueue(accepted),
-    close: (text) =>
-      Effect.suspend(() => {
-        reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
-        return Effect.promise(() => stop(text ?? ""))
-      }).pipe(Effect.zipRight(Deferred.await(closed)), Effect.asVoid),
-    closed: Deferred.await(closed)
-  }
-  live = { connection, closeNow: (text) => stop(text) }
-  ctx.live.add(live)
-  // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
-  FiberSet.unsafeAdd(
-    ctx.fibers,
-    Effect.runFork(Effect.promise(() => raw.closedP).pipe(Effect.zipRight(finish)))
-  )
-  return Object.assign(connection, { live, isClosing: () => reason !== undefined || stopping !== undefined })
-}
+    const connection: QuicConnection = {
+      id,
+      remoteNodeId: options.remoteNodeId,
+      remoteHost: unmapHost(raw.remoteHost),
+      remotePort: raw.remotePort,
+      localHost: raw.localHost,
+      localPort: raw.localPort,
+      direction: options.direction,
+      openStream: Effect.acquireRelease(
+        Effect.suspend(() => {
+          if (reason !== undefined || stopping !== undefined || raw.closed)
+            return Effect.fail(
+              new ConnectionError({ connectionId: id, reason: "closed", detail: "connection is closed" })
+            )
+          return Effect.try({
+            try: () => raw.newStream("bidi"),
+            catch: (e) =>
+              new ConnectionError({
+                connectionId: id,
+                reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
+                detail: describe(e)
+              })
+          }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
+        }),
+        (socket) => socket.close()
+      ),
+      acceptedStreams: Stream.fromQueue(accepted),
+      close: (text) =>
+        Effect.suspend(() => {
+          reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
+          return Effect.promise(() => stop(text ?? ""))
+        }).pipe(Effect.zipRight(Deferred.await(closed)), Effect.asVoid),
+      closed: Deferred.await(closed)
+    }
+    live = { connection, closeNow: (text) => stop(text) }
+    ctx.live.add(live)
+    // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
+    // (A short-lived fiber: everything in `finish` is immediate.)
+    void raw.closedP.then(() => Effect.runFork(finish))
+    return Object.assign(connection, { isClosing: () => reason !== undefined || stopping !== undefined })
+  })
 
 // ---------------------------------------------------------------------------------------------
 // The transport
+
+/** What a live transport holds right now (tests and diagnostics). */
+export interface TransportStats {
+  /** Wrapped connections not yet closed (forward and reverse). */
+  readonly connections: number
+  /** Connections in js-quic's socket map, including handshakes in progress. */
+  readonly quicConnections: number
+}
+
+const statsOf = new WeakMap<QuicTransportService, () => TransportStats>()
+
+/** Counts for a transport built by this module; `undefined` for any other implementation. */
+export const stats = (transport: QuicTransportService): TransportStats | undefined =>
+  statsOf.get(transport)?.()
 
 const verifyCallback =
   (
@@ -370,7 +378,6 @@ export const make: Effect.Effect<
   let counter = 0
   const ctx: ConnectionContext = {
     live: new Set(),
-    fibers,
     nextId: () => `${socket.port}-${++counter}`
   }
 
@@ -385,15 +392,16 @@ export const make: Effect.Effect<
       Effect.matchEffect({
         onFailure: () => Effect.promise(() => raw.stop({ isApp: false, errorCode: 1, force: true })),
         onSuccess: (remoteNodeId) =>
-          Effect.suspend(() => {
-            const connection = wrapConnection(ctx, raw, {
-              direction: "reverse",
-              remoteNodeId,
-              stop: (reason) => raw.stop({ isApp: true, errorCode: 0, reason, force: true })
-            })
+          wrapConnection(ctx, raw, {
+            direction: "reverse",
+            remoteNodeId,
+            stop: (reason) => raw.stop({ isApp: true, errorCode: 0, reason, force: true })
+          }).pipe(
             // A dialler that rejects our certificate closes right after the handshake.
-            return connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
-          })
+            Effect.flatMap((connection) =>
+              connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
+            )
+          )
       })
     )
   yield* Queue.take(handshaken).pipe(Effect.flatMap(admit), Effect.forever, FiberSet.run(fibers))
@@ -428,12 +436,12 @@ export const make: Effect.Effect<
     const { host, port, expectedNodeIds } = dialOptions
     const fail = (reason: DialError["reason"], detail: string) =>
       new DialError({ host, port, reason, detail })
-    const expected = expectedNodeIds.map(NodeId.encode).join(", ")
     if (!Number.isInteger(port) || port < 1 || port > 65535 || !isValidHost(host))
       return Effect.fail(fail("invalid-address", `not a valid address: ${host}:${port}`))
     if (expectedNodeIds.length === 0) return Effect.fail(fail("mismatch", "no expected NodeId given"))
     const timeout =
       dialOptions.timeout === undefined ? options.connectTimeout : Duration.decode(dialOptions.timeout)
+    const timeoutMs = Duration.toMillis(timeout)
 
     const attempt = Effect.suspend(() => {
       let verified: NodeId.NodeId | undefined
@@ -446,6 +454,7 @@ export const make: Effect.Effect<
         }
         const actual = exit.value
         if (!expectedNodeIds.some((e) => NodeId.equals(e, actual))) {
+          const expected = expectedNodeIds.map(NodeId.encode).join(", ")
           rejection = fail("mismatch", `expected NodeId ${expected}, peer proved ${NodeId.encode(actual)}`)
           return false
         }
@@ -470,7 +479,7 @@ export const make: Effect.Effect<
             },
             logger: silentLogger
           },
-          { signal: controller.signal }
+          { signal: controller.signal, timer: timeoutMs }
         )
         let abandoned = false
         const settled = pending.then(
@@ -492,6 +501,11 @@ export const make: Effect.Effect<
     })
 
     const classify = (error: unknown): DialError => {
+      if (
+        error instanceof quicErrors.ErrorQUICClientCreateTimeout ||
+        error instanceof quicErrors.ErrorQUICConnectionStartTimeout
+      )
+        return fail("timeout", `no connection within ${Duration.format(timeout)}`)
       if (stopping || error instanceof quicErrors.ErrorQUICServerSocketNotRunning)
         return fail("stopped", "the transport is stopping")
       if (
@@ -512,20 +526,13 @@ export const make: Effect.Effect<
       return fail("unreachable", describe(error))
     }
 
-    // The attempt itself is interruptible (timeout, caller); once it has produced a
-    // connection, the connection is registered and tied to the caller's scope atomically.
+    // The attempt itself is interruptible (the caller); once it has produced a connection,
+    // the connection is registered and tied to the caller's scope atomically. The timeout is
+    // js-quic's own timer: it aborts the attempt like an interruption does, without a race
+    // fiber on the hot path.
     return Effect.uninterruptibleMask((restore) =>
-      restore(
-        Effect.suspend(() =>
-          stopping ? Effect.fail(fail("stopped", "the transport is stopping")) : attempt
-        ).pipe(
-          Effect.timeoutFail({
-            duration: timeout,
-            onTimeout: () => fail("timeout", `no connection within ${Duration.format(timeout)}`)
-          })
-        )
-      ).pipe(
-        Effect.map(({ client, remoteNodeId }) =>
+      restore(stopping ? Effect.fail(fail("stopped", "the transport is stopping")) : attempt).pipe(
+        Effect.flatMap(({ client, remoteNodeId }) =>
           wrapConnection(ctx, client.connection, {
             direction: "forward",
             remoteNodeId,
@@ -556,6 +563,10 @@ export const make: Effect.Effect<
     sendDatagram,
     failure: Deferred.await(failure)
   }
+  statsOf.set(service, () => ({
+    connections: ctx.live.size,
+    quicConnections: (socket as unknown as { connectionMap: { size: number } }).connectionMap.size
+  }))
   return service
 })
 
