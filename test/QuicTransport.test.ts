@@ -1,0 +1,322 @@
+/**
+ * QuicTransportLive over real QUIC on loopback: two (or three) nodes, each a transport with
+ * its own deterministic KeyRing.
+ */
+import { randomBytes } from "node:crypto"
+import { createSocket, type Socket as UdpSocket } from "node:dgram"
+import type { Socket } from "@effect/platform"
+import { describe, expect, it } from "@effect/vitest"
+import {
+  Chunk,
+  Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Schedule,
+  Scope,
+  Stream,
+  Supervisor
+} from "effect"
+import * as KeyRingTest from "../src/layers/KeyRingTest.js"
+import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
+import { KeyRing } from "../src/services/KeyRing.js"
+import * as NodeId from "../src/services/NodeId.js"
+import {
+  type DialError,
+  type QuicConnection,
+  QuicTransport,
+  QuicTransportConfig,
+  type QuicTransportOptions
+} from "../src/services/QuicTransport.js"
+
+interface TestNode {
+  readonly transport: QuicTransport["Type"]
+  readonly keyRing: KeyRing["Type"]
+  readonly nodeId: NodeId.NodeId
+  /** Closing it stops the node. */
+  readonly scope: Scope.CloseableScope
+}
+
+/** A node whose life is its own scope (closed with the test's scope at the latest). */
+const makeNode = (seed: string, options: Partial<QuicTransportOptions> = {}) =>
+  Effect.gen(function* () {
+    const scope = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+    const context = yield* Layer.buildWithScope(
+      QuicTransportLive.layer.pipe(
+        Layer.provideMerge(KeyRingTest.layer(seed)),
+        Layer.provide(QuicTransportConfig.layer(options))
+      ),
+      scope
+    )
+    const transport = context.unsafeMap.get(QuicTransport.key) as QuicTransport["Type"]
+    const keyRing = context.unsafeMap.get(KeyRing.key) as KeyRing["Type"]
+    const nodeId = yield* keyRing.nodeId
+    return { transport, keyRing, nodeId, scope } satisfies TestNode
+  })
+
+const takeIncoming = (node: TestNode) =>
+  node.transport.incoming.pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
+
+/** Echoes every stream the peer opens on `connection`, until the connection ends. */
+const serveEcho = (connection: QuicConnection) =>
+  connection.acceptedStreams.pipe(
+    Stream.runForEach((socket) =>
+      Effect.scoped(
+        Effect.gen(function* () {
+          const write = yield* socket.writer
+          yield* socket.run((bytes) => write(bytes))
+        })
+      ).pipe(Effect.ignore, Effect.forkScoped)
+    ),
+    Effect.forkScoped
+  )
+
+/** Opens a stream, sends `data`, ends our side, and collects what comes back until the peer ends. */
+const roundTrip = (connection: QuicConnection, data: Uint8Array) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const socket: Socket.Socket = yield* connection.openStream
+      const received: Uint8Array[] = []
+      const reading = yield* socket.run((bytes) => void received.push(bytes)).pipe(Effect.fork)
+      yield* Effect.scoped(
+        Effect.gen(function* () {
+          const write = yield* socket.writer
+          // Several writes, to see they all arrive in order.
+          const step = Math.ceil(data.length / 4)
+          for (let i = 0; i < data.length; i += step) yield* write(data.subarray(i, i + step))
+        })
+      )
+      yield* Fiber.join(reading)
+      return Buffer.concat(received)
+    })
+  )
+
+const udpBind = (port: number, type: "udp4" | "udp6", host: string) =>
+  Effect.async<UdpSocket, Error>((resume) => {
+    const socket = createSocket({ type, ipv6Only: type === "udp6" })
+    socket.once("error", (e) => resume(Effect.fail(e)))
+    socket.bind(port, host, () => resume(Effect.succeed(socket)))
+  })
+const udpClose = (socket: UdpSocket) =>
+  Effect.async<void>((resume) => {
+    socket.close(() => resume(Effect.void))
+  })
+
+describe("QuicTransportLive", () => {
+  for (const host of ["127.0.0.1", "::1"]) {
+    it.scopedLive(`dials over ${host}: NodeIds verified both ways, one shared port, echo both ways`, () =>
+      Effect.gen(function* () {
+        const a = yield* makeNode(`qt-a-${host}`)
+        const b = yield* makeNode(`qt-b-${host}`)
+        const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+        const forward = yield* a.transport.dial({ host, port: b.transport.port, expectedNodeIds: [b.nodeId] })
+        const reverse = yield* Fiber.join(inbound)
+
+        expect(NodeId.encode(forward.remoteNodeId)).toBe(NodeId.encode(b.nodeId))
+        expect(forward.direction).toBe("forward")
+        expect(forward.remotePort).toBe(b.transport.port)
+        expect(NodeId.encode(reverse.remoteNodeId)).toBe(NodeId.encode(a.nodeId))
+        expect(reverse.direction).toBe("reverse")
+        // The dial left from A's listening port: one socket for server and clients.
+        expect(reverse.remotePort).toBe(a.transport.port)
+        expect(reverse.remoteHost).toBe(host)
+
+        yield* serveEcho(reverse)
+        yield* serveEcho(forward)
+        const payload = randomBytes(64_000)
+        const fromA = yield* roundTrip(forward, payload)
+        expect(fromA.equals(payload)).toBe(true)
+        const small = new TextEncoder().encode(`hello from B over ${host}`)
+        const fromB = yield* roundTrip(reverse, small)
+        expect(fromB.equals(Buffer.from(small))).toBe(true)
+      })
+    )
+  }
+
+  it.scopedLive("a dial expecting another NodeId fails with mismatch and leaves no connection", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-mm-a")
+      const b = yield* makeNode("qt-mm-b")
+      const c = yield* makeNode("qt-mm-c")
+      const inbound = yield* takeIncoming(b).pipe(Effect.timeoutOption("1 second"), Effect.fork)
+      const error = yield* a.transport
+        .dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [c.nodeId] })
+        .pipe(Effect.flip)
+      expect(error._tag).toBe("DialError")
+      expect(error.reason).toBe("mismatch")
+      expect(error.detail).toContain(NodeId.encode(c.nodeId))
+      expect(error.detail).toContain(NodeId.encode(b.nodeId))
+      // B never offers the rejected connection (or, had it, it would already be closed).
+      const offered = yield* Fiber.join(inbound)
+      if (Option.isSome(offered)) {
+        const reason = yield* offered.value.closed.pipe(Effect.timeoutOption("1 second"))
+        expect(Option.isSome(reason)).toBe(true)
+      }
+      yield* Effect.sleep("300 millis")
+      expect(QuicTransportLive.stats(a.transport)).toEqual({ connections: 0, quicConnections: 0 })
+      expect(QuicTransportLive.stats(b.transport)).toEqual({ connections: 0, quicConnections: 0 })
+    })
+  )
+
+  it.scopedLive("a dial to a silent port times out within its timeout; interrupting a dial stops it", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-to-a")
+      const silent = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
+      const port = silent.address().port
+      const someone = a.nodeId
+      const [elapsed, error] = yield* a.transport
+        .dial({ host: "127.0.0.1", port, expectedNodeIds: [someone], timeout: "400 millis" })
+        .pipe(Effect.flip, Effect.timed)
+      expect((error as DialError).reason).toBe("timeout")
+      expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(390)
+      expect(Duration.toMillis(elapsed)).toBeLessThan(1500)
+
+      const pending = yield* a.transport
+        .dial({ host: "127.0.0.1", port, expectedNodeIds: [someone], timeout: "30 seconds" })
+        .pipe(Effect.fork)
+      yield* Effect.sleep("100 millis")
+      expect(QuicTransportLive.stats(a.transport)?.quicConnections).toBe(1)
+      const [stopTime] = yield* Fiber.interrupt(pending).pipe(Effect.timed)
+      expect(Duration.toMillis(stopTime)).toBeLessThan(1000)
+      expect(QuicTransportLive.stats(a.transport)).toEqual({ connections: 0, quicConnections: 0 })
+
+      const invalid = yield* a.transport
+        .dial({ host: "127.0.0.1", port: 70_000, expectedNodeIds: [someone] })
+        .pipe(Effect.flip)
+      expect(invalid.reason).toBe("invalid-address")
+    })
+  )
+
+  it.scopedLive("10,000 random datagrams do not disturb the node", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-junk-a")
+      const b = yield* makeNode("qt-junk-b")
+      const junk = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
+      for (let i = 0; i < 10_000; i++) {
+        const datagram = randomBytes(1 + Math.floor(Math.random() * 1400))
+        // A third look like QUIC long-header packets, to get past the first parse.
+        if (i % 3 === 0) datagram[0] = 0xc0 | (datagram[0]! & 0x3f)
+        yield* Effect.async<void>((resume) =>
+          junk.send(datagram, b.transport.port, "127.0.0.1", () => resume(Effect.void))
+        )
+      }
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const forward = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      yield* serveEcho(yield* Fiber.join(inbound))
+      const payload = randomBytes(10_000)
+      expect((yield* roundTrip(forward, payload)).equals(payload)).toBe(true)
+      const failed = yield* b.transport.failure.pipe(Effect.timeoutOption("10 millis"), Effect.exit)
+      expect(Exit.isSuccess(failed) && Option.isNone(failed.value)).toBe(true)
+    })
+  )
+
+  it.scopedLive("sendDatagram leaves from the shared port", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-dgram-a", { host: "127.0.0.1" })
+      const receiver = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
+      const received = Effect.async<{ data: Buffer; port: number }>((resume) => {
+        receiver.once("message", (data, info) => resume(Effect.succeed({ data, port: info.port })))
+      })
+      const fiber = yield* Effect.fork(received)
+      yield* a.transport.sendDatagram("127.0.0.1", receiver.address().port, new Uint8Array([1, 2, 3]))
+      const got = yield* Fiber.join(fiber)
+      expect([...got.data]).toEqual([1, 2, 3])
+      expect(got.port).toBe(a.transport.port)
+      const bad = yield* a.transport.sendDatagram("::1", 9, new Uint8Array([1])).pipe(Effect.flip)
+      expect(bad.reason).toBe("send")
+    })
+  )
+
+  it.scopedLive("close is idempotent and reported on both sides; streams cannot open afterwards", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-close-a")
+      const b = yield* makeNode("qt-close-b")
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const forward = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      const reverse = yield* Fiber.join(inbound)
+      const accepted = yield* reverse.acceptedStreams.pipe(Stream.runCollect, Effect.fork)
+      yield* Effect.all([forward.close("bye"), forward.close("again")], { concurrency: "unbounded" })
+      expect(yield* forward.closed).toEqual({ _tag: "Local", detail: "bye" })
+      expect(yield* reverse.closed).toEqual({ _tag: "Peer", detail: "bye" })
+      // The peer's accepted-streams stream ends with the connection.
+      expect(Chunk.size(yield* Fiber.join(accepted))).toBe(0)
+      const error = yield* Effect.scoped(forward.openStream).pipe(Effect.flip)
+      expect(error.reason).toBe("closed")
+      expect(QuicTransportLive.stats(a.transport)?.connections).toBe(0)
+      expect(QuicTransportLive.stats(b.transport)?.connections).toBe(0)
+    })
+  )
+
+  it.scopedLive("closing the layer closes every connection, frees the port and leaves no fibers", () =>
+    Effect.gen(function* () {
+      const supervisor = yield* Supervisor.track
+      const a = yield* makeNode("qt-stop-a")
+      const b = yield* makeNode("qt-stop-b").pipe(Effect.supervised(supervisor))
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const forward = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      // B also dials A, so it holds a forward and a reverse connection.
+      const bForward = yield* b.transport
+        .dial({ host: "127.0.0.1", port: a.transport.port, expectedNodeIds: [a.nodeId] })
+        .pipe(Scope.extend(b.scope))
+      yield* Fiber.join(inbound)
+      expect(QuicTransportLive.stats(b.transport)?.connections).toBe(2)
+      const aSeesBStop = yield* takeIncoming(a).pipe(
+        Effect.flatMap((c) => c.closed),
+        Effect.fork
+      )
+      // The node's own fibers (admission, renewal) are running under the supervisor.
+      const started = yield* supervisor.value
+      expect(started.length).toBeGreaterThan(0)
+
+      yield* Scope.close(b.scope, Exit.void)
+      expect((yield* forward.closed)._tag).toBe("Peer")
+      expect((yield* Fiber.join(aSeesBStop))._tag).toBe("Peer")
+      expect((yield* bForward.closed)._tag).toBe("Local")
+      // The UDP port is free again, on both families.
+      const v4 = yield* udpBind(b.transport.port, "udp4", "0.0.0.0")
+      yield* udpClose(v4)
+      const v6 = yield* udpBind(b.transport.port, "udp6", "::")
+      yield* udpClose(v6)
+      // Every fiber the node started has ended.
+      const fibers = yield* supervisor.value
+      const running = yield* Effect.filter(fibers, (fiber) => fiber.poll.pipe(Effect.map(Option.isNone)))
+      expect(running).toHaveLength(0)
+    })
+  )
+
+  it.scopedLive("key renewal: new dials see the new certificate without a restart", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-renew-a")
+      const b = yield* makeNode("qt-renew-b")
+      yield* Stream.runDrain(b.transport.incoming).pipe(Effect.forkScoped)
+      const before = b.nodeId
+      yield* b.keyRing.renew
+      const after = yield* b.keyRing.nodeId
+      expect(NodeId.encode(after)).not.toBe(NodeId.encode(before))
+      // The swap happens on B's renewal fiber; give it a moment.
+      const renewed = yield* a.transport
+        .dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [after] })
+        .pipe(Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.intersect(Schedule.recurs(20)))))
+      expect(NodeId.encode(renewed.remoteNodeId)).toBe(NodeId.encode(after))
+      const old = yield* a.transport
+        .dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [before] })
+        .pipe(Effect.flip)
+      expect(old.reason).toBe("mismatch")
+    })
+  )
+})
