@@ -33,8 +33,9 @@ const ED25519_ALGORITHM_ID = Buffer.from("300506032b6570", "hex")
 export const DEFAULT_CERT_VALIDITY_MS = 365 * 24 * 60 * 60 * 1000
 
 /**
- * An Ed25519 key pair. `publicKeyRaw` is the NodeId. The private key is only reachable through
- * `privateKeyPem()` / `privateKey` so that printing the object shows no secret.
+ * An Ed25519 key pair; `nodeId` is the raw 32-byte public key. The private key is held in private
+ * fields and reachable only through `privateKey`, `privateKeyPem()` and `privateKeyJwk()`, so that
+ * printing the object shows no secret.
  */
 export interface Ed25519KeyPair {
   readonly nodeId: NodeId
