@@ -17,17 +17,14 @@ import { join } from "node:path"
 import { NodeSocketServer } from "@effect/platform-node"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Deferred, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
-import * as ConnectionManagerLive from "../layers/ConnectionManagerLive.js"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
+import * as Node from "../layers/Node.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
-import * as PeerRpcLive from "../layers/PeerRpcLive.js"
-import * as QuicTransportLive from "../layers/QuicTransportLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import { ControlError, ControlRpcs } from "../services/ControlApi.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
-import { QuicTransportConfig } from "../services/QuicTransport.js"
 import { OperationError } from "./Input.js"
 
 export interface AgentOptions {
@@ -83,18 +80,13 @@ export const lockNodePath = (nodePath: string) =>
   )
 
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */
-export const nodeLayer = (options: AgentOptions) => {
-  const keyRing = KeyRingLive.layer({ nodePath: options.nodePath })
-  const graph = NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") })
-  const transport = QuicTransportLive.layer.pipe(
-    Layer.provide(QuicTransportConfig.layer({ host: options.host, port: options.port }))
-  )
-  return ConnectionManagerLive.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(transport, graph, PeerRpcLive.layer)),
-    Layer.provideMerge(keyRing),
-    Layer.provide(CMConfig.layerFromConfig(options.seedNodes))
-  )
-}
+export const nodeLayer = (options: AgentOptions) =>
+  Node.layer({
+    keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
+    nodeGraph: NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") }),
+    transport: { host: options.host, port: options.port },
+    config: CMConfig.layerFromConfig(options.seedNodes).pipe(Layer.orDie)
+  })
 
 const handlers = (stop: Deferred.Deferred<void>) =>
   ControlRpcs.toLayer(

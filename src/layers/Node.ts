@@ -1,0 +1,75 @@
+/**
+ * A whole node from its parts: give it a KeyRing layer and a NodeGraph layer (live or
+ * in-memory), and the transport and manager options; get the ConnectionManager with every
+ * service it stands on (KeyRing, NodeGraph, QuicTransport, RpcServer, PeerRpc).
+ */
+import { Effect, Layer } from "effect"
+import type { ConnectionManager } from "../services/ConnectionManager.js"
+import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import type { KeyRing } from "../services/KeyRing.js"
+import type { NodeGraph } from "../services/NodeGraph.js"
+import type { PeerRpc } from "../services/PeerRpc.js"
+import { type QuicTransport, QuicTransportConfig } from "../services/QuicTransport.js"
+import type { RpcServer } from "../services/RpcServer.js"
+import * as ConnectionManagerLive from "./ConnectionManagerLive.js"
+import * as PeerRpcLive from "./PeerRpcLive.js"
+import * as QuicTransportLive from "./QuicTransportLive.js"
+
+export type NodeServices = ConnectionManager | KeyRing | NodeGraph | QuicTransport | RpcServer | PeerRpc
+
+/**
+ * The manager over `transport` (QuicTransportLive or a simulated one). The transport's
+ * keep-alive follows the manager's options.
+ */
+export const layerWith = <E1, E2, E3, R3>(parts: {
+  readonly keyRing: Layer.Layer<KeyRing, E1>
+  readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
+  readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
+  readonly transportConfig: Layer.Layer<QuicTransportConfig, never, ConnectionManagerConfig>
+  readonly config: Layer.Layer<ConnectionManagerConfig>
+}): Layer.Layer<
+  NodeServices | ConnectionManagerConfig,
+  E1 | E2 | E3,
+  Exclude<Exclude<Exclude<R3, QuicTransportConfig>, KeyRing>, ConnectionManagerConfig>
+> =>
+  ConnectionManagerLive.layer.pipe(
+    Layer.provideMerge(
+      Layer.mergeAll(
+        parts.transport.pipe(Layer.provide(parts.transportConfig)),
+        parts.nodeGraph,
+        PeerRpcLive.layer.pipe(Layer.provide(PeerRpcLive.rpcConfigFromManager))
+      )
+    ),
+    Layer.provideMerge(parts.keyRing),
+    Layer.provideMerge(parts.config)
+  )
+
+/** Transport options: keep-alive and connect timeout follow the manager's options, then `overrides`. */
+export const transportConfigFor = (
+  overrides: Partial<typeof QuicTransportConfig.defaults>
+): Layer.Layer<QuicTransportConfig, never, ConnectionManagerConfig> =>
+  Layer.effect(
+    QuicTransportConfig,
+    Effect.map(ConnectionManagerConfig, (c) => ({
+      ...QuicTransportConfig.defaults,
+      keepAliveInterval: c.connectionKeepAliveIntervalTime,
+      maxIdleTimeout: c.connectionKeepAliveTimeoutTime,
+      connectTimeout: c.connectionConnectTimeoutTime,
+      ...overrides
+    }))
+  )
+
+/** A node on real QUIC. */
+export const layer = <E1, E2>(parts: {
+  readonly keyRing: Layer.Layer<KeyRing, E1>
+  readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
+  readonly transport?: Partial<typeof QuicTransportConfig.defaults>
+  readonly config: Layer.Layer<ConnectionManagerConfig>
+}) =>
+  layerWith({
+    keyRing: parts.keyRing,
+    nodeGraph: parts.nodeGraph,
+    transport: QuicTransportLive.layer,
+    transportConfig: transportConfigFor(parts.transport ?? {}),
+    config: parts.config
+  })

@@ -1,0 +1,132 @@
+/**
+ * PeerRpc over the agent RPC: the connection manager's view of `RpcServer` and the agent
+ * client. The handlers the manager provides are registered once (a Deferred), so the RPC
+ * server's handler layer can be built before the manager that implements it.
+ */
+import { Context, Deferred, Effect, Either, Layer, Stream } from "effect"
+import { AgentRpcs, Caller, type NodeContact, RpcHandlerError } from "../services/AgentRpc.js"
+import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import * as NodeId from "../services/NodeId.js"
+import {
+  type AgentHandlers,
+  type HolePunchMessage,
+  PeerCallError,
+  type PeerClient,
+  PeerRpc,
+  type WireContact
+} from "../services/PeerRpc.js"
+import { type AgentCallError, type AgentClient, RpcConfig, RpcServer } from "../services/RpcServer.js"
+import * as RpcServerLive from "./RpcServerLive.js"
+
+/** Where the manager registers its handlers; the RPC handlers wait for them. */
+export class AgentHandlersRegistry extends Context.Tag("quicmesh/AgentHandlersRegistry")<
+  AgentHandlersRegistry,
+  Deferred.Deferred<AgentHandlers>
+>() {
+  static readonly layer = Layer.effect(AgentHandlersRegistry, Deferred.make<AgentHandlers>())
+}
+
+/** The agent RPC handlers, delegating to what the manager registered. */
+export const handlersLayer = AgentRpcs.toLayer(
+  Effect.gen(function* () {
+    const registry = yield* AgentHandlersRegistry
+    const handlers = Deferred.await(registry)
+    return {
+      nodesPing: ({ nonce }) => Effect.succeed({ nonce }),
+      nodesClosestLocalNodesGet: ({ nodeIdEncoded }) =>
+        Stream.unwrap(
+          Effect.gen(function* () {
+            const caller = yield* Caller
+            const h = yield* handlers
+            const target = NodeId.decode(nodeIdEncoded)
+            if (Either.isLeft(target)) return Stream.empty
+            const contacts = yield* h.closestNodes(caller, target.right)
+            return Stream.fromIterable(contacts as ReadonlyArray<NodeContact>)
+          })
+        ),
+      nodesHolePunchSignal: (payload) =>
+        Effect.gen(function* () {
+          const caller = yield* Caller
+          const h = yield* handlers
+          yield* h
+            .holePunchSignal(caller, payload)
+            .pipe(
+              Effect.mapError((detail) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail }))
+            )
+        })
+    }
+  })
+)
+
+const callError =
+  (method: string) =>
+  (e: AgentCallError | RpcHandlerError): PeerCallError =>
+    new PeerCallError({
+      method,
+      reason:
+        e._tag === "RpcTimeoutError" ? "timeout" : e._tag === "RpcStreamError" ? "connection" : "remote",
+      detail: e.message
+    })
+
+let nonceCounter = 0
+
+const adapt = (client: AgentClient): PeerClient => ({
+  ping: Effect.suspend(() => {
+    const nonce = `${++nonceCounter}`
+    return client.nodesPing({ nonce }).pipe(
+      Effect.mapError(callError("nodesPing")),
+      Effect.flatMap((r) =>
+        r.nonce === nonce
+          ? Effect.void
+          : Effect.fail(
+              new PeerCallError({ method: "nodesPing", reason: "invalid-response", detail: "wrong nonce" })
+            )
+      )
+    )
+  }),
+  closestNodes: (target) =>
+    client
+      .nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) })
+      .pipe(Stream.mapError(callError("nodesClosestLocalNodesGet"))) as Stream.Stream<
+      WireContact,
+      PeerCallError
+    >,
+  holePunchSignal: (message: HolePunchMessage) =>
+    client
+      .nodesHolePunchSignal({
+        sourceNodeIdEncoded: message.sourceNodeIdEncoded as NodeId.NodeIdEncoded,
+        targetNodeIdEncoded: message.targetNodeIdEncoded as NodeId.NodeIdEncoded,
+        ...(message.address ? { address: message.address } : {})
+      })
+      .pipe(Effect.mapError(callError("nodesHolePunchSignal")))
+})
+
+export const make = Effect.gen(function* () {
+  const server = yield* RpcServer
+  const registry = yield* AgentHandlersRegistry
+  return PeerRpc.of({
+    serve: (connection, handlers) =>
+      Deferred.succeed(registry, handlers).pipe(Effect.zipRight(server.serve(connection))),
+    client: (connection) => Effect.map(server.makeClient(connection), adapt)
+  })
+})
+
+/** PeerRpc alone, over an RpcServer whose handlers come from `handlersLayer`. */
+export const layerWithoutServer: Layer.Layer<PeerRpc, never, RpcServer | AgentHandlersRegistry> =
+  Layer.effect(PeerRpc, make)
+
+/** The whole agent RPC stack: RpcServer (with the delegating handlers) and PeerRpc over it. */
+export const layer: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig> = layerWithoutServer.pipe(
+  Layer.provideMerge(RpcServerLive.layer.pipe(Layer.provide(handlersLayer))),
+  Layer.provide(AgentHandlersRegistry.layer)
+)
+
+/** The RPC limits taken from the connection manager's options. */
+export const rpcConfigFromManager: Layer.Layer<RpcConfig, never, ConnectionManagerConfig> = Layer.effect(
+  RpcConfig,
+  Effect.map(ConnectionManagerConfig, (c) => ({
+    ...RpcConfig.defaults,
+    rpcParserBufferSize: c.rpcParserBufferSize,
+    rpcCallTimeoutTime: c.rpcCallTimeoutTime
+  }))
+)
