@@ -16,6 +16,7 @@ import { type Lab, labAvailability, makeLab, NatLab } from "./lab.js"
 const execFileAsync = promisify(execFile)
 
 const TOOL = fileURLToPath(new URL("./udpTool.mjs", import.meta.url))
+const RELAY_MAIN = fileURLToPath(new URL("../faults/udpRelayMain.ts", import.meta.url))
 
 interface Recv {
   readonly from: string
@@ -242,6 +243,49 @@ describe.skipIf(!availability.ok && availability.notRoot)("NAT lab", () => {
         expect(again).toEqual(mapping)
         yield* Effect.sleep("100 millis")
         expect(e.received().some((r) => r.data === "after-expiry")).toBe(false)
+      })
+    )
+
+    it.scoped("the UDP fault relay runs inside a namespace (public host c relaying to the seed)", () =>
+      Effect.gen(function* () {
+        const lab = yield* NatLab
+        const seed = lab.node("seed")
+        const c = lab.node("c")
+        const echo = yield* udpEndpoint(lab, "seed", { port: 4006, echo: true })
+        const relay = yield* lab.spawn("c", process.execPath, [
+          "--import",
+          "tsx",
+          RELAY_MAIN,
+          JSON.stringify({
+            listenHost: "0.0.0.0",
+            listenPort: 7000,
+            targetHost: seed.ip,
+            targetPort: echo.port,
+            lossRate: 0,
+            delayMs: 50,
+            seed: 1
+          })
+        ])
+        yield* relay.waitForLine((l) => l.includes('"ready"'), "20 seconds")
+        const a = yield* udpEndpoint(lab, "a", { port: 5006 })
+        const sentAt = performance.now()
+        yield* a.send(c.ip, 7000, "via-relay")
+        const reply = yield* a.recv("echo:via-relay")
+        // Two delayed hops, the reply comes from the relay, and the seed saw the relay as the source.
+        expect(performance.now() - sentAt).toBeGreaterThanOrEqual(99)
+        expect(reply.from).toBe(c.ip)
+        expect(seenBySeed(reply).host).toBe(c.ip)
+        // Cut the link at runtime through the relay's stdin: nothing gets through any more.
+        yield* relay.writeLine(JSON.stringify({ op: "update", lossRate: 1 }))
+        yield* relay.waitForLine((l) => l.includes('"updated"'))
+        yield* a.send(c.ip, 7000, "cut")
+        yield* Effect.sleep("300 millis")
+        expect(a.received().some((r) => r.data.startsWith("echo:cut"))).toBe(false)
+        yield* relay.writeLine(JSON.stringify({ op: "stats" }))
+        const stats = JSON.parse(yield* relay.waitForLine((l) => l.includes('"stats"'))) as {
+          toTarget: { received: number; dropped: number }
+        }
+        expect(stats.toTarget).toMatchObject({ received: 2, dropped: 1 })
       })
     )
   })
