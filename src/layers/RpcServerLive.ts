@@ -1,0 +1,304 @@
+/**
+ * RpcServerLive: the agent RPC served on QUIC streams with `@effect/rpc`'s server core
+ * (`RpcServer.makeNoSerialization`: handler dispatch, streams, interrupts, middleware).
+ *
+ * Each stream a peer opens is one `@effect/rpc` client (its own clientId): it may carry
+ * one call (per-call clients) or many (multiplexed clients); calls run in parallel.
+ * - The stream's connection is the `Caller` of every call on it.
+ * - A frame longer than `rpcParserBufferSize` is refused from its header: the stream gets a
+ *   `RpcMessageTooLargeError` and is closed; the connection and its other streams go on.
+ * - Bytes that are not a message: `RpcMalformedMessageError`, then the stream is closed.
+ * - An unknown method or a payload that fails its schema: a typed failure of that call.
+ * - A handler running longer than `rpcCallTimeoutTime` is interrupted; the call fails with
+ *   `RpcTimeoutError`.
+ * - An answer too large to send fails that call with `RpcMessageTooLargeError` instead.
+ * - The peer ending the stream (FIN) lets its calls finish; a reset interrupts them.
+ */
+import { Headers, Socket } from "@effect/platform"
+import { RpcServer as EffectRpcServer, Rpc, RpcSchema } from "@effect/rpc"
+import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
+import { RequestId } from "@effect/rpc/RpcMessage"
+import type { RpcMiddlewareWrap } from "@effect/rpc/RpcMiddleware"
+import {
+  Cause,
+  Deferred,
+  Duration,
+  Effect,
+  FiberSet,
+  Layer,
+  Option,
+  ParseResult,
+  Schema,
+  Stream
+} from "effect"
+import {
+  type AgentRpc,
+  AgentRpcMiddleware,
+  AgentRpcs,
+  type AgentRpcWireError,
+  Caller,
+  type CallerInfo,
+  RpcInvalidRequestError,
+  RpcMalformedMessageError,
+  RpcMessageTooLargeError,
+  RpcTimeoutError,
+  RpcUnknownMethodError
+} from "../services/AgentRpc.js"
+import type { QuicConnection } from "../services/QuicTransport.js"
+import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
+import * as RpcClientLive from "./RpcClientLive.js"
+import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "./RpcWire.js"
+
+interface Schemas {
+  readonly rpc: Rpc.AnyWithProps
+  readonly decodePayload: (u: unknown) => Effect.Effect<unknown, ParseResult.ParseError>
+  readonly encodeExit: (exit: unknown) => Effect.Effect<unknown, ParseResult.ParseError>
+  readonly encodeChunk: (values: ReadonlyArray<unknown>) => Effect.Effect<unknown, ParseResult.ParseError>
+}
+
+const schemasOf = (rpc: Rpc.AnyWithProps): Schemas => {
+  const stream = RpcSchema.getStreamSchemas(rpc.successSchema.ast)
+  return {
+    rpc,
+    decodePayload: Schema.decodeUnknown(rpc.payloadSchema as Schema.Schema<unknown, unknown>),
+    encodeExit: Schema.encodeUnknown(
+      Rpc.exitSchema(rpc as never) as unknown as Schema.Schema<unknown, unknown>
+    ),
+    encodeChunk: Schema.encodeUnknown(
+      Schema.Array(
+        Option.isSome(stream) ? (stream.value.success as Schema.Schema<unknown, unknown>) : Schema.Any
+      )
+    )
+  }
+}
+
+/** What the server knows about one stream (one `@effect/rpc` client). */
+interface Session {
+  readonly caller: CallerInfo
+  /** Requests in flight: their schemas, for encoding their answers. */
+  readonly requests: Map<bigint, Schemas>
+  /** Writes one frame; a failed write is ignored (the reading side notices the stream's end). */
+  readonly send: (frame: Uint8Array) => Effect.Effect<void>
+  readonly ended: Deferred.Deferred<void>
+}
+
+export const make = Effect.gen(function* () {
+  const config = yield* RpcConfig
+  const limit = config.rpcParserBufferSize
+  const timeout = config.rpcCallTimeoutTime
+  const timeoutMillis = Duration.toMillis(timeout)
+  const schemas = new Map<string, Schemas>()
+  for (const [tag, rpc] of AgentRpcs.requests) schemas.set(tag, schemasOf(rpc as unknown as Rpc.AnyWithProps))
+
+  const sessions = new Map<number, Session>()
+  let nextClientId = 0
+
+  const middleware: RpcMiddlewareWrap<Caller, AgentRpcWireError> = ({ clientId, next, rpc }) => {
+    const session = sessions.get(clientId)
+    if (session === undefined) return Effect.dieMessage(`no session for client ${clientId}`)
+    return next.pipe(
+      Effect.provideService(Caller, session.caller),
+      Effect.timeoutFail({
+        duration: timeout,
+        onTimeout: () => new RpcTimeoutError({ method: rpc._tag, timeoutMillis })
+      })
+    )
+  }
+
+  /** Sends `message` on the session's stream, or a typed failure when it is too large. */
+  const sendChecked = (session: Session, requestId: bigint, message: FromServerEncoded) => {
+    const { frame, size } = encodeFrame(message)
+    return size <= limit
+      ? session.send(frame)
+      : sendEncoded(session, failureExit(String(requestId), new RpcMessageTooLargeError({ size, limit })))
+  }
+
+  const onFromServer = (response: FromServer<AgentRpc>): Effect.Effect<void> => {
+    const session = sessions.get(response.clientId)
+    if (session === undefined) return Effect.void
+    switch (response._tag) {
+      case "Chunk": {
+        const s = session.requests.get(response.requestId)
+        if (s === undefined) return Effect.void
+        return s.encodeChunk(response.values).pipe(
+          Effect.matchEffect({
+            onFailure: (e) =>
+              sendEncoded(session, {
+                _tag: "Exit",
+                requestId: String(response.requestId),
+                exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
+              }),
+            onSuccess: (values) =>
+              sendChecked(session, response.requestId, {
+                _tag: "Chunk",
+                requestId: String(response.requestId),
+                values: values as never
+              })
+          })
+        )
+      }
+      case "Exit": {
+        const s = session.requests.get(response.requestId)
+        if (s === undefined) return Effect.void
+        session.requests.delete(response.requestId)
+        return s.encodeExit(response.exit).pipe(
+          Effect.matchEffect({
+            onFailure: (e) =>
+              sendEncoded(session, {
+                _tag: "Exit",
+                requestId: String(response.requestId),
+                exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
+              }),
+            onSuccess: (exit) =>
+              sendChecked(session, response.requestId, {
+                _tag: "Exit",
+                requestId: String(response.requestId),
+                exit: exit as never
+              })
+          })
+        )
+      }
+      case "Defect":
+        return sendEncoded(session, {
+          _tag: "Defect",
+          defect: String(Cause.pretty(Cause.die(response.defect)))
+        })
+      case "ClientEnd":
+        return Deferred.succeed(session.ended, undefined)
+    }
+  }
+
+  const sendEncoded = (session: Session, message: FromServerEncoded) =>
+    session.send(encodeFrame(message).frame)
+
+  const server = yield* EffectRpcServer.makeNoSerialization(AgentRpcs, {
+    onFromServer,
+    disableTracing: true,
+    disableClientAcks: true,
+    disableFatalDefects: true,
+    concurrency: "unbounded"
+  }).pipe(Effect.provideService(AgentRpcMiddleware, middleware))
+
+  /** Handles one decoded message from the peer; fails to stop the stream. */
+  const onMessage = (
+    clientId: number,
+    session: Session,
+    message: { readonly _tag: string }
+  ): Effect.Effect<void, RpcMalformedMessageError> => {
+    const m = message as Record<string, unknown>
+    switch (message._tag) {
+      case "Request": {
+        const id = parseRequestId(m.id)
+        if (id === undefined)
+          return Effect.fail(new RpcMalformedMessageError({ detail: "invalid request id" }))
+        const tag = typeof m.tag === "string" ? m.tag : ""
+        const s = schemas.get(tag)
+        if (s === undefined)
+          return sendEncoded(
+            session,
+            failureExit(String(id), new RpcUnknownMethodError({ method: tag.slice(0, 200) }))
+          )
+        return s.decodePayload(m.payload).pipe(
+          Effect.matchEffect({
+            onFailure: (e) =>
+              sendEncoded(
+                session,
+                failureExit(
+                  String(id),
+                  new RpcInvalidRequestError({
+                    method: tag,
+                    detail: ParseResult.TreeFormatter.formatErrorSync(e).slice(0, 1000)
+                  })
+                )
+              ),
+            onSuccess: (payload) => {
+              session.requests.set(id, s)
+              return server.write(clientId, {
+                _tag: "Request",
+                id: RequestId(id),
+                tag: tag as never,
+                payload: payload as never,
+                headers: Headers.empty
+              })
+            }
+          })
+        )
+      }
+      case "Interrupt": {
+        const id = parseRequestId(m.requestId)
+        if (id === undefined)
+          return Effect.fail(new RpcMalformedMessageError({ detail: "invalid request id" }))
+        return server.write(clientId, { _tag: "Interrupt", requestId: RequestId(id), interruptors: [] })
+      }
+      case "Ping":
+        return sendEncoded(session, { _tag: "Pong" })
+      case "Ack":
+      case "Eof":
+        return Effect.void
+      default:
+        return Effect.fail(
+          new RpcMalformedMessageError({ detail: `unknown message ${message._tag.slice(0, 100)}` })
+        )
+    }
+  }
+
+  /** Serves one stream until the peer ends it (its calls then finish) or it fails. */
+  const serveStream = (socket: Socket.Socket, caller: CallerInfo) =>
+    Effect.gen(function* () {
+      const clientId = nextClientId++
+      const write = yield* socket.writer
+      const session: Session = {
+        caller,
+        requests: new Map(),
+        send: (frame) => Effect.ignore(write(frame)),
+        ended: yield* Deferred.make<void>()
+      }
+      sessions.set(clientId, session)
+      yield* Effect.addFinalizer(() =>
+        Effect.zipRight(
+          server.disconnect(clientId),
+          Effect.sync(() => sessions.delete(clientId))
+        )
+      )
+      const end = yield* readMessages(socket, limit, (message) =>
+        Effect.as(onMessage(clientId, session, message), true)
+      )
+      switch (end._tag) {
+        case "Refused":
+          // Tell the peer why, then end the stream; the connection and other streams go on.
+          yield* sendEncoded(session, streamDefect(end.error))
+          return yield* Effect.ignore(write(new Socket.CloseEvent(1000)))
+        case "Eof":
+          // The peer ended its side: its calls finish, then ours ends (the writer's release).
+          yield* server.write(clientId, { _tag: "Eof" })
+          return yield* Deferred.await(session.ended)
+        default:
+          // Reset or closed: the finalizer interrupts the stream's calls.
+          return
+      }
+    }).pipe(Effect.scoped)
+
+  const serve = (connection: QuicConnection): Effect.Effect<void> =>
+    Effect.gen(function* () {
+      const caller: CallerInfo = {
+        nodeId: connection.remoteNodeId,
+        host: connection.remoteHost,
+        port: connection.remotePort
+      }
+      const streams = yield* FiberSet.make()
+      yield* Stream.runForEach(connection.acceptedStreams, (socket) =>
+        FiberSet.run(streams, Effect.ignore(serveStream(socket, caller)))
+      )
+    }).pipe(Effect.scoped)
+
+  return RpcServer.of({
+    serve,
+    makeClient: (connection) => RpcClientLive.make(connection, config)
+  } satisfies RpcServerService)
+})
+
+/** Needs the handlers (`AgentRpcs.toLayer(...)`) and `RpcConfig`. */
+export const layer: Layer.Layer<RpcServer, never, RpcConfig | Rpc.ToHandler<AgentRpc>> = Layer.scoped(
+  RpcServer,
+  make
+)

@@ -1,0 +1,170 @@
+/**
+ * AgentRpc: the methods one node calls on another over QUIC, as an `@effect/rpc` group.
+ *
+ * - Every handler runs with `Caller` in its context: the calling peer's NodeId and the
+ *   address the connection observed for it. Who is calling is never read from a message.
+ * - Errors that cross the wire are `Schema.TaggedError`s. The transport-level ones
+ *   (`AgentRpcWireError`: timeout, oversized message, invalid request, unknown method,
+ *   malformed bytes) belong to every method through `AgentRpcMiddleware`'s failure schema,
+ *   so a client decodes them as typed failures of the call.
+ */
+import { Rpc, RpcGroup, RpcMiddleware } from "@effect/rpc"
+import { Context, Schema } from "effect"
+import type { NodeId } from "./NodeId.js"
+import { NodeIdEncodedSchema } from "./NodeId.js"
+
+/** At most this many contacts answer `nodesClosestLocalNodesGet` (Kademlia k). */
+export const NODES_CLOSEST_LIMIT = 20
+
+/** The calling peer, as its connection proves it. */
+export interface CallerInfo {
+  readonly nodeId: NodeId
+  readonly host: string
+  readonly port: number
+}
+
+/** Provided to every handler by the server, per connection. */
+export class Caller extends Context.Tag("quicmesh/AgentRpc/Caller")<Caller, CallerInfo>() {}
+
+// ---------------------------------------------------------------------------------------
+// Errors crossing the wire
+
+/** The handler did not finish within `rpcCallTimeoutTime` (it was interrupted), or the caller gave up. */
+export class RpcTimeoutError extends Schema.TaggedError<RpcTimeoutError>()("RpcTimeoutError", {
+  method: Schema.String,
+  timeoutMillis: Schema.Number
+}) {
+  override get message() {
+    return `${this.method}: no answer within ${this.timeoutMillis} ms`
+  }
+}
+
+/** A message was larger than `rpcParserBufferSize`; the stream carrying it was closed. */
+export class RpcMessageTooLargeError extends Schema.TaggedError<RpcMessageTooLargeError>()(
+  "RpcMessageTooLargeError",
+  { size: Schema.Number, limit: Schema.Number }
+) {
+  override get message() {
+    return `message of ${this.size} bytes exceeds the limit of ${this.limit} bytes`
+  }
+}
+
+/** The request's payload does not match the method's schema. */
+export class RpcInvalidRequestError extends Schema.TaggedError<RpcInvalidRequestError>()(
+  "RpcInvalidRequestError",
+  { method: Schema.String, detail: Schema.String }
+) {
+  override get message() {
+    return `${this.method}: invalid request: ${this.detail}`
+  }
+}
+
+/** The request names a method the peer does not serve. */
+export class RpcUnknownMethodError extends Schema.TaggedError<RpcUnknownMethodError>()(
+  "RpcUnknownMethodError",
+  {
+    method: Schema.String
+  }
+) {
+  override get message() {
+    return `unknown method "${this.method}"`
+  }
+}
+
+/** Bytes on the stream were not a message; the stream was closed. */
+export class RpcMalformedMessageError extends Schema.TaggedError<RpcMalformedMessageError>()(
+  "RpcMalformedMessageError",
+  { detail: Schema.String }
+) {
+  override get message() {
+    return `malformed message: ${this.detail}`
+  }
+}
+
+/** The stream or connection carrying the call failed before an answer came. */
+export class RpcStreamError extends Schema.TaggedError<RpcStreamError>()("RpcStreamError", {
+  detail: Schema.String
+}) {
+  override get message() {
+    return `rpc stream failed: ${this.detail}`
+  }
+}
+
+/** A handler refused the request (e.g. a relay that cannot reach the hole-punch target). */
+export class RpcHandlerError extends Schema.TaggedError<RpcHandlerError>()("RpcHandlerError", {
+  method: Schema.String,
+  detail: Schema.String
+}) {
+  override get message() {
+    return `${this.method}: ${this.detail}`
+  }
+}
+
+/** Failures any call may end with, whatever the method. */
+export const AgentRpcWireError = Schema.Union(
+  RpcTimeoutError,
+  RpcMessageTooLargeError,
+  RpcInvalidRequestError,
+  RpcUnknownMethodError,
+  RpcMalformedMessageError,
+  RpcStreamError
+)
+export type AgentRpcWireError = typeof AgentRpcWireError.Type
+
+/**
+ * Server middleware of every agent method: provides `Caller` and bounds the handler by
+ * `rpcCallTimeoutTime`. Implemented by `RpcServerLive`.
+ */
+export class AgentRpcMiddleware extends RpcMiddleware.Tag<AgentRpcMiddleware>()(
+  "quicmesh/AgentRpc/Middleware",
+  {
+    wrap: true,
+    provides: Caller,
+    failure: AgentRpcWireError
+  }
+) {}
+
+// ---------------------------------------------------------------------------------------
+// Payloads and answers
+
+export const WireAddress = Schema.Struct({
+  host: Schema.String,
+  port: Schema.Int.pipe(Schema.between(0, 65535))
+})
+export type WireAddress = typeof WireAddress.Type
+
+export const NodeContact = Schema.Struct({
+  nodeIdEncoded: NodeIdEncodedSchema,
+  host: Schema.String,
+  port: Schema.Int.pipe(Schema.between(0, 65535))
+})
+export type NodeContact = typeof NodeContact.Type
+
+export const NodesClosestLocalNodesGet = Rpc.make("nodesClosestLocalNodesGet", {
+  payload: { nodeIdEncoded: NodeIdEncodedSchema },
+  success: NodeContact,
+  stream: true
+})
+
+export const NodesHolePunchSignal = Rpc.make("nodesHolePunchSignal", {
+  payload: {
+    sourceNodeIdEncoded: NodeIdEncodedSchema,
+    targetNodeIdEncoded: NodeIdEncodedSchema,
+    /** Only meaningful when a relay forwards the request: the address it observed for the source. */
+    address: Schema.optional(WireAddress)
+  },
+  error: RpcHandlerError
+})
+
+export const NodesPing = Rpc.make("nodesPing", {
+  payload: { nonce: Schema.String },
+  success: Schema.Struct({ nonce: Schema.String })
+})
+
+export class AgentRpcs extends RpcGroup.make(
+  NodesClosestLocalNodesGet,
+  NodesHolePunchSignal,
+  NodesPing
+).middleware(AgentRpcMiddleware) {}
+
+export type AgentRpc = RpcGroup.Rpcs<typeof AgentRpcs>

@@ -1,0 +1,76 @@
+/**
+ * RpcServer: serves the agent RPC (`AgentRpcs`) on the streams a peer opens on a QUIC
+ * connection; `RpcConfig` holds the limits shared by server and client.
+ *
+ * Wire format (see `src/layers/RpcWire.ts`): each message is a 4-byte big-endian length
+ * followed by that many bytes of MessagePack, carrying `@effect/rpc`'s encoded messages.
+ * The server accepts any number of calls on any stream, so both client modes work:
+ * `multiplexed` (the default: one stream per client carrying every call) and `per-call`
+ * (a new QUIC stream per call). bench/rpc.ts measured multiplexed at about 0.7× the latency
+ * of a raw js-quic echo over a new stream, per-call at about 2.5× (opening a stream costs
+ * more than the call), so multiplexed is the default.
+ */
+import { Context, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import type {
+  AgentRpcWireError,
+  NodeContact,
+  NodesClosestLocalNodesGet,
+  NodesHolePunchSignal,
+  NodesPing,
+  RpcHandlerError
+} from "./AgentRpc.js"
+import type { QuicConnection } from "./QuicTransport.js"
+
+export type RpcStreamMode = "per-call" | "multiplexed"
+
+export interface RpcOptions {
+  /** Largest message (encoded bytes) accepted or sent; larger fails the call and closes that stream. */
+  readonly rpcParserBufferSize: number
+  /** A handler running longer is interrupted; a caller waiting longer gets `RpcTimeoutError`. */
+  readonly rpcCallTimeoutTime: Duration.Duration
+  /** How a client carries its calls (default `multiplexed`). The server serves both. */
+  readonly rpcStreamMode: RpcStreamMode
+}
+
+export class RpcConfig extends Context.Tag("quicmesh/RpcConfig")<RpcConfig, RpcOptions>() {
+  static readonly defaults: RpcOptions = {
+    rpcParserBufferSize: 64 * 1024,
+    rpcCallTimeoutTime: Duration.seconds(15),
+    rpcStreamMode: "multiplexed"
+  }
+  static readonly layer = (options: Partial<RpcOptions> = {}): Layer.Layer<RpcConfig> =>
+    Layer.succeed(RpcConfig, { ...RpcConfig.defaults, ...options })
+  static readonly layerDefaults: Layer.Layer<RpcConfig> = Layer.succeed(RpcConfig, RpcConfig.defaults)
+}
+
+/** Every way a call can fail besides its own typed errors. */
+export type AgentCallError = AgentRpcWireError
+
+/**
+ * Typed calls on one connection. Every call is bounded by `rpcCallTimeoutTime` (then fails
+ * with `RpcTimeoutError`); a broken stream or connection fails with `RpcStreamError`.
+ */
+export interface AgentClient {
+  readonly nodesPing: (
+    payload: typeof NodesPing.payloadSchema.Type
+  ) => Effect.Effect<typeof NodesPing.successSchema.Type, AgentCallError>
+  /** At most `NODES_CLOSEST_LIMIT` contacts, never the caller itself. */
+  readonly nodesClosestLocalNodesGet: (
+    payload: typeof NodesClosestLocalNodesGet.payloadSchema.Type
+  ) => Stream.Stream<NodeContact, AgentCallError>
+  readonly nodesHolePunchSignal: (
+    payload: typeof NodesHolePunchSignal.payloadSchema.Type
+  ) => Effect.Effect<void, RpcHandlerError | AgentCallError>
+}
+
+export interface RpcServerService {
+  /**
+   * Serves the agent RPC on every stream the peer opens on `connection`, until the
+   * connection closes (then returns). Handlers see the peer as `Caller`.
+   */
+  readonly serve: (connection: QuicConnection) => Effect.Effect<void>
+  /** A client for calls to the peer of `connection`, with this server's limits. */
+  readonly makeClient: (connection: QuicConnection) => Effect.Effect<AgentClient, never, Scope.Scope>
+}
+
+export class RpcServer extends Context.Tag("quicmesh/RpcServer")<RpcServer, RpcServerService>() {}
