@@ -46,6 +46,7 @@ const contacts: ReadonlyArray<NodeContact> = Array.from({ length: 30 }, (_, i) =
 })
 
 interface HandlerOverrides {
+  readonly nodesClosestLocalNodesGet?: () => Stream.Stream<NodeContact, never, Caller>
   readonly nodesPing?: (nonce: string) => Effect.Effect<{ readonly nonce: string }, never, Caller>
   readonly nodesHolePunchSignal?: (
     payload: typeof NodesHolePunchSignal.payloadSchema.Type
@@ -59,6 +60,7 @@ const handlersLayer = (overrides: HandlerOverrides = {}) =>
       overrides.nodesHolePunchSignal ? overrides.nodesHolePunchSignal(payload) : Effect.void,
     // The k closest known contacts, never the caller itself.
     nodesClosestLocalNodesGet: () =>
+      overrides.nodesClosestLocalNodesGet?.() ??
       Stream.unwrap(
         Effect.map(Caller, (caller) =>
           Stream.fromIterable(contacts).pipe(
@@ -203,6 +205,34 @@ for (const mode of ["per-call", "multiplexed"] as const) {
         const big = yield* Effect.either(client.nodesPing({ nonce: "0123456789abcdef" }))
         expect(Either.isLeft(big) && big.left).toBeInstanceOf(RpcMessageTooLargeError)
         expect(yield* client.nodesPing({ nonce: "." })).toEqual({ nonce: ".".repeat(100) })
+      })
+    )
+
+    it.scoped("an oversized streamed item fails the call with a typed error and stops the handler", () =>
+      Effect.gen(function* () {
+        const stopped = yield* Deferred.make<void>()
+        const huge = { ...contacts[0]!, host: "h".repeat(2000) }
+        const { client } = yield* setup(
+          mode,
+          {
+            nodesClosestLocalNodesGet: () =>
+              Stream.make(contacts[0]!)
+                .pipe(Stream.concat(Stream.make(huge)), Stream.concat(Stream.never))
+                .pipe(Stream.ensuring(Deferred.succeed(stopped, undefined)))
+          },
+          { rpcParserBufferSize: 1024 }
+        )
+        const seen: NodeContact[] = []
+        const result = yield* client
+          .nodesClosestLocalNodesGet({ nodeIdEncoded: contacts[5]!.nodeIdEncoded })
+          .pipe(
+            Stream.runForEach((c) => Effect.sync(() => seen.push(c))),
+            Effect.either
+          )
+        expect(Either.isLeft(result) && result.left).toBeInstanceOf(RpcMessageTooLargeError)
+        expect(seen).toEqual([contacts[0]])
+        yield* Deferred.await(stopped)
+        expect(yield* client.nodesPing({ nonce: "ok" })).toEqual({ nonce: "ok" })
       })
     )
 

@@ -19,18 +19,7 @@ import { RpcServer as EffectRpcServer, Rpc, RpcSchema } from "@effect/rpc"
 import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { RequestId } from "@effect/rpc/RpcMessage"
 import type { RpcMiddlewareWrap } from "@effect/rpc/RpcMiddleware"
-import {
-  Cause,
-  Deferred,
-  Duration,
-  Effect,
-  FiberSet,
-  Layer,
-  Option,
-  ParseResult,
-  Schema,
-  Stream
-} from "effect"
+import { Deferred, Duration, Effect, FiberSet, Layer, Option, ParseResult, Schema, Stream } from "effect"
 import {
   type AgentRpc,
   AgentRpcMiddleware,
@@ -105,12 +94,23 @@ export const make = Effect.gen(function* () {
     )
   }
 
-  /** Sends `message` on the session's stream, or a typed failure when it is too large. */
-  const sendChecked = (session: Session, requestId: bigint, message: FromServerEncoded) => {
+  /**
+   * Sends `message` on the session's stream. One too large to send fails its call with a
+   * typed error instead, and the call's handler (a stream still producing) is interrupted.
+   */
+  const sendChecked = (session: Session, clientId: number, requestId: bigint, message: FromServerEncoded) => {
     const { frame, size } = encodeFrame(message)
-    return size <= limit
-      ? session.send(frame)
-      : sendEncoded(session, failureExit(String(requestId), new RpcMessageTooLargeError({ size, limit })))
+    if (size <= limit) return session.send(frame)
+    const refused = sendEncoded(
+      session,
+      failureExit(String(requestId), new RpcMessageTooLargeError({ size, limit }))
+    )
+    if (message._tag === "Exit") return refused
+    session.requests.delete(requestId)
+    return Effect.zipRight(
+      refused,
+      server.write(clientId, { _tag: "Interrupt", requestId: RequestId(requestId), interruptors: [] })
+    )
   }
 
   const onFromServer = (response: FromServer<AgentRpc>): Effect.Effect<void> => {
@@ -129,7 +129,7 @@ export const make = Effect.gen(function* () {
                 exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
               }),
             onSuccess: (values) =>
-              sendChecked(session, response.requestId, {
+              sendChecked(session, response.clientId, response.requestId, {
                 _tag: "Chunk",
                 requestId: String(response.requestId),
                 values: values as never
@@ -150,7 +150,7 @@ export const make = Effect.gen(function* () {
                 exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
               }),
             onSuccess: (exit) =>
-              sendChecked(session, response.requestId, {
+              sendChecked(session, response.clientId, response.requestId, {
                 _tag: "Exit",
                 requestId: String(response.requestId),
                 exit: exit as never
@@ -161,7 +161,7 @@ export const make = Effect.gen(function* () {
       case "Defect":
         return sendEncoded(session, {
           _tag: "Defect",
-          defect: String(Cause.pretty(Cause.die(response.defect)))
+          defect: String(response.defect).slice(0, 1000)
         })
       case "ClientEnd":
         return Deferred.succeed(session.ended, undefined)
