@@ -14,6 +14,7 @@ import {
   Fiber,
   Layer,
   Option,
+  Queue,
   Schedule,
   Scope,
   Stream,
@@ -156,8 +157,8 @@ describe("QuicTransportLive", () => {
         expect(Option.isSome(reason)).toBe(true)
       }
       yield* Effect.sleep("300 millis")
-      expect(QuicTransportLive.stats(a.transport)).toEqual({ connections: 0, quicConnections: 0 })
-      expect(QuicTransportLive.stats(b.transport)).toEqual({ connections: 0, quicConnections: 0 })
+      expect(QuicTransportLive.stats(a.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
+      expect(QuicTransportLive.stats(b.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
     })
   )
 
@@ -181,7 +182,7 @@ describe("QuicTransportLive", () => {
       expect(QuicTransportLive.stats(a.transport)?.quicConnections).toBe(1)
       const [stopTime] = yield* Fiber.interrupt(pending).pipe(Effect.timed)
       expect(Duration.toMillis(stopTime)).toBeLessThan(1000)
-      expect(QuicTransportLive.stats(a.transport)).toEqual({ connections: 0, quicConnections: 0 })
+      expect(QuicTransportLive.stats(a.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
 
       const invalid = yield* a.transport
         .dial({ host: "127.0.0.1", port: 70_000, expectedNodeIds: [someone] })
@@ -190,11 +191,26 @@ describe("QuicTransportLive", () => {
     })
   )
 
-  it.scopedLive("10,000 random datagrams do not disturb the node", () =>
+  it.scopedLive("10,000 random datagrams and stray 0-RTT packets do not disturb the node", () =>
     Effect.gen(function* () {
       const a = yield* makeNode("qt-junk-a")
       const b = yield* makeNode("qt-junk-b")
       const junk = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
+      // Well-formed 0-RTT headers (QUIC v1) for unknown connections: js-quic's server reads
+      // the token such a packet has not got (an unhandled rejection); the transport drops them.
+      for (let i = 0; i < 50; i++) {
+        const zeroRtt = Buffer.concat([
+          Buffer.from([0xd0, 0, 0, 0, 1, 20]),
+          randomBytes(20),
+          Buffer.from([20]),
+          randomBytes(20),
+          Buffer.from([0x40, 50]),
+          randomBytes(1150)
+        ])
+        yield* Effect.async<void>((resume) =>
+          junk.send(zeroRtt, b.transport.port, "127.0.0.1", () => resume(Effect.void))
+        )
+      }
       for (let i = 0; i < 10_000; i++) {
         const datagram = randomBytes(1 + Math.floor(Math.random() * 1400))
         // A third look like QUIC long-header packets, to get past the first parse.
@@ -299,24 +315,216 @@ describe("QuicTransportLive", () => {
     })
   )
 
-  it.scopedLive("key renewal: new dials see the new certificate without a restart", () =>
+  it.scopedLive("a burst of 40 inbound handshakes never has more than maxInboundHandshakes in progress", () =>
+    Effect.gen(function* () {
+      const cap = 4
+      // (A handshake whose client gave up is abandoned after B's connect timeout.)
+      const b = yield* makeNode("qt-cap-b", {
+        maxInboundHandshakes: cap,
+        connectTimeout: Duration.seconds(1)
+      })
+      const a = yield* makeNode("qt-cap-a")
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const established = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      yield* serveEcho(yield* Fiber.join(inbound))
+      // B echoes on everything it admits from now on.
+      yield* Stream.runForEach(b.transport.incoming, serveEcho).pipe(Effect.forkScoped)
+      const bStats = () => QuicTransportLive.stats(b.transport)!
+      let sampledMax = 0
+      yield* Effect.sync(() => {
+        sampledMax = Math.max(sampledMax, bStats().handshakesInProgress)
+      }).pipe(Effect.repeat(Schedule.spaced("1 millis")), Effect.forkScoped)
+
+      // 2 client nodes × 20 concurrent dials (each connection made is closed again at once),
+      // while the established connection echoes.
+      const clients = yield* Effect.forEach([0, 1], (i) => makeNode(`qt-cap-client-${i}`))
+      const dialOnce = (client: TestNode) =>
+        client.transport
+          .dial({
+            host: "127.0.0.1",
+            port: b.transport.port,
+            expectedNodeIds: [b.nodeId],
+            timeout: "1500 millis"
+          })
+          .pipe(Effect.scoped, Effect.either)
+      const burst = Effect.forEach(
+        clients.flatMap((client) => Array.from({ length: 20 }, () => client)),
+        dialOnce,
+        { concurrency: "unbounded" }
+      )
+      const payload = randomBytes(20_000)
+      const [results, echoed] = yield* Effect.all([burst, roundTrip(established, payload)], {
+        concurrency: "unbounded"
+      })
+      expect(echoed.equals(payload)).toBe(true)
+      const after = bStats()
+      // The cap was reached, never passed.
+      expect(after.handshakesHighWater).toBe(cap)
+      expect(sampledMax).toBeLessThanOrEqual(cap)
+      expect(after.handshakesRefused).toBeGreaterThan(0)
+      // The admitted ones went through in full.
+      expect(results.filter((r) => r._tag === "Right").length).toBeGreaterThanOrEqual(cap)
+      // Every slot is released again.
+      const drained = yield* Effect.sync(() => bStats().handshakesInProgress).pipe(
+        Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("10 millis") }),
+        Effect.timeoutOption("8 seconds")
+      )
+      expect(drained).toEqual(Option.some(0))
+      // A normal dial and echo afterwards.
+      const fresh = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      expect((yield* roundTrip(fresh, payload)).equals(payload)).toBe(true)
+      yield* Effect.forEach(clients, (client) => Scope.close(client.scope, Exit.void), {
+        concurrency: "unbounded"
+      })
+    })
+  )
+
+  it.scopedLive("with maxInboundHandshakes 0 inbound dials are dropped, outgoing dials still work", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-cap0-a")
+      const b = yield* makeNode("qt-cap0-b", { maxInboundHandshakes: 0 })
+      const error = yield* a.transport
+        .dial({
+          host: "127.0.0.1",
+          port: b.transport.port,
+          expectedNodeIds: [b.nodeId],
+          timeout: "500 millis"
+        })
+        .pipe(Effect.flip)
+      expect(error.reason).toBe("timeout")
+      expect(QuicTransportLive.stats(b.transport)).toMatchObject({
+        connections: 0,
+        handshakesInProgress: 0,
+        handshakesHighWater: 0
+      })
+      expect(QuicTransportLive.stats(b.transport)!.handshakesRefused).toBeGreaterThan(0)
+      const inbound = yield* takeIncoming(a).pipe(Effect.fork)
+      const out = yield* b.transport.dial({
+        host: "127.0.0.1",
+        port: a.transport.port,
+        expectedNodeIds: [a.nodeId]
+      })
+      yield* serveEcho(yield* Fiber.join(inbound))
+      const payload = randomBytes(1000)
+      expect((yield* roundTrip(out, payload)).equals(payload)).toBe(true)
+    })
+  )
+
+  it.scopedLive("a quiet connection closes with IdleTimeout on both sides after maxIdleTimeout", () =>
+    Effect.gen(function* () {
+      // Keep-alive far longer than the idle timeout: nothing is sent once the handshake is done.
+      const options = { maxIdleTimeout: Duration.millis(300), keepAliveInterval: Duration.seconds(10) }
+      const a = yield* makeNode("qt-idle-a", options)
+      const b = yield* makeNode("qt-idle-b", options)
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const forward = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      const reverse = yield* Fiber.join(inbound)
+      const [elapsed, [forwardReason, reverseReason]] = yield* Effect.all([forward.closed, reverse.closed], {
+        concurrency: "unbounded"
+      }).pipe(Effect.timed)
+      expect(forwardReason).toEqual({ _tag: "IdleTimeout" })
+      expect(reverseReason).toEqual({ _tag: "IdleTimeout" })
+      expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(200)
+      expect(Duration.toMillis(elapsed)).toBeLessThan(2500)
+      expect(QuicTransportLive.stats(a.transport)?.connections).toBe(0)
+    })
+  )
+
+  it.scopedLive("a peer whose socket dies goes silent: its failure fires, our side sees IdleTimeout", () =>
+    Effect.gen(function* () {
+      // A pings every 100 ms; with B gone silent, A's connection idles out.
+      const a = yield* makeNode("qt-fail-a", {
+        maxIdleTimeout: Duration.millis(500),
+        keepAliveInterval: Duration.millis(100)
+      })
+      const b = yield* makeNode("qt-fail-b")
+      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
+      const forward = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [b.nodeId]
+      })
+      yield* Fiber.join(inbound)
+      const bFailure = yield* b.transport.failure.pipe(Effect.flip, Effect.fork)
+      // B's UDP socket stops underneath the transport, not through its finalizer.
+      const internals = QuicTransportLive.unsafeInternals(b.transport)!
+      yield* Effect.promise(() => internals.socket.stop({ force: true }))
+      const error = yield* Fiber.join(bFailure).pipe(Effect.timeout("2 seconds"))
+      expect(error._tag).toBe("TransportError")
+      expect(error.reason).toBe("socket")
+      const [elapsed, reason] = yield* forward.closed.pipe(Effect.timed)
+      expect(reason).toEqual({ _tag: "IdleTimeout" })
+      expect(Duration.toMillis(elapsed)).toBeLessThan(3000)
+      // A is fine; B's scope still closes (bounded).
+      const aFailure = yield* a.transport.failure.pipe(Effect.timeoutOption("10 millis"), Effect.exit)
+      expect(Exit.isSuccess(aFailure) && Option.isNone(aFailure.value)).toBe(true)
+      yield* Scope.close(b.scope, Exit.void).pipe(Effect.timeout("5 seconds"))
+    })
+  )
+
+  it.scopedLive("an unexpected stop of the QUIC server fails `failure` with TransportError", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-fail-server-a")
+      const failure = yield* a.transport.failure.pipe(Effect.flip, Effect.fork)
+      const internals = QuicTransportLive.unsafeInternals(a.transport)!
+      yield* Effect.promise(() => internals.server.stop({ force: true }))
+      const error = yield* Fiber.join(failure).pipe(Effect.timeout("2 seconds"))
+      expect(error._tag).toBe("TransportError")
+      expect(error.reason).toBe("server")
+      yield* Scope.close(a.scope, Exit.void).pipe(Effect.timeout("5 seconds"))
+    })
+  )
+
+  it.scopedLive("key renewal applies to the next dial and the server as soon as renew returns", () =>
     Effect.gen(function* () {
       const a = yield* makeNode("qt-renew-a")
       const b = yield* makeNode("qt-renew-b")
-      yield* Stream.runDrain(b.transport.incoming).pipe(Effect.forkScoped)
+      const bIncoming = yield* Queue.unbounded<QuicConnection>()
+      yield* Stream.runForEach(b.transport.incoming, (c) => Queue.offer(bIncoming, c)).pipe(Effect.forkScoped)
+      yield* Stream.runDrain(a.transport.incoming).pipe(Effect.forkScoped)
       const before = b.nodeId
       yield* b.keyRing.renew
       const after = yield* b.keyRing.nodeId
       expect(NodeId.encode(after)).not.toBe(NodeId.encode(before))
-      // The swap happens on B's renewal fiber; give it a moment.
-      const renewed = yield* a.transport
-        .dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [after] })
-        .pipe(Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.intersect(Schedule.recurs(20)))))
+      // No waiting: B's server presents the new certificate to the very next dial.
+      const renewed = yield* a.transport.dial({
+        host: "127.0.0.1",
+        port: b.transport.port,
+        expectedNodeIds: [after]
+      })
       expect(NodeId.encode(renewed.remoteNodeId)).toBe(NodeId.encode(after))
       const old = yield* a.transport
         .dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [before] })
         .pipe(Effect.flip)
       expect(old.reason).toBe("mismatch")
+
+      // The other way round: after A renews, A's next dial presents A's new certificate, and
+      // A's server presents it to B's next dial.
+      const aAfter = yield* a.keyRing.renew.pipe(Effect.zipRight(a.keyRing.nodeId))
+      yield* a.transport.dial({ host: "127.0.0.1", port: b.transport.port, expectedNodeIds: [after] })
+      const seenByB = yield* Queue.take(bIncoming).pipe(
+        Effect.repeat({ until: (c) => NodeId.equals(c.remoteNodeId, aAfter) }),
+        Effect.timeoutOption("2 seconds")
+      )
+      expect(Option.isSome(seenByB)).toBe(true)
+      const back = yield* b.transport.dial({
+        host: "127.0.0.1",
+        port: a.transport.port,
+        expectedNodeIds: [aAfter]
+      })
+      expect(NodeId.encode(back.remoteNodeId)).toBe(NodeId.encode(aAfter))
     })
   )
 })

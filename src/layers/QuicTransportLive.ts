@@ -56,6 +56,17 @@ import * as QuicStreamSocket from "./QuicStreamSocket.js"
 // ---------------------------------------------------------------------------------------------
 // js-quic plumbing
 
+/** quiche's packet type of an Initial packet (`Type.Initial`). */
+const QUICHE_TYPE_INITIAL = 0
+
+/** `QUICServer.acceptConnection` (internal to js-quic): called for packets of unknown connections. */
+type AcceptConnection = (
+  remoteInfo: unknown,
+  header: { readonly ty: number; readonly token?: Uint8Array | null },
+  dcid: unknown,
+  data: unknown
+) => Promise<QUICConnection | undefined>
+
 /** TLS alert "bad_certificate" as a QUIC crypto error (0x100 + 42). */
 const CRYPTO_BAD_CERTIFICATE = 0x100 + 42
 
@@ -267,13 +278,36 @@ export interface TransportStats {
   readonly connections: number
   /** Connections in js-quic's socket map, including handshakes in progress. */
   readonly quicConnections: number
+  /** Inbound connections started but not yet handshaken and verified. */
+  readonly handshakesInProgress: number
+  /** The most `handshakesInProgress` has ever been. */
+  readonly handshakesHighWater: number
+  /**
+   * Inbound connection attempts dropped at the `maxInboundHandshakes` cap (counted per
+   * packet: a client that retransmits its Initial counts again).
+   */
+  readonly handshakesRefused: number
+}
+
+/** js-quic objects under a transport, for tests that need to break them. */
+export interface TransportInternals {
+  readonly socket: QUICSocket
+  readonly server: QUICServer
 }
 
 const statsOf = new WeakMap<QuicTransportService, () => TransportStats>()
+const internalsOf = new WeakMap<QuicTransportService, TransportInternals>()
 
 /** Counts for a transport built by this module; `undefined` for any other implementation. */
 export const stats = (transport: QuicTransportService): TransportStats | undefined =>
   statsOf.get(transport)?.()
+
+/**
+ * The js-quic socket and server of a transport built by this module (tests only: stopping
+ * them directly is what an unexpected failure looks like to the transport).
+ */
+export const unsafeInternals = (transport: QuicTransportService): TransportInternals | undefined =>
+  internalsOf.get(transport)
 
 const verifyCallback =
   (
@@ -286,10 +320,17 @@ const verifyCallback =
     return check(exit) ? undefined : (CRYPTO_BAD_CERTIFICATE as never)
   }
 
-const quicTimings = (options: QuicTransportOptions) => ({
-  keepAliveIntervalTime: Duration.toMillis(options.keepAliveInterval),
-  maxIdleTimeout: Duration.toMillis(options.maxIdleTimeout)
-})
+/**
+ * js-quic refuses a keep-alive interval that is not below the idle timeout (every connection
+ * would fail); such a keep-alive could not keep anything alive anyway, so it is left out.
+ */
+const quicTimings = (options: QuicTransportOptions) => {
+  const keepAliveIntervalTime = Duration.toMillis(options.keepAliveInterval)
+  const maxIdleTimeout = Duration.toMillis(options.maxIdleTimeout)
+  return keepAliveIntervalTime < maxIdleTimeout
+    ? { keepAliveIntervalTime, maxIdleTimeout }
+    : { maxIdleTimeout }
+}
 
 export const make: Effect.Effect<
   QuicTransportService,
@@ -324,20 +365,78 @@ export const make: Effect.Effect<
   )
 
   // The server, sharing the socket.
-  const tls = yield* keyRing.tlsConfig
-  const serverVerify = verifyCallback(runtime, keyRing, Exit.isSuccess)
+  const timings = quicTimings(options)
+  let serverTls = yield* keyRing.tlsConfig
   const server = new QUICServer({
     socket,
     crypto: makeServerCrypto(),
     config: {
-      key: tls.keyPrivatePem,
-      cert: tls.certChainPem,
+      key: serverTls.keyPrivatePem,
+      cert: serverTls.certChainPem,
       verifyPeer: true,
-      verifyCallback: serverVerify,
-      ...quicTimings(options)
+      verifyCallback: verifyCallback(runtime, keyRing, Exit.isSuccess),
+      ...timings
     },
+    // An inbound handshake gets as long as our dials do; one that stalls (its client gone
+    // silent) would otherwise hold a `maxInboundHandshakes` slot until the idle timeout.
+    minIdleTimeout: Duration.toMillis(options.connectTimeout),
     logger: silentLogger
   })
+
+  // Key renewal: a new connection takes the KeyRing's current certificate; existing ones keep
+  // theirs. Reading the KeyRing's TLS config is an in-memory read, done for every inbound
+  // connection about to be made (below), so a renewal applies as soon as `renew` returns.
+  const readTls = Runtime.runSyncExit(runtime)
+  const useServerTls = (next: TlsConfig) => {
+    if (next === serverTls) return
+    serverTls = next
+    server.updateConfig({ key: next.keyPrivatePem, cert: next.certChainPem })
+  }
+  const refreshServerTls = () => {
+    const current = readTls(keyRing.tlsConfig)
+    if (Exit.isSuccess(current)) useServerTls(current.value)
+  }
+
+  // Inbound handshakes. js-quic's server makes a connection for each Initial packet that
+  // carries a retry token (`acceptConnection`). That step is wrapped to count the attempts in
+  // progress, from then until `admit` (below) has verified the connection, and to drop new
+  // ones at the cap before any state is made: the cheapest refusal there is (the client
+  // retransmits, and gets in if a slot has freed by then). Packets that make no state (the
+  // token-less Initial answered by a stateless retry, version negotiation) pass through;
+  // other long-header packets for unknown connections are dropped, as js-quic would.
+  const cap = Math.max(0, options.maxInboundHandshakes)
+  let inProgress = 0
+  let highWater = 0
+  let refused = 0
+  const releaseHandshake = () => {
+    inProgress--
+  }
+  const serverInternal = server as unknown as { acceptConnection: AcceptConnection }
+  const acceptConnection = serverInternal.acceptConnection.bind(server)
+  serverInternal.acceptConnection = (remoteInfo, header, dcid, data) => {
+    if (header.ty !== QUICHE_TYPE_INITIAL) return Promise.resolve(undefined)
+    if (header.token === undefined || header.token === null || header.token.byteLength === 0)
+      return acceptConnection(remoteInfo, header, dcid, data)
+    if (inProgress >= cap) {
+      refused++
+      return Promise.resolve(undefined)
+    }
+    inProgress++
+    if (inProgress > highWater) highWater = inProgress
+    refreshServerTls()
+    return acceptConnection(remoteInfo, header, dcid, data).then(
+      (connection) => {
+        // No connection (a bad token): nothing to admit. Otherwise `admit` releases the slot.
+        if (connection === undefined) releaseHandshake()
+        return connection
+      },
+      (error: unknown) => {
+        releaseHandshake()
+        throw error
+      }
+    )
+  }
+
   yield* Effect.acquireRelease(
     Effect.tryPromise({
       try: () => server.start(),
@@ -353,7 +452,8 @@ export const make: Effect.Effect<
       failure,
       Exit.fail(
         new TransportError({
-          reason,
+          // The server reports its socket stopping (before the socket's own event arrives).
+          reason: evt.detail instanceof quicErrors.ErrorQUICServerSocketNotRunning ? "socket" : reason,
           detail: evt.detail === undefined ? detail : `${detail}: ${describe(evt.detail)}`,
           cause: evt.detail
         })
@@ -402,19 +502,15 @@ export const make: Effect.Effect<
               connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
             )
           )
-      })
+      }),
+      Effect.ensuring(Effect.sync(releaseHandshake))
     )
   yield* Queue.take(handshaken).pipe(Effect.flatMap(admit), Effect.forever, FiberSet.run(fibers))
 
-  // Key renewal: new connections use the new certificate; existing ones keep theirs.
-  let clientTls: TlsConfig = tls
+  // Renewals also reach the server between inbound connections (a KeyRing whose reads are
+  // not synchronous is covered by this alone).
   yield* keyRing.changes.pipe(
-    Stream.runForEach((next) =>
-      Effect.sync(() => {
-        clientTls = next
-        server.updateConfig({ key: next.keyPrivatePem, cert: next.certChainPem })
-      })
-    ),
+    Stream.runForEach((next) => Effect.sync(() => useServerTls(next))),
     FiberSet.run(fibers)
   )
 
@@ -443,7 +539,7 @@ export const make: Effect.Effect<
       dialOptions.timeout === undefined ? options.connectTimeout : Duration.decode(dialOptions.timeout)
     const timeoutMs = Duration.toMillis(timeout)
 
-    const attempt = Effect.suspend(() => {
+    const attempt = (current: TlsConfig) => {
       let verified: NodeId.NodeId | undefined
       let rejection: DialError | undefined
       const check = (exit: Exit.Exit<NodeId.NodeId, unknown>) => {
@@ -461,7 +557,6 @@ export const make: Effect.Effect<
         verified = actual
         return true
       }
-      const current = clientTls
       return Effect.async<QUICClient, DialError>((resume) => {
         const controller = new AbortController()
         const pending = QUICClient.createQUICClient(
@@ -475,7 +570,7 @@ export const make: Effect.Effect<
               cert: current.certChainPem,
               verifyPeer: true,
               verifyCallback: verifyCallback(runtime, keyRing, check),
-              ...quicTimings(options)
+              ...timings
             },
             logger: silentLogger
           },
@@ -498,7 +593,7 @@ export const make: Effect.Effect<
           return settled
         })
       }).pipe(Effect.map((client) => ({ client, remoteNodeId: verified! })))
-    })
+    }
 
     const classify = (error: unknown): DialError => {
       if (
@@ -531,7 +626,11 @@ export const make: Effect.Effect<
     // js-quic's own timer: it aborts the attempt like an interruption does, without a race
     // fiber on the hot path.
     return Effect.uninterruptibleMask((restore) =>
-      restore(stopping ? Effect.fail(fail("stopped", "the transport is stopping")) : attempt).pipe(
+      restore(
+        stopping
+          ? Effect.fail(fail("stopped", "the transport is stopping"))
+          : Effect.flatMap(keyRing.tlsConfig, attempt)
+      ).pipe(
         Effect.flatMap(({ client, remoteNodeId }) =>
           wrapConnection(ctx, client.connection, {
             direction: "forward",
@@ -565,8 +664,12 @@ export const make: Effect.Effect<
   }
   statsOf.set(service, () => ({
     connections: ctx.live.size,
-    quicConnections: (socket as unknown as { connectionMap: { size: number } }).connectionMap.size
+    quicConnections: (socket as unknown as { connectionMap: { size: number } }).connectionMap.size,
+    handshakesInProgress: inProgress,
+    handshakesHighWater: highWater,
+    handshakesRefused: refused
   }))
+  internalsOf.set(service, { socket, server })
   return service
 })
 

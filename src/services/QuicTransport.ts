@@ -94,7 +94,10 @@ export interface QuicTransportService {
   readonly failure: Effect.Effect<never, TransportError>
 }
 
-export class QuicTransport extends Context.Tag("quicmesh/QuicTransport")<QuicTransport, QuicTransportService>() {}
+export class QuicTransport extends Context.Tag("quicmesh/QuicTransport")<
+  QuicTransport,
+  QuicTransportService
+>() {}
 
 export interface QuicTransportOptions {
   readonly host: string
@@ -104,6 +107,13 @@ export interface QuicTransportOptions {
   readonly keepAliveInterval: Duration.Duration
   readonly maxIdleTimeout: Duration.Duration
   readonly connectTimeout: Duration.Duration
+  /**
+   * Inbound connections whose handshake (and NodeId verification) may be in progress at once.
+   * At the cap, further inbound attempts are dropped before any connection state is made
+   * (the client retransmits and may get in once a slot frees); established connections and
+   * our own dials are not affected.
+   */
+  readonly maxInboundHandshakes: number
 }
 
 export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConfig")<
@@ -117,7 +127,8 @@ export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConf
     ipv6Only: false,
     keepAliveInterval: Duration.seconds(10),
     maxIdleTimeout: Duration.seconds(30),
-    connectTimeout: Duration.seconds(15)
+    connectTimeout: Duration.seconds(15),
+    maxInboundHandshakes: 64
   }
   static readonly layer = (options: Partial<QuicTransportOptions> = {}) =>
     Layer.succeed(QuicTransportConfig, { ...QuicTransportConfig.defaults, ...options })
