@@ -188,6 +188,7 @@ export const make = Effect.gen(function* () {
                 : graph.unsetNode(lrs.nodeId).pipe(Effect.zipRight(graph.setNode(nodeId, address)))
             ),
             Effect.ensuring(Effect.sync(() => evicting.delete(result.bucketIndex))),
+            Effect.interruptible,
             FiberSet.run(background),
             Effect.asVoid
           )
@@ -223,9 +224,13 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       yield* Scope.addFinalizer(scope, connection.close("connection released"))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
-      yield* rpc.serve(connection, handlers).pipe(Effect.forkIn(scope))
+      yield* rpc.serve(connection, handlers).pipe(Effect.interruptible, Effect.forkIn(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
-      yield* connection.closed.pipe(Effect.zipRight(map.onClosed(record)), FiberSet.run(background))
+      yield* connection.closed.pipe(
+        Effect.zipRight(map.onClosed(record)),
+        Effect.interruptible,
+        FiberSet.run(background)
+      )
       return record
     }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
 
@@ -347,7 +352,10 @@ export const make = Effect.gen(function* () {
         const direct = NodeId.equals(caller.nodeId, source.right)
         const address = direct ? { host: caller.host, port: caller.port } : message.address
         if (!address) return yield* Effect.fail("relayed message without the source address")
-        yield* holePunchReverse(address.host, address.port).pipe(FiberSet.run(background))
+        yield* holePunchReverse(address.host, address.port).pipe(
+          Effect.interruptible,
+          FiberSet.run(background)
+        )
         return
       }
       if (!NodeId.equals(source.right, caller.nodeId))
@@ -401,6 +409,7 @@ export const make = Effect.gen(function* () {
               })
             ),
             Effect.asVoid,
+            Effect.interruptible,
             Effect.forkIn(managerScope),
             Effect.tap((fiber) =>
               Effect.sync(() => {
@@ -444,7 +453,7 @@ export const make = Effect.gen(function* () {
       isSeedNode(nodeId) || seeds.length === 0
         ? direct
         : Effect.acquireUseRelease(
-            Effect.fork(signalThroughSeeds(nodeId, timeout)),
+            Effect.fork(Effect.interruptible(signalThroughSeeds(nodeId, timeout))),
             () => direct,
             (fiber) => Fiber.interrupt(fiber)
           )
@@ -515,13 +524,15 @@ export const make = Effect.gen(function* () {
     options?: OperationOptions & { readonly address?: PeerAddress }
   ) => Effect.map(getEntry(nodeId, options), handleOf)
 
+  // Getting the entry stays interruptible; only taking the usage is protected with its release.
   const acquireConnection = (nodeId: NodeId.NodeId, options?: OperationOptions) =>
-    Effect.acquireRelease(
-      getEntry(nodeId, options).pipe(
-        Effect.flatMap((entry) => Effect.map(map.acquire(entry), (record) => ({ entry, record })))
+    getEntry(nodeId, options).pipe(
+      Effect.flatMap((entry) =>
+        Effect.acquireRelease(
+          Effect.map(map.acquire(entry), (record) => ({ entry, record })),
+          ({ entry, record }, exit) => map.release(entry, record, isConnectionFailure(exit))
+        )
       ),
-      ({ entry, record }, exit) => map.release(entry, record, isConnectionFailure(exit))
-    ).pipe(
       Effect.map(
         ({ entry, record }): NodeConnectionHandle => ({
           nodeId: entry.nodeId,
@@ -809,16 +820,14 @@ export const make = Effect.gen(function* () {
           (c) =>
             FiberSet.run(
               fibers,
-              permits
-                .withPermits(1)(query(c))
-                .pipe(
-                  Effect.ensuring(
-                    Effect.suspend(() => {
-                      inflight--
-                      return launch
-                    })
-                  )
+              Effect.interruptible(permits.withPermits(1)(query(c))).pipe(
+                Effect.ensuring(
+                  Effect.suspend(() => {
+                    inflight--
+                    return launch
+                  })
                 )
+              )
             ),
           { discard: true }
         )
@@ -925,7 +934,9 @@ export const make = Effect.gen(function* () {
     })
 
   yield* transport.incoming.pipe(
-    Stream.runForEach((connection) => FiberSet.run(background, acceptInbound(connection))),
+    Stream.runForEach((connection) =>
+      FiberSet.run(background, Effect.interruptible(acceptInbound(connection)))
+    ),
     Effect.forkScoped
   )
 

@@ -119,6 +119,8 @@ export const make = <Client>(options: ConnectionMapOptions) => {
             return remove(entry, "idle timeout")
           })
         ),
+        // Released from uninterruptible regions (scope finalizers): the timer itself must stay interruptible.
+        Effect.interruptible,
         Effect.forkIn(options.scope),
         Effect.tap((fiber) =>
           Effect.sync(() => {

@@ -1,0 +1,342 @@
+/**
+ * The connection manager on real QUIC over loopback: lifecycle, the connection map,
+ * getting connections, ping, multi-connection, timeouts and interruption.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
+import * as NodeId from "../src/services/NodeId.js"
+import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
+
+const deadAddress = { host: "127.0.0.1", port: 9 } // discard port: nothing answers QUIC there
+
+describe("ConnectionManager lifecycle", () => {
+  it.scopedLive("starts and stops repeatedly, reporting the bound address", () =>
+    Effect.gen(function* () {
+      const ports = new Set<number>()
+      for (let i = 0; i < 3; i++) {
+        const scope = yield* Scope.make()
+        const node = yield* makeNode("lifecycle").pipe(Scope.extend(scope))
+        expect(node.address.host).toBe("127.0.0.1")
+        expect(node.address.port).toBeGreaterThan(0)
+        expect(NodeId.equals(node.nodeId, nodeIdOf("lifecycle"))).toBe(true)
+        ports.add(node.address.port)
+        yield* Scope.close(scope, Exit.void)
+      }
+      expect(ports.size).toBeGreaterThanOrEqual(1)
+    })
+  )
+
+  it.scopedLive("stopping destroys every connection (the peer sees them close)", () =>
+    Effect.gen(function* () {
+      const b = yield* makeNode("stop-b")
+      const scope = yield* Scope.make()
+      const a = yield* makeNode("stop-a").pipe(Scope.extend(scope))
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      yield* eventually(b.cm.hasConnection(a.nodeId), (x) => x)
+      expect(yield* b.cm.hasConnection(a.nodeId)).toBe(true)
+      yield* Scope.close(scope, Exit.void)
+      const gone = yield* eventually(b.cm.hasConnection(a.nodeId), (has) => !has, "5 seconds").pipe(
+        Effect.option
+      )
+      expect(gone).toEqual(Option.some(false))
+    })
+  )
+})
+
+describe("the connection map", () => {
+  it.scopedLive("withConnection creates a connection, lists it, and keeps it between uses", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("map-a")
+      const b = yield* makeNode("map-b")
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const first = yield* a.cm.withConnection(b.nodeId, (h) =>
+        h.client.ping.pipe(Effect.as(h.connection.id))
+      )
+      const second = yield* a.cm.withConnection(b.nodeId, (h) => Effect.succeed(h.connection.id))
+      expect(second).toBe(first)
+      const list = yield* a.cm.listConnections
+      expect(list).toHaveLength(1)
+      expect(list[0]).toMatchObject({
+        nodeId: NodeId.encode(b.nodeId),
+        host: "127.0.0.1",
+        port: b.address.port,
+        usageCount: 0,
+        direction: "forward"
+      })
+      expect(list[0]!.timeout).toBeGreaterThan(0)
+      // The peer holds the same connection as an inbound one, under our NodeId.
+      const theirs = yield* eventually(b.cm.listConnections, (l) => l.length === 1)
+      expect(theirs[0]).toMatchObject({
+        nodeId: NodeId.encode(a.nodeId),
+        port: a.address.port,
+        direction: "reverse"
+      })
+      // …and learned our address from the connection.
+      const learned = yield* b.graph.getNode(a.nodeId)
+      expect(Option.map(learned, (c) => c.addresses[0]?.port)).toEqual(Option.some(a.address.port))
+    })
+  )
+
+  it.scopedLive("usage count follows acquire and release", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("usage-a")
+      const b = yield* makeNode("usage-b")
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const scope = yield* Scope.make()
+      yield* a.cm.acquireConnection(b.nodeId).pipe(Scope.extend(scope))
+      yield* a.cm.acquireConnection(b.nodeId).pipe(Scope.extend(scope))
+      const during = yield* a.cm.listConnections
+      expect(during[0]!.usageCount).toBe(2)
+      expect(during[0]!.timeout).toBeUndefined()
+      yield* Scope.close(scope, Exit.void)
+      const after = yield* a.cm.listConnections
+      expect(after[0]!.usageCount).toBe(0)
+      expect(after[0]!.timeout).toBeGreaterThan(0)
+    })
+  )
+
+  it.scopedLive("concurrent requests for one node make exactly one connection", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("join-a")
+      const b = yield* makeNode("join-b")
+      const events = yield* b.cm.events
+      const added = yield* events.pipe(
+        Stream.filter((e) => e._tag === "ConnectionAdded"),
+        Stream.runCollect,
+        Effect.fork
+      )
+      // Using getConnectionWithAddress from 20 fibers at once.
+      const handles = yield* Effect.forEach(
+        Array.from({ length: 20 }, () => 0),
+        () => a.cm.getConnectionWithAddress(b.nodeId, b.address),
+        { concurrency: "unbounded" }
+      )
+      expect(new Set(handles.map((h) => h.connection.id)).size).toBe(1)
+      expect(yield* a.cm.listConnections).toHaveLength(1)
+      yield* Effect.sleep("300 millis")
+      yield* Fiber.interrupt(added)
+      const inbound = yield* b.cm.listConnections
+      expect(inbound).toHaveLength(1)
+    })
+  )
+
+  it.scopedLive("destroyConnection removes and closes it on both sides", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("destroy-a")
+      const b = yield* makeNode("destroy-b")
+      const h = yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      yield* a.cm.destroyConnection(b.nodeId)
+      expect(yield* a.cm.hasConnection(b.nodeId)).toBe(false)
+      const reason = yield* h.connection.closed.pipe(Effect.timeout("2 seconds"))
+      expect(reason._tag).toBe("Local")
+      const gone = yield* eventually(b.cm.hasConnection(a.nodeId), (x) => !x).pipe(Effect.option)
+      expect(gone).toEqual(Option.some(false))
+    })
+  )
+})
+
+describe("ping", () => {
+  it.scopedLive("with an address: true for the node there, false for a wrong NodeId or nobody", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("ping-a")
+      const b = yield* makeNode("ping-b")
+      expect(yield* a.cm.pingNode(b.nodeId, b.address)).toBe(true)
+      // Mismatched NodeId at b's address.
+      expect(yield* a.cm.pingNode(nodeIdOf("somebody-else"), b.address, { timeout: "2 seconds" })).toBe(false)
+      // Nothing at that address.
+      expect(yield* a.cm.pingNode(b.nodeId, deadAddress, { timeout: "500 millis" })).toBe(false)
+      // A node nobody knows.
+      expect(yield* a.cm.pingNode(nodeIdOf("nonexistent"), undefined, { timeout: "500 millis" })).toBe(false)
+    })
+  )
+
+  it.scopedLive("with an address different from the existing connection's, checks that exact address", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("ping2-a")
+      const b = yield* makeNode("ping2-b")
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      expect(
+        yield* a.cm.pingNode(
+          b.nodeId,
+          { host: "127.0.0.1", port: b.address.port + 1 },
+          { timeout: "500 millis" }
+        )
+      ).toBe(false)
+      expect(yield* a.cm.pingNode(b.nodeId)).toBe(true)
+    })
+  )
+
+  it.scopedLive("a dead peer reads false within the ping timeout, not the keep-alive timeout", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("dead-a")
+      const scope = yield* Scope.make()
+      const b = yield* makeNode("dead-b").pipe(Scope.extend(scope))
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      // Kill b without a goodbye: close its transport's socket by closing the scope is graceful,
+      // so instead make it unreachable by interrupting… the graceful close is what we have here:
+      yield* Scope.close(scope, Exit.void)
+      const started = Date.now()
+      const alive = yield* a.cm.pingNode(b.nodeId, undefined, { timeout: "1 second" })
+      expect(alive).toBe(false)
+      expect(Date.now() - started).toBeLessThan(3000)
+    })
+  )
+})
+
+describe("getting connections", () => {
+  it.scopedLive("connect timeout given by the caller, and interruption, leave nothing behind", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("timeout-a")
+      const target = nodeIdOf("timeout-target")
+      const started = Date.now()
+      const exit = yield* a.cm
+        .getConnectionWithAddress(target, deadAddress, { timeout: "400 millis" })
+        .pipe(Effect.exit)
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(Date.now() - started).toBeLessThan(2500)
+      if (Exit.isFailure(exit)) expect(String(exit.cause)).toMatch(/timeout/)
+      const fiber = yield* a.cm
+        .getConnectionWithAddress(target, deadAddress, { timeout: "30 seconds" })
+        .pipe(Effect.fork)
+      yield* Effect.sleep("200 millis")
+      const t0 = Date.now()
+      yield* Fiber.interrupt(fiber)
+      expect(Date.now() - t0).toBeLessThan(2000)
+      expect(yield* a.cm.listConnections).toHaveLength(0)
+      // A later dial to a live node is not blocked by the abandoned one.
+      const b = yield* makeNode("timeout-b")
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address, { timeout: "5 seconds" })
+      expect(yield* a.cm.listConnections).toHaveLength(1)
+    })
+  )
+
+  it.scopedLive("multi-connection: one node over several addresses, ending once it is connected", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("multi-a")
+      const b = yield* makeNode("multi-b", { host: "::" })
+      const started = Date.now()
+      const connected = yield* a.cm.getMultiConnection(
+        [b.nodeId],
+        [{ host: "127.0.0.1", port: b.address.port }, { host: "::1", port: b.address.port }, deadAddress],
+        { timeout: "10 seconds" }
+      )
+      expect(connected.map(NodeId.encode)).toEqual([NodeId.encode(b.nodeId)])
+      // It did not wait for the dead address's 10 s timeout.
+      expect(Date.now() - started).toBeLessThan(5000)
+      expect(yield* a.cm.listConnections).toHaveLength(1)
+    })
+  )
+
+  it.scopedLive("multi-connection: several nodes over several addresses, and over one address", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("multi2-a")
+      const b = yield* makeNode("multi2-b")
+      const c = yield* makeNode("multi2-c")
+      const both = yield* a.cm.getMultiConnection([b.nodeId, c.nodeId], [b.address, c.address])
+      expect(new Set(both.map(NodeId.encode))).toEqual(
+        new Set([NodeId.encode(b.nodeId), NodeId.encode(c.nodeId)])
+      )
+      const d = yield* makeNode("multi2-d")
+      const e = yield* makeNode("multi2-e")
+      // Only e's address: any wanted node may be there; e is found, d is not.
+      const one = yield* a.cm.getMultiConnection([d.nodeId, e.nodeId], [e.address], { timeout: "3 seconds" })
+      expect(one.map(NodeId.encode)).toEqual([NodeId.encode(e.nodeId)])
+      const none = yield* a.cm
+        .getMultiConnection([nodeIdOf("nobody")], [deadAddress], { timeout: "300 millis" })
+        .pipe(Effect.flip)
+      expect(none._tag).toBe("MultiConnectionError")
+    })
+  )
+})
+
+describe("idle timeout", () => {
+  it.scoped(
+    "an unused connection is destroyed after connectionIdleTimeoutTime; use extends it; seeds are exempt",
+    () =>
+      Effect.gen(function* () {
+        const b = yield* makeNode("idle-b")
+        const s = yield* makeNode("idle-seed")
+        const a = yield* makeNode("idle-a", {
+          config: { connectionIdleTimeoutTime: Duration.seconds(60), seedNodes: [seedOf(s)] }
+        })
+        yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+        yield* a.cm.getConnectionWithAddress(s.nodeId, s.address)
+        yield* TestClock.adjust("50 seconds")
+        expect(yield* a.cm.hasConnection(b.nodeId)).toBe(true)
+        // Using it restarts the timer.
+        yield* a.cm.withConnection(b.nodeId, () => Effect.void)
+        yield* TestClock.adjust("50 seconds")
+        expect(yield* a.cm.hasConnection(b.nodeId)).toBe(true)
+        yield* TestClock.adjust("11 seconds")
+        expect(yield* a.cm.hasConnection(b.nodeId)).toBe(false)
+        // The seed connection is never idle-collected.
+        yield* TestClock.adjust("10 minutes")
+        expect(yield* a.cm.hasConnection(s.nodeId)).toBe(true)
+        expect((yield* a.cm.listConnections)[0]!.timeout).toBeUndefined()
+      })
+  )
+})
+
+describe("Kademlia", () => {
+  it.scopedLive("findNode: locally, through a remote node, and not found", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("find-a")
+      const b = yield* makeNode("find-b")
+      const c = yield* makeNode("find-c")
+      // b knows c; a knows only b.
+      yield* b.graph.setNode(c.nodeId, { ...c.address, scope: "local" })
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const local = yield* a.cm.findNode(b.nodeId)
+      expect(Option.map(local, (x) => x.port)).toEqual(Option.some(b.address.port))
+      const remote = yield* a.cm.findNode(c.nodeId, { timeout: "5 seconds" })
+      expect(Option.map(remote, (x) => x.port)).toEqual(Option.some(c.address.port))
+      // Found nodes are connected and remembered.
+      expect(yield* a.cm.hasConnection(c.nodeId)).toBe(true)
+      expect(Option.isSome(yield* a.graph.getNode(c.nodeId))).toBe(true)
+      const missing = yield* a.cm.findNode(nodeIdOf("find-missing"), { timeout: "3 seconds" })
+      expect(Option.isNone(missing)).toBe(true)
+    })
+  )
+
+  it.scopedLive("receives at most 20 closest nodes, never including the caller", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("closest-a")
+      const b = yield* makeNode("closest-b", { k: 40 })
+      for (let i = 0; i < 40; i++)
+        yield* b.graph.setNode(nodeIdOf(`closest-n${i}`), {
+          host: "127.0.0.1",
+          port: 10_000 + i,
+          scope: "local"
+        })
+      yield* b.graph.setNode(a.nodeId, { ...a.address, scope: "local" })
+      const target = nodeIdOf("closest-target")
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const got = yield* a.cm.getRemoteNodeClosestNodes(b.nodeId, target)
+      expect(got).toHaveLength(20)
+      expect(got.some((c) => NodeId.equals(c.nodeId, a.nodeId))).toBe(false)
+      const expected = (yield* b.graph.getClosestNodes(target, 41))
+        .filter((c) => !NodeId.equals(c.nodeId, a.nodeId))
+        .slice(0, 20)
+        .map((c) => NodeId.encode(c.nodeId))
+      expect(got.map((c) => NodeId.encode(c.nodeId))).toEqual(expected)
+    })
+  )
+})
+
+describe("events", () => {
+  it.scopedLive("publishes connections added and removed", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("events-a")
+      const b = yield* makeNode("events-b")
+      const stream = yield* a.cm.events
+      const collected = yield* stream.pipe(Stream.take(2), Stream.runCollect, Effect.fork)
+      yield* Effect.sleep("50 millis")
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      yield* a.cm.destroyConnection(b.nodeId, "test")
+      const events = Chunk.toReadonlyArray(yield* Fiber.join(collected).pipe(Effect.timeout("3 seconds")))
+      expect(events.map((e) => e._tag)).toEqual(["ConnectionAdded", "ConnectionRemoved"])
+      expect(events[0]).toMatchObject({ direction: "forward", port: b.address.port })
+      expect(events[1]).toMatchObject({ reason: "test" })
+    })
+  )
+})
