@@ -173,6 +173,9 @@ interface LiveConnection {
 interface ConnectionContext {
   readonly live: Set<LiveConnection>
   readonly nextId: () => string
+  /** The shared socket's address: every connection's local end. */
+  readonly localHost: string
+  readonly localPort: number
 }
 
 /**
@@ -232,8 +235,8 @@ const wrapConnection = (
       remoteNodeId: options.remoteNodeId,
       remoteHost: unmapHost(raw.remoteHost),
       remotePort: raw.remotePort,
-      localHost: raw.localHost,
-      localPort: raw.localPort,
+      localHost: ctx.localHost,
+      localPort: ctx.localPort,
       direction: options.direction,
       openStream: Effect.acquireRelease(
         Effect.suspend(() => {
@@ -253,7 +256,8 @@ const wrapConnection = (
         }),
         (socket) => socket.close()
       ),
-      acceptedStreams: Stream.fromQueue(accepted),
+      // The stream is built when run, not up front for every connection.
+      acceptedStreams: Stream.suspend(() => Stream.fromQueue(accepted)),
       close: (text) =>
         Effect.suspend(() => {
           reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
@@ -476,9 +480,12 @@ export const make: Effect.Effect<
   // Connections: tracked so that the transport closes them all when it stops.
   const fibers = yield* FiberSet.make<unknown, unknown>()
   let counter = 0
+  const idPrefix = `${socket.port}-`
   const ctx: ConnectionContext = {
     live: new Set(),
-    nextId: () => `${socket.port}-${++counter}`
+    nextId: () => `${idPrefix}${++counter}`,
+    localHost: socket.host,
+    localPort: socket.port
   }
 
   // Inbound: wrap at once (streams must not be missed), then authenticate and offer.
