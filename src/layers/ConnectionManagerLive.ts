@@ -200,6 +200,7 @@ export const make = Effect.gen(function* () {
   // ---- Records and the map -------------------------------------------------------------
 
   const handlers: AgentHandlers = {
+    touch: (caller) => map.touch(caller.nodeId),
     closestNodes: (caller, target) =>
       graph.getClosestNodes(target, k + 1).pipe(
         Effect.map((contacts) =>

@@ -233,6 +233,16 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       return entry.usageCount === 0 && entries.get(entry.key) === entry ? startIdle(entry) : Effect.void
     })
 
+  /** Activity from the peer: an idle entry's timer starts again. */
+  const touch = (nodeId: NodeId.NodeId): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const entry = entries.get(keyOf(nodeId))
+      if (!entry) return Effect.void
+      entry.lastUsed = now()
+      if (entry.usageCount > 0 || !entry.idleFiber) return Effect.void
+      return cancelIdle(entry).pipe(Effect.zipRight(startIdle(entry)))
+    })
+
   /** Removes the least recently used idle non-seed entry; false if there is none. */
   const pruneOne: Effect.Effect<boolean> = Effect.suspend(() => {
     let victim: Entry<Client> | undefined
@@ -272,6 +282,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
     onClosed,
     closeRecord,
     pruneOne,
+    touch,
     info
   }
 }

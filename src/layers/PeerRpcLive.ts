@@ -32,12 +32,18 @@ export const handlersLayer = AgentRpcs.toLayer(
     const registry = yield* AgentHandlersRegistry
     const handlers = Deferred.await(registry)
     return {
-      nodesPing: ({ nonce }) => Effect.succeed({ nonce }),
+      nodesPing: ({ nonce }) =>
+        Effect.gen(function* () {
+          const h = yield* handlers
+          yield* h.touch(yield* Caller)
+          return { nonce }
+        }),
       nodesClosestLocalNodesGet: ({ nodeIdEncoded }) =>
         Stream.unwrap(
           Effect.gen(function* () {
             const caller = yield* Caller
             const h = yield* handlers
+            yield* h.touch(caller)
             const target = NodeId.decode(nodeIdEncoded)
             if (Either.isLeft(target)) return Stream.empty
             const contacts = yield* h.closestNodes(caller, target.right)
@@ -48,6 +54,7 @@ export const handlersLayer = AgentRpcs.toLayer(
         Effect.gen(function* () {
           const caller = yield* Caller
           const h = yield* handlers
+          yield* h.touch(caller)
           yield* h
             .holePunchSignal(caller, payload)
             .pipe(

@@ -47,6 +47,8 @@ export interface PeerClient {
 
 /** What the node answers; the manager provides these. */
 export interface AgentHandlers {
+  /** Every call the peer makes counts as use of the connection (restarts its idle timer). */
+  readonly touch: (caller: CallerInfo) => Effect.Effect<void>
   readonly closestNodes: (caller: CallerInfo, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>
   readonly holePunchSignal: (caller: CallerInfo, message: HolePunchMessage) => Effect.Effect<void, string>
 }
