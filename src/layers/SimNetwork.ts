@@ -20,7 +20,19 @@
  */
 import { createHash } from "node:crypto"
 import { Socket } from "@effect/platform"
-import { type Clock, Deferred, Duration, Effect, Exit, FiberSet, Layer, Queue, Scope, Stream } from "effect"
+import {
+  type Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberId,
+  FiberSet,
+  Layer,
+  Mailbox,
+  Scope,
+  type Stream
+} from "effect"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
 import {
@@ -175,7 +187,7 @@ interface Endpoint {
   readonly connectMs: number
   readonly idleMs: number
   stopped: boolean
-  readonly incoming: Queue.Queue<QuicConnection | null>
+  readonly incoming: Mailbox.Mailbox<QuicConnection>
   readonly failure: Deferred.Deferred<never, TransportError>
   readonly ends: Set<SimConnection>
   readonly pending: Set<PendingDial>
@@ -195,10 +207,8 @@ interface PendingDial {
 }
 
 interface Spare {
-  readonly acceptedA: Queue.Queue<Socket.Socket | null>
-  readonly acceptedB: Queue.Queue<Socket.Socket | null>
-  readonly closedA: Deferred.Deferred<CloseReason>
-  readonly closedB: Deferred.Deferred<CloseReason>
+  readonly acceptedA: Mailbox.Mailbox<Socket.Socket>
+  readonly acceptedB: Mailbox.Mailbox<Socket.Socket>
 }
 
 interface Pair {
@@ -213,9 +223,6 @@ interface Partition {
   readonly a: Set<HostState>
   readonly b: Set<HostState>
 }
-
-const isSocket = (u: Socket.Socket | null): u is Socket.Socket => u !== null
-const isConnection = (u: QuicConnection | null): u is QuicConnection => u !== null
 
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/
 const isIpv4 = (host: string) => {
@@ -484,9 +491,9 @@ class SimConnection implements QuicConnection {
     readonly remoteNodeId: NodeId.NodeId,
     readonly remoteHost: string,
     readonly remotePort: number,
-    readonly accepted: Queue.Queue<Socket.Socket | null>,
-    readonly closedDeferred: Deferred.Deferred<CloseReason>
+    readonly accepted: Mailbox.Mailbox<Socket.Socket>
   ) {}
+  readonly closedDeferred: Deferred.Deferred<CloseReason> = Deferred.unsafeMake(FiberId.none)
 
   get localHost() {
     return this.ep.host.host
@@ -526,7 +533,7 @@ class SimConnection implements QuicConnection {
     )
   }
   get acceptedStreams(): Stream.Stream<Socket.Socket> {
-    return Stream.fromQueue(this.accepted).pipe(Stream.takeWhile(isSocket))
+    return Mailbox.toStream(this.accepted)
   }
   get closed(): Effect.Effect<CloseReason> {
     return Deferred.await(this.closedDeferred)
@@ -834,12 +841,28 @@ class World {
 
   // -- dialling --
 
-  startDial(p: PendingDial) {
+  startDial(p: PendingDial, timeoutMs: number) {
     const ep = p.ep
     const to = `${p.host}:${p.port}`
     this.pendingDials++
     ep.pending.add(p)
     this.trace("dial", ep.label, to)
+    this.schedule(timeoutMs, () => {
+      if (p.done) return
+      this.finishDial(p)
+      this.trace("timeout", ep.label, to)
+      Deferred.unsafeDone(
+        p.result,
+        Exit.fail(
+          new DialError({
+            host: p.host,
+            port: p.port,
+            reason: "timeout",
+            detail: `no handshake within ${timeoutMs} ms`
+          })
+        )
+      )
+    })
     this.packet("handshake", ep, p.host, p.port, (dst, port, src) => {
       const listener = dst.bindings.get(port)
       if (listener === undefined || listener.stopped)
@@ -885,7 +908,7 @@ class World {
           }
           b.registered = true
           listener.ends.add(b)
-          Queue.unsafeOffer(listener.incoming, b)
+          listener.incoming.unsafeOffer(b)
           this.trace("accept", listener.label, `${src.host}:${src.port}`, b.id)
         })
       })
@@ -900,8 +923,7 @@ class World {
   }
 
   /** The dialling fiber gave up (interrupted, timed out): nothing of the dial may remain. */
-  cancelDial(p: PendingDial, timedOut: boolean) {
-    if (!p.done && timedOut) this.trace("timeout", p.ep.label, `${p.host}:${p.port}`)
+  cancelDial(p: PendingDial) {
     this.finishDial(p)
     if (p.end !== undefined) this.closeConnection(p.end, localReason("dial cancelled"), "peer")
   }
@@ -919,8 +941,7 @@ class World {
       listener.nodeId,
       p.host,
       p.port,
-      p.spare.acceptedA,
-      p.spare.closedA
+      p.spare.acceptedA
     )
     const b = new SimConnection(
       this,
@@ -931,8 +952,7 @@ class World {
       ep.nodeId,
       observed.host,
       observed.port,
-      p.spare.acceptedB,
-      p.spare.closedB
+      p.spare.acceptedB
     )
     a.peer = b
     b.peer = a
@@ -974,7 +994,7 @@ class World {
       const peer = end.peer
       if (peer.reason !== undefined) return
       peer.streams.add(stream)
-      Queue.unsafeOffer(peer.accepted, stream.acceptorSocket)
+      peer.accepted.unsafeOffer(stream.acceptorSocket)
     })
     return stream.openerSocket
   }
@@ -989,21 +1009,22 @@ class World {
     end.reason = reason
     this.openEnds--
     if (end.registered) end.ep.ends.delete(end)
-    const closedError = new Socket.SocketGenericError({
-      reason: "Read",
-      cause: `connection closed (${describeReason(reason)})`
-    })
+    let closedError: Socket.SocketError | undefined
     for (const stream of end.streams) {
       const socket = stream.socketOf(end)
       socket.writeEnded = true
       const pipe = socket.readPipe
       if (!pipe.done) {
+        closedError ??= new Socket.SocketGenericError({
+          reason: "Read",
+          cause: `connection closed (${describeReason(reason)})`
+        })
         pipe.error = closedError
         pipe.notify()
       }
     }
     end.streams.clear()
-    Queue.unsafeOffer(end.accepted, null)
+    end.accepted.unsafeDone(Exit.void)
     Deferred.unsafeDone(end.closedDeferred, Exit.succeed(reason))
     this.trace(
       "close",
@@ -1049,7 +1070,7 @@ class World {
         )
       )
     }
-    Queue.unsafeOffer(ep.incoming, null)
+    ep.incoming.unsafeDone(Exit.void)
     if (crashed)
       Deferred.unsafeDone(
         ep.failure,
@@ -1087,7 +1108,7 @@ const bind = (
       return yield* new TransportError({ reason: "bind", detail: `not an IPv4 address: ${options.host}` })
     if (options.port !== undefined && options.port !== 0 && !isPort(options.port))
       return yield* new TransportError({ reason: "bind", detail: `not a port: ${options.port}` })
-    const incoming = yield* Queue.unbounded<QuicConnection | null>()
+    const incoming = yield* Mailbox.make<QuicConnection>()
     const failure = yield* Deferred.make<never, TransportError>()
     const bound = yield* Effect.suspend(() => {
       const host = world.addHost(options.nat ?? "none", options.host)
@@ -1136,10 +1157,8 @@ const bind = (
         const timeoutMs = options.timeout === undefined ? ep.connectMs : millis(options.timeout)
         return Effect.gen(function* () {
           const spare: Spare = {
-            acceptedA: yield* Queue.unbounded<Socket.Socket | null>(),
-            acceptedB: yield* Queue.unbounded<Socket.Socket | null>(),
-            closedA: yield* Deferred.make<CloseReason>(),
-            closedB: yield* Deferred.make<CloseReason>()
+            acceptedA: yield* Mailbox.make<Socket.Socket>(),
+            acceptedB: yield* Mailbox.make<Socket.Socket>()
           }
           const pending: PendingDial = {
             ep,
@@ -1151,24 +1170,13 @@ const bind = (
             done: false,
             end: undefined
           }
-          let timedOut = false
+          // The timeout is an event of the world's scheduler (on the same Clock): no sleep and
+          // no racing fibers per dial.
           return yield* Effect.uninterruptibleMask((restore) =>
-            Effect.sync(() => world.startDial(pending)).pipe(
-              Effect.zipRight(
-                restore(
-                  Deferred.await(pending.result).pipe(
-                    Effect.timeoutFail({
-                      duration: Duration.millis(timeoutMs),
-                      onTimeout: () => {
-                        timedOut = true
-                        return dialError(options, "timeout", `no handshake within ${timeoutMs} ms`)
-                      }
-                    })
-                  )
-                )
-              ),
+            Effect.sync(() => world.startDial(pending, timeoutMs)).pipe(
+              Effect.zipRight(restore(Deferred.await(pending.result))),
               Effect.onExit((exit) =>
-                Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => world.cancelDial(pending, timedOut))
+                Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => world.cancelDial(pending))
               ),
               Effect.tap((connection) => Effect.addFinalizer(() => connection.close("released")))
             )
@@ -1196,7 +1204,7 @@ const bind = (
       host: ep.host.host,
       port: ep.port,
       dial,
-      incoming: Stream.fromQueue(incoming).pipe(Stream.takeWhile(isConnection)),
+      incoming: Mailbox.toStream(incoming),
       sendDatagram,
       failure: Deferred.await(failure)
     }
