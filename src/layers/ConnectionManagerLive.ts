@@ -255,7 +255,10 @@ export const make = Effect.gen(function* () {
   /** Room for one more connection: prune idle non-seed connections (LRU) if at the limit. */
   const ensureCapacity = (nodeId: NodeId.NodeId): Effect.Effect<void, NodeConnectionError> =>
     Effect.suspend(() => {
-      if (map.entries.size + pending.size < config.maxConnections) return Effect.void
+      if (map.get(nodeId)) return Effect.void
+      // Dials in progress count, except the one asking for room.
+      const dialling = pending.size - (pending.has(NodeId.encode(nodeId)) ? 1 : 0)
+      if (map.entries.size + dialling < config.maxConnections) return Effect.void
       return map.pruneOne.pipe(
         Effect.flatMap((pruned) =>
           pruned
@@ -489,8 +492,11 @@ export const make = Effect.gen(function* () {
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)
       const timeout = timeoutOf(options)
-      const resolve: Effect.Effect<ReadonlyArray<PeerAddress>, NodeConnectionError> = options?.address
-        ? Effect.succeed([options.address])
+      // Where to dial: the caller's address, else a seed's configured one, else the graph, else a lookup.
+      const seed = seeds.find((s) => NodeId.equals(s.nodeId, nodeId))
+      const known = options?.address ?? (seed ? { host: seed.host, port: seed.port } : undefined)
+      const resolve: Effect.Effect<ReadonlyArray<PeerAddress>, NodeConnectionError> = known
+        ? Effect.succeed([known])
         : graph
             .getNode(nodeId)
             .pipe(

@@ -10,7 +10,7 @@ import type { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraph } from "../services/NodeGraph.js"
 import type { PeerRpc } from "../services/PeerRpc.js"
 import { type QuicTransport, QuicTransportConfig } from "../services/QuicTransport.js"
-import type { RpcServer } from "../services/RpcServer.js"
+import type { RpcConfig, RpcServer } from "../services/RpcServer.js"
 import * as ConnectionManagerLive from "./ConnectionManagerLive.js"
 import * as PeerRpcLive from "./PeerRpcLive.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
@@ -27,6 +27,8 @@ export const layerWith = <E1, E2, E3, R3>(parts: {
   readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
   readonly transportConfig: Layer.Layer<QuicTransportConfig, never, ConnectionManagerConfig>
   readonly config: Layer.Layer<ConnectionManagerConfig>
+  /** The agent RPC stack; PeerRpcLive by default (tests wrap it to observe calls). */
+  readonly peerRpc?: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig>
 }): Layer.Layer<
   NodeServices | ConnectionManagerConfig,
   E1 | E2 | E3,
@@ -37,7 +39,7 @@ export const layerWith = <E1, E2, E3, R3>(parts: {
       Layer.mergeAll(
         parts.transport.pipe(Layer.provide(parts.transportConfig)),
         parts.nodeGraph,
-        PeerRpcLive.layer.pipe(Layer.provide(PeerRpcLive.rpcConfigFromManager))
+        (parts.peerRpc ?? PeerRpcLive.layer).pipe(Layer.provide(PeerRpcLive.rpcConfigFromManager))
       )
     ),
     Layer.provideMerge(parts.keyRing),
