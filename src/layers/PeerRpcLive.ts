@@ -75,38 +75,40 @@ const callError =
       detail: e.message
     })
 
-let nonceCounter = 0
-
-const adapt = (client: AgentClient): PeerClient => ({
-  ping: Effect.suspend(() => {
-    const nonce = `${++nonceCounter}`
-    return client.nodesPing({ nonce }).pipe(
-      Effect.mapError(callError("nodesPing")),
-      Effect.flatMap((r) =>
-        r.nonce === nonce
-          ? Effect.void
-          : Effect.fail(
-              new PeerCallError({ method: "nodesPing", reason: "invalid-response", detail: "wrong nonce" })
-            )
+const adapt = (client: AgentClient): PeerClient => {
+  // Per client, so that a simulation replays byte for byte.
+  let nonceCounter = 0
+  return {
+    ping: Effect.suspend(() => {
+      const nonce = `${++nonceCounter}`
+      return client.nodesPing({ nonce }).pipe(
+        Effect.mapError(callError("nodesPing")),
+        Effect.flatMap((r) =>
+          r.nonce === nonce
+            ? Effect.void
+            : Effect.fail(
+                new PeerCallError({ method: "nodesPing", reason: "invalid-response", detail: "wrong nonce" })
+              )
+        )
       )
-    )
-  }),
-  closestNodes: (target) =>
-    client
-      .nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) })
-      .pipe(Stream.mapError(callError("nodesClosestLocalNodesGet"))) as Stream.Stream<
-      WireContact,
-      PeerCallError
-    >,
-  holePunchSignal: (message: HolePunchMessage) =>
-    client
-      .nodesHolePunchSignal({
-        sourceNodeIdEncoded: message.sourceNodeIdEncoded as NodeId.NodeIdEncoded,
-        targetNodeIdEncoded: message.targetNodeIdEncoded as NodeId.NodeIdEncoded,
-        ...(message.address ? { address: message.address } : {})
-      })
-      .pipe(Effect.mapError(callError("nodesHolePunchSignal")))
-})
+    }),
+    closestNodes: (target) =>
+      client
+        .nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) })
+        .pipe(Stream.mapError(callError("nodesClosestLocalNodesGet"))) as Stream.Stream<
+        WireContact,
+        PeerCallError
+      >,
+    holePunchSignal: (message: HolePunchMessage) =>
+      client
+        .nodesHolePunchSignal({
+          sourceNodeIdEncoded: message.sourceNodeIdEncoded as NodeId.NodeIdEncoded,
+          targetNodeIdEncoded: message.targetNodeIdEncoded as NodeId.NodeIdEncoded,
+          ...(message.address ? { address: message.address } : {})
+        })
+        .pipe(Effect.mapError(callError("nodesHolePunchSignal")))
+  }
+}
 
 export const make = Effect.gen(function* () {
   const server = yield* RpcServer
