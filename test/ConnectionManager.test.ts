@@ -2,8 +2,10 @@
  * The connection manager on real QUIC over loopback: lifecycle, the connection map,
  * getting connections, ping, multi-connection, timeouts and interruption.
  */
+import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
+import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
 
@@ -340,6 +342,71 @@ describe("events", () => {
       expect(events.map((e) => e._tag)).toEqual(["ConnectionAdded", "ConnectionRemoved"])
       expect(events[0]).toMatchObject({ direction: "forward", port: b.address.port })
       expect(events[1]).toMatchObject({ reason: "test" })
+    })
+  )
+})
+
+describe("failures and cleanup", () => {
+  it.scopedLive("an unexpected socket stop stops the manager with a typed failure", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("fail-a")
+      const b = yield* makeNode("fail-b")
+      const events = yield* a.cm.events
+      const managerError = yield* events.pipe(
+        Stream.filter((e) => e._tag === "ManagerError"),
+        Stream.runHead,
+        Effect.fork
+      )
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      const internals = QuicTransportLive.unsafeInternals(yield* a.innerTransport)!
+      yield* Effect.promise(() => internals.socket.stop({ force: true }))
+      const error = yield* a.cm.failure.pipe(Effect.flip, Effect.timeout("5 seconds"))
+      expect(error._tag).toBe("ConnectionManagerStopped")
+      expect(error.message).toMatch(/socket/)
+      const event = yield* Fiber.join(managerError).pipe(Effect.timeout("2 seconds"))
+      expect(Option.map(event, (e) => e._tag)).toEqual(Option.some("ManagerError"))
+      expect(yield* a.cm.listConnections).toHaveLength(0)
+    })
+  )
+
+  it.scopedLive("interrupting a lookup leaves no dial, fiber or half-open connection behind", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("interrupt-a")
+      const b = yield* makeNode("interrupt-b")
+      const blackHole = yield* Effect.acquireRelease(
+        Effect.async<Dgram.Socket>((resume) => {
+          const socket = Dgram.createSocket("udp4")
+          socket.bind(0, "127.0.0.1", () => resume(Effect.succeed(socket)))
+        }),
+        (socket) => Effect.sync(() => socket.close())
+      )
+      // Three silent nodes and one live one: the lookup is mid-flight when interrupted.
+      for (let i = 0; i < 3; i++)
+        yield* a.graph.setNode(nodeIdOf(`interrupt-ghost-${i}`), {
+          host: "127.0.0.1",
+          port: blackHole.address().port,
+          scope: "local"
+        })
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const before = yield* a.cm.diagnostics
+      const lookup = yield* a.cm
+        .getClosestGlobalNodes(nodeIdOf("interrupt-target"), { timeout: "60 seconds" })
+        .pipe(Effect.fork)
+      yield* eventually(a.cm.diagnostics, (d) => d.pendingDials >= 3)
+      yield* Fiber.interrupt(lookup)
+      const after = yield* eventually(
+        a.cm.diagnostics,
+        (d) =>
+          d.pendingDials === 0 &&
+          d.inboundInProgress === 0 &&
+          d.backgroundFibers === d.connections + d.standbyConnections
+      )
+      expect(after.pendingDials).toBe(0)
+      expect(before.pendingDials).toBe(0)
+      // Only b answered; every connection left is a complete, usable one.
+      for (const c of yield* a.cm.listConnections) expect(c.nodeId).toBe(NodeId.encode(b.nodeId))
+      const quic = yield* a.quicConnections
+      expect(quic).toBe(after.connections + after.standbyConnections)
     })
   )
 })

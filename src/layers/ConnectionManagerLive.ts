@@ -985,6 +985,17 @@ export const make = Effect.gen(function* () {
     sendSignalingMessage,
     relaySignalingMessage,
     events: Effect.map(PubSub.subscribe(events), (queue) => Stream.fromQueue(queue)),
+    diagnostics: Effect.gen(function* () {
+      const entries = [...map.entries.values()]
+      return {
+        connections: entries.length,
+        standbyConnections: entries.reduce((n, e) => n + e.standby.size, 0),
+        pendingDials: pending.size,
+        inboundInProgress,
+        backgroundFibers: yield* FiberSet.size(background),
+        idleTimers: entries.filter((e) => e.idleFiber !== undefined).length
+      }
+    }),
     failure: Deferred.await(stopped)
   }
   return service

@@ -112,6 +112,17 @@ export interface RemoteContact {
   readonly port: number
 }
 
+export interface ManagerDiagnostics {
+  readonly connections: number
+  /** Open connections kept beside the one in use (simultaneous open, duplicates). */
+  readonly standbyConnections: number
+  readonly pendingDials: number
+  readonly inboundInProgress: number
+  /** Fibers the manager runs in the background (connection watchers, evictions, punches). */
+  readonly backgroundFibers: number
+  readonly idleTimers: number
+}
+
 /** What `acquireConnection` hands out: the connection and an agent RPC client on it. */
 export interface NodeConnectionHandle {
   readonly nodeId: NodeId
@@ -191,6 +202,8 @@ export interface ConnectionManagerService {
   ) => Effect.Effect<void>
   /** Connection added/removed and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>
+  /** Counts for tests and soak runs: what the manager holds and runs right now. */
+  readonly diagnostics: Effect.Effect<ManagerDiagnostics>
   /** Fails when the transport or RPC server stops unexpectedly. */
   readonly failure: Effect.Effect<never, ConnectionManagerStopped>
 }
