@@ -25,7 +25,7 @@ const availability = labAvailability()
 if (!availability.ok) console.warn(`NAT traversal suite: ${availability.reason}; skipping`)
 
 /** The public address (NAT WAN address or own address) another node should see for `agent`. */
-const connectionTo = (list: ReadonlyArray<{ nodeId: string }>, agent: AgentInfo) =>
+const connectionTo = <C extends { readonly nodeId: string }>(list: ReadonlyArray<C>, agent: AgentInfo) =>
   list.find((c) => c.nodeId === agent.nodeId)
 
 /** Waits until the agent logged that its join through the seeds finished. */
