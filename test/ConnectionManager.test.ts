@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as NodeId from "../src/services/NodeId.js"
+import { ConnectionError } from "../src/services/QuicTransport.js"
 import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
 
 const deadAddress = { host: "127.0.0.1", port: 9 } // discard port: nothing answers QUIC there
@@ -407,6 +408,57 @@ describe("failures and cleanup", () => {
       for (const c of yield* a.cm.listConnections) expect(c.nodeId).toBe(NodeId.encode(b.nodeId))
       const quic = yield* a.quicConnections
       expect(quic).toBe(after.connections + after.standbyConnections)
+    })
+  )
+})
+
+describe("more of the reference's behaviour", () => {
+  it.scopedLive("multi-connection resolves a hostname to all its addresses and records it", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("hostname-a", { host: "::" })
+      const b = yield* makeNode("hostname-b", { host: "::" })
+      const connected = yield* a.cm.getMultiConnection(
+        [b.nodeId],
+        [{ host: "localhost", port: b.address.port }]
+      )
+      expect(connected.map(NodeId.encode)).toEqual([NodeId.encode(b.nodeId)])
+      const [info] = yield* a.cm.listConnections
+      expect(info!.hostname).toBe("localhost")
+      expect(["127.0.0.1", "::1"]).toContain(info!.host)
+    })
+  )
+
+  it.scopedLive("work that fails with a connection error destroys the connection on release", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("connerr-a")
+      const b = yield* makeNode("connerr-b")
+      const h = yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      const failed = yield* a.cm
+        .withConnection(b.nodeId, () =>
+          Effect.fail(
+            new ConnectionError({ connectionId: h.connection.id, reason: "stream", detail: "test" })
+          )
+        )
+        .pipe(Effect.flip)
+      expect(failed._tag).toBe("ConnectionError")
+      expect(yield* a.cm.hasConnection(b.nodeId)).toBe(false)
+      // An ordinary failure of the work leaves the connection alone.
+      yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+      yield* a.cm.withConnection(b.nodeId, () => Effect.fail("business as usual")).pipe(Effect.flip)
+      expect(yield* a.cm.hasConnection(b.nodeId)).toBe(true)
+    })
+  )
+
+  it.scopedLive("refreshBuckets looks up stale buckets once, then not again until they age", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("refresh-a")
+      const b = yield* makeNode("refresh-b")
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      const first = yield* a.cm.refreshBuckets({ timeout: "3 seconds" })
+      expect(first).toBe(1)
+      const bucket = NodeId.bucketIndex(a.nodeId, b.nodeId)
+      expect(Option.isSome(yield* a.graph.getBucketRefreshedAt(bucket))).toBe(true)
+      expect(yield* a.cm.refreshBuckets({ timeout: "3 seconds" })).toBe(0)
     })
   )
 })
