@@ -462,3 +462,21 @@ describe("more of the reference's behaviour", () => {
     })
   )
 })
+
+describe("finding before connecting", () => {
+  it.scopedLive("pingNode and getConnection find a node they never met through the network", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("reach-a")
+      const b = yield* makeNode("reach-b")
+      const c = yield* makeNode("reach-c")
+      const d = yield* makeNode("reach-d")
+      yield* b.graph.setNode(c.nodeId, { ...c.address, scope: "local" })
+      yield* b.graph.setNode(d.nodeId, { ...d.address, scope: "local" })
+      yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
+      // The lookup inside dials the target itself: that dial must not wait on the outer one.
+      expect(yield* a.cm.pingNode(c.nodeId, undefined, { timeout: "6 seconds" })).toBe(true)
+      const h = yield* a.cm.getConnection(d.nodeId, { timeout: "6 seconds" })
+      expect(h.connection.remotePort).toBe(d.address.port)
+    })
+  )
+})

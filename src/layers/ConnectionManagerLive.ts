@@ -243,10 +243,15 @@ export const make = Effect.gen(function* () {
   ): Effect.Effect<ConnRecord, DialError> =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
+      const who = expected.length === 1 ? NodeId.encode(expected[0]!) : `one of ${expected.length} nodes`
+      yield* Effect.logDebug(`dialling ${who} at ${address.host}:${address.port}`)
       return yield* transport
         .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout })
         .pipe(
           Scope.extend(scope),
+          Effect.tapError((e) =>
+            Effect.logDebug(`dial ${who} at ${address.host}:${address.port} failed: ${e.message}`)
+          ),
           Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
           Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))
         )
@@ -356,6 +361,9 @@ export const make = Effect.gen(function* () {
         const direct = NodeId.equals(caller.nodeId, source.right)
         const address = direct ? { host: caller.host, port: caller.port } : message.address
         if (!address) return yield* Effect.fail("relayed message without the source address")
+        yield* Effect.logDebug(
+          `hole punching toward ${NodeId.encode(source.right)} at ${address.host}:${address.port} (signal from ${NodeId.encode(caller.nodeId)})`
+        )
         yield* holePunchReverse(address.host, address.port).pipe(
           Effect.interruptible,
           FiberSet.run(background)
@@ -443,9 +451,18 @@ export const make = Effect.gen(function* () {
     addresses: ReadonlyArray<PeerAddress>,
     timeout: Duration.Duration
   ): Effect.Effect<Entry, NodeConnectionError> => {
+    const punching = !isSeedNode(nodeId) && seeds.length > 0
     const attempt = (address: PeerAddress) =>
       dialRecord([nodeId], address, timeout).pipe(
-        Effect.mapError((e) => fail(nodeId, dialReason(e), e.message)),
+        Effect.mapError((e) =>
+          fail(
+            nodeId,
+            dialReason(e),
+            e.reason === "timeout" && punching
+              ? `${e.message}; hole punching through ${seeds.length} seed(s) did not open a path either (both behind NATs that map each destination to a new port, e.g. symmetric NATs, cannot be traversed)`
+              : e.message
+          )
+        ),
         Effect.flatMap(map.adopt),
         Effect.tap(() => addToGraph(nodeId, address.host, address.port))
       )
@@ -514,15 +531,13 @@ export const make = Effect.gen(function* () {
                     )
               )
             )
-      return joinDial(
-        nodeId,
-        timeout,
-        resolve.pipe(
-          Effect.flatMap((addresses) => {
-            const now = map.get(nodeId)
-            return now ? Effect.succeed(now) : dialEntry(nodeId, addresses, timeout)
-          })
-        )
+      // Resolve outside the joined dial: a lookup dials the target itself (joining that dial
+      // from inside would wait on itself). The lookup usually leaves the connection made.
+      return resolve.pipe(
+        Effect.flatMap((addresses) => {
+          const now = map.get(nodeId)
+          return now ? Effect.succeed(now) : joinDial(nodeId, timeout, dialEntry(nodeId, addresses, timeout))
+        })
       )
     })
 
