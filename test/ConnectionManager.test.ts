@@ -4,7 +4,7 @@
  */
 import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
+import { Chunk, Clock, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { ConnectionError } from "../src/services/QuicTransport.js"
@@ -477,6 +477,24 @@ describe("finding before connecting", () => {
       expect(yield* a.cm.pingNode(c.nodeId, undefined, { timeout: "6 seconds" })).toBe(true)
       const h = yield* a.cm.getConnection(d.nodeId, { timeout: "6 seconds" })
       expect(h.connection.remotePort).toBe(d.address.port)
+    })
+  )
+})
+
+describe("seed connections", () => {
+  it.scoped("a node's calls keep its seed from idle-collecting their connection", () =>
+    Effect.gen(function* () {
+      const s = yield* makeNode("keep-seed")
+      const a = yield* makeNode("keep-a", { config: { seedNodes: [seedOf(s)] } })
+      yield* a.cm.getConnectionWithAddress(s.nodeId, s.address)
+      yield* eventually(s.cm.hasConnection(a.nodeId), (x) => x).pipe(Effect.withClock(Clock.make()))
+      // Two idle periods pass on both sides in steps (real time lets the pings cross).
+      for (let i = 0; i < 8; i++) {
+        yield* TestClock.adjust("15 seconds")
+        yield* Effect.sleep("50 millis").pipe(Effect.withClock(Clock.make()))
+      }
+      expect(yield* s.cm.hasConnection(a.nodeId)).toBe(true)
+      expect(yield* a.cm.hasConnection(s.nodeId)).toBe(true)
     })
   )
 })

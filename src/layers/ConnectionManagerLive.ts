@@ -962,6 +962,23 @@ export const make = Effect.gen(function* () {
     Effect.forkScoped
   )
 
+  // Our seed connections are never idle-collected here, but the seed would collect them on its
+  // side (QUIC keep-alives are not calls): a call every half idle period keeps the seed's timer
+  // from firing, so it can still relay hole-punch signals to us.
+  if (seeds.length > 0) {
+    const half = Duration.millis(Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2))
+    yield* Effect.forEach(
+      seeds,
+      (seed) => {
+        const entry = map.get(seed.nodeId)
+        return entry
+          ? entry.record.client.ping.pipe(Effect.timeout(connectTimeout), Effect.ignore)
+          : Effect.void
+      },
+      { concurrency: "unbounded", discard: true }
+    ).pipe(Effect.delay(half), Effect.forever, Effect.interruptible, Effect.forkScoped)
+  }
+
   yield* transport.failure.pipe(
     Effect.catchAll((error) =>
       Effect.gen(function* () {
