@@ -11,7 +11,8 @@
  *   (creating its mapping), is filtered by the target's NAT on arrival, and needs a listener;
  *   the reply carries the listener's NodeId, which the dialer checks against `expectedNodeIds`.
  *   The listener learns of the connection half a round trip later (the client's Finished).
- *   A lost, filtered, partitioned or unanswered dial waits for its timeout, as QUIC does.
+ *   An unanswered Initial (lost, filtered, partitioned) is sent again after 1 s, 2 s, 4 s, …
+ *   (QUIC's probe timeout) until the dial's timeout: a NAT opened meanwhile lets it through.
  * - On a connection, everything one side sends (stream opens, bytes, FIN, close) reaches the
  *   other in order after the link latency. Bytes are never lost; across a partition they are
  *   held until it heals, and a connection that stays cut for its max idle timeout closes with
@@ -230,6 +231,9 @@ const isIpv4 = (host: string) => {
   return m?.slice(1).every((part) => Number(part) <= 255) === true
 }
 const isPort = (port: number) => Number.isInteger(port) && port > 0 && port < 65536
+
+/** First probe timeout of a dial: QUIC's initial RTT estimate (333 ms) times three. */
+const INITIAL_PTO_MS = 1000
 
 const millis = (input: Duration.DurationInput) =>
   Math.max(0, Math.round(Duration.toMillis(Duration.decode(input))))
@@ -863,56 +867,65 @@ class World {
         )
       )
     })
-    this.packet("handshake", ep, p.host, p.port, (dst, port, src) => {
-      const listener = dst.bindings.get(port)
-      if (listener === undefined || listener.stopped)
-        return this.trace("drop", ep.label, to, "handshake: no listener")
-      if (p.done) return
-      // The reply goes back along the flow the Initial opened.
-      if (this.blocked(dst, ep.host))
-        return this.trace("drop", listener.label, ep.label, "handshake reply: partitioned")
-      if (this.lost(dst, ep.host))
-        return this.trace("drop", listener.label, ep.label, "handshake reply: lost")
-      this.schedule(this.delay(dst, ep.host), () => {
-        if (p.done || ep.stopped) return
-        if (!p.expected.some((id) => NodeId.equals(id, listener.nodeId))) {
-          this.finishDial(p)
-          const expected = p.expected.map(NodeId.encode).join(", ")
-          this.trace("mismatch", ep.label, to, listener.nodeKey)
-          Deferred.unsafeDone(
-            p.result,
-            Exit.fail(
-              new DialError({
-                host: p.host,
-                port: p.port,
-                reason: "mismatch",
-                detail: `expected ${expected === "" ? "(none)" : expected}, the peer is ${listener.nodeKey}`
-              })
+    const send = (pto: number) => {
+      this.packet("handshake", ep, p.host, p.port, (dst, port, src) => {
+        const listener = dst.bindings.get(port)
+        if (listener === undefined || listener.stopped)
+          return this.trace("drop", ep.label, to, "handshake: no listener")
+        if (p.done) return
+        // The reply goes back along the flow the Initial opened.
+        if (this.blocked(dst, ep.host))
+          return this.trace("drop", listener.label, ep.label, "handshake reply: partitioned")
+        if (this.lost(dst, ep.host))
+          return this.trace("drop", listener.label, ep.label, "handshake reply: lost")
+        this.schedule(this.delay(dst, ep.host), () => {
+          if (p.done || ep.stopped) return
+          if (!p.expected.some((id) => NodeId.equals(id, listener.nodeId))) {
+            this.finishDial(p)
+            const expected = p.expected.map(NodeId.encode).join(", ")
+            this.trace("mismatch", ep.label, to, listener.nodeKey)
+            Deferred.unsafeDone(
+              p.result,
+              Exit.fail(
+                new DialError({
+                  host: p.host,
+                  port: p.port,
+                  reason: "mismatch",
+                  detail: `expected ${expected === "" ? "(none)" : expected}, the peer is ${listener.nodeKey}`
+                })
+              )
             )
-          )
-          return
-        }
-        const pair = this.makePair(p, listener, src)
-        this.finishDial(p)
-        p.end = pair.a
-        this.trace("connect", ep.label, to, pair.a.id)
-        Deferred.unsafeDone(p.result, Exit.succeed(pair.a))
-        // The client's Finished: the listener now has the connection.
-        this.sendOnConnection(pair.a, () => {
-          const b = pair.b
-          if (b.reason !== undefined) return
-          if (listener.stopped) {
-            // Nobody answers any more: the dialer finds out by its idle timeout.
-            this.closeConnection(b, { _tag: "Error", detail: "listener gone" }, "idle")
             return
           }
-          b.registered = true
-          listener.ends.add(b)
-          listener.incoming.unsafeOffer(b)
-          this.trace("accept", listener.label, `${src.host}:${src.port}`, b.id)
+          const pair = this.makePair(p, listener, src)
+          this.finishDial(p)
+          p.end = pair.a
+          this.trace("connect", ep.label, to, pair.a.id)
+          Deferred.unsafeDone(p.result, Exit.succeed(pair.a))
+          // The client's Finished: the listener now has the connection.
+          this.sendOnConnection(pair.a, () => {
+            const b = pair.b
+            if (b.reason !== undefined) return
+            if (listener.stopped) {
+              // Nobody answers any more: the dialer finds out by its idle timeout.
+              this.closeConnection(b, { _tag: "Error", detail: "listener gone" }, "idle")
+              return
+            }
+            b.registered = true
+            listener.ends.add(b)
+            listener.incoming.unsafeOffer(b)
+            this.trace("accept", listener.label, `${src.host}:${src.port}`, b.id)
+          })
         })
       })
-    })
+      // No answer yet: QUIC retransmits the Initial on its probe timeout, doubling each time.
+      this.schedule(pto, () => {
+        if (p.done || ep.stopped) return
+        this.trace("dial", ep.label, to, "retransmit")
+        send(pto * 2)
+      })
+    }
+    send(INITIAL_PTO_MS)
   }
 
   private finishDial(p: PendingDial) {
