@@ -23,6 +23,7 @@ import {
   parseSeedNodes,
   UsageError
 } from "./Input.js"
+import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
 
@@ -324,7 +325,7 @@ const identity = Command.make("identity", { nodePath, format }, (o) =>
 
 export const root = Command.make("quicmesh").pipe(
   Command.withDescription("Peer-to-peer node connection manager over QUIC"),
-  Command.withSubcommands([agent, nodes, identity])
+  Command.withSubcommands([agent, nodes, identity, simCommand])
 )
 
 export const cli = Command.run(root, { name: "quicmesh", version: VERSION })

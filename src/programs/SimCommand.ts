@@ -1,0 +1,189 @@
+/**
+ * `quicmesh sim`: runs a deterministic network simulation (see Simulation.ts) and reports.
+ *
+ *   quicmesh sim --nodes N --lookups L --seed S [--alpha A] [--k K] [--crash FRACTION]
+ *                [--loss P] [--latency MS] [--nat MIX] [--format human|json] [--report FILE.html]
+ *
+ * Progress goes to stderr (a bar on a terminal, a line per 10% otherwise). A run whose lookups
+ * fail where the network should have answered exits 1 and prints its seed and the command
+ * that replays it exactly.
+ */
+import { writeFileSync } from "node:fs"
+import { resolve } from "node:path"
+import { Command, Options } from "@effect/cli"
+import { Effect, Option } from "effect"
+import { OperationError, UsageError } from "./Input.js"
+import { renderHtml, renderText } from "./SimReport.js"
+import {
+  type NatMix,
+  type Progress,
+  parseNatMix,
+  runScenario,
+  type ScenarioOptions,
+  type SimReport,
+  verdict
+} from "./Simulation.js"
+
+const described = <A>(o: Options.Options<A>, text: string) => Options.withDescription(o, text)
+
+const options = {
+  nodes: described(Options.integer("nodes"), "Nodes in the network, seeds included"),
+  lookups: described(Options.integer("lookups"), "Lookups of random live targets from random live nodes"),
+  seed: described(Options.integer("seed"), "Seed of every random choice (same seed, same run)"),
+  alpha: described(Options.integer("alpha"), "Lookup queries in flight at once").pipe(Options.withDefault(3)),
+  k: described(Options.integer("k"), "Bucket size and lookup width").pipe(Options.withDefault(20)),
+  crash: described(Options.float("crash"), "Fraction of the non-seed nodes crashed before the lookups").pipe(
+    Options.withDefault(0)
+  ),
+  loss: described(Options.float("loss"), "Probability that a handshake packet or datagram is lost").pipe(
+    Options.withDefault(0)
+  ),
+  latency: described(Options.integer("latency"), "One-way link latency in ms (jitter: a fifth of it)").pipe(
+    Options.withDefault(50)
+  ),
+  nat: described(
+    Options.text("nat"),
+    "NAT mix of the non-seed nodes, e.g. none:70,full-cone:10,restricted:10,symmetric:10"
+  ).pipe(Options.optional),
+  format: described(Options.text("format"), "Output format: human or json").pipe(
+    Options.withDefault("human")
+  ),
+  report: described(Options.text("report"), "Also write an HTML report (charts) to this file").pipe(
+    Options.optional
+  )
+}
+
+type Parsed = {
+  readonly nodes: number
+  readonly lookups: number
+  readonly seed: number
+  readonly alpha: number
+  readonly k: number
+  readonly crash: number
+  readonly loss: number
+  readonly latency: number
+  readonly nat: Option.Option<string>
+  readonly format: string
+  readonly report: Option.Option<string>
+}
+
+/** The one command line that reproduces a run (`--report` and `--format` left out). */
+export const replayCommand = (p: Parsed) => {
+  const parts = [
+    "quicmesh sim",
+    `--nodes ${p.nodes}`,
+    `--lookups ${p.lookups}`,
+    `--seed ${p.seed}`,
+    `--alpha ${p.alpha}`,
+    `--k ${p.k}`,
+    `--crash ${p.crash}`,
+    `--loss ${p.loss}`,
+    `--latency ${p.latency}`
+  ]
+  if (Option.isSome(p.nat)) parts.push(`--nat ${p.nat.value}`)
+  return parts.join(" ")
+}
+
+/** Progress on stderr: a redrawn bar on a terminal, a line per 10% elsewhere. */
+const progressReporter = () => {
+  const tty = process.stderr.isTTY === true
+  const started = performance.now()
+  let lastDraw = 0
+  let lastPhase = ""
+  let lastDecile = -1
+  return (p: Progress) => {
+    const now = performance.now()
+    const fraction = p.total === 0 ? 1 : p.done / p.total
+    const label = p.phase === "build" ? "build + join" : "lookups"
+    const seconds = ((now - started) / 1000).toFixed(1)
+    if (tty) {
+      const finished = p.done === p.total
+      if (!finished && now - lastDraw < 100 && p.phase === lastPhase) return
+      lastDraw = now
+      lastPhase = p.phase
+      const width = 30
+      const filled = Math.round(fraction * width)
+      process.stderr.write(
+        `\r${label.padEnd(12)} [${"#".repeat(filled)}${".".repeat(width - filled)}] ${p.done}/${p.total}  ${seconds}s\u001b[K${finished ? "\n" : ""}`
+      )
+      return
+    }
+    const decile = Math.floor(fraction * 10)
+    if (p.phase !== lastPhase) {
+      lastPhase = p.phase
+      lastDecile = -1
+    }
+    if (decile === lastDecile) return
+    lastDecile = decile
+    process.stderr.write(`${label}: ${p.done}/${p.total} (${decile * 10}%) ${seconds}s\n`)
+  }
+}
+
+const usage = (message: string) => Effect.fail(new UsageError({ message }))
+
+export const run = (p: Parsed) =>
+  Effect.gen(function* () {
+    if (p.format !== "human" && p.format !== "json")
+      return yield* usage(`invalid format "${p.format}": must be human or json`)
+    let nat: NatMix | undefined
+    if (Option.isSome(p.nat)) {
+      const parsed = parseNatMix(p.nat.value)
+      if (parsed._tag === "Left") return yield* usage(`invalid --nat: ${parsed.left}`)
+      nat = parsed.right
+    }
+    const scenario: ScenarioOptions = {
+      nodes: p.nodes,
+      lookups: p.lookups,
+      seed: p.seed,
+      alpha: p.alpha,
+      k: p.k,
+      crash: p.crash,
+      loss: p.loss,
+      latency: p.latency,
+      ...(nat === undefined ? {} : { nat }),
+      onProgress: progressReporter()
+    }
+    const report: SimReport = yield* runScenario(scenario).pipe(
+      Effect.catchTags({
+        ScenarioError: (e) => Effect.fail(new UsageError({ message: e.detail })),
+        SimDeadlock: (e) =>
+          Effect.fail(
+            new OperationError({
+              message: `${e.message}; seed ${p.seed}; replay: ${replayCommand(p)}`
+            })
+          )
+      })
+    )
+    const replay = replayCommand(p)
+    const judged = verdict(report)
+    if (Option.isSome(p.report)) {
+      const file = resolve(p.report.value)
+      yield* Effect.try({
+        try: () => writeFileSync(file, renderHtml(report, replay, judged.reasons)),
+        catch: (e) =>
+          new OperationError({
+            message: `could not write the report to ${file}: ${(e as Error).message ?? String(e)}`
+          })
+      })
+      process.stderr.write(`report written to ${file}\n`)
+    }
+    yield* Effect.sync(() =>
+      process.stdout.write(
+        p.format === "json"
+          ? `${JSON.stringify({ ...report, ok: judged.ok, reasons: judged.reasons, replay })}\n`
+          : `${renderText(report, replay)}\n`
+      )
+    )
+    if (!judged.ok)
+      return yield* Effect.fail(
+        new OperationError({
+          message: `simulation failed: ${judged.reasons.join("; ")}. Seed ${p.seed}; replay: ${replay}`
+        })
+      )
+  })
+
+export const simCommand = Command.make("sim", options, run).pipe(
+  Command.withDescription(
+    "Simulate a whole network of connection managers on virtual time (deterministic: same seed, same run)"
+  )
+)
