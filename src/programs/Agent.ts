@@ -3,20 +3,11 @@
  * its seed nodes, serving the control API on `<node-path>/agent.sock` until SIGINT/SIGTERM
  * or `quicmesh agent stop`.
  */
-import {
-  chmodSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  rmSync,
-  writeSync
-} from "node:fs"
+import { chmodSync, existsSync, rmSync } from "node:fs"
 import { join } from "node:path"
-import { NodeSocketServer } from "@effect/platform-node"
+import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Deferred, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
+import { ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as Node from "../layers/Node.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
@@ -25,7 +16,10 @@ import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import { ControlError, ControlRpcs } from "../services/ControlApi.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
-import { OperationError } from "./Input.js"
+import { configErrorText, envName, OperationError, UsageError } from "./Input.js"
+import { lockNodePath, socketPath } from "./NodePath.js"
+
+export { lockNodePath, socketPath }
 
 export interface AgentOptions {
   readonly nodePath: string
@@ -35,57 +29,39 @@ export interface AgentOptions {
   readonly format: "human" | "json"
 }
 
-export const socketPath = (nodePath: string) => join(nodePath, "agent.sock")
-const lockPath = (nodePath: string) => join(nodePath, "agent.lock")
-
-const pidAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
-
-/** One agent per node path: an exclusive lock file holding our pid, removed on exit. */
-export const lockNodePath = (nodePath: string) =>
-  Effect.acquireRelease(
-    Effect.try({
-      try: () => {
-        mkdirSync(nodePath, { recursive: true, mode: 0o700 })
-        chmodSync(nodePath, 0o700)
-        const path = lockPath(nodePath)
-        for (let attempt = 0; attempt < 2; attempt++) {
-          try {
-            const fd = openSync(path, "wx", 0o600)
-            writeSync(fd, `${process.pid}\n`)
-            closeSync(fd)
-            return path
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e
-            const pid = Number.parseInt(readFileSync(path, "utf8"), 10)
-            if (Number.isInteger(pid) && pid !== process.pid && pidAlive(pid))
-              throw new OperationError({ message: `another agent (pid ${pid}) is running at ${nodePath}` })
-            rmSync(path, { force: true })
-          }
-        }
-        throw new OperationError({ message: `cannot lock ${nodePath}` })
-      },
-      catch: (e) =>
-        e instanceof OperationError
-          ? e
-          : new OperationError({ message: `cannot use node path ${nodePath}: ${(e as Error).message}` })
-    }),
-    (path) => Effect.sync(() => rmSync(path, { force: true }))
+/**
+ * The connection manager's tuning from the environment: each option as QUICMESH_ plus its
+ * name in CONSTANT_CASE (QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME="30 seconds", …). A bad value
+ * is a UsageError naming the variable.
+ */
+export const managerOptionsFromEnv = (
+  seedNodes: ReadonlyArray<CMConfig.SeedNode>,
+  env: Record<string, string | undefined> = process.env
+): Effect.Effect<CMConfig.ConnectionManagerOptions, UsageError> =>
+  CMConfig.config.pipe(
+    Effect.withConfigProvider(
+      ConfigProvider.fromMap(
+        new Map(Object.entries(env).filter((kv): kv is [string, string] => kv[1] !== undefined)),
+        { pathDelim: "_" }
+      ).pipe(ConfigProvider.constantCase, ConfigProvider.nested("QUICMESH"))
+    ),
+    Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) })),
+    Effect.flatMap((options) => {
+      // Counts (concurrency, sizes, limits) must be at least 1.
+      const bad = Object.entries(options).find(([, v]) => typeof v === "number" && v < 1)
+      return bad
+        ? Effect.fail(new UsageError({ message: `invalid ${envName(bad[0])}: ${bad[1]} must be at least 1` }))
+        : Effect.succeed({ ...options, seedNodes })
+    })
   )
 
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */
-export const nodeLayer = (options: AgentOptions) =>
+export const nodeLayer = (options: AgentOptions, managerOptions: CMConfig.ConnectionManagerOptions) =>
   Node.layer({
     keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
     nodeGraph: NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") }),
     transport: { host: options.host, port: options.port },
-    config: CMConfig.layerFromConfig(options.seedNodes).pipe(Layer.orDie)
+    config: CMConfig.layer(managerOptions)
   })
 
 const handlers = (stop: Deferred.Deferred<void>) =>
@@ -213,8 +189,12 @@ export const controlServerLayer = (nodePath: string, stop: Deferred.Deferred<voi
 
 /** Runs the agent until a signal interrupts it, `agent stop` is called, or the node fails. */
 export const run = (options: AgentOptions) =>
+  lockNodePath(options.nodePath).pipe(Effect.zipRight(runLocked(options)), Effect.scoped)
+
+/** `run` for a caller that already holds the node path's lock (`lockNodePath`). */
+export const runLocked = (options: AgentOptions) =>
   Effect.gen(function* () {
-    yield* lockNodePath(options.nodePath)
+    const managerOptions = yield* managerOptionsFromEnv(options.seedNodes)
     const stop = yield* Deferred.make<void>()
     const program = Effect.gen(function* () {
       const cm = yield* ConnectionManager
@@ -222,7 +202,7 @@ export const run = (options: AgentOptions) =>
       process.stdout.write(
         options.format === "json"
           ? `${JSON.stringify(ready)}\n`
-          : `quicmesh agent ${ready.nodeId} listening on ${ready.host}:${ready.port}\n`
+          : `agent ready: node ${ready.nodeId} listening on ${ready.host.includes(":") ? `[${ready.host}]` : ready.host}:${ready.port}\n`
       )
       yield* Effect.logInfo(`agent ready at ${options.nodePath}`)
       // Join through the seeds; unreachable seeds are retried with backoff, never fatal.
@@ -244,8 +224,13 @@ export const run = (options: AgentOptions) =>
         )
       yield* Effect.raceFirst(Deferred.await(stop), cm.failure)
       yield* Effect.logInfo("agent stopping")
-    })
+    }).pipe(Effect.onInterrupt(() => Effect.logInfo("agent stopping (signal)")))
     yield* program.pipe(
-      Effect.provide(controlServerLayer(options.nodePath, stop).pipe(Layer.provideMerge(nodeLayer(options))))
+      Effect.provide(
+        controlServerLayer(options.nodePath, stop).pipe(
+          Layer.provideMerge(nodeLayer(options, managerOptions))
+        )
+      ),
+      Effect.mapError((e) => new OperationError({ message: `agent failed: ${e.message}` }))
     )
   }).pipe(Effect.scoped)

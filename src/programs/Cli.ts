@@ -6,14 +6,12 @@ import { connect } from "node:net"
 import { homedir } from "node:os"
 import { resolve } from "node:path"
 import { Args, Command, Options } from "@effect/cli"
-import { NodeSocket } from "@effect/platform-node"
+import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { Config, Effect, Layer, Logger, LogLevel, Option } from "effect"
-import * as KeyRingLive from "../layers/KeyRingLive.js"
+import { Config, Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
 import { ControlRpcs } from "../services/ControlApi.js"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
-import * as Agent from "./Agent.js"
 import {
   checkHost,
   checkPort,
@@ -21,8 +19,10 @@ import {
   parseAddress,
   parseNodeId,
   parseSeedNodes,
+  positiveInt,
   UsageError
 } from "./Input.js"
+import { lockNodePath, pidAlive, socketPath } from "./NodePath.js"
 import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
@@ -37,6 +37,15 @@ const nodePath = Options.directory("node-path").pipe(
 const resolveNodePath = (p: Option.Option<string>) =>
   resolve(Option.getOrElse(p, () => resolve(homedir(), ".quicmesh")))
 
+/**
+ * Where a value came from, for error messages: the flag when it is on the command line,
+ * else the environment variable when that is set (flags win over the environment).
+ */
+const sourceOf = (flag: string, env: string) =>
+  process.argv.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`)) || process.env[env] === undefined
+    ? ""
+    : ` (from ${env})`
+
 const format = Options.text("format").pipe(
   Options.withDescription("Output format: human or json"),
   Options.withFallbackConfig(Config.string("QUICMESH_FORMAT")),
@@ -45,37 +54,50 @@ const format = Options.text("format").pipe(
 const checkFormat = (f: string): Effect.Effect<"human" | "json", UsageError> =>
   f === "human" || f === "json"
     ? Effect.succeed(f)
-    : Effect.fail(new UsageError({ message: `invalid format "${f}": must be human or json` }))
+    : Effect.fail(
+        new UsageError({
+          message: `invalid format "${f}"${sourceOf("format", "QUICMESH_FORMAT")}: must be human or json`
+        })
+      )
 
-const timeoutMs = Options.integer("timeout").pipe(
+const timeoutMs = Options.text("timeout").pipe(
   Options.withDescription("Timeout in milliseconds"),
   Options.optional
 )
-const checkTimeout = (t: Option.Option<number>) =>
-  Option.match(t, {
-    onNone: () => Effect.succeed(undefined),
-    onSome: (ms) =>
-      ms > 0
-        ? Effect.succeed(ms)
-        : Effect.fail(new UsageError({ message: `invalid timeout ${ms}: must be > 0` }))
-  })
+const checkTimeout = (t: Option.Option<string>) => positiveInt("timeout", t, " (milliseconds)")
 
 // ---- Output --------------------------------------------------------------------------
 
 const print = (fmt: "human" | "json", json: unknown, human: string) =>
   Effect.sync(() => process.stdout.write(fmt === "json" ? `${JSON.stringify(json)}\n` : `${human}\n`))
 
-const table = (rows: ReadonlyArray<Record<string, unknown>>, columns: ReadonlyArray<string>) => {
-  if (rows.length === 0) return "(none)"
-  const cells = rows.map((r) => columns.map((c) => String(r[c] ?? "")))
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((row) => row[i]!.length)))
+/** "host:port", with an IPv6 host in brackets ("[::1]:4000"). */
+export const hostPort = (host: string, port: number) =>
+  host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`
+
+type Column<R> = readonly [title: string, cell: (row: R) => string]
+
+/** A plain-text table: a header row, then one row each, columns padded to line up. */
+const table = <R>(rows: ReadonlyArray<R>, columns: ReadonlyArray<Column<R>>, empty: string) => {
+  if (rows.length === 0) return empty
+  const cells = rows.map((r) => columns.map(([, cell]) => cell(r)))
+  const widths = columns.map(([title], i) => Math.max(title.length, ...cells.map((row) => row[i]!.length)))
   const line = (xs: ReadonlyArray<string>) =>
     xs
       .map((x, i) => x.padEnd(widths[i]!))
       .join("  ")
       .trimEnd()
-  return [line(columns), ...cells.map(line)].join("\n")
+  return [line(columns.map(([title]) => title)), ...cells.map(line)].join("\n")
 }
+
+const nodeColumns: ReadonlyArray<
+  Column<{ nodeId: string; host: string; port: number; bucketIndex: number; lastUpdated: number }>
+> = [
+  ["NODE ID", (r) => r.nodeId],
+  ["ADDRESS", (r) => hostPort(r.host, r.port)],
+  ["BUCKET", (r) => String(r.bucketIndex)],
+  ["LAST UPDATED", (r) => new Date(r.lastUpdated).toISOString()]
+]
 
 // ---- Talking to the agent ------------------------------------------------------------
 
@@ -99,7 +121,7 @@ const withAgent = <A>(
   f: (client: ControlClient) => Effect.Effect<A, unknown>
 ): Effect.Effect<A, OperationError> =>
   Effect.gen(function* () {
-    const path = Agent.socketPath(dir)
+    const path = socketPath(dir)
     if (!(yield* agentReachable(path)))
       return yield* Effect.fail(new OperationError({ message: `no agent running at ${dir}` }))
     return yield* Effect.scoped(
@@ -152,18 +174,30 @@ const agentStart = Command.make(
   (o) =>
     Effect.gen(function* () {
       const fmt = yield* checkFormat(o.format)
-      const host = yield* checkHost(o.host)
+      const host = yield* checkHost(o.host, `host${sourceOf("host", "QUICMESH_HOST")}`)
       const portNumber = /^\d+$/.test(o.port.trim()) ? Number(o.port) : Number.NaN
       const port = yield* checkPort(portNumber).pipe(
         Effect.mapError(
-          () => new UsageError({ message: `invalid port "${o.port}": must be an integer from 0 to 65535` })
+          () =>
+            new UsageError({
+              message: `invalid port "${o.port}"${sourceOf("port", "QUICMESH_PORT")}: must be an integer from 0 to 65535`
+            })
         )
       )
-      const seedNodes = yield* parseSeedNodes(o.seedNodes)
-      yield* Agent.run({ nodePath: resolveNodePath(o.nodePath), host, port, seedNodes, format: fmt }).pipe(
+      const seedNodes = yield* parseSeedNodes(o.seedNodes).pipe(
+        Effect.mapError(
+          (e) => new UsageError({ message: `${e.message}${sourceOf("seed-nodes", "QUICMESH_SEED_NODES")}` })
+        )
+      )
+      const dir = resolveNodePath(o.nodePath)
+      // Lock first (a second agent fails at once), then load the node's layers: they load
+      // only here, so the client commands start quickly.
+      yield* lockNodePath(dir)
+      const Agent = yield* Effect.promise(() => import("./Agent.js"))
+      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt }).pipe(
         Logger.withMinimumLogLevel(o.verbose ? LogLevel.Debug : LogLevel.Info)
       )
-    })
+    }).pipe(Effect.scoped)
 ).pipe(Command.withDescription("Run a node in the foreground until SIGINT or SIGTERM"))
 
 const agentStatus = Command.make("status", { nodePath, format }, (o) =>
@@ -174,7 +208,7 @@ const agentStatus = Command.make("status", { nodePath, format }, (o) =>
     yield* print(
       fmt,
       status,
-      `LIVE: node ${status.nodeId} on ${status.host}:${status.port}, ${status.connections} connection(s), ${status.nodes} known node(s)`
+      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)`
     )
   })
 ).pipe(Command.withDescription("Show whether an agent runs at the node path, and its figures"))
@@ -183,8 +217,19 @@ const agentStop = Command.make("stop", { nodePath, format }, (o) =>
   Effect.gen(function* () {
     const fmt = yield* checkFormat(o.format)
     const dir = resolveNodePath(o.nodePath)
-    yield* withAgent(dir, (c) => c.stop())
-    yield* print(fmt, { stopped: true }, `agent at ${dir} is stopping`)
+    const pid = yield* withAgent(dir, (c) =>
+      c.status().pipe(Effect.flatMap((s) => Effect.as(c.stop(), s.pid)))
+    )
+    // Returns once the agent has run its finalizers and exited (as after SIGTERM).
+    yield* Effect.sync(() => pidAlive(pid)).pipe(
+      Effect.repeat({ while: (alive) => alive, schedule: Schedule.spaced("50 millis") }),
+      Effect.timeoutFail({
+        duration: "30 seconds",
+        onTimeout: () =>
+          new OperationError({ message: `agent at ${dir} (pid ${pid}) did not stop within 30 s` })
+      })
+    )
+    yield* print(fmt, { stopped: true }, `agent at ${dir} stopped`)
   })
 ).pipe(Command.withDescription("Stop the agent at the node path (as SIGTERM does)"))
 
@@ -208,7 +253,11 @@ const nodesAdd = Command.make(
       yield* withAgent(resolveNodePath(o.nodePath), (c) =>
         c.nodesAdd({ nodeId: NodeId.encode(id), host: address.host, port: address.port })
       )
-      yield* print(fmt, { success: true }, `added ${NodeId.encode(id)} at ${address.host}:${address.port}`)
+      yield* print(
+        fmt,
+        { success: true },
+        `added ${NodeId.encode(id)} at ${hostPort(address.host, address.port)}`
+      )
     })
 ).pipe(Command.withDescription("Add a node and its address to the agent's routing table"))
 
@@ -224,7 +273,7 @@ const nodesFind = Command.make("find", { nodePath, format, nodeId: nodeIdArg, ti
       fmt,
       r,
       r.success && r.address
-        ? `found ${r.nodeId} at ${r.address.host}:${r.address.port}`
+        ? `found ${r.nodeId} at ${hostPort(r.address.host, r.address.port)}`
         : `${r.nodeId} not found`
     )
     if (!r.success) return yield* Effect.fail(new OperationError({ message: `node ${r.nodeId} not found` }))
@@ -266,7 +315,18 @@ const nodesConnections = Command.make("connections", { nodePath, format }, (o) =
     yield* print(
       fmt,
       list,
-      table(list, ["nodeId", "host", "port", "hostname", "usageCount", "timeout", "direction"])
+      table(
+        list,
+        [
+          ["NODE ID", (r) => r.nodeId],
+          ["ADDRESS", (r) => hostPort(r.host, r.port)],
+          ["HOSTNAME", (r) => r.hostname ?? "-"],
+          ["IN USE", (r) => String(r.usageCount)],
+          ["IDLE TIMEOUT", (r) => (r.timeout === null ? "-" : `${(r.timeout / 1000).toFixed(1)} s`)],
+          ["DIRECTION", (r) => (r.direction === "forward" ? "outbound" : "inbound")]
+        ],
+        "no connections"
+      )
     )
   })
 ).pipe(Command.withDescription("List the agent's open connections"))
@@ -275,7 +335,7 @@ const nodesGetAll = Command.make("getall", { nodePath, format }, (o) =>
   Effect.gen(function* () {
     const fmt = yield* checkFormat(o.format)
     const list = yield* withAgent(resolveNodePath(o.nodePath), (c) => c.nodesGetAll())
-    yield* print(fmt, list, table(list, ["nodeId", "host", "port", "bucketIndex", "lastUpdated"]))
+    yield* print(fmt, list, table(list, nodeColumns, "no known nodes"))
   })
 ).pipe(Command.withDescription("List every node in the agent's routing table"))
 
@@ -285,22 +345,17 @@ const nodesClosest = Command.make(
     nodePath,
     format,
     nodeId: nodeIdArg,
-    limit: Options.integer("limit").pipe(
-      Options.withDescription("How many (default k = 20)"),
-      Options.optional
-    )
+    limit: Options.text("limit").pipe(Options.withDescription("How many (default k = 20)"), Options.optional)
   },
   (o) =>
     Effect.gen(function* () {
       const fmt = yield* checkFormat(o.format)
       const id = yield* parseNodeId(o.nodeId)
-      const limit = Option.getOrUndefined(o.limit)
-      if (limit !== undefined && limit < 1)
-        return yield* Effect.fail(new UsageError({ message: `invalid limit ${limit}: must be >= 1` }))
+      const limit = yield* positiveInt("limit", o.limit)
       const list = yield* withAgent(resolveNodePath(o.nodePath), (c) =>
         c.nodesClosest({ nodeId: NodeId.encode(id), limit })
       )
-      yield* print(fmt, list, table(list, ["nodeId", "host", "port", "bucketIndex", "lastUpdated"]))
+      yield* print(fmt, list, table(list, nodeColumns, "no known nodes"))
     })
 ).pipe(Command.withDescription("The known nodes closest to NODEID, nearest first"))
 
@@ -315,6 +370,7 @@ const identity = Command.make("identity", { nodePath, format }, (o) =>
   Effect.gen(function* () {
     const fmt = yield* checkFormat(o.format)
     const dir = resolveNodePath(o.nodePath)
+    const KeyRingLive = yield* Effect.promise(() => import("../layers/KeyRingLive.js"))
     const nodeId = yield* Effect.flatMap(KeyRing, (k) => k.nodeId).pipe(
       Effect.provide(KeyRingLive.layer({ nodePath: dir })),
       Effect.mapError((e) => new OperationError({ message: e.message }))

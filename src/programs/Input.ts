@@ -3,7 +3,7 @@
  * Every failure is a UsageError whose message names the bad value (exit code 2).
  */
 import { isIP } from "node:net"
-import { Data, Effect, Either } from "effect"
+import { Data, Effect, Either, Option } from "effect"
 import type { SeedNode } from "../services/ConnectionManagerConfig.js"
 import * as NodeId from "../services/NodeId.js"
 
@@ -30,6 +30,22 @@ export const parseNodeId = (text: string): Effect.Effect<NodeId.NodeId, UsageErr
   Either.match(NodeId.decode(text.trim()), {
     onLeft: (e) => Effect.fail(new UsageError({ message: e.message })),
     onRight: Effect.succeed
+  })
+
+/** A positive whole number typed as text, if given (`--timeout`, `--limit`). */
+export const positiveInt = (
+  name: string,
+  text: Option.Option<string>,
+  unit = ""
+): Effect.Effect<number | undefined, UsageError> =>
+  Option.match(text, {
+    onNone: () => Effect.succeed(undefined),
+    onSome: (t) =>
+      /^\d+$/.test(t.trim()) && Number(t) > 0 && Number.isSafeInteger(Number(t))
+        ? Effect.succeed(Number(t))
+        : Effect.fail(
+            new UsageError({ message: `invalid ${name} "${t}": must be a whole number > 0${unit}` })
+          )
   })
 
 /** "HOST:PORT" or "[IPV6]:PORT". */
@@ -71,3 +87,24 @@ export const parseSeedNodes = (text: string): Effect.Effect<ReadonlyArray<SeedNo
         return { nodeId, host: address.host, port: address.port }
       })
   )
+
+/** `connectionIdleTimeoutTime` → `QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME`. */
+export const envName = (key: string) =>
+  key.startsWith("QUICMESH_") ? key : `QUICMESH_${key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()}`
+
+/**
+ * A ConfigError's text as one readable line naming the environment variable:
+ * `(Invalid data at maxConnections: "Expected an integer value but received "x"")` →
+ * `invalid QUICMESH_MAX_CONNECTIONS: expected an integer value but received "x"`.
+ */
+export const configErrorText = (text: string) =>
+  text
+    .replace(/\s+/g, " ")
+    .trim()
+    .replace(/^\((.*)\)$/, "$1")
+    .replace(
+      /Invalid data at ([A-Za-z0-9_.]+): "(.*?)"(?=$| and | or |\))/g,
+      (_, key: string, msg: string) =>
+        `invalid ${envName(key)}: ${msg.charAt(0).toLowerCase()}${msg.slice(1)}`
+    )
+    .replace(/Missing data at ([A-Za-z0-9_.]+): "(.*?)"/g, (_, key: string) => `missing ${envName(key)}`)

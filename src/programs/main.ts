@@ -1,11 +1,14 @@
 /**
  * Entry point of the `quicmesh` command. Exit codes: 0 success, 1 the operation ran but
  * failed, 2 bad usage or bad input. Errors are one line on stderr, never a stack trace.
+ * SIGINT and SIGTERM interrupt the command (the agent runs every finalizer) and exit 0.
  */
-import { ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Cause, Effect, Logger } from "effect"
+import { HelpDoc, ValidationError } from "@effect/cli"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import { Cause, Console, Effect, Exit, Logger } from "effect"
 import { cli } from "./Cli.js"
+import { configErrorText } from "./Input.js"
 
 const exitWith = (code: number, message?: string) =>
   Effect.sync(() => {
@@ -13,17 +16,64 @@ const exitWith = (code: number, message?: string) =>
     process.exitCode = code
   })
 
+/** One line of plain text: no ANSI escapes, whitespace collapsed. */
+export const oneLine = (text: string) =>
+  text
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: ANSI escape sequences
+    .replace(/\u001b\[[0-9;]*m/g, "")
+    .replace(/\s+/g, " ")
+    .trim()
+
+/** The command tree, to name the word @effect/cli could not place. */
+const COMMANDS: Record<string, ReadonlyArray<string>> = {
+  agent: ["start", "status", "stop"],
+  nodes: ["add", "find", "ping", "connections", "getall", "closest"],
+  identity: []
+}
+
+/** "unknown command "frob"" / "unknown nodes command "--bogus"", from the words typed. */
+const unknownCommand = (argv: ReadonlyArray<string>): string | undefined => {
+  const [first, second] = argv
+  if (first === undefined) return undefined
+  const subs = COMMANDS[first]
+  if (subs === undefined)
+    return `unknown command "${first}": expected one of ${Object.keys(COMMANDS).join(", ")}`
+  if (second !== undefined && subs.length > 0 && !subs.includes(second))
+    return `unknown ${first} command "${second}": expected one of ${subs.join(", ")}`
+  return undefined
+}
+
+const describeValidationError = (e: ValidationError.ValidationError): string => {
+  const text = configErrorText(oneLine(HelpDoc.toAnsiText(e.error)))
+  switch (e._tag) {
+    case "CommandMismatch":
+    case "MissingSubcommand":
+      return `${unknownCommand(process.argv.slice(2)) ?? (text || "unknown command")} (see quicmesh --help)`
+    default:
+      return text || `invalid command line (${e._tag})`
+  }
+}
+
+/**
+ * @effect/cli prints its own parse errors (several lines, with blank ones) through
+ * `Console.error`; we silence that and print each as one line of our own. Help, version
+ * and completions go through `Console.log` and are left alone; so are our logs, which go
+ * through the console's `unsafe` side.
+ */
+const quietCliErrors = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Console.consoleWith((console) => Console.withConsole(self, { ...console, error: () => Effect.void }))
+
 const program = cli(process.argv).pipe(
+  quietCliErrors,
   Effect.catchAll((e: unknown) => {
     const tag = (e as { _tag?: string })._tag
     if (tag === "UsageError") return exitWith(2, (e as Error).message)
     if (tag === "OperationError") return exitWith(1, (e as Error).message)
-    // @effect/cli has already printed what was wrong with the command line.
-    if (ValidationError.isValidationError(e)) return exitWith(2)
-    return exitWith(1, e instanceof Error ? e.message : String(e))
+    if (ValidationError.isValidationError(e)) return exitWith(2, describeValidationError(e))
+    return exitWith(1, oneLine(e instanceof Error ? e.message : String(e)))
   }),
   Effect.catchAllDefect((defect) =>
-    exitWith(1, `internal error: ${Cause.pretty(Cause.die(defect)).split("\n")[0]}`)
+    exitWith(1, `internal error: ${oneLine(Cause.pretty(Cause.die(defect)).split("\n")[0] ?? "")}`)
   ),
   Effect.provide(NodeContext.layer),
   Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true, colors: false })))
@@ -31,5 +81,10 @@ const program = cli(process.argv).pipe(
 
 NodeRuntime.runMain(program as Effect.Effect<void>, {
   disableErrorReporting: true,
-  disablePrettyLogger: true
+  disablePrettyLogger: true,
+  // Interrupted by SIGINT/SIGTERM: a clean stop, exit 0. Otherwise the code the program set.
+  teardown: (exit, onExit) => {
+    const set = typeof process.exitCode === "number" ? process.exitCode : 0
+    onExit(Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? 1 : set)
+  }
 })
