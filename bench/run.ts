@@ -11,7 +11,7 @@ import type { BenchResult, BenchSuite } from "./types.js"
 const here = dirname(fileURLToPath(import.meta.url))
 
 /** Suites in run order; each is `bench/<name>.ts` exporting `suite: BenchSuite`. */
-const suiteNames = ["nodeGraph", "transport", "rpc", "connectionManager"]
+const suiteNames = ["nodeGraph", "transport", "rpc", "connectionManager", "simulation"]
 const load = (name: string): Promise<{ suite: BenchSuite }> => import(`./${name}.js`)
 
 const wanted = process.argv.slice(2)

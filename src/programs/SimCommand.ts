@@ -1,7 +1,7 @@
 /**
  * `quicmesh sim`: runs a deterministic network simulation (see Simulation.ts) and reports.
  *
- *   quicmesh sim --nodes N --lookups L --seed S [--alpha A] [--k K] [--crash FRACTION]
+ *   quicmesh sim --nodes N --lookups L --seed S [--alpha A] [-k K] [--crash FRACTION]
  *                [--loss P] [--latency MS] [--nat MIX] [--format human|json] [--report FILE.html]
  *
  * Progress goes to stderr (a bar on a terminal, a line per 10% otherwise). A run whose lookups
@@ -31,7 +31,11 @@ const options = {
   lookups: described(Options.integer("lookups"), "Lookups of random live targets from random live nodes"),
   seed: described(Options.integer("seed"), "Seed of every random choice (same seed, same run)"),
   alpha: described(Options.integer("alpha"), "Lookup queries in flight at once").pipe(Options.withDefault(3)),
-  k: described(Options.integer("k"), "Bucket size and lookup width").pipe(Options.withDefault(20)),
+  // @effect/cli gives one-letter names a single dash: `-k 20` (or `--bucket-size 20`).
+  k: described(Options.integer("bucket-size"), "Bucket size k and lookup width (also -k)").pipe(
+    Options.withAlias("k"),
+    Options.withDefault(20)
+  ),
   crash: described(Options.float("crash"), "Fraction of the non-seed nodes crashed before the lookups").pipe(
     Options.withDefault(0)
   ),
@@ -75,7 +79,7 @@ export const replayCommand = (p: Parsed) => {
     `--lookups ${p.lookups}`,
     `--seed ${p.seed}`,
     `--alpha ${p.alpha}`,
-    `--k ${p.k}`,
+    `-k ${p.k}`,
     `--crash ${p.crash}`,
     `--loss ${p.loss}`,
     `--latency ${p.latency}`

@@ -1,0 +1,115 @@
+/**
+ * The network simulation at scale: N real connection managers on SimNetwork, on virtual time.
+ * Two scenarios (alpha 3, k 20, 3 seeds, 50 ms latency): no churn, and 20% of the nodes
+ * crashed before the lookups. Reports lookup success, rounds, queries, wall time and RSS.
+ *
+ * The targets (10 000 nodes × 1 000 lookups in < 60 s and < 4 GiB) are stated against the run
+ * at SIM_NODES (default 200: the machine is shared); the per-node cost printed alongside says
+ * how far that is. Standalone: `npx tsx bench/simulation.ts [nodes] [lookups]`.
+ */
+import { Effect } from "effect"
+import { runScenario, type SimReport } from "../src/programs/Simulation.js"
+import type { BenchResult, BenchSuite } from "./types.js"
+
+const run = async (nodes: number, lookups: number, crash: number): Promise<SimReport> =>
+  Effect.runPromise(runScenario({ nodes, lookups, seed: 42, crash }))
+
+const figures = (r: SimReport, label: string): BenchResult[] => {
+  const suite = "simulation"
+  const n = r.options.nodes
+  const out: BenchResult[] = [
+    {
+      suite,
+      name: `${label}: lookup success (${n} nodes, ${r.lookups.total} lookups)`,
+      value: r.lookups.successRate * 100,
+      unit: "%",
+      target: r.options.crash > 0 ? "≥ 99%" : "100%",
+      met: r.options.crash > 0 ? r.lookups.successRate >= 0.99 : r.lookups.successRate === 1
+    },
+    {
+      suite,
+      name: `${label}: rounds per lookup, median`,
+      value: r.rounds.median,
+      unit: "rounds",
+      target: "≤ 4",
+      met: r.rounds.median <= 4
+    },
+    {
+      suite,
+      name: `${label}: rounds per lookup, p99`,
+      value: r.rounds.p99,
+      unit: "rounds",
+      target: "≤ 8",
+      met: r.rounds.p99 <= 8
+    },
+    { suite, name: `${label}: RPC queries per lookup, median`, value: r.queries.median, unit: "queries" },
+    { suite, name: `${label}: RPC queries per lookup, p99`, value: r.queries.p99, unit: "queries" },
+    {
+      suite,
+      name: `${label}: virtual time per lookup, median`,
+      value: r.lookupVirtualMs.median,
+      unit: "ms (virtual)"
+    },
+    {
+      suite,
+      name: `${label}: wall time, build + join (${n} nodes)`,
+      value: r.wallMs.build / 1000,
+      unit: "s",
+      notes: `${(r.wallMs.build / n).toFixed(1)} ms per joining node`
+    },
+    {
+      suite,
+      name: `${label}: wall time, ${r.lookups.total} lookups`,
+      value: r.wallMs.lookups / 1000,
+      unit: "s",
+      notes: `${(r.wallMs.lookups / Math.max(1, r.lookups.total)).toFixed(1)} ms per lookup`
+    },
+    {
+      suite,
+      name: `${label}: wall time, whole run`,
+      value: r.wallMs.total / 1000,
+      unit: "s",
+      target: n >= 10_000 ? "< 60 s" : "< 60 s at 10 000 nodes (not run at that size)",
+      met: n >= 10_000 ? r.wallMs.total < 60_000 : undefined
+    },
+    {
+      suite,
+      name: `${label}: peak RSS`,
+      value: r.peakRssMiB,
+      unit: "MiB",
+      target: "< 4096 MiB",
+      met: r.peakRssMiB < 4096
+    },
+    {
+      suite,
+      name: `${label}: connections per live node, median`,
+      value: r.connectionsPerNode.median,
+      unit: "connections"
+    }
+  ]
+  return out
+}
+
+const nodesOf = (arg: string | undefined) => Number(arg ?? process.env.SIM_NODES ?? 200)
+const lookupsOf = (arg: string | undefined) => Number(arg ?? process.env.SIM_LOOKUPS ?? 100)
+
+export const suite: BenchSuite = {
+  name: "simulation",
+  run: async () => {
+    const nodes = nodesOf(undefined)
+    const lookups = lookupsOf(undefined)
+    const calm = await run(nodes, lookups, 0)
+    const churn = await run(nodes, lookups, 0.2)
+    return [...figures(calm, "no churn"), ...figures(churn, "20% crashed")]
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const nodes = nodesOf(process.argv[2])
+  const lookups = lookupsOf(process.argv[3])
+  for (const crash of [0, 0.2]) {
+    const r = await run(nodes, lookups, crash)
+    for (const f of figures(r, crash === 0 ? "no churn" : "20% crashed"))
+      process.stdout.write(`${f.name}: ${f.value.toFixed(2)} ${f.unit}${f.notes ? ` (${f.notes})` : ""}\n`)
+  }
+}
