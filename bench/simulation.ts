@@ -70,7 +70,7 @@ const figures = (r: SimReport, label: string): BenchResult[] => {
       value: r.wallMs.total / 1000,
       unit: "s",
       target: n >= 10_000 ? "< 60 s" : "< 60 s at 10 000 nodes (not run at that size)",
-      met: n >= 10_000 ? r.wallMs.total < 60_000 : undefined
+      ...(n >= 10_000 ? { met: r.wallMs.total < 60_000 } : {})
     },
     {
       suite,

@@ -1,13 +1,17 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option } from "effect"
+import { replayCommand, run as runSimCommand } from "../src/programs/SimCommand.js"
+import { renderHtml, renderText } from "../src/programs/SimReport.js"
 import { simulate } from "../src/programs/SimRuntime.js"
 import {
   makeWorld,
+  parseNatMix,
   runScenario,
   type ScenarioOptions,
   type SimNode,
   type SimReport,
-  type SimWorld
+  type SimWorld,
+  verdict
 } from "../src/programs/Simulation.js"
 import type { NatType } from "../src/services/SimNetwork.js"
 
@@ -219,4 +223,65 @@ describe("Simulation", () => {
       ),
     60_000
   )
+
+  describe("the sim command", () => {
+    const parsed = {
+      nodes: 6,
+      lookups: 4,
+      seed: 5,
+      alpha: 3,
+      k: 20,
+      crash: 0,
+      loss: 0.9,
+      latency: 50,
+      nat: Option.some("none:1,symmetric:1"),
+      format: "json",
+      report: Option.none<string>()
+    }
+
+    it("the replay command names every parameter of the run", () => {
+      expect(replayCommand(parsed)).toBe(
+        "quicmesh sim --nodes 6 --lookups 4 --seed 5 --alpha 3 -k 20 --crash 0 --loss 0.9 --latency 50 --nat none:1,symmetric:1"
+      )
+    })
+
+    it("NAT mixes parse, and bad ones are refused with a reason", () => {
+      expect(parseNatMix("none:70, restricted:30")).toEqual({
+        _tag: "Right",
+        right: { none: 70, restricted: 30 }
+      })
+      const bad = parseNatMix("none:1,carrier-grade:2")
+      expect(bad._tag === "Left" && bad.left).toMatch(/unknown NAT type "carrier-grade"/)
+      expect(parseNatMix("none:-1")._tag).toBe("Left")
+    })
+
+    it.effect(
+      "a failing run exits with an error naming its seed and the command that replays it",
+      () =>
+        Effect.gen(function* () {
+          const error = yield* runSimCommand(parsed).pipe(Effect.flip)
+          expect(error._tag).toBe("OperationError")
+          expect(error.message).toContain("Seed 5")
+          expect(error.message).toContain(replayCommand(parsed))
+          const usage = yield* runSimCommand({ ...parsed, crash: 1.5 }).pipe(Effect.flip)
+          expect(usage._tag).toBe("UsageError")
+          expect(usage.message).toMatch(/--crash/)
+        }),
+      60_000
+    )
+
+    it.effect("the HTML report is one self-contained page with the charts", () =>
+      Effect.gen(function* () {
+        const report = yield* reportFor(1)
+        const html = renderHtml(report, "quicmesh sim --nodes 40", verdict(report).reasons)
+        expect(html.startsWith("<!doctype html>")).toBe(true)
+        expect(html.match(/<svg /g)?.length).toBe(3)
+        expect(html).toContain("Successful lookups by rounds")
+        expect(html).toContain("by NAT pair")
+        expect(html).not.toMatch(/<script|src=|href=/)
+        expect(html).toContain("PASS")
+        expect(renderText(report, "replay")).toContain(`sha256 ${report.traceHash}`)
+      })
+    )
+  })
 })
