@@ -14,7 +14,9 @@ import { AgentRpcWireError, RpcMalformedMessageError, RpcMessageTooLargeError } 
 
 export const HEADER_BYTES = 4
 
-const codec = RpcSerialization.makeMsgPack({ useRecords: false, maxBufferSize: "unbounded" }).unsafeMake()
+const makeCodec = () =>
+  RpcSerialization.makeMsgPack({ useRecords: false, maxBufferSize: "unbounded" }).unsafeMake()
+const codec = makeCodec()
 
 /** Encodes one message as a frame; `size` is the body length, checked by the caller. */
 export const encodeFrame = (message: unknown): { readonly frame: Uint8Array; readonly size: number } => {
@@ -29,7 +31,9 @@ export const encodeFrame = (message: unknown): { readonly frame: Uint8Array; rea
 export const decodeBody = (body: Uint8Array): { readonly _tag: string } | RpcMalformedMessageError => {
   let values: ReadonlyArray<unknown>
   try {
-    values = codec.decode(body)
+    // A fresh parser per frame: the msgpack parser buffers an incomplete value for the next
+    // call, so a shared one would let one peer's garbage corrupt every later frame.
+    values = makeCodec().decode(body)
   } catch (e) {
     return new RpcMalformedMessageError({ detail: `not MessagePack: ${String((e as Error)?.message ?? e)}` })
   }
