@@ -6,9 +6,9 @@
  *   QuicTransportLive + agent RPC + ConnectionManager; `light`: KeyRingTest + QuicTransportLive
  *   accepting) on 127.0.0.1, then one stdout line
  *   `{"peers":[{"nodeId","host","port"},…]}`; exits when stdin ends.
- * - `memory <cm|raw> <warm> [budgetMs]`: reads one stdin line `{"peers":[…]}` and opens a
- *   connection to every peer from this fresh process (through one ConnectionManager, or as raw
- *   js-quic clients from one QUICSocket with the same certificate checks); the first `warm`
+ * - `memory <cm|transport|raw> <warm> [budgetMs]`: reads one stdin line `{"peers":[…]}` and opens a
+ *   connection to every peer from this fresh process (through one ConnectionManager, one QuicTransport (dial only), or
+ *   as raw js-quic clients from one QUICSocket with the same certificate checks); the first `warm`
  *   ones before the baseline reading, the rest after (none started once `budgetMs` has gone
  *   by); prints `{"memory":{…}}` and exits.
  *
@@ -37,7 +37,7 @@ export interface PeerInfo {
 }
 
 export interface MemoryReport {
-  readonly kind: "cm" | "raw"
+  readonly kind: MemoryKind
   /** Connections attempted after the baseline reading, and how many are held at the end. */
   readonly connections: number
   readonly held: number
@@ -131,7 +131,9 @@ const decodeId = (text: string) => {
 
 const CONCURRENCY = 32
 
-const runMemory = async (kind: "cm" | "raw", warm: number, budgetMs: number) => {
+export type MemoryKind = "cm" | "transport" | "raw"
+
+const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
   const peers = await readPeers()
   const warmPeers = peers.slice(0, warm)
   const measured = peers.slice(warm)
@@ -155,6 +157,34 @@ const runMemory = async (kind: "cm" | "raw", warm: number, budgetMs: number) => 
         )
       )
     held = () => Effect.runPromise(Effect.map(cm.listConnections, (xs) => xs.length))
+  } else if (kind === "transport") {
+    const scope = Effect.runSync(Scope.make())
+    const ctx = await Effect.runPromise(
+      Layer.buildWithScope(
+        QuicTransportLive.layer.pipe(
+          Layer.provideMerge(KeyRingTest.layer("bench-cm-memory-transport")),
+          Layer.provide(QuicTransportConfig.layer({ host: "127.0.0.1" }))
+        ),
+        scope
+      )
+    )
+    const transport = Context.get(ctx, QuicTransport)
+    let count = 0
+    connect = (p) =>
+      Effect.runPromise(
+        transport.dial({ host: p.host, port: p.port, expectedNodeIds: [decodeId(p.nodeId)] }).pipe(
+          Scope.extend(scope),
+          Effect.match({
+            onFailure: () => {
+              failures++
+            },
+            onSuccess: () => {
+              count++
+            }
+          })
+        )
+      )
+    held = async () => count
   } else {
     const keyRing = await Effect.runPromise(
       Effect.map(Layer.build(KeyRingTest.layer("bench-cm-memory-raw")).pipe(Effect.scoped), (c) =>
@@ -220,4 +250,8 @@ const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileUR
 const [mode, a, b, c] = isMain ? process.argv.slice(2) : []
 if (mode === "peers") await runPeers(Number(a), b ?? "bench-cm-peer", c ?? "full")
 else if (mode === "memory")
-  await runMemory(a === "raw" ? "raw" : "cm", Number(b ?? 16), Number(c ?? Number.POSITIVE_INFINITY))
+  await runMemory(
+    a === "raw" || a === "transport" ? a : "cm",
+    Number(b ?? 16),
+    Number(c ?? Number.POSITIVE_INFINITY)
+  )
