@@ -17,7 +17,7 @@ const HOSTNAME =
   /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/
 
 export const checkHost = (host: string, what = "host"): Effect.Effect<string, UsageError> =>
-  isIP(host) !== 0 || HOSTNAME.test(host)
+  isIP(host) !== 0 || (HOSTNAME.test(host) && !/^[\d.]+$/.test(host))
     ? Effect.succeed(host)
     : Effect.fail(new UsageError({ message: `invalid ${what} "${host}": not an IP address or hostname` }))
 

@@ -93,13 +93,16 @@ describe("quicmesh agent", () => {
     expect(await y.exited).toEqual({ code: 0, signal: null })
   })
 
-  it("human ready line; a second agent on the same node path fails fast with exit 1, the first keeps running", {
+  it("human ready line; unreachable seed retried; a second agent on the same node path fails fast with exit 1, the first keeps running", {
     timeout: 60_000
   }, async () => {
     const dir = join(tmpDir(), "locked")
+    // Its seed is unreachable (nothing listens on port 9): logged and retried, never fatal.
+    const deadSeed = "vl1a6qrjsjn9l1dm4njl9k719kanc83ga9le58abbl42t4rua7b30@127.0.0.1:9"
     const first = await startAgentWith(
-      ["agent", "start", "--node-path", dir, "--host", "127.0.0.1", "--port", "0"],
-      dir
+      ["agent", "start", "--node-path", dir, "--host", "127.0.0.1", "--port", "0", "--seed-nodes", deadSeed],
+      dir,
+      { env: { QUICMESH_CONNECTION_CONNECT_TIMEOUT_TIME: "500 millis" } }
     )
     expect(first.readyLine).toBe(
       `agent ready: node ${first.ready.nodeId} listening on 127.0.0.1:${first.ready.port}`
@@ -113,6 +116,12 @@ describe("quicmesh agent", () => {
     const status = await cliJson(["agent", "status", "--node-path", dir])
     expect(status.code).toBe(0)
     expect(status.json).toMatchObject({ status: "LIVE", nodeId: first.ready.nodeId, port: first.ready.port })
+    expect(first.child.exitCode).toBe(null)
+    for (let i = 0; i < 60 && (first.stderr().match(/will retry/g) ?? []).length < 2; i++)
+      await new Promise((res) => setTimeout(res, 250))
+    expect(
+      (first.stderr().match(/joining the network failed, will retry: .*127\.0\.0\.1:9/g) ?? []).length
+    ).toBeGreaterThanOrEqual(2)
     expect(first.child.exitCode).toBe(null)
   })
 

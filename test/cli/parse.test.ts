@@ -82,6 +82,10 @@ describe("addresses, hosts and counts", () => {
       expect(yield* failure(parseAddress("127.0.0.1:0"))).toContain("must be 1-65535")
       expect(yield* failure(parseAddress("127.0.0.1:65536"))).toContain("must be 1-65535")
       expect(yield* failure(checkHost("a b"))).toBe('invalid host "a b": not an IP address or hostname')
+      expect(yield* failure(checkHost("999.1.1.1"))).toBe(
+        'invalid host "999.1.1.1": not an IP address or hostname'
+      )
+      expect(yield* checkHost("node-1.example")).toBe("node-1.example")
     })
   )
 
