@@ -51,6 +51,9 @@ import {
 import { type DialError, type QuicConnection, QuicTransport } from "../services/QuicTransport.js"
 import * as ConnectionMap from "./ConnectionMap.js"
 
+/** How long a direct dial runs alone before the seeds are asked to signal the target. */
+const SIGNAL_HEAD_START = Duration.millis(250)
+
 type Entry = ConnectionMap.Entry<PeerClient>
 type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
 
@@ -378,12 +381,20 @@ export const make = Effect.gen(function* () {
       )
     })
 
-  /** Ask every seed to relay a hole-punch request to `target`. */
+  /**
+   * Ask every seed to relay a hole-punch request to `target`. The direct dial gets a short
+   * head start (as happy eyeballs does): a reachable peer answers well within it and no seed
+   * is bothered; a peer behind a NAT is signalled long before QUIC's first retransmission.
+   */
   const signalThroughSeeds = (target: NodeId.NodeId, timeout: Duration.Duration) =>
     Effect.forEach(seeds, (seed) => sendSignalingMessage(seed.nodeId, self, target, undefined, { timeout }), {
       concurrency: "unbounded",
       discard: true
-    })
+    }).pipe(
+      Effect.delay(
+        Duration.min(SIGNAL_HEAD_START, Duration.divide(timeout, 4).pipe(Option.getOrElse(() => timeout)))
+      )
+    )
 
   // ---- Getting connections -------------------------------------------------------------
 

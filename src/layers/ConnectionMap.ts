@@ -101,7 +101,9 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       const records = [entry.record, ...entry.standby]
       entry.standby.clear()
       return cancelIdle(entry).pipe(
-        Effect.zipRight(Effect.forEach(records, (r) => closeRecord(r, reason), { discard: true })),
+        Effect.zipRight(
+          Effect.forEach(records, (r) => closeRecord(r, reason), { concurrency: "unbounded", discard: true })
+        ),
         Effect.zipRight(
           PubSub.publish(options.events, { _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason })
         )
@@ -266,8 +268,14 @@ export const make = <Client>(options: ConnectionMapOptions) => {
     }
   }
 
+  // All at once: each close waits for its QUIC connection to drain.
   const removeAll = (reason: string) =>
-    Effect.suspend(() => Effect.forEach([...entries.values()], (e) => remove(e, reason), { discard: true }))
+    Effect.suspend(() =>
+      Effect.forEach([...entries.values()], (e) => remove(e, reason), {
+        concurrency: "unbounded",
+        discard: true
+      })
+    )
 
   return {
     /** Run once inside the manager so timestamps come from its Clock. */
