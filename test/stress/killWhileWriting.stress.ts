@@ -40,7 +40,9 @@ const startChild = (dir: string) =>
       }
     })
     let err = ""
-    proc.stderr!.on("data", (d: Buffer) => void (err += d.toString()))
+    proc.stderr!.on("data", (d: Buffer) => {
+      err += d.toString()
+    })
     proc.on("exit", (code) => {
       if (!done) {
         done = true
