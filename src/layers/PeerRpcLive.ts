@@ -3,7 +3,7 @@
  * client. The handlers the manager provides are registered once (a Deferred), so the RPC
  * server's handler layer can be built before the manager that implements it.
  */
-import { Context, Deferred, Effect, Either, Layer, Stream } from "effect"
+import { Cause, Context, Deferred, Effect, Either, Layer, Stream } from "effect"
 import { AgentRpcs, Caller, type NodeContact, RpcHandlerError } from "../services/AgentRpc.js"
 import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import * as NodeId from "../services/NodeId.js"
@@ -75,6 +75,18 @@ const callError =
       detail: e.message
     })
 
+/**
+ * A call whose connection closes under it is interrupted by the client's own scope, not by
+ * the caller: that reaches the caller as a typed connection error. (A caller that is itself
+ * interrupted stays interrupted.)
+ */
+const closedUnderneath = (method: string) => (cause: Cause.Cause<PeerCallError>) =>
+  Cause.isInterruptedOnly(cause)
+    ? Effect.fail(
+        new PeerCallError({ method, reason: "connection", detail: "the connection closed during the call" })
+      )
+    : Effect.failCause(cause)
+
 const adapt = (client: AgentClient): PeerClient => {
   // Per client, so that a simulation replays byte for byte.
   let nonceCounter = 0
@@ -83,6 +95,7 @@ const adapt = (client: AgentClient): PeerClient => {
       const nonce = `${++nonceCounter}`
       return client.nodesPing({ nonce }).pipe(
         Effect.mapError(callError("nodesPing")),
+        Effect.catchAllCause(closedUnderneath("nodesPing")),
         Effect.flatMap((r) =>
           r.nonce === nonce
             ? Effect.void
@@ -93,12 +106,12 @@ const adapt = (client: AgentClient): PeerClient => {
       )
     }),
     closestNodes: (target) =>
-      client
-        .nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) })
-        .pipe(Stream.mapError(callError("nodesClosestLocalNodesGet"))) as Stream.Stream<
-        WireContact,
-        PeerCallError
-      >,
+      client.nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) }).pipe(
+        Stream.mapError(callError("nodesClosestLocalNodesGet")),
+        Stream.catchAllCause((cause) =>
+          Stream.fromEffect(closedUnderneath("nodesClosestLocalNodesGet")(cause))
+        )
+      ) as Stream.Stream<WireContact, PeerCallError>,
     holePunchSignal: (message: HolePunchMessage) =>
       client
         .nodesHolePunchSignal({
@@ -106,7 +119,10 @@ const adapt = (client: AgentClient): PeerClient => {
           targetNodeIdEncoded: message.targetNodeIdEncoded as NodeId.NodeIdEncoded,
           ...(message.address ? { address: message.address } : {})
         })
-        .pipe(Effect.mapError(callError("nodesHolePunchSignal")))
+        .pipe(
+          Effect.mapError(callError("nodesHolePunchSignal")),
+          Effect.catchAllCause(closedUnderneath("nodesHolePunchSignal"))
+        )
   }
 }
 
