@@ -63,6 +63,8 @@ const describeValidationError = (e: ValidationError.ValidationError): string => 
 const quietCliErrors = <A, E, R>(self: Effect.Effect<A, E, R>) =>
   Console.consoleWith((console) => Console.withConsole(self, { ...console, error: () => Effect.void }))
 
+const isAgentStart = process.argv.slice(2).some((a, i, all) => a === "agent" && all[i + 1] === "start")
+
 const program = cli(process.argv).pipe(
   quietCliErrors,
   Effect.catchAll((e: unknown) => {
@@ -82,9 +84,11 @@ const program = cli(process.argv).pipe(
 NodeRuntime.runMain(program as Effect.Effect<void>, {
   disableErrorReporting: true,
   disablePrettyLogger: true,
-  // Interrupted by SIGINT/SIGTERM: a clean stop, exit 0. Otherwise the code the program set.
+  // Interrupted by SIGINT/SIGTERM: for the agent a clean stop, exit 0; a one-shot command
+  // cut short exits 130 as shells expect. Otherwise the code the program set.
   teardown: (exit, onExit) => {
     const set = typeof process.exitCode === "number" ? process.exitCode : 0
-    onExit(Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? 1 : set)
+    if (Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause)) return onExit(isAgentStart ? 0 : 130)
+    onExit(Exit.isFailure(exit) ? 1 : set)
   }
 })
