@@ -58,6 +58,7 @@ import {
   type TraceEvent,
   type TraceKind
 } from "../services/SimNetwork.js"
+import { TimedHeap } from "./TimedHeap.js"
 
 // ---- Deterministic PRNG ------------------------------------------------------------------
 
@@ -107,50 +108,6 @@ interface Scheduled {
   readonly at: number
   readonly seq: number
   readonly run: () => void
-}
-
-const before = (x: Scheduled, y: Scheduled) => x.at < y.at || (x.at === y.at && x.seq < y.seq)
-
-/** Binary min-heap on (at, seq). */
-class EventHeap {
-  private readonly items: Array<Scheduled> = []
-  get size() {
-    return this.items.length
-  }
-  peek(): Scheduled | undefined {
-    return this.items[0]
-  }
-  push(item: Scheduled) {
-    const items = this.items
-    items.push(item)
-    let i = items.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!before(items[i]!, items[parent]!)) break
-      ;[items[i], items[parent]] = [items[parent]!, items[i]!]
-      i = parent
-    }
-  }
-  pop(): Scheduled | undefined {
-    const items = this.items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last
-      let i = 0
-      while (true) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < items.length && before(items[l]!, items[m]!)) m = l
-        if (r < items.length && before(items[r]!, items[m]!)) m = r
-        if (m === i) break
-        ;[items[i], items[m]] = [items[m]!, items[i]!]
-        i = m
-      }
-    }
-    return top
-  }
 }
 
 // ---- World state ---------------------------------------------------------------------------
@@ -556,7 +513,7 @@ interface LinkState {
 
 class World {
   readonly prng: Prng
-  readonly heap = new EventHeap()
+  readonly heap = new TimedHeap<Scheduled>()
   private seq = 0
   private readonly armed = new Set<number>()
   private ticking = false

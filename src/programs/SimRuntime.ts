@@ -25,6 +25,7 @@ import {
   type Scheduler,
   type Scope
 } from "effect"
+import { TimedHeap } from "../layers/TimedHeap.js"
 
 // ---- Virtual clock ---------------------------------------------------------------------
 
@@ -32,47 +33,6 @@ interface Sleeper {
   readonly at: number
   readonly seq: number
   wake: (() => void) | undefined
-}
-
-const earlier = (x: Sleeper, y: Sleeper) => x.at < y.at || (x.at === y.at && x.seq < y.seq)
-
-/** Binary min-heap of sleepers on (at, seq); cancelled ones are skipped when popped. */
-class SleeperHeap {
-  readonly items: Array<Sleeper> = []
-  push(item: Sleeper) {
-    const items = this.items
-    items.push(item)
-    let i = items.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!earlier(items[i]!, items[parent]!)) break
-      ;[items[i], items[parent]] = [items[parent]!, items[i]!]
-      i = parent
-    }
-  }
-  peek(): Sleeper | undefined {
-    return this.items[0]
-  }
-  pop(): Sleeper | undefined {
-    const items = this.items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last
-      let i = 0
-      while (true) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < items.length && earlier(items[l]!, items[m]!)) m = l
-        if (r < items.length && earlier(items[r]!, items[m]!)) m = r
-        if (m === i) break
-        ;[items[i], items[m]] = [items[m]!, items[i]!]
-        i = m
-      }
-    }
-    return top
-  }
 }
 
 /** Default start of virtual time: 2025-01-01T00:00:00Z (certificates want a plausible date). */
@@ -83,7 +43,7 @@ export class VirtualClock implements Clock.Clock {
   private now: number
   private seq = 0
   private live = 0
-  private readonly heap = new SleeperHeap()
+  private readonly heap = new TimedHeap<Sleeper>()
 
   constructor(readonly epoch: number = DEFAULT_EPOCH) {
     this.now = epoch
