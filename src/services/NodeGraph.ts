@@ -61,9 +61,7 @@ export interface NodeGraphService {
   readonly unsetNode: (nodeId: NodeId) => Effect.Effect<boolean, NodeGraphStorageError>
   readonly getNode: (nodeId: NodeId) => Effect.Effect<Option.Option<NodeContact>>
   /** One bucket, least recently seen first. */
-  readonly getBucket: (
-    index: number
-  ) => Effect.Effect<ReadonlyArray<NodeContact>, NodeGraphInputError>
+  readonly getBucket: (index: number) => Effect.Effect<ReadonlyArray<NodeContact>, NodeGraphInputError>
   /** Every non-empty bucket as [index, contacts], ascending index. */
   readonly getBuckets: Effect.Effect<ReadonlyArray<readonly [number, ReadonlyArray<NodeContact>]>>
   /** Exactly the `limit` (default k) closest known nodes by XOR distance, nearest first. */
@@ -73,7 +71,9 @@ export interface NodeGraphService {
   ) => Effect.Effect<ReadonlyArray<NodeContact>, NodeGraphInputError>
   /** Last time the bucket was refreshed by a lookup (ms since epoch), if ever. */
   readonly getBucketRefreshedAt: (index: number) => Effect.Effect<Option.Option<number>, NodeGraphInputError>
-  readonly markBucketRefreshed: (index: number) => Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError>
+  readonly markBucketRefreshed: (
+    index: number
+  ) => Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError>
   readonly size: Effect.Effect<number>
 }
 

@@ -2,7 +2,7 @@
  * NodeId: the raw 32-byte Ed25519 public key of a node, and its text form
  * (NodeIdEncoded): `v` followed by the lower-case, unpadded base32hex of the bytes.
  */
-import { Brand, Data, Either, ParseResult, Schema } from "effect"
+import { type Brand, Data, Either, ParseResult, Schema } from "effect"
 
 export const NODE_ID_BYTES = 32
 export const NODE_ID_ENCODED_LENGTH = 53
@@ -17,16 +17,13 @@ export class NodeIdDecodeError extends Data.TaggedError("NodeIdDecodeError")<{
 }> {
   override get message() {
     const shown = this.input.length > 60 ? `${this.input.slice(0, 60)}…` : this.input
-    switch (this.reason) {
-      case "prefix":
-        return `invalid NodeId "${shown}": it must start with "v"`
-      case "length":
-        return `invalid NodeId "${shown}": it must be ${NODE_ID_ENCODED_LENGTH} characters long, got ${this.input.length}`
-      case "alphabet":
-        return `invalid NodeId "${shown}": only the characters 0-9 and a-v may follow the "v"`
-      case "padding":
-        return `invalid NodeId "${shown}": its last character carries bits beyond the 32 bytes`
-    }
+    const why = {
+      prefix: `it must start with "v"`,
+      length: `it must be ${NODE_ID_ENCODED_LENGTH} characters long, got ${this.input.length}`,
+      alphabet: `only the characters 0-9 and a-v may follow the "v"`,
+      padding: "its last character carries bits beyond the 32 bytes"
+    }[this.reason]
+    return `invalid NodeId "${shown}": ${why}`
   }
 }
 
@@ -143,8 +140,7 @@ export const NodeIdFromString: Schema.Schema<NodeId, string> = Schema.transformO
   }),
   {
     strict: true,
-    decode: (text, _, ast) =>
-      Either.mapLeft(decode(text), (e) => new ParseResult.Type(ast, text, e.message)),
+    decode: (text, _, ast) => Either.mapLeft(decode(text), (e) => new ParseResult.Type(ast, text, e.message)),
     encode: (nodeId) => ParseResult.succeed(encode(nodeId))
   }
 )
