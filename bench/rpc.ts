@@ -7,15 +7,6 @@
  * median latency) and 32 concurrent callers (calls/s), rounds alternating between the
  * three so that machine load affects them alike.
  */
-import { createHmac, randomFillSync } from "node:crypto"
-import {
-  QUICClient,
-  type QUICConnection,
-  QUICServer,
-  QUICSocket,
-  type QUICStream,
-  events as quicEvents
-} from "@matrixai/quic"
 import { Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
@@ -25,6 +16,7 @@ import { AgentRpcs } from "../src/services/AgentRpc.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { type AgentClient, RpcConfig, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
+import { rawEcho, rawEchoPair } from "./rawQuic.js"
 import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
 
 const ROUNDS = 6
@@ -32,12 +24,6 @@ const SEQUENTIAL_PER_ROUND = 40
 const CONCURRENT_CALLERS = 32
 const CALLS_PER_CALLER = 4
 const TARGET = 1.0
-
-const quiet = (() => {
-  const noop = () => {}
-  const logger = { debug: noop, info: noop, warn: noop, error: noop, getChild: () => logger }
-  return logger as never
-})()
 
 const node = (seed: string) =>
   QuicTransportLive.layer.pipe(
@@ -50,71 +36,6 @@ const handlers = AgentRpcs.toLayer({
   nodesHolePunchSignal: () => Effect.void,
   nodesClosestLocalNodesGet: () => Stream.empty
 })
-
-/** Raw js-quic: a server echoing every stream, a client on its own socket. */
-const rawPair = (tls: { keyPrivatePem: string; certChainPem: string }) =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      const hmacKey = randomFillSync(new Uint8Array(32)).buffer
-      const sign = async (k: ArrayBuffer, d: ArrayBuffer) => {
-        const h = createHmac("sha256", Buffer.from(k)).update(Buffer.from(d)).digest()
-        return h.buffer.slice(h.byteOffset, h.byteOffset + h.byteLength) as ArrayBuffer
-      }
-      const server = new QUICServer({
-        crypto: {
-          key: hmacKey,
-          ops: { sign, verify: async (k, d, s) => Buffer.from(await sign(k, d)).equals(Buffer.from(s)) }
-        },
-        config: { key: tls.keyPrivatePem, cert: tls.certChainPem, verifyPeer: false },
-        logger: quiet
-      })
-      server.addEventListener(quicEvents.EventQUICServerConnection.name, (evt: Event) => {
-        const connection = (evt as unknown as { detail: QUICConnection }).detail
-        connection.addEventListener(quicEvents.EventQUICConnectionStream.name, (e: Event) => {
-          const stream = (e as unknown as { detail: QUICStream }).detail
-          void stream.readable.pipeTo(stream.writable).catch(() => undefined)
-        })
-      })
-      await server.start({ host: "127.0.0.1", port: 0 })
-      const socket = new QUICSocket({ logger: quiet })
-      await socket.start({ host: "127.0.0.1", port: 0 })
-      const client = await QUICClient.createQUICClient({
-        host: "127.0.0.1",
-        port: server.port,
-        socket,
-        crypto: {
-          ops: { randomBytes: async (data: ArrayBuffer) => void randomFillSync(new Uint8Array(data)) }
-        },
-        config: { verifyPeer: false, keepAliveIntervalTime: 10_000, maxIdleTimeout: 30_000 },
-        logger: quiet
-      })
-      return { server, socket, client }
-    }),
-    ({ server, socket, client }) =>
-      Effect.promise(async () => {
-        await client.destroy({ force: true })
-        await server.stop({ force: true })
-        await socket.stop({ force: true })
-      })
-  )
-
-/** One echo over a new stream: write, FIN, read until the server's FIN. */
-const rawEcho = async (connection: QUICConnection, bytes: Uint8Array) => {
-  const stream = connection.newStream("bidi")
-  const writer = stream.writable.getWriter()
-  const reading = (async () => {
-    const reader = stream.readable.getReader()
-    let n = 0
-    while (true) {
-      const { done, value } = await reader.read()
-      if (done) return n
-      n += value.length
-    }
-  })()
-  await writer.write(bytes)
-  await writer.close()
-  return reading
-}
 
 const program = Effect.gen(function* () {
   const scope = yield* Scope.make()
@@ -143,7 +64,7 @@ const program = Effect.gen(function* () {
       rpcStreamMode: "multiplexed"
     }).pipe(Scope.extend(scope))
   }
-  const raw = yield* rawPair(yield* keyRingB.tlsConfig).pipe(Scope.extend(scope))
+  const raw = yield* rawEchoPair(yield* keyRingB.tlsConfig).pipe(Scope.extend(scope))
   // The same payload size as a ping request frame, echoed.
   const rawBytes = new Uint8Array(48).fill(7)
 
