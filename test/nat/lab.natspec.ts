@@ -9,9 +9,10 @@
 import { execFile, spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
-import { describe, expect, it, layer } from "@effect/vitest"
+import { expect, it, layer } from "@effect/vitest"
 import { Effect } from "effect"
-import { type Lab, labAvailability, makeLab, NatLab } from "./lab.js"
+import { describeLab } from "./describeLab.js"
+import { type Lab, makeLab, NatLab } from "./lab.js"
 
 const execFileAsync = promisify(execFile)
 
@@ -86,10 +87,7 @@ const discover = (ep: Endpoint, seedIp: string, seedPort: number, tag: string) =
     return seenBySeed(yield* ep.recv(`echo:${tag}`))
   })
 
-const availability = labAvailability()
-if (!availability.ok) console.warn(`NAT suite: ${availability.reason}; skipping`)
-
-describe.skipIf(!availability.ok && availability.notRoot)("NAT lab", () => {
+describeLab("NAT lab", () => {
   layer(
     NatLab.layer({
       nats: [
@@ -293,7 +291,7 @@ describe.skipIf(!availability.ok && availability.notRoot)("NAT lab", () => {
   })
 })
 
-describe.skipIf(!availability.ok && availability.notRoot)("NAT lab cleanup", () => {
+describeLab("NAT lab cleanup", () => {
   const namespaces = Effect.promise(() =>
     execFileAsync("ip", ["netns", "list"]).then(({ stdout }) =>
       stdout

@@ -6,7 +6,7 @@
  *
  * Root only: `npm run build && npm run test:nat`.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import {
   type AgentInfo,
@@ -19,10 +19,8 @@ import {
   poll,
   startAgent
 } from "./agents.js"
-import { labAvailability, NatLab } from "./lab.js"
-
-const availability = labAvailability()
-if (!availability.ok) console.warn(`NAT traversal suite: ${availability.reason}; skipping`)
+import { describeLab } from "./describeLab.js"
+import { NatLab } from "./lab.js"
 
 /** The public address (NAT WAN address or own address) another node should see for `agent`. */
 const connectionTo = <C extends { readonly nodeId: string }>(list: ReadonlyArray<C>, agent: AgentInfo) =>
@@ -36,7 +34,7 @@ const joined = (agent: AgentInfo) =>
     120
   )
 
-describe.skipIf(!availability.ok && availability.notRoot)("NAT traversal (agents)", () => {
+describeLab("NAT traversal (agents)", () => {
   layer(
     NatLab.layer({
       nats: [
