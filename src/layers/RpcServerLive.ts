@@ -113,6 +113,14 @@ export const make = Effect.gen(function* () {
     )
   }
 
+  /** A handler's answer that does not encode with its schema ends the call as a defect. */
+  const invalidAnswer = (session: Session, requestId: unknown, e: { readonly message: string }) =>
+    sendEncoded(session, {
+      _tag: "Exit",
+      requestId: String(requestId),
+      exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
+    })
+
   const onFromServer = (response: FromServer<AgentRpc>): Effect.Effect<void> => {
     const session = sessions.get(response.clientId)
     if (session === undefined) return Effect.void
@@ -122,12 +130,7 @@ export const make = Effect.gen(function* () {
         if (s === undefined) return Effect.void
         return s.encodeChunk(response.values).pipe(
           Effect.matchEffect({
-            onFailure: (e) =>
-              sendEncoded(session, {
-                _tag: "Exit",
-                requestId: String(response.requestId),
-                exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
-              }),
+            onFailure: (e) => invalidAnswer(session, response.requestId, e),
             onSuccess: (values) =>
               sendChecked(session, response.clientId, response.requestId, {
                 _tag: "Chunk",
@@ -143,12 +146,7 @@ export const make = Effect.gen(function* () {
         session.requests.delete(response.requestId)
         return s.encodeExit(response.exit).pipe(
           Effect.matchEffect({
-            onFailure: (e) =>
-              sendEncoded(session, {
-                _tag: "Exit",
-                requestId: String(response.requestId),
-                exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
-              }),
+            onFailure: (e) => invalidAnswer(session, response.requestId, e),
             onSuccess: (exit) =>
               sendChecked(session, response.clientId, response.requestId, {
                 _tag: "Exit",
