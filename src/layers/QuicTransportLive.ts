@@ -291,6 +291,8 @@ export interface TransportStats {
    * packet: a client that retransmits its Initial counts again).
    */
   readonly handshakesRefused: number
+  /** The cap on `handshakesInProgress` (the transport's `maxInboundHandshakes`). */
+  readonly maxInboundHandshakes: number
 }
 
 /** js-quic objects under a transport, for tests that need to break them. */
@@ -674,7 +676,8 @@ export const make: Effect.Effect<
     quicConnections: (socket as unknown as { connectionMap: { size: number } }).connectionMap.size,
     handshakesInProgress: inProgress,
     handshakesHighWater: highWater,
-    handshakesRefused: refused
+    handshakesRefused: refused,
+    maxInboundHandshakes: cap
   }))
   internalsOf.set(service, { socket, server })
   return service

@@ -11,11 +11,13 @@ import { ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Sche
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as Node from "../layers/Node.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
+import * as QuicTransportLive from "../layers/QuicTransportLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import { ControlError, ControlRpcs } from "../services/ControlApi.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
+import { QuicTransport } from "../services/QuicTransport.js"
 import { configErrorText, envName, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
 
@@ -69,6 +71,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
     Effect.gen(function* () {
       const cm = yield* ConnectionManager
       const graph = yield* NodeGraph
+      const transport = yield* QuicTransport
       const decode = (text: string): Effect.Effect<NodeId.NodeId, ControlError> => {
         const r = NodeId.decode(text)
         return Either.isLeft(r)
@@ -92,6 +95,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
           Effect.gen(function* () {
             const connections = yield* cm.listConnections
             const nodes = yield* graph.size
+            const counts = QuicTransportLive.stats(transport)
             return {
               status: "LIVE" as const,
               nodeId: NodeId.encode(cm.nodeId),
@@ -99,7 +103,8 @@ const handlers = (stop: Deferred.Deferred<void>) =>
               port: cm.port,
               connections: connections.length,
               nodes,
-              pid: process.pid
+              pid: process.pid,
+              ...(counts === undefined ? {} : { transport: counts })
             }
           }),
         stop: () => Deferred.succeed(stop, undefined).pipe(Effect.asVoid),

@@ -12,6 +12,20 @@ export class ControlError extends Schema.TaggedError<ControlError>()("ControlErr
 
 export const AddressJson = Schema.Struct({ host: Schema.String, port: Schema.Number })
 
+/**
+ * The QUIC transport's counts: connections, and the inbound handshake cap — how many
+ * handshakes are in progress, the most there have ever been at once, and how many attempts
+ * the cap dropped.
+ */
+export const TransportJson = Schema.Struct({
+  connections: Schema.Number,
+  quicConnections: Schema.Number,
+  handshakesInProgress: Schema.Number,
+  handshakesHighWater: Schema.Number,
+  handshakesRefused: Schema.Number,
+  maxInboundHandshakes: Schema.Number
+})
+
 export const StatusJson = Schema.Struct({
   status: Schema.Literal("LIVE"),
   nodeId: Schema.String,
@@ -19,7 +33,9 @@ export const StatusJson = Schema.Struct({
   port: Schema.Number,
   connections: Schema.Number,
   nodes: Schema.Number,
-  pid: Schema.Number
+  pid: Schema.Number,
+  /** Absent when the transport keeps no counts (not the live QUIC transport). */
+  transport: Schema.optional(TransportJson)
 })
 
 export const ConnectionJson = Schema.Struct({

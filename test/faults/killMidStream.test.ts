@@ -5,90 +5,27 @@
  * keep-alive timeout passes, and the next call reaches the agent restarted on the same node path
  * (same NodeId, new process, same port).
  */
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Either, Exit, Fiber, Option } from "effect"
 import * as NodeId from "../../src/services/NodeId.js"
+import { control, makeNodePath, spawnAgent } from "../fixtures/agentProcess.js"
 import { eventually, makeNode } from "../fixtures/cmNode.js"
-import { type AgentInfo, BIN, control } from "../nat/agents.js"
-
-interface Child {
-  readonly proc: ChildProcess
-  readonly nodeId: string
-  readonly port: number
-}
-
-/** Starts an agent process on `dir`; its first JSON line names it. Killed with the scope. */
-const startChild = (dir: string, port: number) =>
-  Effect.acquireRelease(
-    Effect.async<Child, Error>((resume) => {
-      const proc = spawn(
-        process.execPath,
-        [
-          BIN,
-          "agent",
-          "start",
-          "--node-path",
-          dir,
-          "--host",
-          "127.0.0.1",
-          "--port",
-          String(port),
-          "--format",
-          "json"
-        ],
-        { stdio: ["ignore", "pipe", "pipe"] }
-      )
-      let out = ""
-      let done = false
-      proc.stdout!.on("data", (d: Buffer) => {
-        out += d.toString()
-        const line = out.split("\n").find((l) => l.startsWith("{") && l.includes('"nodeId"'))
-        if (line && !done) {
-          done = true
-          const ready = JSON.parse(line) as { nodeId: string; port: number }
-          resume(Effect.succeed({ proc, nodeId: ready.nodeId, port: ready.port }))
-        }
-      })
-      proc.stderr!.resume()
-      proc.on("exit", (code) => {
-        if (!done) {
-          done = true
-          resume(Effect.fail(new Error(`agent exited ${code} before it was ready: ${out}`)))
-        }
-      })
-    }).pipe(Effect.timeout("20 seconds")),
-    (c) => Effect.sync(() => c.proc.exitCode === null && c.proc.signalCode === null && c.proc.kill("SIGKILL"))
-  )
-
-const agentOf = (dir: string, c: Child): AgentInfo =>
-  ({
-    name: "child",
-    nodeId: c.nodeId,
-    host: "127.0.0.1",
-    port: c.port,
-    dir,
-    proc: undefined as never
-  }) as AgentInfo
 
 describe("a peer process killed mid-stream", () => {
   it.scopedLive(
     "typed error within the timeout, the connection leaves the map, a restarted agent is re-dialled",
     () =>
       Effect.gen(function* () {
-        const dir = yield* Effect.acquireRelease(
-          Effect.sync(() => mkdtempSync(join(tmpdir(), "qm-kill-"))),
-          (d) => Effect.sync(() => rmSync(d, { recursive: true, force: true }))
-        )
-        const first = yield* startChild(dir, 0)
+        const dir = yield* makeNodePath("qm-kill-")
+        const first = yield* spawnAgent({ dir, host: "127.0.0.1", readyTimeout: "20 seconds" })
         // Many contacts in the agent's graph, so its closest-nodes answer is a stream of items.
         // Each differs from the agent's NodeId in another bit, so each lands in its own bucket.
         const agentId = yield* Effect.orDie(NodeId.decode(first.nodeId))
         const contacts = 40
-        yield* control(agentOf(dir, first), (c) =>
+        // The control API reports the transport's inbound handshake cap.
+        const status = yield* control(first, (c) => c.status())
+        expect(status.transport).toMatchObject({ maxInboundHandshakes: 64, handshakesRefused: 0 })
+        yield* control(first, (c) =>
           Effect.forEach(
             Array.from({ length: contacts }, (_, i) => i),
             (i) =>
@@ -158,7 +95,12 @@ describe("a peer process killed mid-stream", () => {
         expect(diag.connections).toBe(0)
 
         // The agent restarts on the same node path and port: same NodeId, new process.
-        const second = yield* startChild(dir, first.port)
+        const second = yield* spawnAgent({
+          dir,
+          host: "127.0.0.1",
+          port: first.port,
+          readyTimeout: "20 seconds"
+        })
         expect(second.nodeId).toBe(first.nodeId)
         expect(second.proc.pid).not.toBe(first.proc.pid)
         const after = yield* caller.cm.getRemoteNodeClosestNodes(target, makeId(4), { timeout: "5 seconds" })
