@@ -49,6 +49,7 @@ import {
 import {
   type LinkOptions,
   type NatType,
+  type SimChannel,
   type SimHost,
   SimNetwork,
   type SimNetworkOptions,
@@ -103,6 +104,19 @@ export const makePrng = (seed: number | string): Prng => {
 }
 
 // ---- Scheduler -----------------------------------------------------------------------------
+
+/**
+ * A Clock that can call back at a time of its own without a fiber (SimRuntime's virtual
+ * clock). The world's scheduler then wakes through it; on any other Clock (TestClock, the
+ * live one) it wakes by a sleeping fiber.
+ */
+export interface TimerClock extends Clock.Clock {
+  /** Calls `run` (outside any fiber) once the clock reaches `at` (ms since 1970). */
+  readonly scheduleAt: (at: number, run: () => void) => void
+}
+
+export const hasTimers = (clock: Clock.Clock): clock is TimerClock =>
+  typeof (clock as Partial<TimerClock>).scheduleAt === "function"
 
 interface Scheduled {
   readonly at: number
@@ -432,8 +446,12 @@ class SimSocket implements Socket.Socket {
 // ---- Connections -----------------------------------------------------------------------------
 
 /** One end of a simulated connection. */
-class SimConnection implements QuicConnection {
+class SimConnection implements QuicConnection, SimChannel {
   reason: CloseReason | undefined = undefined
+  /** SimChannel: the slot of the layer using this end as a channel. */
+  state: unknown = undefined
+  /** SimChannel: called once when this end closes. */
+  closeListeners: Set<(reason: CloseReason) => void> | undefined = undefined
   /** Counted in its endpoint's `ends` (the listener's end only once accepted). */
   registered = false
   readonly streams = new Set<SimStream>()
@@ -501,6 +519,29 @@ class SimConnection implements QuicConnection {
   }
   readonly close = (reason?: string): Effect.Effect<void> =>
     Effect.sync(() => this.world.closeConnection(this, localReason(reason), "peer"))
+
+  // -- SimChannel --
+
+  get isOpen() {
+    return this.reason === undefined
+  }
+  readonly send = (run: () => void): boolean => {
+    if (this.reason !== undefined) return false
+    const peer = this.peer
+    this.world.sendOnConnection(this, () => {
+      if (peer.reason === undefined) run()
+    })
+    return true
+  }
+  readonly onClose = (f: (reason: CloseReason) => void): (() => void) => {
+    if (this.reason !== undefined) return () => {}
+    this.closeListeners ??= new Set()
+    const listeners = this.closeListeners
+    listeners.add(f)
+    return () => {
+      listeners.delete(f)
+    }
+  }
 }
 
 // ---- The world -------------------------------------------------------------------------------
@@ -516,6 +557,8 @@ class World {
   readonly heap = new TimedHeap<Scheduled>()
   private seq = 0
   private readonly armed = new Set<number>()
+  /** The world's scope closed: timers still due in the clock do nothing. */
+  closed = false
   private ticking = false
   private tickNow = 0
   readonly start: number
@@ -544,6 +587,8 @@ class World {
     readonly seed: number,
     readonly clock: Clock.Clock,
     private readonly runFork: (effect: Effect.Effect<void>) => unknown,
+    /** The clock's own timers when it has them (SimRuntime's virtual clock): no fiber per wake-up. */
+    private readonly timers: TimerClock | undefined,
     options: SimNetworkOptions,
     readonly traceLimit: number
   ) {
@@ -575,6 +620,13 @@ class World {
   private arm(at: number) {
     for (const t of this.armed) if (t <= at) return
     this.armed.add(at)
+    const timers = this.timers
+    if (timers !== undefined) {
+      timers.scheduleAt(at, () => {
+        if (!this.closed) this.tick(at)
+      })
+      return
+    }
     const delay = Math.max(0, at - this.now())
     this.runFork(
       Effect.zipRight(
@@ -996,6 +1048,11 @@ class World {
     end.streams.clear()
     end.accepted.unsafeDone(Exit.void)
     Deferred.unsafeDone(end.closedDeferred, Exit.succeed(reason))
+    const listeners = end.closeListeners
+    if (listeners !== undefined) {
+      end.closeListeners = undefined
+      for (const f of listeners) f(reason)
+    }
     this.trace(
       "close",
       end.ep.label,
@@ -1190,7 +1247,19 @@ export const make = (options: SimNetworkOptions): Effect.Effect<SimNetworkServic
     const timers = yield* FiberSet.make<unknown, unknown>()
     const runFork = yield* FiberSet.runtime(timers)<never>()
     const seed = seedOf(options.seed)
-    const world = new World(seed, clock, runFork, options, options.traceLimit ?? 100_000)
+    const world = new World(
+      seed,
+      clock,
+      runFork,
+      hasTimers(clock) ? clock : undefined,
+      options,
+      options.traceLimit ?? 100_000
+    )
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        world.closed = true
+      })
+    )
 
     const resolve = (address: string) => world.addresses.get(address)
     const resolveOrAdd = (address: string) => resolve(address) ?? world.addHost("none", address)
@@ -1237,6 +1306,9 @@ export const make = (options: SimNetworkOptions): Effect.Effect<SimNetworkServic
           return state !== undefined && state.host === address && state.bindings.has(port)
         }),
       bind: (transportOptions, nodeId) => bind(world, transportOptions, nodeId),
+      channel: (connection) =>
+        connection instanceof SimConnection && connection.world === world ? connection : undefined,
+      schedule: (ms, run) => world.schedule(Math.max(0, ms), run),
       trace: Effect.sync(() => world.events.slice()),
       traceHash: Effect.sync(() => world.traceHash()),
       stats: Effect.sync(() => world.stats())

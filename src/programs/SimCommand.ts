@@ -2,7 +2,8 @@
  * `quicmesh sim`: runs a deterministic network simulation (see Simulation.ts) and reports.
  *
  *   quicmesh sim --nodes N --lookups L --seed S [--alpha A] [-k K] [--crash FRACTION]
- *                [--loss P] [--latency MS] [--nat MIX] [--format human|json] [--report FILE.html]
+ *                [--loss P] [--latency MS] [--nat MIX] [--rpc direct|wire] [--format human|json]
+ *                [--report FILE.html]
  *
  * Progress goes to stderr (a bar on a terminal, a line per 10% otherwise). A run whose lookups
  * fail where the network should have answered exits 1 and prints its seed and the command
@@ -18,6 +19,8 @@ import {
   type NatMix,
   type Progress,
   parseNatMix,
+  RPC_MODES,
+  type RpcMode,
   runScenario,
   type ScenarioOptions,
   type SimReport,
@@ -49,6 +52,10 @@ const options = {
     Options.text("nat"),
     "NAT mix of the non-seed nodes, e.g. none:70,full-cone:10,restricted:10,symmetric:10"
   ).pipe(Options.optional),
+  rpc: described(
+    Options.text("rpc"),
+    "Agent RPC: direct (calls as messages on the simulated connections) or wire (the real RPC framing as bytes; far slower)"
+  ).pipe(Options.withDefault("direct")),
   format: described(Options.text("format"), "Output format: human or json").pipe(
     Options.withDefault("human")
   ),
@@ -67,6 +74,7 @@ type Parsed = {
   readonly loss: number
   readonly latency: number
   readonly nat: Option.Option<string>
+  readonly rpc: string
   readonly format: string
   readonly report: Option.Option<string>
 }
@@ -85,6 +93,7 @@ export const replayCommand = (p: Parsed) => {
     `--latency ${p.latency}`
   ]
   if (Option.isSome(p.nat)) parts.push(`--nat ${p.nat.value}`)
+  parts.push(`--rpc ${p.rpc}`)
   return parts.join(" ")
 }
 
@@ -129,6 +138,8 @@ export const run = (p: Parsed) =>
   Effect.gen(function* () {
     if (p.format !== "human" && p.format !== "json")
       return yield* usage(`invalid format "${p.format}": must be human or json`)
+    if (!(RPC_MODES as ReadonlyArray<string>).includes(p.rpc))
+      return yield* usage(`invalid --rpc "${p.rpc}": must be ${RPC_MODES.join(" or ")}`)
     let nat: NatMix | undefined
     if (Option.isSome(p.nat)) {
       const parsed = parseNatMix(p.nat.value)
@@ -144,6 +155,7 @@ export const run = (p: Parsed) =>
       crash: p.crash,
       loss: p.loss,
       latency: p.latency,
+      rpc: p.rpc as RpcMode,
       ...(nat === undefined ? {} : { nat }),
       onProgress: progressReporter()
     }

@@ -16,12 +16,12 @@ export const renderText = (r: SimReport, replay: string): string => {
   const o = r.options
   const lines = [
     `simulation: ${o.nodes} nodes (${o.seeds} seeds), ${o.lookups} lookups, seed ${o.seed}`,
-    `  alpha ${o.alpha}, k ${o.k}, latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}, crashed ${r.crashed} (${pct(o.crash)}), NAT ${o.nat}`,
+    `  alpha ${o.alpha}, k ${o.k}, latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}, crashed ${r.crashed} (${pct(o.crash)}), NAT ${o.nat}, RPC ${o.rpc}, ${o.joinConcurrency} join(s) at a time`,
     `joined:        ${r.joined}/${o.nodes}${r.joinFailures > 0 ? ` (${r.joinFailures} failed)` : ""}`,
     `lookups:       ${r.lookups.succeeded}/${r.lookups.total} found (${pct(r.lookups.successRate)})`,
     `rounds:        ${summaryLine(r.rounds)}`,
     `RPC queries:   ${summaryLine(r.queries)}`,
-    `lookup time:   ${summaryLine(r.lookupVirtualMs, ms)} (virtual)`,
+    `lookup time:   ${summaryLine(r.lookupVirtualMs, ms)} (virtual; ${r.alreadyConnected} lookup(s) of an already connected target left out, 0 ms each)`,
     `connections:   ${summaryLine(r.connectionsPerNode)} per live node`,
     `virtual time:  build ${ms(r.virtualMs.build)}, lookups ${ms(r.virtualMs.lookups)}`,
     `wall time:     build ${ms(r.wallMs.build)}, lookups ${ms(r.wallMs.lookups)}, total ${ms(r.wallMs.total)}; peak RSS ${r.peakRssMiB} MiB`,
@@ -148,7 +148,7 @@ export const renderHtml = (r: SimReport, replay: string, verdict: ReadonlyArray<
         { label: "max", value: xs.max }
       ]
     })(),
-    { title: "Virtual time per lookup (ms)", xLabel: "", yLabel: "ms" }
+    { title: "Virtual time per networked lookup (ms)", xLabel: "", yLabel: "ms" }
   )
   const status =
     verdict.length === 0
@@ -166,7 +166,7 @@ figcaption{font-weight:600;margin-bottom:.3em}code{background:#f3f3f3;padding:2p
 <h1>quicmesh network simulation</h1>
 ${status}
 <p>${o.nodes} nodes (${o.seeds} seeds), ${o.lookups} lookups, seed ${o.seed}; alpha ${o.alpha}, k ${o.k};
-latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}; ${r.crashed} nodes crashed (${pct(o.crash)}); NAT mix <code>${escapeHtml(o.nat)}</code>.</p>
+latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}; ${r.crashed} nodes crashed (${pct(o.crash)}); NAT mix <code>${escapeHtml(o.nat)}</code>; RPC ${o.rpc}; ${o.joinConcurrency} join(s) at a time.</p>
 <p>Replay: <code>${escapeHtml(replay)}</code></p>
 <table>
 <tr><th>joined</th><td>${r.joined}/${o.nodes}</td></tr>
@@ -180,7 +180,7 @@ latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}; ${r.crashed} nod
 <tr><th></th><th>median</th><th>p95</th><th>p99</th><th>max</th><th>mean</th></tr>
 ${row("rounds per lookup", r.rounds)}
 ${row("RPC queries per lookup", r.queries)}
-${row("virtual ms per lookup", r.lookupVirtualMs, (x) => String(Math.round(x)))}
+${row(`virtual ms per lookup (${r.alreadyConnected} of an already connected target left out)`, r.lookupVirtualMs, (x) => String(Math.round(x)))}
 ${row("connections per live node", r.connectionsPerNode)}
 </table>
 ${hops}

@@ -25,6 +25,7 @@ import {
   type Scheduler,
   type Scope
 } from "effect"
+import type { TimerClock } from "../layers/SimNetwork.js"
 import { TimedHeap } from "../layers/TimedHeap.js"
 
 // ---- Virtual clock ---------------------------------------------------------------------
@@ -38,7 +39,7 @@ interface Sleeper {
 /** Default start of virtual time: 2025-01-01T00:00:00Z (certificates want a plausible date). */
 export const DEFAULT_EPOCH = Date.UTC(2025, 0, 1)
 
-export class VirtualClock implements Clock.Clock {
+export class VirtualClock implements TimerClock {
   readonly [Clock.ClockTypeId]: Clock.ClockTypeId = Clock.ClockTypeId
   private now: number
   private seq = 0
@@ -72,6 +73,15 @@ export class VirtualClock implements Clock.Clock {
         }
       })
     })
+  }
+
+  /**
+   * Calls `run` once the clock reaches `at` (at once on the next advance if it is past),
+   * from the driver, outside any fiber: the SimNetwork's scheduler wakes through this.
+   */
+  scheduleAt(at: number, run: () => void): void {
+    this.heap.push({ at: Math.max(at, this.now), seq: this.seq++, wake: run })
+    this.live++
   }
 
   /** Milliseconds of virtual time since the epoch. */

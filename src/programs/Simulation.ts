@@ -14,22 +14,22 @@
  *   run L lookups of random live targets from random live nodes, and report.
  */
 import { Context, Data, Duration, Effect, ExecutionStrategy, Exit, Layer, Option, Scope } from "effect"
+import * as ConnectionManagerLive from "../layers/ConnectionManagerLive.js"
 import * as KeyRingTest from "../layers/KeyRingTest.js"
-import * as Node from "../layers/Node.js"
 import * as NodeGraphMemory from "../layers/NodeGraphMemory.js"
+import * as PeerRpcLive from "../layers/PeerRpcLive.js"
+import * as PeerRpcSim from "../layers/PeerRpcSim.js"
 import * as SimNet from "../layers/SimNetwork.js"
-import { ConnectionManager, type ConnectionManagerService } from "../services/ConnectionManager.js"
+import type { ConnectionManagerService } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
+import { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraphService } from "../services/NodeGraph.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import type * as NodeId from "../services/NodeId.js"
-import type { TransportError } from "../services/QuicTransport.js"
-import {
-  type NatType,
-  SimNetwork,
-  type SimNetworkService,
-  type SimNetworkStats
-} from "../services/SimNetwork.js"
+import { PeerRpc } from "../services/PeerRpc.js"
+import { QuicTransport, type TransportError } from "../services/QuicTransport.js"
+import { RpcConfig } from "../services/RpcServer.js"
+import type { NatType, SimNetworkService, SimNetworkStats } from "../services/SimNetwork.js"
 import { type SimContext, type SimDeadlock, simulate } from "./SimRuntime.js"
 
 // ---- Options ---------------------------------------------------------------------------
@@ -39,8 +39,19 @@ export const NAT_TYPES: ReadonlyArray<NatType> = ["none", "full-cone", "restrict
 /** Share of nodes behind each NAT type (weights; they need not sum to 1). */
 export type NatMix = Readonly<Partial<Record<NatType, number>>>
 
+/**
+ * How the agent RPC travels: "direct" (PeerRpcSim: calls as messages on the simulated
+ * connections, same latency, partitions and failures, no encoding) or "wire" (PeerRpcLive:
+ * the real @effect/rpc framing as bytes on simulated streams; far slower).
+ */
+export type RpcMode = "direct" | "wire"
+
+export const RPC_MODES: ReadonlyArray<RpcMode> = ["direct", "wire"]
+
 export interface WorldOptions {
   readonly seed: number
+  /** The agent RPC layer (default "direct"). */
+  readonly rpc?: RpcMode
   /** One-way latency in ms (default 50). */
   readonly latency?: number
   /** Extra one-way delay, uniform in [0, jitter] ms (default latency / 5). */
@@ -69,7 +80,11 @@ export interface ScenarioOptions extends WorldOptions {
   readonly crash?: number
   /** NAT mix of the non-seed nodes (default all public). */
   readonly nat?: NatMix
-  /** Joins in progress at once (default 1: nodes arrive one after another). */
+  /**
+   * Joins in progress at once (default `defaultJoinConcurrency(nodes)`). One at a time is the
+   * gentlest arrival, but the virtual build time then grows with N and with it everything
+   * periodic (every node pings its seeds twice a minute).
+   */
   readonly joinConcurrency?: number
   /** Lookups in progress at once (default 32). */
   readonly lookupConcurrency?: number
@@ -150,6 +165,8 @@ export interface LookupOutcome {
   readonly fromNat: NatType
   readonly targetNat: NatType
   readonly found: boolean
+  /** The origin already held a connection to the target: answered without the network (0 ms). */
+  readonly connected: boolean
   readonly rounds: number
   readonly queries: number
   readonly contacted: number
@@ -177,6 +194,8 @@ export interface SimReport {
     readonly latency: number
     readonly jitter: number
     readonly nat: string
+    readonly rpc: RpcMode
+    readonly joinConcurrency: number
   }
   readonly joined: number
   readonly joinFailures: number
@@ -188,7 +207,12 @@ export interface SimReport {
   }
   readonly rounds: Summary
   readonly queries: Summary
+  /**
+   * Virtual time of the lookups that needed the network: those whose origin did not already
+   * hold a connection to the target (`alreadyConnected` of them did, and took 0 ms).
+   */
   readonly lookupVirtualMs: Summary
+  readonly alreadyConnected: number
   /** Lookups by rounds taken (successful ones). */
   readonly roundsHistogram: ReadonlyArray<{ readonly rounds: number; readonly count: number }>
   /** Whether the origin got a connection to the target, by (origin NAT, target NAT). */
@@ -263,9 +287,11 @@ export const makeWorld = (
       traceLimit: options.traceLimit ?? 0
     })
     const worldScope = yield* Effect.scope
-    const simLayer = Layer.succeed(SimNetwork, sim)
     const connectTimeoutMs = options.connectTimeoutMs ?? 15_000
     const lookupTimeout = Duration.millis(options.lookupTimeoutMs ?? connectTimeoutMs)
+    const wire = options.rpc === "wire"
+    // Direct calls need nothing per node: one PeerRpc serves the whole world.
+    const directRpc = PeerRpcSim.make(sim, CMConfig.defaults.rpcCallTimeoutTime)
     const nodes: SimNode[] = []
     const seeds: SimNode[] = []
     let nextIndex = 0
@@ -278,28 +304,59 @@ export const makeWorld = (
           host: s.host,
           port: s.port
         }))
-        const layer = Node.layerWith({
-          keyRing: KeyRingTest.layer(node.keySeed),
-          nodeGraph: NodeGraphMemory.layer(options.k === undefined ? {} : { k: options.k }),
-          transport: SimNet.transport({
-            host: node.host,
-            port: node.port,
-            nat: node.nat,
-            connectTimeout: Duration.millis(connectTimeoutMs)
-          }),
-          transportConfig: Node.transportConfigFor({}),
-          config: CMConfig.layer({
-            connectionFindConcurrencyLimit: options.alpha ?? 3,
-            connectionConnectTimeoutTime: Duration.millis(connectTimeoutMs),
-            seedNodes,
-            // A seed is provisioned to hold a connection to everyone who joined through it.
-            ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {})
-          })
-        }).pipe(Layer.provide(simLayer))
-        const context = yield* Layer.buildWithScope(layer, scope).pipe(
+        const config: CMConfig.ConnectionManagerOptions = {
+          ...CMConfig.defaults,
+          connectionFindConcurrencyLimit: options.alpha ?? 3,
+          connectionConnectTimeoutTime: Duration.millis(connectTimeoutMs),
+          seedNodes,
+          // A seed is provisioned to hold a connection to everyone who joined through it.
+          ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {})
+        }
+        // The services of one node, put together by hand rather than with layers: a layer
+        // graph per node costs more memory than the node (thousands of them).
+        return yield* Effect.gen(function* () {
+          const keyRing = yield* KeyRingTest.make(node.keySeed)
+          const nodeId = yield* keyRing.nodeId
+          const graph = yield* NodeGraphMemory.make(nodeId, options.k === undefined ? {} : { k: options.k })
+          const transport = yield* sim.bind(
+            {
+              host: node.host,
+              port: node.port,
+              nat: node.nat,
+              connectTimeout: Duration.millis(connectTimeoutMs),
+              maxIdleTimeout: config.connectionKeepAliveTimeoutTime
+            },
+            nodeId
+          )
+          const peerRpc = wire
+            ? Context.get(
+                yield* Layer.buildWithScope(
+                  PeerRpcLive.layer.pipe(
+                    Layer.provide(
+                      RpcConfig.layer({
+                        rpcParserBufferSize: config.rpcParserBufferSize,
+                        rpcCallTimeoutTime: config.rpcCallTimeoutTime
+                      })
+                    )
+                  ),
+                  scope
+                ),
+                PeerRpc
+              )
+            : directRpc
+          // The unchanged manager over the simulated transport and the chosen RPC layer.
+          const cm = yield* ConnectionManagerLive.make.pipe(
+            Effect.provideService(CMConfig.ConnectionManagerConfig, config),
+            Effect.provideService(KeyRing, keyRing),
+            Effect.provideService(NodeGraph, graph),
+            Effect.provideService(QuicTransport, transport),
+            Effect.provideService(PeerRpc, peerRpc)
+          )
+          return { scope, cm, graph }
+        }).pipe(
+          Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
-        return { scope, cm: Context.get(context, ConnectionManager), graph: Context.get(context, NodeGraph) }
       })
 
     const addNode = (addOptions: { readonly nat?: NatType; readonly seed?: boolean } = {}) =>
@@ -357,6 +414,7 @@ export const makeWorld = (
     const lookup = (from: SimNode, target: SimNode) =>
       Effect.gen(function* () {
         const start = ctx.clock.elapsed
+        const connected = yield* from.cm.hasConnection(target.nodeId)
         const result = yield* from.cm.getClosestGlobalNodes(target.nodeId, { timeout: lookupTimeout })
         return {
           from: from.index,
@@ -364,6 +422,7 @@ export const makeWorld = (
           fromNat: from.nat,
           targetNat: target.nat,
           found: Option.isSome(result.address),
+          connected,
           rounds: result.stats.rounds,
           queries: result.stats.queries,
           contacted: result.stats.contacted,
@@ -398,10 +457,17 @@ export const validate = (o: ScenarioOptions): Effect.Effect<void, ScenarioError>
     return bad(`--loss must be a probability in [0, 1) (got ${o.loss})`)
   if (o.latency !== undefined && !(o.latency >= 0 && o.latency <= 60_000))
     return bad(`--latency must be between 0 and 60000 ms (got ${o.latency})`)
+  if (o.rpc !== undefined && !RPC_MODES.includes(o.rpc))
+    return bad(`--rpc must be one of ${RPC_MODES.join(", ")} (got ${o.rpc})`)
+  if (o.joinConcurrency !== undefined && (!int(o.joinConcurrency) || o.joinConcurrency < 1))
+    return bad(`join concurrency must be an integer ≥ 1 (got ${o.joinConcurrency})`)
   if (o.seeds !== undefined && (!int(o.seeds) || o.seeds < 1 || o.seeds >= o.nodes))
     return bad(`seeds must be an integer in [1, nodes) (got ${o.seeds})`)
   return Effect.void
 }
+
+/** About 100 nodes arriving one after another per join slot, at most 64 slots. */
+export const defaultJoinConcurrency = (nodes: number) => Math.max(1, Math.min(64, Math.floor(nodes / 100)))
 
 const pickNat = (mix: NatMix, r: number): NatType => {
   const total = NAT_TYPES.reduce((s, t) => s + (mix[t] ?? 0), 0)
@@ -427,6 +493,7 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
     const seedCount = o.seeds ?? Math.min(3, Math.max(1, Math.floor(o.nodes / 2)))
     const mix = o.nat ?? { none: 1 }
     const progress = o.onProgress ?? (() => {})
+    const joinConcurrency = o.joinConcurrency ?? defaultJoinConcurrency(o.nodes)
 
     // Build: seeds first (they join each other), then everyone else, `joinConcurrency` at a time.
     let built = 0
@@ -457,7 +524,7 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
             })
           )
         ),
-      { concurrency: o.joinConcurrency ?? 1, discard: true }
+      { concurrency: joinConcurrency, discard: true }
     )
     const buildVirtual = ctx.clock.elapsed
     const buildWall = performance.now() - wallStart
@@ -522,7 +589,9 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
         loss: o.loss ?? 0,
         latency: o.latency ?? 50,
         jitter: o.jitter ?? Math.floor((o.latency ?? 50) / 5),
-        nat: formatNatMix(mix)
+        nat: formatNatMix(mix),
+        rpc: o.rpc ?? "direct",
+        joinConcurrency
       },
       joined: built - joinFailures,
       joinFailures,
@@ -534,7 +603,8 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
       },
       rounds: summarize(succeeded.map((x) => x.rounds)),
       queries: summarize(succeeded.map((x) => x.queries)),
-      lookupVirtualMs: summarize(outcomes.map((x) => x.virtualMs)),
+      lookupVirtualMs: summarize(outcomes.filter((x) => !x.connected).map((x) => x.virtualMs)),
+      alreadyConnected: outcomes.filter((x) => x.connected).length,
       roundsHistogram: [...histogram.entries()]
         .sort(([a], [b]) => a - b)
         .map(([rounds, count]) => ({ rounds, count })),

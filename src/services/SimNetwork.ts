@@ -10,7 +10,7 @@
  */
 import { Context, type Duration, type Effect, type Scope } from "effect"
 import type { NodeId } from "./NodeId.js"
-import type { QuicTransportService, TransportError } from "./QuicTransport.js"
+import type { CloseReason, QuicConnection, QuicTransportService, TransportError } from "./QuicTransport.js"
 
 /**
  * How a host is attached:
@@ -103,6 +103,27 @@ export interface SimTransportOptions {
   readonly maxIdleTimeout?: Duration.DurationInput
 }
 
+/**
+ * One end of a simulated connection seen as an ordered message channel, for layers that carry
+ * calls without encoding bytes (PeerRpcSim). What one end sends runs at the other end after
+ * the link's delay, in order with everything else sent on the connection (stream bytes
+ * included), held while the link is cut, and never once the receiving end has closed. These
+ * are plain synchronous members: they are meant for `Effect.async` callbacks in the world's
+ * (virtual) time.
+ */
+export interface SimChannel extends QuicConnection {
+  /** The other end of the connection. */
+  readonly peer: SimChannel
+  /** False once this end has closed. */
+  readonly isOpen: boolean
+  /** A slot for the layer that uses the channel (e.g. what serves this end). */
+  state: unknown
+  /** Sends `run` to the peer end; false (nothing sent) when this end is closed. */
+  readonly send: (run: () => void) => boolean
+  /** Calls `f` once when this end closes; returns a canceller. Not called if already closed. */
+  readonly onClose: (f: (reason: CloseReason) => void) => () => void
+}
+
 export interface SimNetworkService {
   /** The seed as a 32-bit number. */
   readonly seed: number
@@ -135,6 +156,13 @@ export interface SimNetworkService {
     options: SimTransportOptions,
     nodeId: NodeId
   ) => Effect.Effect<QuicTransportService, TransportError, Scope.Scope>
+  /** The channel view of a connection of this world (undefined for any other connection). */
+  readonly channel: (connection: QuicConnection) => SimChannel | undefined
+  /**
+   * Runs `run` after `ms` of virtual time on the world's scheduler (no fiber, no sleep of its
+   * own): for timeouts of channel calls. Plain synchronous, like `SimChannel`.
+   */
+  readonly schedule: (ms: number, run: () => void) => void
   /** Every trace event kept so far (see `traceLimit`). */
   readonly trace: Effect.Effect<ReadonlyArray<TraceEvent>>
   /** Hex SHA-256 of every trace event so far. */

@@ -1,0 +1,201 @@
+/**
+ * PeerRpcSim: the `PeerRpc` service directly over SimNetwork connections, for simulations.
+ *
+ * The live layer encodes every call as @effect/rpc frames on QUIC streams; across thousands of
+ * simulated nodes that framing (servers, clients, parsers and fibers per connection) is most
+ * of the cost. Here a call is a message on the connection's `SimChannel` instead:
+ *
+ * - `serve` puts the node's handlers on its end of the connection;
+ * - a client call goes to the other end after the link's one-way delay (in order with the
+ *   rest of the connection's traffic, held across partitions, lost with the connection), runs
+ *   the remote handler there with the `CallerInfo` that end's connection proves, and the answer
+ *   comes back the same way;
+ * - failures are the live layer's `PeerCallError`s: "timeout" after `rpcCallTimeoutTime`,
+ *   "connection" when our end closes during the call, "remote" when the handler fails.
+ *
+ * The connection manager, its handlers and the NodeGraph are unchanged: only this layer is
+ * swapped. It only serves connections of the SimNetwork world it is given.
+ */
+import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Stream } from "effect"
+import {
+  type AgentHandlers,
+  type CallerInfo,
+  PeerCallError,
+  type PeerClient,
+  PeerRpc,
+  type PeerRpcService,
+  type WireContact
+} from "../services/PeerRpc.js"
+import type { QuicConnection } from "../services/QuicTransport.js"
+import { RpcConfig } from "../services/RpcServer.js"
+import { type SimChannel, SimNetwork, type SimNetworkService } from "../services/SimNetwork.js"
+
+type Forker = <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
+
+/** A request that reached an end: run it with that end's handlers. */
+type Request = (server: Served) => void
+
+/** What serves one end of a connection (kept in its channel's `state`). */
+interface Served {
+  handlers: AgentHandlers | undefined
+  run: (<A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void) => void) | undefined
+  /** Requests that arrived before `serve` (the wire would hold them as unaccepted streams). */
+  queue: Array<Request> | undefined
+  /** Handler fibers still running, interrupted when the end closes. */
+  running: Set<Fiber.RuntimeFiber<unknown, unknown>>
+  caller: CallerInfo
+}
+
+const servedOf = (channel: SimChannel): Served => {
+  const existing = channel.state as Served | undefined
+  if (existing !== undefined) return existing
+  const served: Served = {
+    handlers: undefined,
+    run: undefined,
+    queue: undefined,
+    running: new Set(),
+    // Who calls on this end: the peer, as this end's connection proves it.
+    caller: { nodeId: channel.remoteNodeId, host: channel.remoteHost, port: channel.remotePort }
+  }
+  channel.state = served
+  return served
+}
+
+const callError = (method: string, reason: PeerCallError["reason"], detail: string) =>
+  new PeerCallError({ method, reason, detail })
+
+const describe = (cause: Cause.Cause<unknown>) =>
+  Cause.isFailType(cause) && typeof cause.error === "string" ? cause.error : Cause.pretty(cause)
+
+/** PeerRpc over the channels of `sim`; calls time out after `callTimeout`. */
+export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): PeerRpcService => {
+  const timeoutMs = Math.max(0, Duration.toMillis(callTimeout))
+
+  /**
+   * One call: `f` runs at the peer end with its handlers and caller; its success comes back.
+   * The request and the answer each cross the link once.
+   */
+  const call = <A>(
+    connection: QuicConnection,
+    method: string,
+    f: (handlers: AgentHandlers, caller: CallerInfo) => Effect.Effect<A, string>
+  ): Effect.Effect<A, PeerCallError> =>
+    Effect.async<A, PeerCallError>((resume) => {
+      const channel = sim.channel(connection)
+      if (channel === undefined) {
+        resume(Effect.fail(callError(method, "connection", "not a connection of this simulated network")))
+        return
+      }
+      let done = false
+      const finish = (exit: Exit.Exit<A, PeerCallError>) => {
+        if (done) return
+        done = true
+        stopWatching()
+        resume(exit)
+      }
+      const stopWatching = channel.onClose(() =>
+        finish(Exit.fail(callError(method, "connection", "the connection closed during the call")))
+      )
+      const peer = channel.peer
+      const sent = channel.send(() => {
+        const request: Request = (served) =>
+          served.run!(f(served.handlers!, served.caller), (exit) => {
+            // The answer goes back on the same connection (dropped if our end closed meanwhile).
+            peer.send(() =>
+              finish(
+                Exit.isSuccess(exit)
+                  ? Exit.succeed(exit.value)
+                  : Exit.fail(
+                      Cause.isInterruptedOnly(exit.cause)
+                        ? callError(method, "connection", "the peer stopped serving the connection")
+                        : callError(method, "remote", describe(exit.cause))
+                    )
+              )
+            )
+          })
+        const served = servedOf(peer)
+        if (served.run !== undefined) request(served)
+        else if (served.queue === undefined) served.queue = [request]
+        else served.queue.push(request)
+      })
+      if (!sent) {
+        finish(Exit.fail(callError(method, "connection", "the connection is closed")))
+        return
+      }
+      if (timeoutMs > 0 && Number.isFinite(timeoutMs))
+        sim.schedule(timeoutMs, () => {
+          if (!done)
+            finish(
+              Exit.fail(callError(method, "timeout", `no answer within ${Duration.format(callTimeout)}`))
+            )
+        })
+      // The caller gave up (interrupted, or its own timeout): forget the answer.
+      return Effect.sync(() => {
+        done = true
+        stopWatching()
+      })
+    })
+
+  const client = (connection: QuicConnection): PeerClient => ({
+    ping: call(connection, "nodesPing", (h, caller) => h.touch(caller)),
+    closestNodes: (target) =>
+      Stream.fromIterableEffect(
+        call(connection, "nodesClosestLocalNodesGet", (h, caller) =>
+          h.touch(caller).pipe(Effect.zipRight(h.closestNodes(caller, target)))
+        )
+      ) as Stream.Stream<WireContact, PeerCallError>,
+    holePunchSignal: (message) =>
+      call(connection, "nodesHolePunchSignal", (h, caller) =>
+        h.touch(caller).pipe(Effect.zipRight(h.holePunchSignal(caller, message)))
+      )
+  })
+
+  // One way to start handler fibers per node (its handlers object), not one per connection.
+  const forkers = new WeakMap<AgentHandlers, Forker>()
+
+  const serve = (connection: QuicConnection, handlers: AgentHandlers): Effect.Effect<void> =>
+    Effect.gen(function* () {
+      const channel = sim.channel(connection)
+      if (channel === undefined || !channel.isOpen) return
+      let fork = forkers.get(handlers)
+      if (fork === undefined) {
+        fork = Runtime.runFork(yield* Effect.runtime<never>())
+        forkers.set(handlers, fork)
+      }
+      const runFork = fork
+      const served = servedOf(channel)
+      served.handlers = handlers
+      served.run = (effect, onExit) => {
+        const fiber = runFork(effect)
+        served.running.add(fiber)
+        fiber.addObserver((exit) => {
+          served.running.delete(fiber)
+          onExit(exit)
+        })
+      }
+      // Handlers still running when the end closes stop with it (as the wire server's would).
+      channel.onClose(() => {
+        served.run = undefined
+        served.queue = undefined
+        for (const fiber of [...served.running]) fiber.unsafeInterruptAsFork(fiber.id())
+      })
+      const queued = served.queue
+      served.queue = undefined
+      if (queued !== undefined) for (const request of queued) request(served)
+    })
+
+  return PeerRpc.of({
+    serve,
+    client: (connection) => Effect.succeed(client(connection))
+  })
+}
+
+/** PeerRpc for one node of the world in `SimNetwork`, with the call timeout of `RpcConfig`. */
+export const layer: Layer.Layer<PeerRpc, never, SimNetwork | RpcConfig> = Layer.effect(
+  PeerRpc,
+  Effect.gen(function* () {
+    const sim = yield* SimNetwork
+    const config = yield* RpcConfig
+    return make(sim, config.rpcCallTimeoutTime)
+  })
+)

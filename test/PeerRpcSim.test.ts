@@ -1,0 +1,167 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Duration, Effect, Exit, Fiber, Option, type Scope, Stream } from "effect"
+import * as PeerRpcSim from "../src/layers/PeerRpcSim.js"
+import * as SimNet from "../src/layers/SimNetwork.js"
+import { simulate } from "../src/programs/SimRuntime.js"
+import * as NodeId from "../src/services/NodeId.js"
+import type { AgentHandlers, CallerInfo, WireContact } from "../src/services/PeerRpc.js"
+import type { QuicConnection } from "../src/services/QuicTransport.js"
+import type { NatType, SimNetworkService } from "../src/services/SimNetwork.js"
+
+const idOf = (n: number): NodeId.NodeId => {
+  const bytes = new Uint8Array(32)
+  bytes[0] = n
+  bytes[31] = n ^ 0x5a
+  return bytes as NodeId.NodeId
+}
+
+const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
+
+/** Handlers that record who called. */
+const recording = () => {
+  const callers: CallerInfo[] = []
+  const handlers: AgentHandlers = {
+    touch: (caller) => Effect.sync(() => void callers.push(caller)),
+    closestNodes: () => Effect.succeed([contact]),
+    holePunchSignal: () => Effect.fail("rate limited: too many hole-punch requests")
+  }
+  return { callers, handlers }
+}
+
+/**
+ * A world (latency 40 ms, no jitter) with a dialler `a` (behind `nat`) and a listener `b`;
+ * `f` gets both ends of one connection. Runs on SimRuntime's virtual clock.
+ */
+const pair = <A, E>(
+  f: (t: {
+    readonly sim: SimNetworkService
+    readonly a: QuicConnection
+    readonly b: QuicConnection
+    readonly now: () => number
+  }) => Effect.Effect<A, E, Scope.Scope>,
+  nat: NatType = "none"
+) =>
+  simulate(
+    (ctx) =>
+      Effect.gen(function* () {
+        const sim = yield* SimNet.make({ seed: 1, latency: "40 millis", jitter: 0 })
+        const ta = yield* sim.bind({ nat }, idOf(1))
+        const tb = yield* sim.bind({}, idOf(2))
+        const accepted = yield* Deferred.make<QuicConnection>()
+        yield* tb.incoming.pipe(
+          Stream.take(1),
+          Stream.runForEach((c) => Deferred.succeed(accepted, c)),
+          Effect.forkScoped
+        )
+        const a = yield* ta.dial({ host: tb.host, port: tb.port, expectedNodeIds: [idOf(2)] })
+        const b = yield* Deferred.await(accepted)
+        // PeerRpc.serve lasts for a scope (the lead changed its signature).
+        return yield* Effect.scoped(f({ sim, a, b, now: () => ctx.clock.elapsed }))
+      }),
+    { seed: 1 }
+  )
+
+describe("PeerRpcSim", () => {
+  it.effect("a call takes one round trip of the link and runs the handler with the proven caller", () =>
+    pair(
+      ({ sim, a, b, now }) =>
+        Effect.gen(function* () {
+          const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+          const { callers, handlers } = recording()
+          yield* rpc.serve(b, handlers)
+          const client = yield* rpc.client(a)
+          const start = now()
+          yield* client.ping
+          expect(now() - start).toBe(80)
+          // The caller is what b's end of the connection proves: a's NodeId and its NAT's address.
+          expect(callers).toHaveLength(1)
+          expect(NodeId.equals(callers[0]!.nodeId, idOf(1))).toBe(true)
+          expect(callers[0]!.host).toBe(b.remoteHost)
+          expect(callers[0]!.port).toBe(b.remotePort)
+          expect(callers[0]!.host).not.toBe(a.localHost)
+          const contacts = yield* Stream.runCollect(client.closestNodes(idOf(9)))
+          expect([...contacts]).toEqual([contact])
+          const refused = yield* client
+            .holePunchSignal({ sourceNodeIdEncoded: "x", targetNodeIdEncoded: "y" })
+            .pipe(Effect.flip)
+          expect(refused.reason).toBe("remote")
+          expect(refused.detail).toContain("rate limited")
+          expect(now() - start).toBe(240)
+        }),
+      "restricted"
+    )
+  )
+
+  it.effect("a request that arrives before the end is served waits for `serve`", () =>
+    pair(({ sim, a, b, now }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+        const client = yield* rpc.client(a)
+        const call = yield* Effect.fork(client.ping)
+        yield* Effect.sleep("500 millis")
+        expect(Option.isNone(yield* Fiber.poll(call))).toBe(true)
+        yield* rpc.serve(b, recording().handlers)
+        yield* Fiber.join(call)
+        // Dial (80) + accept (40) + 500 ms waiting + the answer's way back (40).
+        expect(now()).toBe(660)
+      })
+    )
+  )
+
+  it.effect("a crashed peer never answers: the call times out after the call timeout", () =>
+    pair(({ sim, a, b, now }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(3))
+        yield* rpc.serve(b, recording().handlers)
+        yield* sim.crash(b.localHost)
+        const start = now()
+        const error = yield* (yield* rpc.client(a)).ping.pipe(Effect.flip)
+        expect(error.reason).toBe("timeout")
+        expect(now() - start).toBe(3000)
+      })
+    )
+  )
+
+  it.effect("our end closing during a call fails it with a connection error; the handler is stopped", () =>
+    pair(({ sim, a, b, now }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+        const interrupted = yield* Deferred.make<void>()
+        yield* rpc.serve(b, {
+          ...recording().handlers,
+          closestNodes: () =>
+            Effect.never.pipe(Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined)))
+        })
+        const client = yield* rpc.client(a)
+        const start = now()
+        const call = yield* Effect.fork(Stream.runCollect(client.closestNodes(idOf(3))))
+        yield* Effect.sleep("1 second")
+        yield* a.close("done")
+        const error = yield* Fiber.join(call).pipe(Effect.flip)
+        expect(error.reason).toBe("connection")
+        // b hears of the close one latency later and stops the handler it was running.
+        yield* Deferred.await(interrupted)
+        expect(now() - start).toBe(1000 + 40)
+        const after = yield* client.ping.pipe(Effect.exit)
+        expect(Exit.isFailure(after)).toBe(true)
+      })
+    )
+  )
+
+  it.effect("across a partition the call is held, and answered after the heal", () =>
+    pair(({ sim, a, b, now }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+        yield* rpc.serve(b, recording().handlers)
+        const id = yield* sim.partition([a.localHost], [b.localHost])
+        const start = now()
+        const call = yield* Effect.fork((yield* rpc.client(a)).ping)
+        yield* Effect.sleep("5 seconds")
+        expect(Option.isNone(yield* Fiber.poll(call))).toBe(true)
+        yield* sim.heal(id)
+        yield* Fiber.join(call)
+        expect(now() - start).toBe(5000 + 80)
+      })
+    )
+  )
+})
