@@ -17,6 +17,7 @@
  */
 import { createInterface } from "node:readline"
 import { pathToFileURL } from "node:url"
+import { writeHeapSnapshot } from "node:v8"
 import type { QUICClient } from "@matrixai/quic"
 import { Context, Effect, Either, Layer, Scope, Stream } from "effect"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
@@ -215,6 +216,8 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
   await new Promise((r) => setTimeout(r, 200))
   await gcHard()
   const before = process.memoryUsage()
+  if (process.env.BENCH_HEAP_SNAPSHOT)
+    writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOT}-${kind}-before.heapsnapshot`)
   const t0 = performance.now()
   let attempted = 0
   const failedBefore = failures
@@ -232,6 +235,15 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
   await new Promise((r) => setTimeout(r, 500))
   await gcHard()
   const after = process.memoryUsage()
+  if (process.env.BENCH_HEAP_SNAPSHOT) {
+    const store = (globalThis as Record<string, unknown>)["effect/GlobalValue"] as Map<
+      symbol,
+      { roots: Set<unknown> }
+    >
+    const roots = store.get(Symbol.for("effect/FiberScope/Global"))?.roots
+    process.stderr.write(`root fibers: ${roots?.size}\n`)
+    writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOT}-${kind}-after.heapsnapshot`)
+  }
   const report: MemoryReport = {
     kind,
     connections: attempted,

@@ -54,7 +54,7 @@ const program = Effect.gen(function* () {
     RpcServerLive.layer.pipe(Layer.provide(handlers), Layer.provide(RpcConfig.layerDefaults)),
     scope
   )).unsafeMap.get(RpcServer.key) as RpcServer["Type"]
-  yield* Effect.forkIn(server.serve(connB), scope)
+  yield* server.serve(connB).pipe(Scope.extend(scope))
   const clients: Record<RpcStreamMode, AgentClient> = {
     "per-call": yield* RpcClientLive.make(connA, { ...RpcConfig.defaults, rpcStreamMode: "per-call" }).pipe(
       Scope.extend(scope)

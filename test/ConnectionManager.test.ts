@@ -400,7 +400,8 @@ describe("failures and cleanup", () => {
         (d) =>
           d.pendingDials === 0 &&
           d.inboundInProgress === 0 &&
-          d.backgroundFibers === d.connections + d.standbyConnections
+          // No fiber per connection: what is left is idle connections, not fibers.
+          d.backgroundFibers === 0
       )
       expect(after.pendingDials).toBe(0)
       expect(before.pendingDials).toBe(0)

@@ -12,7 +12,7 @@ import {
   Fiber,
   Layer,
   Ref,
-  type Scope,
+  Scope,
   Stream,
   TestClock
 } from "effect"
@@ -88,9 +88,12 @@ const setup = (
       )
     )
     const server = context.unsafeMap.get(RpcServer.key) as RpcServer["Type"]
-    yield* Effect.forkScoped(server.serve(b))
+    const serving = yield* Scope.make()
+    yield* Effect.addFinalizer(() => Scope.close(serving, Exit.void))
+    // Returns at once: calls are served by fibers started when they arrive.
+    yield* server.serve(b).pipe(Scope.extend(serving))
     const client = yield* RpcClientLive.make(a, { ...config, ...clientOptions })
-    return { a, b, server, client }
+    return { a, b, server, client, serving }
   })
 
 /** Opens a raw stream, writes `bytes`, ends our side and collects the messages until the server ends it. */
@@ -436,12 +439,22 @@ describe("agent RPC server against raw bytes", () => {
     })
   )
 
-  it.scoped("serve returns when the connection closes", () =>
+  it.scoped("closing the serving scope interrupts the calls in progress", () =>
     Effect.gen(function* () {
-      const { a, b, server } = yield* setup("per-call")
-      const serving = yield* Effect.fork(server.serve(a))
-      yield* b.close()
-      expect(Exit.isSuccess(yield* Fiber.await(serving))).toBe(true)
+      const started = yield* Deferred.make<void>()
+      const interrupted = yield* Deferred.make<void>()
+      const { client, serving } = yield* setup("multiplexed", {
+        nodesPing: () =>
+          Deferred.succeed(started, undefined).pipe(
+            Effect.zipRight(Effect.never),
+            Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
+          )
+      })
+      const call = yield* Effect.fork(client.nodesPing({ nonce: "x" }))
+      yield* Deferred.await(started)
+      yield* Scope.close(serving, Exit.void)
+      yield* Deferred.await(interrupted)
+      yield* Fiber.interrupt(call)
     })
   )
 })

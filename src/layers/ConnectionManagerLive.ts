@@ -163,6 +163,7 @@ export const make = Effect.gen(function* () {
     probe
   })
   yield* map.useClock
+  yield* map.reaper.pipe(Effect.interruptible, Effect.forkIn(managerScope))
 
   // Closing the manager: every connection goes first (the transport, built before us, stops after).
   yield* Effect.addFinalizer(() =>
@@ -228,13 +229,12 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       yield* Scope.addFinalizer(scope, connection.close("connection released"))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
-      yield* rpc.serve(connection, handlers).pipe(Effect.interruptible, Effect.forkIn(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
-      yield* connection.closed.pipe(
-        Effect.zipRight(map.onClosed(record)),
-        Effect.interruptible,
-        FiberSet.run(background)
-      )
+      // One fiber per connection: it serves the peer's streams, which end when the connection
+      // closes, and then takes the connection out of the map.
+      // No fiber waits on an idle connection: calls and the close each start one when they come.
+      yield* rpc.serve(connection, handlers).pipe(Scope.extend(scope))
+      yield* connection.whenClosed(() => map.onClosed(record))
       return record
     }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
 
@@ -1036,7 +1036,7 @@ export const make = Effect.gen(function* () {
         pendingDials: pending.size,
         inboundInProgress,
         backgroundFibers: yield* FiberSet.size(background),
-        idleTimers: entries.filter((e) => e.idleFiber !== undefined).length
+        idleTimers: map.idleCount()
       }
     }),
     failure: Deferred.await(stopped)

@@ -7,10 +7,11 @@
  * the one initiated by the smaller NodeId. The larger node closes the connection it
  * initiated once nothing uses it; the smaller node keeps serving it until then.
  */
-import { type Clock, Duration, Effect, Exit, Fiber, PubSub, Scope } from "effect"
+import { type Clock, Duration, Effect, Exit, PubSub, Queue, Scope } from "effect"
 import type { ConnectionEvent, ConnectionInfo } from "../services/ConnectionManager.js"
 import * as NodeId from "../services/NodeId.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
+import { type Timed, TimedHeap } from "./TimedHeap.js"
 
 /** One QUIC connection with what runs on it. */
 export interface ConnectionRecord<Client> {
@@ -31,9 +32,13 @@ export interface Entry<Client> {
   /** Other open connections to the same node, kept until their initiator closes them. */
   readonly standby: Set<ConnectionRecord<Client>>
   usageCount: number
-  idleFiber: Fiber.RuntimeFiber<void> | undefined
+  /** When the idle entry goes; undefined while in use (or a seed). */
   idleDeadline: number | undefined
   lastUsed: number
+}
+
+interface IdleItem<Client> extends Timed {
+  readonly entry: Entry<Client>
 }
 
 export const keyOf = (nodeId: NodeId.NodeId) => NodeId.encode(nodeId) as string
@@ -52,7 +57,7 @@ export interface ConnectionMapOptions {
   readonly idleTimeout: Duration.Duration
   readonly isSeed: (nodeId: NodeId.NodeId) => boolean
   readonly events: PubSub.PubSub<ConnectionEvent>
-  /** Where idle timers run (the manager's scope). */
+  /** Where the idle reaper's removals run (the manager's scope). */
   readonly scope: Scope.Scope
   /** Probe whether a connection is still alive (a round trip); used on duplicate inbound connections. */
   readonly probe: (record: ConnectionRecord<unknown>) => Effect.Effect<boolean>
@@ -86,52 +91,64 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       return Effect.void
     })
 
+  // Idle timers: one reaper fiber over a heap of deadlines, not a fiber per connection. Every
+  // deadline is pushed as `now + idleTimeout`, so a push is never earlier than what the heap
+  // holds and the reaper only needs waking when the heap was empty. Use (acquire, touch) just
+  // moves the entry's own deadline; the reaper checks it when the pushed one comes due.
+  const idleHeap = new TimedHeap<IdleItem<Client>>()
+  let idleSeq = 0
+  const idleKick = Effect.runSync(Queue.sliding<void>(1))
+
   const cancelIdle = (entry: Entry<Client>) =>
-    Effect.suspend(() => {
-      const fiber = entry.idleFiber
-      entry.idleFiber = undefined
+    Effect.sync(() => {
       entry.idleDeadline = undefined
-      return fiber ? Fiber.interrupt(fiber).pipe(Effect.asVoid) : Effect.void
+    })
+
+  const startIdle = (entry: Entry<Client>): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (entry.usageCount > 0 || options.isSeed(entry.nodeId) || entry.idleDeadline !== undefined)
+        return Effect.void
+      const at = now() + Duration.toMillis(options.idleTimeout)
+      entry.idleDeadline = at
+      const wasEmpty = idleHeap.size === 0
+      idleHeap.push({ at, seq: idleSeq++, entry })
+      return wasEmpty ? Queue.offer(idleKick, undefined) : Effect.void
     })
 
   const remove = (entry: Entry<Client>, reason: string): Effect.Effect<void> =>
     Effect.suspend(() => {
       if (entries.get(entry.key) !== entry) return Effect.void
       entries.delete(entry.key)
+      entry.idleDeadline = undefined
       const records = [entry.record, ...entry.standby]
       entry.standby.clear()
-      return cancelIdle(entry).pipe(
-        Effect.zipRight(
-          Effect.forEach(records, (r) => closeRecord(r, reason), { concurrency: "unbounded", discard: true })
-        ),
+      return Effect.forEach(records, (r) => closeRecord(r, reason), {
+        concurrency: "unbounded",
+        discard: true
+      }).pipe(
         Effect.zipRight(
           PubSub.publish(options.events, { _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason })
         )
       )
     })
 
-  const startIdle = (entry: Entry<Client>): Effect.Effect<void> =>
-    Effect.suspend(() => {
-      if (entry.usageCount > 0 || options.isSeed(entry.nodeId) || entry.idleFiber) return Effect.void
-      entry.idleDeadline = now() + Duration.toMillis(options.idleTimeout)
-      return Effect.sleep(options.idleTimeout).pipe(
-        Effect.zipRight(
-          Effect.suspend(() => {
-            entry.idleFiber = undefined
-            return remove(entry, "idle timeout")
-          })
-        ),
-        // Released from uninterruptible regions (scope finalizers): the timer itself must stay interruptible.
-        Effect.interruptible,
-        Effect.forkIn(options.scope),
-        Effect.tap((fiber) =>
-          Effect.sync(() => {
-            entry.idleFiber = fiber
-          })
-        ),
-        Effect.asVoid
-      )
-    })
+  /** The reaper: sleeps until the earliest deadline, then removes the entries still idle past theirs. */
+  const reaper: Effect.Effect<never> = Effect.suspend((): Effect.Effect<void> => {
+    const top = idleHeap.peek()
+    if (top === undefined) return Queue.take(idleKick)
+    const wait = top.at - now()
+    if (wait > 0) return Effect.sleep(wait)
+    idleHeap.pop()
+    const entry = top.entry
+    const deadline = entry.idleDeadline
+    if (deadline === undefined || entries.get(entry.key) !== entry || entry.usageCount > 0) return Effect.void
+    if (deadline > top.at) {
+      idleHeap.push({ at: deadline, seq: idleSeq++, entry })
+      return Effect.void
+    }
+    entry.idleDeadline = undefined
+    return remove(entry, "idle timeout").pipe(Effect.forkIn(options.scope), Effect.asVoid)
+  }).pipe(Effect.forever)
 
   /** When a record's connection closes: promote a standby connection, or remove the entry. */
   const onClosed = (record: ConnectionRecord<Client>): Effect.Effect<void> =>
@@ -167,7 +184,6 @@ export const make = <Client>(options: ConnectionMapOptions) => {
           record,
           standby: new Set(),
           usageCount: 0,
-          idleFiber: undefined,
           idleDeadline: undefined,
           lastUsed: now()
         }
@@ -241,8 +257,10 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       const entry = entries.get(keyOf(nodeId))
       if (!entry) return Effect.void
       entry.lastUsed = now()
-      if (entry.usageCount > 0 || !entry.idleFiber) return Effect.void
-      return cancelIdle(entry).pipe(Effect.zipRight(startIdle(entry)))
+      if (entry.usageCount > 0 || entry.idleDeadline === undefined) return Effect.void
+      // The reaper finds the later deadline when the earlier one comes due.
+      entry.idleDeadline = now() + Duration.toMillis(options.idleTimeout)
+      return Effect.void
     })
 
   /** Removes the least recently used idle non-seed entry; false if there is none. */
@@ -280,6 +298,14 @@ export const make = <Client>(options: ConnectionMapOptions) => {
   return {
     /** Run once inside the manager so timestamps come from its Clock. */
     useClock,
+    /** The idle reaper; the manager runs it for its lifetime. */
+    reaper,
+    /** Entries waiting out their idle timeout. */
+    idleCount: () => {
+      let n = 0
+      for (const e of entries.values()) if (e.idleDeadline !== undefined) n++
+      return n
+    },
     entries,
     get: (nodeId: NodeId.NodeId) => entries.get(keyOf(nodeId)),
     adopt,

@@ -3,7 +3,7 @@
  * client. The handlers the manager provides are registered once (a Deferred), so the RPC
  * server's handler layer can be built before the manager that implements it.
  */
-import { Cause, Context, Deferred, Effect, Either, Layer, Stream } from "effect"
+import { Cause, Context, Deferred, Effect, Either, FiberId, Layer, Scope, Stream } from "effect"
 import { AgentRpcs, Caller, type NodeContact, RpcHandlerError } from "../services/AgentRpc.js"
 import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import * as NodeId from "../services/NodeId.js"
@@ -15,7 +15,14 @@ import {
   PeerRpc,
   type WireContact
 } from "../services/PeerRpc.js"
-import { type AgentCallError, type AgentClient, RpcConfig, RpcServer } from "../services/RpcServer.js"
+import type { QuicConnection } from "../services/QuicTransport.js"
+import {
+  type AgentCallError,
+  type AgentClient,
+  RpcConfig,
+  RpcServer,
+  type RpcServerService
+} from "../services/RpcServer.js"
 import * as RpcServerLive from "./RpcServerLive.js"
 
 /** Where the manager registers its handlers; the RPC handlers wait for them. */
@@ -126,13 +133,50 @@ const adapt = (client: AgentClient): PeerClient => {
   }
 }
 
+/**
+ * A client that costs nothing until its first call: most held connections are never called
+ * on. The first call builds the RPC client in `scope` (once, whoever calls first).
+ */
+class LazyClient implements PeerClient {
+  private built: Deferred.Deferred<PeerClient> | undefined
+  constructor(
+    private readonly server: RpcServerService,
+    private readonly connection: QuicConnection,
+    private readonly scope: Scope.Scope
+  ) {}
+  private get client(): Effect.Effect<PeerClient> {
+    return Effect.suspend(() => {
+      if (this.built) return Deferred.await(this.built)
+      const deferred = Deferred.unsafeMake<PeerClient>(FiberId.none)
+      this.built = deferred
+      return this.server.makeClient(this.connection).pipe(
+        Scope.extend(this.scope),
+        Effect.map(adapt),
+        Effect.exit,
+        Effect.flatMap((exit) => Deferred.done(deferred, exit)),
+        Effect.uninterruptible,
+        Effect.zipRight(Deferred.await(deferred))
+      )
+    })
+  }
+  get ping(): Effect.Effect<void, PeerCallError> {
+    return Effect.flatMap(this.client, (c) => c.ping)
+  }
+  closestNodes(target: NodeId.NodeId): Stream.Stream<WireContact, PeerCallError> {
+    return Stream.unwrap(Effect.map(this.client, (c) => c.closestNodes(target)))
+  }
+  holePunchSignal(message: HolePunchMessage): Effect.Effect<void, PeerCallError> {
+    return Effect.flatMap(this.client, (c) => c.holePunchSignal(message))
+  }
+}
+
 export const make = Effect.gen(function* () {
   const server = yield* RpcServer
   const registry = yield* AgentHandlersRegistry
   return PeerRpc.of({
     serve: (connection, handlers) =>
       Deferred.succeed(registry, handlers).pipe(Effect.zipRight(server.serve(connection))),
-    client: (connection) => Effect.map(server.makeClient(connection), adapt)
+    client: (connection) => Effect.map(Effect.scope, (scope) => new LazyClient(server, connection, scope))
   })
 })
 

@@ -29,12 +29,13 @@ import {
   Duration,
   Effect,
   Exit,
+  type Fiber,
   FiberId,
   FiberSet,
   Layer,
   Queue,
   Runtime,
-  type Scope,
+  Scope,
   Stream
 } from "effect"
 import { KeyRing, type KeyRingService, type TlsConfig } from "../services/KeyRing.js"
@@ -51,6 +52,7 @@ import {
   type QuicTransportService,
   TransportError
 } from "../services/QuicTransport.js"
+import { Dispatch } from "./ConnectionDispatch.js"
 import * as QuicStreamSocket from "./QuicStreamSocket.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -171,6 +173,7 @@ interface LiveConnection {
 }
 
 interface ConnectionContext {
+  readonly fork: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>
   readonly live: Set<LiveConnection>
   readonly nextId: () => string
   /** The shared socket's address: every connection's local end. */
@@ -179,10 +182,131 @@ interface ConnectionContext {
 }
 
 /**
- * Wraps a started js-quic connection. The peer streams it already has are taken from its
+ * A started js-quic connection, wrapped. The peer streams it already has are taken from its
  * stream map and the listener for new ones is added in the same synchronous step, so no
- * stream slips between the two.
+ * stream slips between the two. A class with getters: a transport may hold thousands of
+ * idle connections, and each costs only its fields until something uses it.
  */
+class WrappedConnection implements QuicConnection, LiveConnection {
+  readonly id: string
+  readonly remoteHost: string
+  readonly remotePort: number
+  readonly localHost: string
+  readonly localPort: number
+  private reason: CloseReason | undefined
+  private stopping: Promise<void> | undefined
+  /** Streams from the peer and the close, handed to whoever serves the connection. */
+  private readonly dispatch: Dispatch
+  private readonly closedDeferred = Deferred.unsafeMake<CloseReason>(FiberId.none)
+
+  constructor(
+    private readonly ctx: ConnectionContext,
+    private readonly raw: QUICConnection,
+    readonly direction: QuicConnection["direction"],
+    readonly remoteNodeId: NodeId.NodeId,
+    private readonly stopRaw: (reason: Uint8Array) => Promise<void>
+  ) {
+    this.id = ctx.nextId()
+    this.dispatch = new Dispatch(ctx.fork)
+    this.remoteHost = unmapHost(raw.remoteHost)
+    this.remotePort = raw.remotePort
+    this.localHost = ctx.localHost
+    this.localPort = ctx.localPort
+    for (const stream of existingStreams(raw)) this.onStream({ detail: stream })
+    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this.onStream)
+    raw.addEventListener(quicEvents.EventQUICConnectionError.name, this.onError)
+    ctx.live.add(this)
+    // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
+    void raw.closedP.then(() => this.finish())
+  }
+
+  private readonly onStream = (evt: { detail: QUICStream }) => {
+    const stream = evt.detail
+    if (stream.type !== "bidi" || stream.initiated !== "peer") return
+    this.dispatch.offer(QuicStreamSocket.make(stream))
+  }
+
+  private readonly onError = (evt: { detail: unknown }) => {
+    this.reason ??= closeReasonOf(evt.detail)
+  }
+
+  private finish() {
+    this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this.onStream)
+    this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this.onError)
+    this.ctx.live.delete(this)
+    const reason: CloseReason = this.reason ?? { _tag: "Error", detail: "connection closed" }
+    Deferred.unsafeDone(this.closedDeferred, Exit.succeed(reason))
+    this.dispatch.close(reason)
+  }
+
+  get connection(): QuicConnection {
+    return this
+  }
+
+  /** Closes without waiting (transport shutdown). */
+  closeNow(text: string): Promise<void> {
+    this.stopping ??= this.stopRaw(new TextEncoder().encode(text)).catch(() => undefined)
+    return this.stopping
+  }
+
+  isClosing(): boolean {
+    return this.reason !== undefined || this.stopping !== undefined
+  }
+
+  get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
+    return Effect.acquireRelease(
+      Effect.suspend(() => {
+        if (this.isClosing() || this.raw.closed)
+          return Effect.fail(
+            new ConnectionError({ connectionId: this.id, reason: "closed", detail: "connection is closed" })
+          )
+        return Effect.try({
+          try: () => this.raw.newStream("bidi"),
+          catch: (e) =>
+            new ConnectionError({
+              connectionId: this.id,
+              reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
+              detail: describe(e)
+            })
+        }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
+      }),
+      (socket) => socket.close()
+    )
+  }
+
+  handleStreams(
+    onStream: (socket: Socket.Socket) => Effect.Effect<void>
+  ): Effect.Effect<void, never, Scope.Scope> {
+    return this.dispatch.handleStreams(onStream)
+  }
+
+  whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
+    return this.dispatch.whenClosed(f)
+  }
+
+  get acceptedStreams(): Stream.Stream<Socket.Socket> {
+    return this.dispatch.acceptedStreams
+  }
+
+  readonly close = (text?: string): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      this.reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
+      return Effect.promise(() => this.closeNow(text ?? ""))
+    }).pipe(Effect.zipRight(Deferred.await(this.closedDeferred)), Effect.asVoid)
+
+  get closed(): Effect.Effect<CloseReason> {
+    return Deferred.await(this.closedDeferred)
+  }
+}
+
+// Module-level, so that what a held connection keeps does not include the dial's closures.
+const stopClient = (client: QUICClient) => (reason: Uint8Array) =>
+  client.destroy({ isApp: true, errorCode: 0, reason, force: true })
+
+// Scope.addFinalizer, not Effect.addFinalizer: the latter keeps the dialling fiber's FiberRefs.
+const closeWithScope = (connection: QuicConnection) =>
+  Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, connection.close("dial scope closed")))
+
 const wrapConnection = (
   ctx: ConnectionContext,
   raw: QUICConnection,
@@ -191,87 +315,8 @@ const wrapConnection = (
     readonly remoteNodeId: NodeId.NodeId
     readonly stop: (reason: Uint8Array) => Promise<void>
   }
-): Effect.Effect<QuicConnection & { readonly isClosing: () => boolean }> =>
-  Effect.map(Queue.unbounded<Socket.Socket>(), (accepted) => {
-    const id = ctx.nextId()
-    const closed = Deferred.unsafeMake<CloseReason>(FiberId.none)
-    let reason: CloseReason | undefined
-    let stopping: Promise<void> | undefined
-
-    const acceptStream = (stream: QUICStream) => {
-      if (stream.type !== "bidi" || stream.initiated !== "peer") return
-      Queue.unsafeOffer(accepted, QuicStreamSocket.make(stream))
-    }
-    const onStream = (evt: { detail: QUICStream }) => acceptStream(evt.detail)
-    const onError = (evt: { detail: unknown }) => {
-      reason ??= closeReasonOf(evt.detail)
-    }
-    for (const stream of existingStreams(raw)) acceptStream(stream)
-    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
-    raw.addEventListener(quicEvents.EventQUICConnectionError.name, onError)
-
-    const stop = (text: string): Promise<void> => {
-      stopping ??= options.stop(new TextEncoder().encode(text)).catch(() => undefined)
-      return stopping
-    }
-
-    let live: LiveConnection
-    const finish = Effect.sync(() => {
-      raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, onStream)
-      raw.removeEventListener(quicEvents.EventQUICConnectionError.name, onError)
-      ctx.live.delete(live)
-    }).pipe(
-      Effect.zipRight(Queue.shutdown(accepted)),
-      Effect.zipRight(
-        Effect.suspend(() => {
-          const final: CloseReason = reason ?? { _tag: "Error", detail: "connection closed" }
-          return Deferred.succeed(closed, final)
-        })
-      )
-    )
-
-    const connection: QuicConnection = {
-      id,
-      remoteNodeId: options.remoteNodeId,
-      remoteHost: unmapHost(raw.remoteHost),
-      remotePort: raw.remotePort,
-      localHost: ctx.localHost,
-      localPort: ctx.localPort,
-      direction: options.direction,
-      openStream: Effect.acquireRelease(
-        Effect.suspend(() => {
-          if (reason !== undefined || stopping !== undefined || raw.closed)
-            return Effect.fail(
-              new ConnectionError({ connectionId: id, reason: "closed", detail: "connection is closed" })
-            )
-          return Effect.try({
-            try: () => raw.newStream("bidi"),
-            catch: (e) =>
-              new ConnectionError({
-                connectionId: id,
-                reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
-                detail: describe(e)
-              })
-          }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
-        }),
-        (socket) => socket.close()
-      ),
-      // The stream is built when run, not up front for every connection.
-      acceptedStreams: Stream.suspend(() => Stream.fromQueue(accepted)),
-      close: (text) =>
-        Effect.suspend(() => {
-          reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
-          return Effect.promise(() => stop(text ?? ""))
-        }).pipe(Effect.zipRight(Deferred.await(closed)), Effect.asVoid),
-      closed: Deferred.await(closed)
-    }
-    live = { connection, closeNow: (text) => stop(text) }
-    ctx.live.add(live)
-    // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
-    // (A short-lived fiber: everything in `finish` is immediate.)
-    void raw.closedP.then(() => Effect.runFork(finish))
-    return Object.assign(connection, { isClosing: () => reason !== undefined || stopping !== undefined })
-  })
+): Effect.Effect<WrappedConnection> =>
+  Effect.sync(() => new WrappedConnection(ctx, raw, options.direction, options.remoteNodeId, options.stop))
 
 // ---------------------------------------------------------------------------------------------
 // The transport
@@ -483,7 +528,11 @@ export const make: Effect.Effect<
   const fibers = yield* FiberSet.make<unknown, unknown>()
   let counter = 0
   const idPrefix = `${socket.port}-`
+  // Fibers for connection events (a peer's stream, a close) start from the transport's runtime:
+  // one captured here, not one per connection.
+  const fork = Runtime.runFork(yield* Effect.runtime<never>())
   const ctx: ConnectionContext = {
+    fork: (effect) => fork(effect),
     live: new Set(),
     nextId: () => `${idPrefix}${++counter}`,
     localHost: socket.host,
@@ -644,10 +693,10 @@ export const make: Effect.Effect<
           wrapConnection(ctx, client.connection, {
             direction: "forward",
             remoteNodeId,
-            stop: (reason) => client.destroy({ isApp: true, errorCode: 0, reason, force: true })
+            stop: stopClient(client)
           })
         ),
-        Effect.tap((connection) => Effect.addFinalizer(() => connection.close("dial scope closed")))
+        Effect.tap(closeWithScope)
       )
     )
   }

@@ -19,7 +19,7 @@ import { RpcServer as EffectRpcServer, Rpc, RpcSchema } from "@effect/rpc"
 import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { RequestId } from "@effect/rpc/RpcMessage"
 import type { RpcMiddlewareWrap } from "@effect/rpc/RpcMiddleware"
-import { Deferred, Duration, Effect, FiberSet, Layer, Option, ParseResult, Schema, Stream } from "effect"
+import { Deferred, Duration, Effect, Layer, Option, ParseResult, Schema, type Scope } from "effect"
 import {
   type AgentRpc,
   AgentRpcMiddleware,
@@ -276,18 +276,19 @@ export const make = Effect.gen(function* () {
       }
     }).pipe(Effect.scoped)
 
-  const serve = (connection: QuicConnection): Effect.Effect<void> =>
-    Effect.gen(function* () {
+  /**
+   * Serves every stream the peer opens, each in a fiber of its own started when the stream
+   * arrives: an idle connection costs no fiber.
+   */
+  const serve = (connection: QuicConnection): Effect.Effect<void, never, Scope.Scope> =>
+    Effect.suspend(() => {
       const caller: CallerInfo = {
         nodeId: connection.remoteNodeId,
         host: connection.remoteHost,
         port: connection.remotePort
       }
-      const streams = yield* FiberSet.make()
-      yield* Stream.runForEach(connection.acceptedStreams, (socket) =>
-        FiberSet.run(streams, Effect.ignore(serveStream(socket, caller)))
-      )
-    }).pipe(Effect.scoped)
+      return connection.handleStreams((socket) => Effect.ignore(serveStream(socket, caller)))
+    })
 
   return RpcServer.of({
     serve,

@@ -118,7 +118,10 @@ export interface ManagerDiagnostics {
   readonly standbyConnections: number
   readonly pendingDials: number
   readonly inboundInProgress: number
-  /** Fibers the manager runs in the background (connection watchers, evictions, punches). */
+  /**
+   * Fibers the manager runs in the background (dials, evictions, punches). Held connections
+   * have none: their calls and their close start fibers when they happen.
+   */
   readonly backgroundFibers: number
   readonly idleTimers: number
 }

@@ -39,21 +39,25 @@ export class InvalidNodeIdError extends Data.TaggedError("InvalidNodeIdError")<{
 const ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 const LOOKUP: Record<string, number> = Object.fromEntries([...ALPHABET].map((c, i) => [c, i]))
 
-const base32hexEncode = (bytes: Uint8Array): string => {
-  let out = ""
+// Char codes, then one flat string: `+=` per character would build a rope of ~50 nodes that
+// every map keyed by NodeId (the connection map, the routing table) keeps alive.
+const ALPHABET_CODES = Array.from(ALPHABET, (c) => c.charCodeAt(0))
+
+const base32hexEncode = (bytes: Uint8Array, prefix = ""): string => {
+  const codes: Array<number> = Array.from(prefix, (c) => c.charCodeAt(0))
   let buffer = 0
   let bits = 0
   for (const byte of bytes) {
     buffer = (buffer << 8) | byte
     bits += 8
     while (bits >= 5) {
-      out += ALPHABET[(buffer >>> (bits - 5)) & 31]
+      codes.push(ALPHABET_CODES[(buffer >>> (bits - 5)) & 31]!)
       bits -= 5
     }
     buffer &= (1 << bits) - 1
   }
-  if (bits > 0) out += ALPHABET[(buffer << (5 - bits)) & 31]
-  return out
+  if (bits > 0) codes.push(ALPHABET_CODES[(buffer << (5 - bits)) & 31]!)
+  return String.fromCharCode(...codes)
 }
 
 export const fromBytes = (bytes: Uint8Array): Either.Either<NodeId, InvalidNodeIdError> =>
@@ -67,7 +71,7 @@ export const unsafeFromBytes = (bytes: Uint8Array): NodeId => {
   return bytes as NodeId
 }
 
-export const encode = (nodeId: NodeId): NodeIdEncoded => `v${base32hexEncode(nodeId)}` as NodeIdEncoded
+export const encode = (nodeId: NodeId): NodeIdEncoded => base32hexEncode(nodeId, "v") as NodeIdEncoded
 
 export const decode = (text: string): Either.Either<NodeId, NodeIdDecodeError> => {
   if (!text.startsWith("v")) return Either.left(new NodeIdDecodeError({ input: text, reason: "prefix" }))

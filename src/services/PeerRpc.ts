@@ -54,8 +54,14 @@ export interface AgentHandlers {
 }
 
 export interface PeerRpcService {
-  /** Serves the agent methods on every stream the peer opens, until the connection closes. */
-  readonly serve: (connection: QuicConnection, handlers: AgentHandlers) => Effect.Effect<void>
+  /**
+   * Serves the agent methods on `connection` from now until it (or the scope) closes, and
+   * returns at once: calls run in fibers started when they arrive.
+   */
+  readonly serve: (
+    connection: QuicConnection,
+    handlers: AgentHandlers
+  ) => Effect.Effect<void, never, Scope.Scope>
   /** A client for calls on `connection`; released with the scope. */
   readonly client: (connection: QuicConnection) => Effect.Effect<PeerClient, never, Scope.Scope>
 }

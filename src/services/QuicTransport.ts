@@ -31,6 +31,18 @@ export interface QuicConnection {
   readonly openStream: Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope>
   /** Streams the peer opens, each as a Socket; ends when the connection closes. Single consumer. */
   readonly acceptedStreams: Stream.Stream<Socket.Socket>
+  /**
+   * Runs `onStream` on every stream the peer opens (those already waiting first), each in a
+   * fiber of its own started when the stream arrives: while no stream comes, nothing waits,
+   * so an idle connection costs no fiber. Lasts until the scope closes (which interrupts the
+   * stream fibers still running) or the connection closes. The same single consumer as
+   * `acceptedStreams`: use one or the other. The fibers start from the transport's runtime.
+   */
+  readonly handleStreams: (
+    onStream: (socket: Socket.Socket) => Effect.Effect<void>
+  ) => Effect.Effect<void, never, Scope.Scope>
+  /** Runs `f` in a fiber of its own once the connection has closed (at once if it has). */
+  readonly whenClosed: (f: (reason: CloseReason) => Effect.Effect<void>) => Effect.Effect<void>
   /** Closes the connection (idempotent); completes once it is closed. */
   readonly close: (reason?: string) => Effect.Effect<void>
   /** Completes when the connection is closed, for whatever reason. */

@@ -65,10 +65,12 @@ export interface AgentClient {
 
 export interface RpcServerService {
   /**
-   * Serves the agent RPC on every stream the peer opens on `connection`, until the
-   * connection closes (then returns). Handlers see the peer as `Caller`.
+   * Serves the agent RPC on every stream the peer opens on `connection`, each in a fiber of
+   * its own started when the stream arrives; returns at once. Serving lasts until the
+   * connection or the scope closes (the scope's close interrupts calls in progress).
+   * Handlers see the peer as `Caller`.
    */
-  readonly serve: (connection: QuicConnection) => Effect.Effect<void>
+  readonly serve: (connection: QuicConnection) => Effect.Effect<void, never, Scope.Scope>
   /** A client for calls to the peer of `connection`, with this server's limits. */
   readonly makeClient: (connection: QuicConnection) => Effect.Effect<AgentClient, never, Scope.Scope>
 }
