@@ -57,6 +57,8 @@ export const transportConfigFor = (
       keepAliveInterval: c.connectionKeepAliveIntervalTime,
       maxIdleTimeout: c.connectionKeepAliveTimeoutTime,
       connectTimeout: c.connectionConnectTimeoutTime,
+      // One cap for inbound handshakes: at the transport (Initials dropped) and in the manager.
+      maxInboundHandshakes: c.maxInboundPending,
       ...overrides
     }))
   )

@@ -26,7 +26,10 @@ export interface ConnectionManagerOptions {
   readonly seedNodes: ReadonlyArray<SeedNode>
   /** Most connections held at once; past it, idle non-seed connections are pruned (LRU). */
   readonly maxConnections: number
-  /** Most inbound handshakes being set up at once; more are closed straight away. */
+  /**
+   * Most inbound handshakes in progress at once: the transport drops further Initials (the
+   * client retries) and the manager closes connections past it while setting them up.
+   */
   readonly maxInboundPending: number
   /** Hole-punch relay requests accepted per source NodeId per `relayRateWindow`. */
   readonly relayRateLimit: number
