@@ -16,7 +16,7 @@
  * The connection manager, its handlers and the NodeGraph are unchanged: only this layer is
  * swapped. It only serves connections of the SimNetwork world it is given.
  */
-import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Scope, Stream } from "effect"
 import {
   type AgentHandlers,
   type CallerInfo,
@@ -153,7 +153,10 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
   // One way to start handler fibers per node (its handlers object), not one per connection.
   const forkers = new WeakMap<AgentHandlers, Forker>()
 
-  const serve = (connection: QuicConnection, handlers: AgentHandlers): Effect.Effect<void> =>
+  const serve = (
+    connection: QuicConnection,
+    handlers: AgentHandlers
+  ): Effect.Effect<void, never, Scope.Scope> =>
     Effect.gen(function* () {
       const channel = sim.channel(connection)
       if (channel === undefined || !channel.isOpen) return
@@ -173,12 +176,22 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
           onExit(exit)
         })
       }
-      // Handlers still running when the end closes stop with it (as the wire server's would).
-      channel.onClose(() => {
+      // Serving stops when the end closes or the scope does; the handlers still running stop
+      // with it (as the wire server's would).
+      const stop = () => {
         served.run = undefined
         served.queue = undefined
         for (const fiber of [...served.running]) fiber.unsafeInterruptAsFork(fiber.id())
-      })
+      }
+      const stopWatching = channel.onClose(stop)
+      // Scope.addFinalizer, not Effect.addFinalizer: the latter would keep this fiber's FiberRefs.
+      yield* Scope.addFinalizer(
+        yield* Effect.scope,
+        Effect.sync(() => {
+          stopWatching()
+          if (served.handlers === handlers) stop()
+        })
+      )
       const queued = served.queue
       served.queue = undefined
       if (queued !== undefined) for (const request of queued) request(served)

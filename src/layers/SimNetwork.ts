@@ -27,10 +27,12 @@ import {
   Duration,
   Effect,
   Exit,
+  type Fiber,
   FiberId,
   FiberSet,
   Layer,
   Mailbox,
+  Runtime,
   Scope,
   type Stream
 } from "effect"
@@ -59,6 +61,7 @@ import {
   type TraceEvent,
   type TraceKind
 } from "../services/SimNetwork.js"
+import { Dispatch } from "./ConnectionDispatch.js"
 import { TimedHeap } from "./TimedHeap.js"
 
 // ---- Deterministic PRNG ------------------------------------------------------------------
@@ -156,6 +159,8 @@ interface Endpoint {
   readonly label: string
   readonly nodeId: NodeId.NodeId
   readonly nodeKey: string
+  /** Starts the fibers of its connections' events (streams, closes): the transport's runtime. */
+  readonly fork: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>
   readonly connectMs: number
   readonly idleMs: number
   stopped: boolean
@@ -172,15 +177,8 @@ interface PendingDial {
   readonly port: number
   readonly expected: ReadonlyArray<NodeId.NodeId>
   readonly result: Deferred.Deferred<SimConnection, DialError>
-  /** Resources for both ends, made in the dialling fiber so the scheduler only uses them. */
-  readonly spare: Spare
   done: boolean
   end: SimConnection | undefined
-}
-
-interface Spare {
-  readonly acceptedA: Mailbox.Mailbox<Socket.Socket>
-  readonly acceptedB: Mailbox.Mailbox<Socket.Socket>
 }
 
 interface Pair {
@@ -469,9 +467,12 @@ class SimConnection implements QuicConnection, SimChannel {
     readonly direction: "forward" | "reverse",
     readonly remoteNodeId: NodeId.NodeId,
     readonly remoteHost: string,
-    readonly remotePort: number,
-    readonly accepted: Mailbox.Mailbox<Socket.Socket>
-  ) {}
+    readonly remotePort: number
+  ) {
+    this.dispatch = new Dispatch(ep.fork)
+  }
+  /** Streams the peer opens and the close, handed to whoever serves this end (no fiber waits). */
+  readonly dispatch: Dispatch
   readonly closedDeferred: Deferred.Deferred<CloseReason> = Deferred.unsafeMake(FiberId.none)
 
   get localHost() {
@@ -512,8 +513,11 @@ class SimConnection implements QuicConnection, SimChannel {
     )
   }
   get acceptedStreams(): Stream.Stream<Socket.Socket> {
-    return Mailbox.toStream(this.accepted)
+    return this.dispatch.acceptedStreams
   }
+  readonly handleStreams: QuicConnection["handleStreams"] = (onStream) =>
+    this.dispatch.handleStreams(onStream)
+  readonly whenClosed: QuicConnection["whenClosed"] = (f) => this.dispatch.whenClosed(f)
   get closed(): Effect.Effect<CloseReason> {
     return Deferred.await(this.closedDeferred)
   }
@@ -954,17 +958,7 @@ class World {
     const ep = p.ep
     const id = ++this.pairCounter
     const pair: Pair = { id, a: undefined as never, b: undefined as never, blockedSince: undefined }
-    const a = new SimConnection(
-      this,
-      pair,
-      ep,
-      `sim${id}f`,
-      "forward",
-      listener.nodeId,
-      p.host,
-      p.port,
-      p.spare.acceptedA
-    )
+    const a = new SimConnection(this, pair, ep, `sim${id}f`, "forward", listener.nodeId, p.host, p.port)
     const b = new SimConnection(
       this,
       pair,
@@ -973,8 +967,7 @@ class World {
       "reverse",
       ep.nodeId,
       observed.host,
-      observed.port,
-      p.spare.acceptedB
+      observed.port
     )
     a.peer = b
     b.peer = a
@@ -1016,7 +1009,7 @@ class World {
       const peer = end.peer
       if (peer.reason !== undefined) return
       peer.streams.add(stream)
-      peer.accepted.unsafeOffer(stream.acceptorSocket)
+      peer.dispatch.offer(stream.acceptorSocket)
     })
     return stream.openerSocket
   }
@@ -1046,8 +1039,8 @@ class World {
       }
     }
     end.streams.clear()
-    end.accepted.unsafeDone(Exit.void)
     Deferred.unsafeDone(end.closedDeferred, Exit.succeed(reason))
+    end.dispatch.close(reason)
     const listeners = end.closeListeners
     if (listeners !== undefined) {
       end.closeListeners = undefined
@@ -1135,6 +1128,7 @@ const bind = (
       return yield* new TransportError({ reason: "bind", detail: `not an IPv4 address: ${options.host}` })
     if (options.port !== undefined && options.port !== 0 && !isPort(options.port))
       return yield* new TransportError({ reason: "bind", detail: `not a port: ${options.port}` })
+    const fork = Runtime.runFork(yield* Effect.runtime<never>())
     const incoming = yield* Mailbox.make<QuicConnection>()
     const failure = yield* Deferred.make<never, TransportError>()
     const bound = yield* Effect.suspend(() => {
@@ -1156,6 +1150,7 @@ const bind = (
         label: `${host.host}:${port}`,
         nodeId,
         nodeKey: NodeId.encode(nodeId),
+        fork: (effect) => fork(effect),
         connectMs: options.connectTimeout === undefined ? 15_000 : millis(options.connectTimeout),
         idleMs: options.maxIdleTimeout === undefined ? 30_000 : millis(options.maxIdleTimeout),
         stopped: false,
@@ -1183,17 +1178,12 @@ const bind = (
           return Effect.fail(dialError(options, "invalid-address", "not an IPv4 address and port"))
         const timeoutMs = options.timeout === undefined ? ep.connectMs : millis(options.timeout)
         return Effect.gen(function* () {
-          const spare: Spare = {
-            acceptedA: yield* Mailbox.make<Socket.Socket>(),
-            acceptedB: yield* Mailbox.make<Socket.Socket>()
-          }
           const pending: PendingDial = {
             ep,
             host: options.host,
             port: options.port,
             expected: options.expectedNodeIds,
             result: yield* Deferred.make<SimConnection, DialError>(),
-            spare,
             done: false,
             end: undefined
           }
