@@ -59,8 +59,6 @@ type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
 
 interface PendingDial {
   readonly deferred: Deferred.Deferred<Entry, NodeConnectionError>
-  fiber: Fiber.RuntimeFiber<void, unknown> | undefined
-  waiters: number
 }
 
 /** "::ffff:1.2.3.4" and "1.2.3.4" name the same peer. */
@@ -398,63 +396,46 @@ export const make = Effect.gen(function* () {
 
   // ---- Getting connections -------------------------------------------------------------
 
-  /** Joins the dial already running for `nodeId`, or starts `start`. One dial per NodeId. */
+  /**
+   * Joins the dial already running for `nodeId`, or runs `start` in this fiber. One dial per
+   * NodeId: later callers wait for the first one's result, and if the first caller is
+   * interrupted (which stops its dial) the next one starts again.
+   */
   const joinDial = (
     nodeId: NodeId.NodeId,
     timeout: Duration.Duration,
     start: Effect.Effect<Entry, NodeConnectionError>
-  ): Effect.Effect<Entry, NodeConnectionError> =>
-    Effect.suspend(() => {
+  ): Effect.Effect<Entry, NodeConnectionError> => {
+    const key = NodeId.encode(nodeId) as string
+    const attempt: Effect.Effect<Entry, NodeConnectionError> = Effect.suspend(() => {
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)
-      const key = NodeId.encode(nodeId) as string
-      let p = pending.get(key)
-      const begin = !p
-      if (!p) {
-        p = {
-          deferred: Deferred.unsafeMake<Entry, NodeConnectionError>(FiberId.none),
-          fiber: undefined,
-          waiters: 0
-        }
-        pending.set(key, p)
-      }
-      const dial = p
-      dial.waiters++
-      const launch = begin
-        ? start.pipe(
-            Effect.onExit((exit) =>
-              Effect.suspend(() => {
-                if (pending.get(key) === dial) pending.delete(key)
-                return Deferred.done(
-                  dial.deferred,
-                  Exit.isInterrupted(exit) ? Exit.fail(fail(nodeId, "timeout", "dial interrupted")) : exit
-                )
-              })
-            ),
-            Effect.asVoid,
-            Effect.interruptible,
-            Effect.forkIn(managerScope),
-            Effect.tap((fiber) =>
-              Effect.sync(() => {
-                dial.fiber = fiber
-              })
-            )
+      const running = pending.get(key)
+      if (running)
+        return Deferred.await(running.deferred).pipe(
+          // The first caller was interrupted: its dial stopped; try again.
+          Effect.catchAllCause((cause) =>
+            Cause.isInterruptedOnly(cause) ? attempt : Effect.failCause(cause)
           )
-        : Effect.void
-      return launch.pipe(
-        Effect.zipRight(Deferred.await(dial.deferred)),
-        Effect.timeoutFail({
-          duration: timeout,
-          onTimeout: () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
-        }),
-        Effect.ensuring(
+        )
+      const dial: PendingDial = { deferred: Deferred.unsafeMake<Entry, NodeConnectionError>(FiberId.none) }
+      pending.set(key, dial)
+      return Effect.interruptible(start).pipe(
+        Effect.onExit((exit) =>
           Effect.suspend(() => {
-            dial.waiters--
-            return dial.waiters === 0 && dial.fiber ? Fiber.interrupt(dial.fiber) : Effect.void
+            if (pending.get(key) === dial) pending.delete(key)
+            return Deferred.done(dial.deferred, exit)
           })
         )
       )
     })
+    return attempt.pipe(
+      Effect.timeoutFail({
+        duration: timeout,
+        onTimeout: () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
+      })
+    )
+  }
 
   /** Dial `nodeId` on each address at once; the first that proves to be it wins. */
   const dialEntry = (
@@ -480,7 +461,9 @@ export const make = Effect.gen(function* () {
     const direct =
       addresses.length === 0
         ? Effect.fail(fail(nodeId, "not-found", "no address known"))
-        : Effect.raceAll(addresses.map(attempt))
+        : addresses.length === 1
+          ? attempt(addresses[0]!)
+          : Effect.raceAll(addresses.map(attempt))
     const withSignals =
       isSeedNode(nodeId) || seeds.length === 0
         ? direct

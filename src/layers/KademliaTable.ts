@@ -123,8 +123,23 @@ export type SetNodePlan =
     }
   | { readonly _tag: "Full"; readonly result: SetNodeResult }
 
+const EMPTY_BUCKET: ReadonlyMap<string, TableEntry> = new Map()
+
 export class KademliaTable {
-  readonly #buckets: Array<Map<string, TableEntry>> = Array.from({ length: BUCKET_COUNT }, () => new Map())
+  // Made on first write: most of a node's 256 buckets stay empty (a simulated world holds
+  // thousands of tables). Reads of an absent bucket see the shared empty one.
+  readonly #buckets: Array<Map<string, TableEntry> | undefined> = new Array(BUCKET_COUNT)
+  #read(index: number): ReadonlyMap<string, TableEntry> {
+    return this.#buckets[index] ?? EMPTY_BUCKET
+  }
+  #write(index: number): Map<string, TableEntry> {
+    let bucket = this.#buckets[index]
+    if (bucket === undefined) {
+      bucket = new Map()
+      this.#buckets[index] = bucket
+    }
+    return bucket
+  }
   readonly #refreshedAt: Array<number | undefined> = new Array(BUCKET_COUNT).fill(undefined)
   #size = 0
   #nextSeq = 0
@@ -150,13 +165,13 @@ export class KademliaTable {
   get(nodeId: Uint8Array): TableEntry | undefined {
     if (nodeId.length !== NODE_ID_BYTES) return undefined
     const i = this.bucketOf(nodeId)
-    return i < 0 ? undefined : this.#buckets[i]!.get(keyOf(nodeId))
+    return i < 0 ? undefined : this.#read(i).get(keyOf(nodeId))
   }
 
   /** What `setNode(nodeId, address)` at time `now` would do; changes nothing. Inputs must be valid. */
   plan(nodeId: NodeId, address: NodeAddress, now: number): SetNodePlan {
     const index = this.bucketOf(nodeId)
-    const bucket = this.#buckets[index]!
+    const bucket = this.#read(index)
     const previous = bucket.get(keyOf(nodeId))
     if (previous === undefined && bucket.size >= this.k) {
       const leastRecentlySeen = bucket.values().next().value!
@@ -179,7 +194,7 @@ export class KademliaTable {
   /** Puts the entry in its bucket as most recently seen (replacing any entry for the same node). */
   apply(entry: TableEntry): void {
     const index = this.bucketOf(entry.nodeId)
-    const bucket = this.#buckets[index]!
+    const bucket = this.#write(index)
     const key = keyOf(entry.nodeId)
     if (!bucket.delete(key)) this.#size++
     bucket.set(key, entry)
@@ -196,7 +211,7 @@ export class KademliaTable {
   remove(nodeId: Uint8Array): TableEntry | undefined {
     const entry = this.get(nodeId)
     if (entry === undefined) return undefined
-    this.#buckets[this.bucketOf(nodeId)]!.delete(keyOf(nodeId))
+    this.#buckets[this.bucketOf(nodeId)]?.delete(keyOf(nodeId))
     this.#size--
     return entry
   }
@@ -207,7 +222,7 @@ export class KademliaTable {
    */
   restore(entry: TableEntry): void {
     const index = this.bucketOf(entry.nodeId)
-    const bucket = this.#buckets[index]!
+    const bucket = this.#write(index)
     const key = keyOf(entry.nodeId)
     if (!bucket.delete(key)) this.#size++
     const ordered = [...bucket.values(), entry].sort(byRecency)
@@ -227,12 +242,12 @@ export class KademliaTable {
     const perBucket: Array<Array<TableEntry>> = Array.from({ length: BUCKET_COUNT }, () => [])
     for (const entry of newestFirst) {
       const index = this.bucketOf(entry.nodeId)
-      if (index < 0 || this.#buckets[index]!.has(keyOf(entry.nodeId))) {
+      if (index < 0 || this.#read(index).has(keyOf(entry.nodeId))) {
         dropped.push(entry)
         continue
       }
       const slot = perBucket[index]!
-      if (this.#buckets[index]!.size + slot.length >= this.k) dropped.push(entry)
+      if (this.#read(index).size + slot.length >= this.k) dropped.push(entry)
       else slot.push(entry)
     }
     for (const slot of perBucket) for (let i = slot.length - 1; i >= 0; i--) this.restore(slot[i]!)
@@ -241,18 +256,18 @@ export class KademliaTable {
 
   /** One bucket, least recently seen first. */
   bucket(index: number): ReadonlyArray<NodeContact> {
-    return Array.from(this.#buckets[index]!.values(), toContact)
+    return Array.from(this.#read(index).values(), toContact)
   }
 
   buckets(): ReadonlyArray<readonly [number, ReadonlyArray<NodeContact>]> {
     const out: Array<readonly [number, ReadonlyArray<NodeContact>]> = []
-    for (let i = 0; i < BUCKET_COUNT; i++) if (this.#buckets[i]!.size > 0) out.push([i, this.bucket(i)])
+    for (let i = 0; i < BUCKET_COUNT; i++) if (this.#read(i).size > 0) out.push([i, this.bucket(i)])
     return out
   }
 
   /** Every entry, in no particular order. */
   *entries(): IterableIterator<TableEntry> {
-    for (const bucket of this.#buckets) yield* bucket.values()
+    for (const bucket of this.#buckets) if (bucket !== undefined) yield* bucket.values()
   }
 
   /**
@@ -283,7 +298,7 @@ export class KademliaTable {
       return 0
     }
     const take = (i: number): boolean => {
-      const bucket = this.#buckets[i]!
+      const bucket = this.#read(i)
       if (bucket.size === 0) return out.length >= limit
       const sorted = [...bucket.values()].sort(byDistance)
       for (const entry of sorted) {
