@@ -15,30 +15,45 @@
  *    child processes (bench/connectionManagerChild.ts `peers`), and each measuring side runs
  *    in a fresh child process of its own (`memory cm` / `memory raw`): warm-up connections,
  *    heap/RSS after gc, N more connections, heap/RSS after gc; the delta divided by N.
- * 4. Lookups on a loopback network of full nodes in this process, joined through 3 seeds with
- *    `syncNodeGraph`: time and RPC queries per `getClosestGlobalNodes` of a random existing
- *    target from a random node.
+ * 4. Lookups on a loopback network of full nodes: 3 seeds in this process, the other nodes spread
+ *    over BENCH_CM_NET_PROCESSES child processes (bench/connectionManagerChild.ts `net`), each
+ *    building its nodes and joining them through the seeds with `syncNodeGraph`,
+ *    BENCH_CM_NET_CONCURRENCY at a time; then time (measured in the asking node's process) and
+ *    RPC queries per `getClosestGlobalNodes` of a random existing target from a random node,
+ *    asked over the child's stdin.
  *
  * 1b. The same cold `withConnection` from a node with a seed configured (every dial to a non-seed
  *    node then also sends a hole-punch signal through the seeds): reported, no target.
  *
  * Scale with BENCH_CM_PAIRS (300), BENCH_CM_SEEDED_PAIRS (40), BENCH_CM_CONNECTIONS (500; the
- * target names 1000, too slow for the 5-minute budget on 2 shared cores), BENCH_CM_NODES (200), BENCH_CM_LOOKUPS (50), BENCH_CM_PEERS_PER_PROCESS (250); time budgets
+ * target names 1000, too slow for the 5-minute budget on 2 shared cores), BENCH_CM_NODES (200), BENCH_CM_LOOKUPS (50), BENCH_CM_PEERS_PER_PROCESS (250),
+ * BENCH_CM_NET_PROCESSES (4), BENCH_CM_NET_CONCURRENCY (4: joins at a time per process); time budgets
  * (seconds) BENCH_CM_MEMORY_BUDGET_S (45: connecting the manager's connections; the raw side
- * then opens as many as the manager holds), BENCH_CM_JOIN_BUDGET_S (60: building and joining
- * the lookup network; the figures name how many nodes joined), BENCH_CM_LOOKUP_BUDGET_S (30);
+ * then opens as many as the manager holds), BENCH_CM_JOIN_BUDGET_S (210: building and joining
+ * the lookup network, joins still running 20 s later are left out; the figures name how many
+ * nodes joined; 200 nodes needed 300 s at 2 and 6 at a time per process with other work on the
+ * 2 cores), BENCH_CM_LOOKUP_BUDGET_S (30);
  * BENCH_CM_SKIP=cold,seeded,warm,memory,lookup leaves parts out.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
-import { Context, Effect, Exit, Fiber, Layer, Option, Random, Scope } from "effect"
+import { Context, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { ConnectionManager, type ConnectionManagerService } from "../src/services/ConnectionManager.js"
 import * as CMConfig from "../src/services/ConnectionManagerConfig.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { NodeGraph } from "../src/services/NodeGraph.js"
-import type * as NodeId from "../src/services/NodeId.js"
-import { type MemoryKind, type MemoryReport, nodeLayer, type PeerInfo } from "./connectionManagerChild.js"
+import * as NodeId from "../src/services/NodeId.js"
+import {
+  decodeId,
+  type LookupReport,
+  type MemoryKind,
+  type MemoryReport,
+  type NetReport,
+  type NetStats,
+  nodeLayer,
+  type PeerInfo
+} from "./connectionManagerChild.js"
 import { nodeIdVerifier, rawDial, rawEcho, rawEchoPair, startSocket } from "./rawQuic.js"
 import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
 
@@ -51,8 +66,10 @@ const CONNECTIONS = envInt("BENCH_CM_CONNECTIONS", 500)
 const NODES = envInt("BENCH_CM_NODES", 200)
 const LOOKUPS = envInt("BENCH_CM_LOOKUPS", 50)
 const PEERS_PER_PROCESS = envInt("BENCH_CM_PEERS_PER_PROCESS", 250)
+const NET_PROCESSES = envInt("BENCH_CM_NET_PROCESSES", 4)
+const NET_CONCURRENCY = envInt("BENCH_CM_NET_CONCURRENCY", 4)
 const SEEDED_PAIRS = envInt("BENCH_CM_SEEDED_PAIRS", 40)
-const JOIN_BUDGET_MS = envInt("BENCH_CM_JOIN_BUDGET_S", 60) * 1000
+const JOIN_BUDGET_MS = envInt("BENCH_CM_JOIN_BUDGET_S", 210) * 1000
 const LOOKUP_BUDGET_MS = envInt("BENCH_CM_LOOKUP_BUDGET_S", 30) * 1000
 const MEMORY_BUDGET_MS = envInt("BENCH_CM_MEMORY_BUDGET_S", 45) * 1000
 const SKIP = new Set((process.env.BENCH_CM_SKIP ?? "").split(",").filter((s) => s.length > 0))
@@ -416,112 +433,165 @@ const memory = async (): Promise<BenchResult[]> => {
 
 // ---- 4: lookups on a loopback network ---------------------------------------------------------
 
-const lookups = Effect.gen(function* () {
-  const scope = yield* Scope.make()
+/** A child's stdout as a request/response channel: one JSON line answers each command, in order. */
+const channel = (child: ChildProcess) => {
+  const waiting: Array<(value: Record<string, unknown>) => void> = []
+  const lines = createInterface({ input: child.stdout! })
+  lines.on("line", (line) => {
+    if (line.startsWith("{")) waiting.shift()?.(JSON.parse(line) as Record<string, unknown>)
+  })
+  return <A>(key: string, command?: unknown): Promise<A> =>
+    new Promise((resolve, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`child exited (${code}) before "${key}"`))
+      child.once("exit", onExit)
+      waiting.push((parsed) => {
+        child.off("exit", onExit)
+        if (key in parsed) resolve(parsed[key] as A)
+        else reject(new Error(`child answered ${JSON.stringify(parsed)}, not "${key}"`))
+      })
+      if (command !== undefined) child.stdin!.write(`${JSON.stringify(command)}\n`)
+    })
+}
+
+const lookups = async (): Promise<BenchResult[]> => {
+  const scope = Effect.runSync(Scope.make())
   const t0 = performance.now()
   const idle = { connectionIdleTimeoutTime: CMConfig.defaults.connectionIdleTimeoutTime }
-  const seeds = yield* Effect.forEach(
-    Array.from({ length: SEEDS }, (_, i) => i),
-    (i) => buildNode(scope, `bench-cm-net-seed-${i}`, idle)
+  // The seeds live in this process; the other nodes in NET_PROCESSES children.
+  const seeds = await Effect.runPromise(
+    Effect.forEach(
+      Array.from({ length: SEEDS }, (_, i) => i),
+      (i) => buildNode(scope, `bench-cm-net-seed-${i}`, idle)
+    )
   )
-  const seedNodes: ReadonlyArray<CMConfig.SeedNode> = seeds.map((s) => ({
-    nodeId: s.cm.nodeId,
+  const seedPeers: ReadonlyArray<PeerInfo> = seeds.map((s) => ({
+    nodeId: NodeId.encode(s.cm.nodeId),
     host: s.cm.host,
     port: s.cm.port
   }))
   // The seeds know one another.
   for (const s of seeds)
-    for (const o of seedNodes)
-      if (o.nodeId !== s.cm.nodeId)
-        yield* graphOf(s.ctx)
-          .setNode(o.nodeId, { host: o.host, port: o.port, scope: "local" })
-          .pipe(Effect.orDie)
-  // Each node is built and joins (syncNodeGraph) in turn, 4 at a time, until all have or
-  // the join budget is spent.
-  log(`lookup: building and joining up to ${NODES} nodes (budget ${JOIN_BUDGET_MS / 1000} s)`)
-  const joined: Array<{ cm: ConnectionManagerService; ctx: Context.Context<unknown> }> = []
-  const joinTimes: number[] = []
-  yield* Effect.forEach(
-    Array.from({ length: NODES - SEEDS }, (_, i) => i),
-    (i) =>
-      Effect.gen(function* () {
-        if (performance.now() - t0 > JOIN_BUDGET_MS) return
-        const n = yield* buildNode(scope, `bench-cm-net-${i}`, { ...idle, seedNodes })
-        const t = performance.now()
-        yield* n.cm.syncNodeGraph().pipe(Effect.orDie)
-        joinTimes.push(performance.now() - t)
-        joined.push(n)
-      }),
-    { concurrency: 4, discard: true }
+    for (const o of seeds)
+      if (o !== s)
+        await Effect.runPromise(
+          graphOf(s.ctx)
+            .setNode(o.cm.nodeId, { host: o.cm.host, port: o.cm.port, scope: "local" })
+            .pipe(Effect.orDie)
+        )
+  const others = NODES - SEEDS
+  const processes = Math.max(1, Math.min(NET_PROCESSES, others))
+  log(
+    `lookup: ${others} nodes in ${processes} processes joining through ${SEEDS} seeds, ` +
+      `${NET_CONCURRENCY} at a time per process (budget ${JOIN_BUDGET_MS / 1000} s)`
   )
-  const joinSeconds = (performance.now() - t0) / 1000
-  const all = [...seeds, ...joined]
-  log(`lookup: ${all.length} nodes joined in ${joinSeconds.toFixed(1)} s`)
-  let tableSize = 0
-  let connectionsHeld = 0
-  for (const n of all) {
-    tableSize += yield* graphOf(n.ctx).size
-    connectionsHeld += (yield* n.cm.listConnections).length
-  }
-
-  const times: number[] = []
-  const queries: number[] = []
-  const rounds: number[] = []
-  let found = 0
-  let alreadyKnown = 0
-  const l0 = performance.now()
-  for (let i = 0; i < LOOKUPS && performance.now() - l0 < LOOKUP_BUDGET_MS; i++) {
-    const from = all[yield* Random.nextIntBetween(0, all.length)]!
-    let to = from
-    while (to === from) to = all[yield* Random.nextIntBetween(0, all.length)]!
-    const target = to.cm.nodeId as NodeId.NodeId
-    if (Option.isSome(yield* graphOf(from.ctx).getNode(target))) alreadyKnown++
-    const t = performance.now()
-    const r = yield* from.cm.getClosestGlobalNodes(target)
-    times.push(performance.now() - t)
-    queries.push(r.stats.queries)
-    rounds.push(r.stats.rounds)
-    if (Option.isSome(r.address) && r.address.value.port === to.cm.port) found++
-  }
-  // Closing hundreds of nodes (every connection drains) takes long: let it go on in the
-  // background for a while, no longer.
-  const c0 = performance.now()
-  const closed = yield* Scope.close(scope, Exit.void).pipe(
-    Effect.disconnect,
-    Effect.timeout("10 seconds"),
-    Effect.option
+  const children = Array.from({ length: processes }, (_, i) =>
+    startChild([
+      "net",
+      String(Math.floor(others / processes) + (i < others % processes ? 1 : 0)),
+      `bench-cm-net-${i}`,
+      JSON.stringify(seedPeers),
+      String(Math.max(0, JOIN_BUDGET_MS - (performance.now() - t0))),
+      String(NET_CONCURRENCY)
+    ])
   )
-  const closeNote = Option.isSome(closed)
-    ? `network closed in ${((performance.now() - c0) / 1000).toFixed(1)} s`
-    : "network not closed within 10 s (left closing)"
-  const how =
-    `${all.length} of ${NODES} full nodes in one process on loopback (join budget ${JOIN_BUDGET_MS / 1000} s), ` +
-    `joined through ${SEEDS} seeds with syncNodeGraph, 4 at a time, in ${joinSeconds.toFixed(0)} s ` +
-    `(join median ${median(joinTimes).toFixed(0)} ms, p95 ${quantile(joinTimes, 0.95).toFixed(0)} ms); ` +
-    `mean table size ${(tableSize / all.length).toFixed(1)}, ${(connectionsHeld / all.length).toFixed(1)} ` +
-    `connections per node; k 20, alpha 3; ${times.length} lookups of random existing targets from random ` +
-    `nodes, ${found} found, ${alreadyKnown} targets already in the asking node's table; ${closeNote}`
-  const results: BenchResult[] = [
-    {
-      suite: SUITE,
-      name: `lookup (getClosestGlobalNodes), ${all.length} nodes, median`,
-      value: median(times),
-      unit: "ms",
-      notes: how
-    },
-    { suite: SUITE, name: `lookup, ${all.length} nodes, p95`, value: quantile(times, 0.95), unit: "ms" },
-    {
-      suite: SUITE,
-      name: `lookup, ${all.length} nodes, RPC queries per lookup, median`,
-      value: median(queries),
-      unit: "queries",
-      notes:
-        `p95 ${quantile(queries, 0.95)}, mean ${(queries.reduce((x, y) => x + y, 0) / queries.length).toFixed(1)}; ` +
-        `rounds median ${median(rounds)}, max ${Math.max(...rounds)}`
+  const ask = children.map(channel)
+  try {
+    const nets = await Promise.all(ask.map((f) => f<NetReport>("net")))
+    const joinSeconds = (performance.now() - t0) / 1000
+    // Every node of the network: a seed (here) or node `index` of child `child`.
+    type Member = { readonly peer: PeerInfo; readonly child: number; readonly index: number }
+    const all: Member[] = [
+      ...seedPeers.map((peer, index) => ({ peer, child: -1, index })),
+      ...nets.flatMap((n, child) => n.nodes.map((peer, index) => ({ peer, child, index })))
+    ]
+    const joinTimes = nets.flatMap((n) => [...n.joinMs])
+    log(`lookup: ${all.length} nodes joined in ${joinSeconds.toFixed(1)} s`)
+    let tableSize = 0
+    let connectionsHeld = 0
+    for (const s of seeds) {
+      tableSize += await Effect.runPromise(graphOf(s.ctx).size)
+      connectionsHeld += (await Effect.runPromise(s.cm.listConnections)).length
     }
-  ]
-  return results
-})
+    for (const stats of await Promise.all(ask.map((f) => f<NetStats>("stats", { stats: true })))) {
+      tableSize += stats.tableSize
+      connectionsHeld += stats.connections
+    }
+
+    const times: number[] = []
+    const queries: number[] = []
+    const rounds: number[] = []
+    let found = 0
+    let alreadyKnown = 0
+    const random = (n: number) => Math.floor(Math.random() * n)
+    const l0 = performance.now()
+    for (let i = 0; i < LOOKUPS && performance.now() - l0 < LOOKUP_BUDGET_MS; i++) {
+      const from = all[random(all.length)]!
+      let to = from
+      while (to === from) to = all[random(all.length)]!
+      let r: LookupReport
+      if (from.child >= 0)
+        r = await ask[from.child]!<LookupReport>("lookup", {
+          lookup: { from: from.index, target: to.peer.nodeId, port: to.peer.port }
+        })
+      else {
+        const seed = seeds[from.index]!
+        const target = decodeId(to.peer.nodeId)
+        const known = Option.isSome(await Effect.runPromise(graphOf(seed.ctx).getNode(target)))
+        const t = performance.now()
+        const res = await Effect.runPromise(seed.cm.getClosestGlobalNodes(target))
+        r = {
+          ms: performance.now() - t,
+          queries: res.stats.queries,
+          rounds: res.stats.rounds,
+          found: Option.isSome(res.address) && res.address.value.port === to.peer.port,
+          known
+        }
+      }
+      times.push(r.ms)
+      queries.push(r.queries)
+      rounds.push(r.rounds)
+      if (r.found) found++
+      if (r.known) alreadyKnown++
+    }
+    const how =
+      `${all.length} of ${NODES} full nodes on loopback: ${SEEDS} seeds in the bench process, the others in ` +
+      `${processes} child processes (join budget ${JOIN_BUDGET_MS / 1000} s), joined through the seeds with ` +
+      `syncNodeGraph, ${NET_CONCURRENCY} at a time per process, in ${joinSeconds.toFixed(0)} s ` +
+      `(join median ${median(joinTimes).toFixed(0)} ms, p95 ${quantile(joinTimes, 0.95).toFixed(0)} ms); ` +
+      `mean table size ${(tableSize / all.length).toFixed(1)}, ${(connectionsHeld / all.length).toFixed(1)} ` +
+      `connections per node; k 20, alpha 3; ${times.length} lookups of random existing targets from random ` +
+      `nodes (time measured in the asking node's process), ${found} found, ${alreadyKnown} targets already ` +
+      `in the asking node's table`
+    return [
+      {
+        suite: SUITE,
+        name: `lookup (getClosestGlobalNodes), ${all.length} nodes, median`,
+        value: median(times),
+        unit: "ms",
+        notes: how
+      },
+      { suite: SUITE, name: `lookup, ${all.length} nodes, p95`, value: quantile(times, 0.95), unit: "ms" },
+      {
+        suite: SUITE,
+        name: `lookup, ${all.length} nodes, RPC queries per lookup, median`,
+        value: median(queries),
+        unit: "queries",
+        notes:
+          `p95 ${quantile(queries, 0.95)}, mean ${(queries.reduce((x, y) => x + y, 0) / queries.length).toFixed(1)}; ` +
+          `rounds median ${median(rounds)}, max ${Math.max(...rounds)}`
+      }
+    ]
+  } finally {
+    for (const c of children) {
+      c.stdin?.end()
+      if (c.exitCode === null) setTimeout(() => c.exitCode === null && c.kill(), 2000).unref()
+    }
+    // The seeds' connections drain for a while on close: give it a few seconds, no longer.
+    await Effect.runPromise(
+      Scope.close(scope, Exit.void).pipe(Effect.disconnect, Effect.timeout("5 seconds"), Effect.option)
+    )
+  }
+}
 
 export const suite: BenchSuite = {
   name: SUITE,
@@ -530,7 +600,7 @@ export const suite: BenchSuite = {
     if (["cold", "seeded", "warm"].some((part) => !SKIP.has(part)))
       results.push(...(await Effect.runPromise(coldAndWarm)))
     if (!SKIP.has("memory")) results.push(...(await memory()))
-    if (!SKIP.has("lookup")) results.push(...(await Effect.runPromise(lookups)))
+    if (!SKIP.has("lookup")) results.push(...(await lookups()))
     return results
   }
 }

@@ -11,6 +11,17 @@
  *   as raw js-quic clients from one QUICSocket with the same certificate checks); the first `warm`
  *   ones before the baseline reading, the rest after (none started once `budgetMs` has gone
  *   by); prints `{"memory":{…}}` and exits.
+ * - `net <count> <seedPrefix> <seedsJson> [budgetMs] [concurrency]`: `count` full nodes (seeds
+ *   `[{"nodeId","host","port"},…]` configured, the default idle timeout), each built and joined
+ *   with `syncNodeGraph`, `concurrency` (4) at a time, none started once `budgetMs` has gone by
+ *   and those still joining 20 s later left out;
+ *   progress on stderr, then `{"net":{"nodes":[{"nodeId","host","port"},…],"joinMs":[…]}}` (the
+ *   nodes that joined, in order). Then answers stdin lines, one stdout line each:
+ *   `{"lookup":{"from":i,"target":"<NodeIdEncoded>","port":p}}` runs `getClosestGlobalNodes` on
+ *   node `i` → `{"lookup":{"ms","queries","rounds","found","known"}}` (`found`: the address
+ *   found has port `p`; `known`: the target was in node `i`'s table before);
+ *   `{"stats":true}` → `{"stats":{"tableSize","connections"}}` (sums over the nodes). Exits when
+ *   stdin ends.
  *
  * The measuring side runs in a process of its own for each kind so that neither inherits
  * pages the other freed (RSS does not shrink back after a close).
@@ -19,7 +30,7 @@ import { createInterface } from "node:readline"
 import { pathToFileURL } from "node:url"
 import { writeHeapSnapshot } from "node:v8"
 import type { QUICClient } from "@matrixai/quic"
-import { Context, Effect, Either, Layer, Scope, Stream } from "effect"
+import { Context, Effect, Either, Layer, Option, Scope, Stream } from "effect"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as Node from "../src/layers/Node.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
@@ -27,6 +38,7 @@ import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import { ConnectionManager } from "../src/services/ConnectionManager.js"
 import * as CMConfig from "../src/services/ConnectionManagerConfig.js"
 import { KeyRing } from "../src/services/KeyRing.js"
+import { NodeGraph } from "../src/services/NodeGraph.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { nodeIdVerifier, rawDial, startSocket } from "./rawQuic.js"
@@ -116,6 +128,123 @@ const runPeers = async (count: number, prefix: string, kind: string) => {
   process.stdin.on("end", () => process.exit(0))
 }
 
+export interface NetReport {
+  readonly nodes: ReadonlyArray<PeerInfo>
+  readonly joinMs: ReadonlyArray<number>
+}
+
+export interface LookupReport {
+  readonly ms: number
+  readonly queries: number
+  readonly rounds: number
+  readonly found: boolean
+  readonly known: boolean
+}
+
+export interface NetStats {
+  readonly tableSize: number
+  readonly connections: number
+}
+
+const runNet = async (
+  count: number,
+  prefix: string,
+  seedsJson: string,
+  budgetMs: number,
+  concurrency: number
+) => {
+  const t0 = performance.now()
+  const seedNodes: ReadonlyArray<CMConfig.SeedNode> = (JSON.parse(seedsJson) as ReadonlyArray<PeerInfo>).map(
+    (p) => ({ nodeId: decodeId(p.nodeId), host: p.host, port: p.port })
+  )
+  const scope = Effect.runSync(Scope.make())
+  const joined: Array<{ cm: ConnectionManager["Type"]; graph: NodeGraph["Type"] }> = []
+  const joinMs: number[] = []
+  let failed = 0
+  let lastLog = t0
+  const joining = pool(
+    Array.from({ length: count }, (_, i) => i),
+    concurrency,
+    async (i) => {
+      const ctx = await Effect.runPromise(
+        Layer.buildWithScope(
+          nodeLayer(`${prefix}-${i}`, {
+            connectionIdleTimeoutTime: CMConfig.defaults.connectionIdleTimeoutTime,
+            seedNodes
+          }),
+          scope
+        )
+      )
+      const cm = Context.get(ctx, ConnectionManager)
+      const t = performance.now()
+      const ok = await Effect.runPromise(Effect.either(cm.syncNodeGraph()))
+      if (Either.isLeft(ok)) {
+        failed++
+        return
+      }
+      joinMs.push(performance.now() - t)
+      joined.push({ cm, graph: Context.get(ctx, NodeGraph) })
+      if (performance.now() - lastLog > 15_000) {
+        lastLog = performance.now()
+        process.stderr.write(
+          `  connectionManager: net ${prefix}: ${joined.length}/${count} joined in ${((lastLog - t0) / 1000).toFixed(0)} s\n`
+        )
+      }
+    },
+    t0 + budgetMs
+  )
+  // Joins still running 20 s after the budget are not waited for (nor reported).
+  await Promise.race([
+    joining,
+    new Promise((r) => setTimeout(r, Math.max(0, t0 + budgetMs + 20_000 - performance.now())).unref())
+  ])
+  const late = count - joined.length - failed
+  process.stderr.write(
+    `  connectionManager: net ${prefix}: ${joined.length}/${count} joined in ${((performance.now() - t0) / 1000).toFixed(1)} s` +
+      (failed > 0 ? `, ${failed} joins failed` : "") +
+      (late > 0 ? `, ${late} not joined (not started or still joining) at the budget's end` : "") +
+      "\n"
+  )
+  const nodes = joined.map(({ cm }) => ({ nodeId: NodeId.encode(cm.nodeId), host: cm.host, port: cm.port }))
+  const report: NetReport = { nodes, joinMs }
+  process.stdout.write(`${JSON.stringify({ net: report })}\n`)
+  const lines = createInterface({ input: process.stdin })
+  for await (const line of lines) {
+    if (!line.startsWith("{")) continue
+    const command = JSON.parse(line) as {
+      lookup?: { from: number; target: string; port: number }
+      stats?: true
+    }
+    if (command.lookup !== undefined) {
+      const { from, target, port } = command.lookup
+      const node = joined[from]!
+      const targetId = decodeId(target)
+      const known = Option.isSome(await Effect.runPromise(node.graph.getNode(targetId)))
+      const t = performance.now()
+      const r = await Effect.runPromise(node.cm.getClosestGlobalNodes(targetId))
+      const ms = performance.now() - t
+      const lookup: LookupReport = {
+        ms,
+        queries: r.stats.queries,
+        rounds: r.stats.rounds,
+        found: Option.isSome(r.address) && r.address.value.port === port,
+        known
+      }
+      process.stdout.write(`${JSON.stringify({ lookup })}\n`)
+    } else if (command.stats !== undefined) {
+      let tableSize = 0
+      let connections = 0
+      for (const n of joined) {
+        tableSize += await Effect.runPromise(n.graph.size)
+        connections += (await Effect.runPromise(n.cm.listConnections)).length
+      }
+      const stats: NetStats = { tableSize, connections }
+      process.stdout.write(`${JSON.stringify({ stats })}\n`)
+    }
+  }
+  process.exit(0)
+}
+
 const readPeers = async (): Promise<ReadonlyArray<PeerInfo>> => {
   const lines = createInterface({ input: process.stdin })
   for await (const line of lines) {
@@ -124,7 +253,7 @@ const readPeers = async (): Promise<ReadonlyArray<PeerInfo>> => {
   throw new Error("no peers on stdin")
 }
 
-const decodeId = (text: string) => {
+export const decodeId = (text: string) => {
   const id = NodeId.decode(text)
   if (Either.isLeft(id)) throw new Error(`bad NodeId ${text}`)
   return id.right
@@ -259,8 +388,16 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
 }
 
 const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href
-const [mode, a, b, c] = isMain ? process.argv.slice(2) : []
+const [mode, a, b, c, d, e] = isMain ? process.argv.slice(2) : []
 if (mode === "peers") await runPeers(Number(a), b ?? "bench-cm-peer", c ?? "full")
+else if (mode === "net")
+  await runNet(
+    Number(a),
+    b ?? "bench-cm-net",
+    c ?? "[]",
+    Number(d ?? Number.POSITIVE_INFINITY),
+    Number(e ?? 4)
+  )
 else if (mode === "memory")
   await runMemory(
     a === "raw" || a === "transport" ? a : "cm",
