@@ -886,8 +886,25 @@ export const make = Effect.gen(function* () {
         )
       }
       yield* getClosestGlobalNodes(self, options)
-      const own = NodeId.bucketIndex(self, self)
-      if (own >= 0) yield* graph.markBucketRefreshed(own).pipe(Effect.ignore)
+      // Kademlia's join: the lookup of our own id fills the buckets near us; the buckets
+      // farther than our nearest neighbour that it left empty are refreshed (a lookup of a
+      // random id in each), so that every part of the id space has an entry in our table.
+      const filled = new Set((yield* graph.getBuckets).map(([index]) => index))
+      if (filled.size > 0) {
+        const nearest = Math.min(...filled)
+        const empty: Array<number> = []
+        for (let i = nearest + 1; i < NodeId.NODE_ID_BYTES * 8; i++) if (!filled.has(i)) empty.push(i)
+        yield* Effect.forEach(
+          empty,
+          (index) =>
+            randomIdInBucket(index).pipe(
+              Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
+              Effect.zipRight(graph.markBucketRefreshed(index)),
+              Effect.ignore
+            ),
+          { concurrency: 1, discard: true }
+        )
+      }
     })
 
   const randomIdInBucket = (index: number) =>
