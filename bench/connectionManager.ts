@@ -25,10 +25,11 @@
  * 1b. The same cold `withConnection` from a node with a seed configured (every dial to a non-seed
  *    node then also sends a hole-punch signal through the seeds): reported, no target.
  *
- * Scale with BENCH_CM_PAIRS (300), BENCH_CM_SEEDED_PAIRS (40), BENCH_CM_CONNECTIONS (500; the
- * target names 1000, too slow for the 5-minute budget on 2 shared cores), BENCH_CM_NODES (200), BENCH_CM_LOOKUPS (50), BENCH_CM_PEERS_PER_PROCESS (250),
+ * Scale with BENCH_CM_PAIRS (300), BENCH_CM_SEEDED_PAIRS (40), BENCH_CM_CONNECTIONS (1000, as the
+ * target names), BENCH_CM_NODES (200), BENCH_CM_LOOKUPS (50), BENCH_CM_PEERS_PER_PROCESS (250),
  * BENCH_CM_NET_PROCESSES (4), BENCH_CM_NET_CONCURRENCY (6: joins at a time per process); time budgets
- * (seconds) BENCH_CM_MEMORY_BUDGET_S (45: connecting the manager's connections; the raw side
+ * (seconds) BENCH_CM_MEMORY_WARM (64 connections before the baseline reading, both sides),
+ * BENCH_CM_MEMORY_BUDGET_S (150: connecting the manager's connections; the raw side
  * then opens as many as the manager holds), BENCH_CM_JOIN_BUDGET_S (210: building and joining
  * the lookup network, joins still running 20 s later are stopped and left out; the figures name how many
  * nodes joined; keeps the part near 5 minutes. Measured with other work on the 2 cores (load 2
@@ -64,7 +65,7 @@ const envInt = (name: string, fallback: number) => {
   return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback
 }
 const PAIRS = envInt("BENCH_CM_PAIRS", 300)
-const CONNECTIONS = envInt("BENCH_CM_CONNECTIONS", 500)
+const CONNECTIONS = envInt("BENCH_CM_CONNECTIONS", 1000)
 const NODES = envInt("BENCH_CM_NODES", 200)
 const LOOKUPS = envInt("BENCH_CM_LOOKUPS", 50)
 const PEERS_PER_PROCESS = envInt("BENCH_CM_PEERS_PER_PROCESS", 250)
@@ -73,7 +74,7 @@ const NET_CONCURRENCY = envInt("BENCH_CM_NET_CONCURRENCY", 6)
 const SEEDED_PAIRS = envInt("BENCH_CM_SEEDED_PAIRS", 40)
 const JOIN_BUDGET_MS = envInt("BENCH_CM_JOIN_BUDGET_S", 210) * 1000
 const LOOKUP_BUDGET_MS = envInt("BENCH_CM_LOOKUP_BUDGET_S", 30) * 1000
-const MEMORY_BUDGET_MS = envInt("BENCH_CM_MEMORY_BUDGET_S", 45) * 1000
+const MEMORY_BUDGET_MS = envInt("BENCH_CM_MEMORY_BUDGET_S", 150) * 1000
 const SKIP = new Set((process.env.BENCH_CM_SKIP ?? "").split(",").filter((s) => s.length > 0))
 
 const COLD_WARMUP = 20
@@ -84,7 +85,8 @@ const SEQUENTIAL_PER_ROUND = 40
 const CONCURRENT_CALLERS = 32
 const CALLS_PER_CALLER = 4
 const MEMORY_TARGET = 1.2
-const MEMORY_WARM = 16
+// Connections made before the baseline reading (both sides): the JIT has compiled the hot paths by then.
+const MEMORY_WARM = envInt("BENCH_CM_MEMORY_WARM", 64)
 const SEEDS = 3
 
 const SUITE = "connectionManager"
