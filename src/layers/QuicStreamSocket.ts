@@ -33,6 +33,14 @@ export interface QuicStreamSocket extends Socket.Socket {
 
 const encoder = new TextEncoder()
 
+/** How a Socket's run ends when its own side writes a close event (both socket kinds). */
+export const closeErrorOf = (event: Socket.CloseEvent): Socket.SocketCloseError =>
+  new Socket.SocketCloseError({ reason: "Close", code: event.code, closeReason: event.reason })
+
+/** A write after our side of the stream was ended. */
+export const writeSideClosed = (): Socket.SocketGenericError =>
+  new Socket.SocketGenericError({ reason: "Write", cause: "the stream's write side is closed" })
+
 /** Builds the socket; the stream is not touched until it is used. */
 export const make = (
   stream: QuicStreamLike,
@@ -139,11 +147,7 @@ export const make = (
   const write = (chunk: Uint8Array | string | Socket.CloseEvent): Effect.Effect<void, Socket.SocketError> =>
     Effect.suspend(() => {
       if (Socket.isCloseEvent(chunk)) {
-        const error = new Socket.SocketCloseError({
-          reason: "Close",
-          code: chunk.code,
-          closeReason: chunk.reason
-        })
+        const error = closeErrorOf(chunk)
         const fiberSet = current
         return Effect.promise(() =>
           Promise.all([
@@ -155,10 +159,7 @@ export const make = (
           Effect.asVoid
         )
       }
-      if (writeEnded)
-        return Effect.fail(
-          new Socket.SocketGenericError({ reason: "Write", cause: "the stream's write side is closed" })
-        )
+      if (writeEnded) return Effect.fail(writeSideClosed())
       const bytes = typeof chunk === "string" ? encoder.encode(chunk) : chunk
       return Effect.tryPromise({
         try: () => getWriter().write(bytes),

@@ -62,6 +62,7 @@ import {
   type TraceKind
 } from "../services/SimNetwork.js"
 import { Dispatch } from "./ConnectionDispatch.js"
+import * as QuicStreamSocket from "./QuicStreamSocket.js"
 import { TimedHeap } from "./TimedHeap.js"
 
 // ---- Deterministic PRNG ------------------------------------------------------------------
@@ -339,11 +340,7 @@ class SimSocket implements Socket.Socket {
   ): Effect.Effect<void, Socket.SocketError> =>
     Effect.suspend(() => {
       if (Socket.isCloseEvent(chunk)) {
-        const error = new Socket.SocketCloseError({
-          reason: "Close",
-          code: chunk.code,
-          closeReason: chunk.reason
-        })
+        const error = QuicStreamSocket.closeErrorOf(chunk)
         if (chunk.code === 1000) this.endWrite()
         else this.resetWrite(chunk.code)
         const running = this.current
@@ -355,10 +352,7 @@ class SimSocket implements Socket.Socket {
         return Effect.fail(
           new Socket.SocketGenericError({ reason: "Write", cause: "the connection is closed" })
         )
-      if (this.writeEnded)
-        return Effect.fail(
-          new Socket.SocketGenericError({ reason: "Write", cause: "the stream's write side is closed" })
-        )
+      if (this.writeEnded) return Effect.fail(QuicStreamSocket.writeSideClosed())
       const bytes = typeof chunk === "string" ? encoder.encode(chunk) : Uint8Array.from(chunk)
       const pipe = this.writePipe
       this.world.sendOnConnection(this.end, () => {
