@@ -28,7 +28,8 @@ export const oneLine = (text: string) =>
 const COMMANDS: Record<string, ReadonlyArray<string>> = {
   agent: ["start", "status", "stop"],
   nodes: ["add", "find", "ping", "connections", "getall", "closest"],
-  identity: []
+  identity: [],
+  sim: []
 }
 
 /** "unknown command "frob"" / "unknown nodes command "--bogus"", from the words typed. */

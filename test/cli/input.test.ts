@@ -48,6 +48,11 @@ const cases: ReadonlyArray<Case> = [
   { name: "unknown command", args: ["frob"], says: ['unknown command "frob"'] },
   { name: "unknown subcommand", args: ["nodes", "frob"], says: ['unknown nodes command "frob"'] },
   {
+    name: "sim with an unknown option",
+    args: ["sim", "--nodes", "5", "--lookups", "1", "--seed", "1", "--bogus"],
+    says: ["unknown argument", "--bogus"]
+  },
+  {
     name: "QUICMESH_PORT=abc",
     args: start,
     env: { QUICMESH_PORT: "abc" },
