@@ -2,16 +2,15 @@
  * How a connection hands its events (streams the peer opens, its close) to whoever serves
  * it, without a fiber waiting for them: a transport may hold thousands of idle connections,
  * and a suspended fiber per connection (its stack, its FiberRefs) would cost more than the
- * QUIC connection itself. The fiber is started when the event happens, from the runtime of
- * whoever registered.
+ * QUIC connection itself. The fiber is started when the event happens, with the `fork` the
+ * transport gives (its own runtime, captured once).
  *
- * `Dispatch` is what the live transport keeps per connection. `fiberBacked` gives the same
- * two operations over `acceptedStreams`/`closed` with a fiber each, for implementations where
- * an idle fiber costs little (the simulated network, test fixtures).
+ * One `Dispatch` per connection end: in the live transport, the simulated network and the
+ * in-memory test connections alike.
  */
 import type { Socket } from "@effect/platform"
 import { Effect, Fiber, Queue, Scope, Stream } from "effect"
-import type { CloseReason, QuicConnection } from "../services/QuicTransport.js"
+import type { CloseReason } from "../services/QuicTransport.js"
 
 export class Dispatch {
   private pending: Array<Socket.Socket> | undefined
@@ -75,6 +74,20 @@ export class Dispatch {
     )
   }
 
+  /**
+   * Calls `f` (synchronously, outside any fiber) when the connection closes; nothing if it
+   * already has. Returns how to stop listening.
+   */
+  listenClose(f: (reason: CloseReason) => void): () => void {
+    if (this.closedWith !== undefined) return () => {}
+    if (this.onClose) this.onClose.push(f)
+    else this.onClose = [f]
+    return () => {
+      const i = this.onClose?.indexOf(f) ?? -1
+      if (i >= 0) this.onClose!.splice(i, 1)
+    }
+  }
+
   /** See `QuicConnection.whenClosed`. */
   whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
     return Effect.sync(() => {
@@ -82,8 +95,7 @@ export class Dispatch {
         this.fork(f(reason))
       }
       if (this.closedWith !== undefined) run(this.closedWith)
-      else if (this.onClose) this.onClose.push(run)
-      else this.onClose = [run]
+      else this.listenClose(run)
     })
   }
 
@@ -107,20 +119,3 @@ export class Dispatch {
     )
   }
 }
-
-/**
- * `handleStreams` and `whenClosed` over a connection's `acceptedStreams` and `closed`, with a
- * fiber waiting for each.
- */
-export const fiberBacked = (
-  connection: Pick<QuicConnection, "acceptedStreams" | "closed">
-): Pick<QuicConnection, "handleStreams" | "whenClosed"> => ({
-  handleStreams: (onStream) =>
-    Effect.flatMap(Effect.scope, (scope) =>
-      Stream.runForEach(connection.acceptedStreams, (socket) => Effect.forkIn(onStream(socket), scope)).pipe(
-        Effect.forkIn(scope),
-        Effect.asVoid
-      )
-    ),
-  whenClosed: (f) => Effect.asVoid(Effect.forkDaemon(Effect.flatMap(connection.closed, f)))
-})

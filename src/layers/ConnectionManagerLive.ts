@@ -228,8 +228,6 @@ export const make = Effect.gen(function* () {
       yield* Scope.addFinalizer(scope, connection.close("connection released"))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
-      // One fiber per connection: it serves the peer's streams, which end when the connection
-      // closes, and then takes the connection out of the map.
       // No fiber waits on an idle connection: calls and the close each start one when they come.
       yield* rpc.serve(connection, handlers).pipe(Scope.extend(scope))
       yield* connection.whenClosed(() => map.onClosed(record))
@@ -894,16 +892,10 @@ export const make = Effect.gen(function* () {
         const nearest = Math.min(...filled)
         const empty: Array<number> = []
         for (let i = nearest + 1; i < NodeId.NODE_ID_BYTES * 8; i++) if (!filled.has(i)) empty.push(i)
-        yield* Effect.forEach(
-          empty,
-          (index) =>
-            randomIdInBucket(index).pipe(
-              Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
-              Effect.zipRight(graph.markBucketRefreshed(index)),
-              Effect.ignore
-            ),
-          { concurrency: 1, discard: true }
-        )
+        yield* Effect.forEach(empty, (index) => Effect.ignore(refreshBucket(index, options)), {
+          concurrency: 1,
+          discard: true
+        })
       }
     })
 
@@ -919,6 +911,13 @@ export const make = Effect.gen(function* () {
       return id as NodeId.NodeId
     })
 
+  /** A lookup of a random id in bucket `index`, then the bucket counts as refreshed. */
+  const refreshBucket = (index: number, options?: OperationOptions) =>
+    randomIdInBucket(index).pipe(
+      Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
+      Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore))
+    )
+
   const refreshBuckets = (options?: OperationOptions) =>
     Effect.gen(function* () {
       const now = yield* Effect.clockWith((c) => c.currentTimeMillis)
@@ -931,15 +930,10 @@ export const make = Effect.gen(function* () {
         if (Option.isNone(at) || now - at.value >= Duration.toMillis(config.bucketRefreshInterval))
           stale.push(index)
       }
-      yield* Effect.forEach(
-        stale,
-        (index) =>
-          randomIdInBucket(index).pipe(
-            Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
-            Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore))
-          ),
-        { concurrency: 1, discard: true }
-      )
+      yield* Effect.forEach(stale, (index) => refreshBucket(index, options), {
+        concurrency: 1,
+        discard: true
+      })
       return stale.length
     })
 

@@ -530,9 +530,8 @@ export const make: Effect.Effect<
   const idPrefix = `${socket.port}-`
   // Fibers for connection events (a peer's stream, a close) start from the transport's runtime:
   // one captured here, not one per connection.
-  const fork = Runtime.runFork(yield* Effect.runtime<never>())
   const ctx: ConnectionContext = {
-    fork: (effect) => fork(effect),
+    fork: Runtime.runFork(yield* Effect.runtime<never>()),
     live: new Set(),
     nextId: () => `${idPrefix}${++counter}`,
     localHost: socket.host,

@@ -442,8 +442,6 @@ class SimConnection implements QuicConnection, SimChannel {
   reason: CloseReason | undefined = undefined
   /** SimChannel: the slot of the layer using this end as a channel. */
   state: unknown = undefined
-  /** SimChannel: called once when this end closes. */
-  closeListeners: Set<(reason: CloseReason) => void> | undefined = undefined
   /** Counted in its endpoint's `ends` (the listener's end only once accepted). */
   registered = false
   readonly streams = new Set<SimStream>()
@@ -531,15 +529,7 @@ class SimConnection implements QuicConnection, SimChannel {
     })
     return true
   }
-  readonly onClose = (f: (reason: CloseReason) => void): (() => void) => {
-    if (this.reason !== undefined) return () => {}
-    this.closeListeners ??= new Set()
-    const listeners = this.closeListeners
-    listeners.add(f)
-    return () => {
-      listeners.delete(f)
-    }
-  }
+  readonly onClose = (f: (reason: CloseReason) => void): (() => void) => this.dispatch.listenClose(f)
 }
 
 // ---- The world -------------------------------------------------------------------------------
@@ -1035,11 +1025,6 @@ class World {
     end.streams.clear()
     Deferred.unsafeDone(end.closedDeferred, Exit.succeed(reason))
     end.dispatch.close(reason)
-    const listeners = end.closeListeners
-    if (listeners !== undefined) {
-      end.closeListeners = undefined
-      for (const f of listeners) f(reason)
-    }
     this.trace(
       "close",
       end.ep.label,
