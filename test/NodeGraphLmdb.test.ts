@@ -4,6 +4,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Exit, FastCheck as fc, Layer, Option, Scope, TestClock } from "effect"
+import { KademliaTable, type TablePersistence, toService } from "../src/layers/KademliaTable.js"
 import * as NodeGraphLmdb from "../src/layers/NodeGraphLmdb.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
 import { type NodeAddress, NodeGraph, type NodeGraphService } from "../src/services/NodeGraph.js"
@@ -205,6 +206,72 @@ describe("NodeGraphLmdb", () => {
         )
         expect(Option.map(found, (c) => c.addresses[0]!.port)).toEqual(Option.some(5))
       })
+  )
+})
+
+describe("setNode without waiting for the commit", () => {
+  /** A store whose writes stay pending until the test settles them. */
+  const pendingStore = () => {
+    const writes: Array<{ resolve: () => void; reject: (e: unknown) => void }> = []
+    const pending = () =>
+      new Promise<void>((resolve, reject) => {
+        writes.push({ resolve, reject })
+      })
+    const persistence: TablePersistence = {
+      putNode: pending,
+      removeNode: pending,
+      putRefreshedAt: pending
+    }
+    return { writes, persistence }
+  }
+
+  it.live("by default setNode waits for the commit; with awaitCommit false it returns at once", () =>
+    Effect.gen(function* () {
+      const { writes, persistence } = pendingStore()
+      const graph = toService(new KademliaTable(own, 20), persistence)
+      const a = idInBucket(own, 90, 1)
+      const waiting = yield* Effect.fork(graph.setNode(a, addr(1)))
+      yield* Effect.sleep("20 millis")
+      expect(waiting.unsafePoll()).toBeNull()
+      writes[0]!.resolve()
+      expect(yield* waiting.await).toMatchObject({ _tag: "Success", value: { _tag: "Added" } })
+
+      const b = idInBucket(own, 91, 2)
+      const result = yield* graph.setNode(b, addr(2), { awaitCommit: false })
+      expect(result._tag).toBe("Added")
+      expect(writes).toHaveLength(2)
+      expect(Option.isSome(yield* graph.getNode(b))).toBe(true)
+    })
+  )
+
+  it.live("a write that fails after setNode returned undoes the change and is reported", () =>
+    Effect.gen(function* () {
+      const { writes, persistence } = pendingStore()
+      const reported: Array<string> = []
+      const graph = toService(new KademliaTable(own, 20), persistence, (e) => reported.push(e._tag))
+      const a = idInBucket(own, 90, 3)
+      yield* graph.setNode(a, addr(3), { awaitCommit: false })
+      expect(Option.isSome(yield* graph.getNode(a))).toBe(true)
+      writes[0]!.reject(new Error("disk full"))
+      yield* Effect.promise(() => new Promise((r) => setImmediate(r)))
+      expect(Option.isNone(yield* graph.getNode(a))).toBe(true)
+      expect(reported).toEqual(["NodeGraphStorageError"])
+    })
+  )
+
+  it.effect("on lmdb the node is readable at once and committed afterwards", () =>
+    Effect.gen(function* () {
+      const path = freshDir()
+      const a = idInBucket(own, 77, 4)
+      yield* withGraph(own, path, (g) =>
+        Effect.gen(function* () {
+          expect((yield* g.setNode(a, addr(7), { awaitCommit: false }))._tag).toBe("Added")
+          expect(Option.isSome(yield* g.getNode(a))).toBe(true)
+        })
+      )
+      const reopened = yield* withGraph(own, path, (g) => g.getNode(a))
+      expect(Option.map(reopened, (c) => c.addresses[0]!.port)).toEqual(Option.some(7))
+    })
   )
 })
 

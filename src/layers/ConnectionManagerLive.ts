@@ -101,6 +101,8 @@ const isConnectionFailure = (exit: Exit.Exit<unknown, unknown>): boolean =>
     return tag === "PeerCallError" && (e as { reason?: string }).reason === "connection"
   })
 
+const NO_COMMIT_WAIT = { awaitCommit: false } as const
+
 const dialReason = (e: DialError): NodeConnectionError["reason"] => {
   switch (e.reason) {
     case "mismatch":
@@ -177,7 +179,8 @@ export const make = Effect.gen(function* () {
     Effect.suspend(() => {
       if (NodeId.equals(nodeId, self)) return Effect.void
       const address = addressOf(host, port)
-      return graph.setNode(nodeId, address).pipe(
+      // The disk commit is not waited for: it is not on the path of a new connection.
+      return graph.setNode(nodeId, address, NO_COMMIT_WAIT).pipe(
         Effect.flatMap((result) => {
           if (result._tag !== "BucketFull" || evicting.has(result.bucketIndex)) return Effect.void
           evicting.add(result.bucketIndex)
@@ -405,6 +408,9 @@ export const make = Effect.gen(function* () {
     start: Effect.Effect<Entry, NodeConnectionError>
   ): Effect.Effect<Entry, NodeConnectionError> => {
     const key = NodeId.encode(nodeId) as string
+    const timedOut = () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
+    // The first caller's dial is bounded by the transport's own connect timeout (no race
+    // fiber on the path of every new connection); later callers wait at most `timeout`.
     const attempt: Effect.Effect<Entry, NodeConnectionError> = Effect.suspend(() => {
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)
@@ -414,7 +420,8 @@ export const make = Effect.gen(function* () {
           // The first caller was interrupted: its dial stopped; try again.
           Effect.catchAllCause((cause) =>
             Cause.isInterruptedOnly(cause) ? attempt : Effect.failCause(cause)
-          )
+          ),
+          Effect.timeoutFail({ duration: timeout, onTimeout: timedOut })
         )
       const dial: PendingDial = { deferred: Deferred.unsafeMake<Entry, NodeConnectionError>(FiberId.none) }
       pending.set(key, dial)
@@ -427,12 +434,7 @@ export const make = Effect.gen(function* () {
         )
       )
     })
-    return attempt.pipe(
-      Effect.timeoutFail({
-        duration: timeout,
-        onTimeout: () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
-      })
-    )
+    return attempt
   }
 
   /** Dial `nodeId` on each address at once; the first that proves to be it wins. */
@@ -556,12 +558,19 @@ export const make = Effect.gen(function* () {
       )
     )
 
+  // The same as acquireConnection in a scope of its own, without building a Scope.
   const withConnection = <A, E, R>(
     nodeId: NodeId.NodeId,
     f: (handle: NodeConnectionHandle) => Effect.Effect<A, E, R>,
     options?: OperationOptions
   ): Effect.Effect<A, E | NodeConnectionError, R> =>
-    Effect.scoped(Effect.flatMap(acquireConnection(nodeId, options), f))
+    Effect.flatMap(getEntry(nodeId, options), (entry) =>
+      Effect.acquireUseRelease(
+        map.acquire(entry),
+        (record) => f({ nodeId: entry.nodeId, connection: record.connection, client: record.client }),
+        (record, exit) => map.release(entry, record, isConnectionFailure(exit))
+      )
+    )
 
   const withConnectionStream = <A, E, R>(
     nodeId: NodeId.NodeId,

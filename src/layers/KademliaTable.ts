@@ -355,12 +355,18 @@ const storageError = (detail: string) => (cause: unknown) => new NodeGraphStorag
  * it, a change is made in memory and its write started in one synchronous step, then the write
  * is awaited; if it fails the in-memory change is undone and the error returned.
  */
-export const toService = (table: KademliaTable, persistence?: TablePersistence): NodeGraphService => {
+export const toService = (
+  table: KademliaTable,
+  persistence?: TablePersistence,
+  /** Told of a write that failed after `setNode(..., { awaitCommit: false })` returned. */
+  onWriteBehindFailure?: (error: NodeGraphStorageError) => void
+): NodeGraphService => {
   const write = <A>(
     start: () => PromiseLike<unknown>,
     undo: () => void,
     value: A,
-    detail: string
+    detail: string,
+    awaitCommit = true
   ): Effect.Effect<A, NodeGraphStorageError> => {
     if (persistence === undefined) return Effect.succeed(value)
     let promise: PromiseLike<unknown>
@@ -370,13 +376,20 @@ export const toService = (table: KademliaTable, persistence?: TablePersistence):
       undo()
       return Effect.fail(storageError(detail)(cause))
     }
+    if (!awaitCommit) {
+      promise.then(undefined, (cause: unknown) => {
+        undo()
+        onWriteBehindFailure?.(storageError(detail)(cause))
+      })
+      return Effect.succeed(value)
+    }
     return Effect.tryPromise({ try: () => Promise.resolve(promise), catch: storageError(detail) }).pipe(
       Effect.tapError(() => Effect.sync(undo)),
       Effect.as(value)
     )
   }
 
-  const setNode: NodeGraphService["setNode"] = (nodeId, address) =>
+  const setNode: NodeGraphService["setNode"] = (nodeId, address, options) =>
     Effect.suspend((): Effect.Effect<SetNodeResult, NodeGraphInputError | NodeGraphStorageError> => {
       const id = validateNodeId(nodeId)
       if (Either.isLeft(id)) return Effect.fail(id.left)
@@ -399,7 +412,8 @@ export const toService = (table: KademliaTable, persistence?: TablePersistence):
             else table.restore(previous)
           },
           plan.result,
-          "could not write a node"
+          "could not write a node",
+          options?.awaitCommit ?? true
         )
       })
     })

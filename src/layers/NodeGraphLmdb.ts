@@ -13,7 +13,7 @@
  * dropped if stored, bucket refresh times (relative to the old NodeId) are cleared, and nodes
  * beyond k in a bucket (least recently seen first) are deleted.
  */
-import { Effect, Layer, type Scope } from "effect"
+import { Effect, Layer, Runtime, type Scope } from "effect"
 import { type Database, open, type RootDatabase } from "lmdb"
 import { KeyRing } from "../services/KeyRing.js"
 import {
@@ -178,7 +178,11 @@ export const make = (
         return store.buckets.put(index, at)
       }
     }
-    return toService(table, persistence)
+    // A write the caller did not wait for (`awaitCommit: false`) that failed is logged here.
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    return toService(table, persistence, (error) => {
+      runFork(Effect.logWarning(`node graph: ${error.message}; the change was undone`, error.cause))
+    })
   })
 
 /** lmdb-backed NodeGraph for the KeyRing's current NodeId (read once, when the layer is built). */

@@ -49,14 +49,26 @@ export class NodeGraphStorageError extends Data.TaggedError("NodeGraphStorageErr
   }
 }
 
+export interface SetNodeOptions {
+  /** Wait for the store to commit the write (default true). */
+  readonly awaitCommit?: boolean
+}
+
 export interface NodeGraphService {
   readonly ownNodeId: NodeId
   /** Bucket limit k. */
   readonly k: number
-  /** Insert or refresh (the node becomes most-recently-seen, the address goes first). */
+  /**
+   * Insert or refresh (the node becomes most-recently-seen, the address goes first). By default
+   * it completes once the change is committed to the store. With `awaitCommit: false` it
+   * completes once the change is made in memory and its write has started: a write that then
+   * fails undoes the change and is logged (the connection manager records the nodes it meets
+   * this way, so that a disk commit is not on the path of every new connection).
+   */
   readonly setNode: (
     nodeId: NodeId,
-    address: NodeAddress
+    address: NodeAddress,
+    options?: SetNodeOptions
   ) => Effect.Effect<SetNodeResult, NodeGraphInputError | NodeGraphStorageError>
   readonly unsetNode: (nodeId: NodeId) => Effect.Effect<boolean, NodeGraphStorageError>
   readonly getNode: (nodeId: NodeId) => Effect.Effect<Option.Option<NodeContact>>
