@@ -275,6 +275,7 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
   let failures = 0
   let connect: (p: PeerInfo) => Promise<unknown>
   let held: () => Promise<number>
+  let diagnostics: () => Promise<unknown> = async () => undefined
   if (kind === "cm") {
     const scope = Effect.runSync(Scope.make())
     const ctx = await Effect.runPromise(
@@ -292,6 +293,7 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
         )
       )
     held = () => Effect.runPromise(Effect.map(cm.listConnections, (xs) => xs.length))
+    diagnostics = () => Effect.runPromise(cm.diagnostics)
   } else if (kind === "transport") {
     const scope = Effect.runSync(Scope.make())
     const ctx = await Effect.runPromise(
@@ -375,7 +377,7 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
       { roots: Set<unknown> }
     >
     const roots = store.get(Symbol.for("effect/FiberScope/Global"))?.roots
-    process.stderr.write(`root fibers: ${roots?.size}\n`)
+    process.stderr.write(`root fibers: ${roots?.size}; ${JSON.stringify(await diagnostics())}\n`)
     writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOT}-${kind}-after.heapsnapshot`)
   }
   const report: MemoryReport = {

@@ -73,6 +73,35 @@ describe("Simulation worlds (100+ nodes)", () => {
   )
 
   it.effect(
+    "a join leaves an entry in every bucket that some live node falls in, and its k closest",
+    () =>
+      world(["none", "none", "none"])((w, nodes) =>
+        Effect.gen(function* () {
+          for (const node of nodes) {
+            const others = w.nodes.filter((n) => n !== node)
+            const inBucket = new Set(others.map((n) => NodeId.bucketIndex(node.nodeId, n.nodeId)))
+            const filled = new Set((yield* node.graph.getBuckets).map(([i]) => i))
+            // Every part of the id space that holds a node is represented in the table...
+            expect([...inBucket].filter((i) => !filled.has(i))).toEqual([])
+            // ...and the table holds the true k closest nodes (k = 6 in these worlds).
+            const trueClosest = [...others]
+              .sort((a, b) =>
+                NodeId.compare(
+                  NodeId.distanceBytes(a.nodeId, node.nodeId),
+                  NodeId.distanceBytes(b.nodeId, node.nodeId)
+                )
+              )
+              .slice(0, 6)
+              .map((n) => NodeId.encode(n.nodeId))
+            const known = (yield* node.graph.getClosestNodes(node.nodeId, 6)).map((c) => NodeId.encode(c.nodeId))
+            expect(known).toEqual(trueClosest)
+          }
+        })
+      ),
+    60_000
+  )
+
+  it.effect(
     "a crashed node cannot be found; restarted with the same key it is found again",
     () =>
       world(["none", "none", "none", "none", "none", "none"])((w, nodes) =>

@@ -735,9 +735,17 @@ export const make = Effect.gen(function* () {
     state: "new" | "inflight" | "answered" | "failed"
   }
 
-  const getClosestGlobalNodes = (
+  const getClosestGlobalNodes = (target: NodeId.NodeId, options?: OperationOptions) => lookup(target, options)
+
+  /**
+   * The iterative lookup. With `fillBucket`, it also ends as soon as a node in that bucket of
+   * ours has answered (a join fills its empty buckets this way: one live entry in each part of
+   * the id space, not the k closest to a random id).
+   */
+  const lookup = (
     target: NodeId.NodeId,
-    options?: OperationOptions
+    options?: OperationOptions,
+    fillBucket?: number
   ): Effect.Effect<LookupResult> =>
     Effect.gen(function* () {
       const timeout = timeoutOf(options)
@@ -817,6 +825,12 @@ export const make = Effect.gen(function* () {
               Effect.suspend(() => {
                 c.state = "answered"
                 for (const r of contacts) insert(r.nodeId, { host: r.host, port: r.port }, c.depth + 1)
+                if (fillBucket !== undefined && NodeId.bucketIndex(self, c.nodeId) === fillBucket) {
+                  finished = true
+                  return addToGraph(c.nodeId, c.address.host, c.address.port).pipe(
+                    Effect.zipRight(Deferred.succeed(done, undefined))
+                  )
+                }
                 return addToGraph(c.nodeId, c.address.host, c.address.port)
               })
           })
@@ -896,12 +910,17 @@ export const make = Effect.gen(function* () {
       // Kademlia's join: the lookup of our own id fills the buckets near us; the buckets
       // farther than our nearest neighbour that it left empty are refreshed (a lookup of a
       // random id in each), so that every part of the id space has an entry in our table.
+      // A bucket nearer than the farthest of the k closest nodes the lookup found is empty
+      // because no such node exists (it would be among the k closest): it is not looked up.
       const filled = new Set((yield* graph.getBuckets).map(([index]) => index))
       if (filled.size > 0) {
-        const nearest = Math.min(...filled)
+        const closest = yield* graph.getClosestNodes(self, k).pipe(Effect.orElseSucceed(() => []))
+        const last = NodeId.NODE_ID_BYTES * 8 - 1
+        const covered =
+          closest.length < k ? last : Math.max(...closest.map((c) => NodeId.bucketIndex(self, c.nodeId)))
         const empty: Array<number> = []
-        for (let i = nearest + 1; i < NodeId.NODE_ID_BYTES * 8; i++) if (!filled.has(i)) empty.push(i)
-        yield* Effect.forEach(empty, (index) => Effect.ignore(refreshBucket(index, options)), {
+        for (let i = Math.max(Math.min(...filled), covered) + 1; i <= last; i++) if (!filled.has(i)) empty.push(i)
+        yield* Effect.forEach(empty, (index) => Effect.ignore(refreshBucket(index, options, true)), {
           concurrency: 1,
           discard: true
         })
@@ -920,10 +939,13 @@ export const make = Effect.gen(function* () {
       return id as NodeId.NodeId
     })
 
-  /** A lookup of a random id in bucket `index`, then the bucket counts as refreshed. */
-  const refreshBucket = (index: number, options?: OperationOptions) =>
+  /**
+   * A lookup of a random id in bucket `index`, then the bucket counts as refreshed. `fill`:
+   * stop once one node of the bucket has answered (the join's refresh of its empty buckets).
+   */
+  const refreshBucket = (index: number, options?: OperationOptions, fill = false) =>
     randomIdInBucket(index).pipe(
-      Effect.flatMap((id) => getClosestGlobalNodes(id, options)),
+      Effect.flatMap((id) => lookup(id, options, fill ? index : undefined)),
       Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore))
     )
 
