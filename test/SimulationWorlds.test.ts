@@ -93,7 +93,9 @@ describe("Simulation worlds (100+ nodes)", () => {
               )
               .slice(0, 6)
               .map((n) => NodeId.encode(n.nodeId))
-            const known = (yield* node.graph.getClosestNodes(node.nodeId, 6)).map((c) => NodeId.encode(c.nodeId))
+            const known = (yield* node.graph.getClosestNodes(node.nodeId, 6)).map((c) =>
+              NodeId.encode(c.nodeId)
+            )
             expect(known).toEqual(trueClosest)
           }
         })

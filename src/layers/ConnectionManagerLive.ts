@@ -919,7 +919,8 @@ export const make = Effect.gen(function* () {
         const covered =
           closest.length < k ? last : Math.max(...closest.map((c) => NodeId.bucketIndex(self, c.nodeId)))
         const empty: Array<number> = []
-        for (let i = Math.max(Math.min(...filled), covered) + 1; i <= last; i++) if (!filled.has(i)) empty.push(i)
+        for (let i = Math.max(Math.min(...filled), covered) + 1; i <= last; i++)
+          if (!filled.has(i)) empty.push(i)
         yield* Effect.forEach(empty, (index) => Effect.ignore(refreshBucket(index, options, true)), {
           concurrency: 1,
           discard: true
