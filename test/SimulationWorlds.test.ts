@@ -40,6 +40,50 @@ const world =
       { seed }
     )
 
+describe("Kademlia bucket policy on the real manager (simulated network)", () => {
+  it.effect(
+    "a full bucket keeps its least-recently-seen node while it answers, and evicts it once it is dead",
+    () =>
+      simulate(
+        (ctx) =>
+          Effect.gen(function* () {
+            // k = 1: one node per bucket, so the second node of a bucket finds it full.
+            const w = yield* makeWorld(ctx, { seed: 11, k: 1 })
+            const a = yield* w.addNode()
+            const others: SimNode[] = []
+            for (let i = 0; i < 12; i++) others.push(yield* w.addNode())
+            // Three nodes that fall in the same bucket of a's table.
+            const byBucket = new Map<number, SimNode[]>()
+            for (const n of others) {
+              const i = NodeId.bucketIndex(a.nodeId, n.nodeId)
+              byBucket.set(i, [...(byBucket.get(i) ?? []), n])
+            }
+            const [old, newer, newest] = [...byBucket.values()].find((ns) => ns.length >= 3)!
+            const meet = (n: SimNode) =>
+              n.cm.getConnection(a.nodeId, { address: { host: a.host, port: a.port } })
+            const inTable = (n: SimNode) => Effect.map(a.graph.getNode(n.nodeId), Option.isSome)
+
+            yield* meet(old!)
+            yield* Effect.sleep("1 second")
+            expect(yield* inTable(old!)).toBe(true)
+            // The bucket is full and its node answers a ping: the newcomer is not taken.
+            yield* meet(newer!)
+            yield* Effect.sleep("5 seconds")
+            expect(yield* inTable(old!)).toBe(true)
+            expect(yield* inTable(newer!)).toBe(false)
+            // The old node dies; the next newcomer's ping of it goes unanswered: it is evicted.
+            yield* w.crash(old!)
+            yield* meet(newest!)
+            yield* Effect.sleep("20 seconds")
+            expect(yield* inTable(old!)).toBe(false)
+            expect(yield* inTable(newest!)).toBe(true)
+          }),
+        { seed: 11 }
+      ),
+    30_000
+  )
+})
+
 describe("Simulation worlds (100+ nodes)", () => {
   it.effect(
     "a partition makes lookups across it fail; after healing they succeed",
