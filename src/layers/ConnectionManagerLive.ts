@@ -51,8 +51,14 @@ import {
 import { type DialError, type QuicConnection, QuicTransport } from "../services/QuicTransport.js"
 import * as ConnectionMap from "./ConnectionMap.js"
 
-/** How long a direct dial runs alone before the seeds are asked to signal the target. */
-const SIGNAL_HEAD_START = Duration.millis(250)
+/**
+ * How long a direct dial runs alone before the seeds are asked to signal the target. Below
+ * QUIC's first retransmission (~1 s), so that a target behind a NAT has punched before our
+ * Initial is sent again; long enough that a loaded machine's slow dials to reachable peers
+ * do not send every seed a relay request (measured on the 200-node loopback bench: 250 ms
+ * left 4 of 200 nodes unjoined in the budget, 1 s joined all, 20% faster at the p95).
+ */
+const SIGNAL_HEAD_START = Duration.millis(500)
 
 type Entry = ConnectionMap.Entry<PeerClient>
 type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
