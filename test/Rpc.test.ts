@@ -239,11 +239,15 @@ for (const mode of ["per-call", "multiplexed"] as const) {
       })
     )
 
-    it.scoped("a slow handler is interrupted and the caller gets a typed timeout", () =>
+    /**
+     * A handler that never answers, with the server's and the client's call timeouts: the
+     * caller gets a typed timeout after the shorter one, and the handler is interrupted.
+     */
+    const slowHandler = (server: Duration.Duration, client: Duration.Duration) =>
       Effect.gen(function* () {
         const finalized = yield* Deferred.make<void>()
         const started = yield* Deferred.make<void>()
-        const { client } = yield* setup(
+        const { client: rpc } = yield* setup(
           mode,
           {
             nodesPing: () =>
@@ -252,46 +256,27 @@ for (const mode of ["per-call", "multiplexed"] as const) {
                 Effect.onInterrupt(() => Deferred.succeed(finalized, undefined))
               )
           },
-          { rpcCallTimeoutTime: Duration.seconds(15) },
-          // The client waits longer: the timeout seen is the server's.
-          { rpcCallTimeoutTime: Duration.seconds(60) }
+          { rpcCallTimeoutTime: server },
+          { rpcCallTimeoutTime: client }
         )
-        const call = yield* Effect.fork(Effect.either(client.nodesPing({ nonce: "slow" })))
+        const call = yield* Effect.fork(Effect.either(rpc.nodesPing({ nonce: "slow" })))
         yield* Deferred.await(started)
-        yield* TestClock.adjust(Duration.seconds(15))
+        const shorter = Duration.min(server, client)
+        yield* TestClock.adjust(shorter)
         const result = yield* Fiber.join(call)
         expect(Either.isLeft(result) && result.left).toEqual(
-          new RpcTimeoutError({ method: "nodesPing", timeoutMillis: 15_000 })
+          new RpcTimeoutError({ method: "nodesPing", timeoutMillis: Duration.toMillis(shorter) })
         )
         yield* Deferred.await(finalized)
       })
+
+    // The client waits longer: the timeout seen is the server's.
+    it.scoped("a slow handler is interrupted and the caller gets a typed timeout", () =>
+      slowHandler(Duration.seconds(15), Duration.seconds(60))
     )
 
     it.scoped("a caller giving up interrupts the handler on the peer", () =>
-      Effect.gen(function* () {
-        const finalized = yield* Deferred.make<void>()
-        const started = yield* Deferred.make<void>()
-        const { client } = yield* setup(
-          mode,
-          {
-            nodesPing: () =>
-              Deferred.succeed(started, undefined).pipe(
-                Effect.zipRight(Effect.never),
-                Effect.onInterrupt(() => Deferred.succeed(finalized, undefined))
-              )
-          },
-          { rpcCallTimeoutTime: Duration.seconds(60) },
-          { rpcCallTimeoutTime: Duration.seconds(1) }
-        )
-        const call = yield* Effect.fork(Effect.either(client.nodesPing({ nonce: "slow" })))
-        yield* Deferred.await(started)
-        yield* TestClock.adjust(Duration.seconds(1))
-        const result = yield* Fiber.join(call)
-        expect(Either.isLeft(result) && result.left).toEqual(
-          new RpcTimeoutError({ method: "nodesPing", timeoutMillis: 1000 })
-        )
-        yield* Deferred.await(finalized)
-      })
+      slowHandler(Duration.seconds(60), Duration.seconds(1))
     )
 
     it.scoped("50 concurrent calls on one connection run in parallel", () =>
