@@ -3,7 +3,20 @@
  * client. The handlers the manager provides are registered once (a Deferred), so the RPC
  * server's handler layer can be built before the manager that implements it.
  */
-import { Cause, Context, Deferred, Effect, Either, FiberId, Layer, Scope, Stream } from "effect"
+import {
+  Cause,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  ExecutionStrategy,
+  Exit,
+  FiberId,
+  Layer,
+  Scope,
+  Stream
+} from "effect"
 import { AgentRpcs, Caller, type NodeContact, RpcHandlerError } from "../services/AgentRpc.js"
 import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import * as NodeId from "../services/NodeId.js"
@@ -134,39 +147,131 @@ const adapt = (client: AgentClient): PeerClient => {
 }
 
 /**
- * A client that costs nothing until its first call: most held connections are never called
- * on. The first call builds the RPC client in `scope` (once, whoever calls first).
+ * How long a built RPC client stays after its last call ends. Then its stream closes (and
+ * with it the fibers and buffers on both ends), and the next call builds a new one: a node
+ * that has called each of its thousand peers once does not keep a thousand idle clients.
+ */
+export const CLIENT_IDLE_CLOSE = Duration.seconds(1)
+
+interface Built {
+  readonly client: Deferred.Deferred<PeerClient>
+  /** Calls running on this client. */
+  inflight: number
+  /** Calls started on it so far (a call since the idle timer started keeps it). */
+  uses: number
+  /** An idle timer is running. */
+  lingering: boolean
+  started: boolean
+  /** Where the client lives; closed when it has been idle for `CLIENT_IDLE_CLOSE`. */
+  scope: Scope.CloseableScope | undefined
+}
+
+/**
+ * A client that costs nothing until a call: most held connections are never called on. A
+ * call builds the RPC client (once, whoever calls first) in a scope of its own inside the
+ * connection's; `CLIENT_IDLE_CLOSE` after the last call ends, that scope is closed again.
  */
 class LazyClient implements PeerClient {
-  private built: Deferred.Deferred<PeerClient> | undefined
+  private built: Built | undefined
   constructor(
     private readonly server: RpcServerService,
     private readonly connection: QuicConnection,
     private readonly scope: Scope.Scope
   ) {}
-  private get client(): Effect.Effect<PeerClient> {
+
+  /** Takes the current client (or a new one) for one call. */
+  private readonly enter = Effect.sync((): Built => {
+    const b: Built = this.built ?? {
+      client: Deferred.unsafeMake<PeerClient>(FiberId.none),
+      inflight: 0,
+      uses: 0,
+      lingering: false,
+      started: false,
+      scope: undefined
+    }
+    this.built = b
+    b.inflight++
+    b.uses++
+    return b
+  })
+
+  /** The client of `b`, built by the first caller. */
+  private clientOf(b: Built): Effect.Effect<PeerClient> {
     return Effect.suspend(() => {
-      if (this.built) return Deferred.await(this.built)
-      const deferred = Deferred.unsafeMake<PeerClient>(FiberId.none)
-      this.built = deferred
-      return this.server.makeClient(this.connection).pipe(
-        Scope.extend(this.scope),
-        Effect.map(adapt),
+      if (b.started) return Deferred.await(b.client)
+      b.started = true
+      return Scope.fork(this.scope, ExecutionStrategy.sequential).pipe(
+        Effect.flatMap((scope) =>
+          this.server.makeClient(this.connection).pipe(
+            Scope.extend(scope),
+            Effect.map((client): PeerClient => {
+              b.scope = scope
+              return adapt(client)
+            })
+          )
+        ),
         Effect.exit,
-        Effect.flatMap((exit) => Deferred.done(deferred, exit)),
+        Effect.flatMap((exit) => Deferred.done(b.client, exit)),
         Effect.uninterruptible,
-        Effect.zipRight(Deferred.await(deferred))
+        Effect.zipRight(Deferred.await(b.client))
       )
     })
   }
+
+  /** One call on `b` ended; the last one starts the idle timer. */
+  private leave(b: Built): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      b.inflight--
+      if (b.inflight > 0 || b.lingering || this.built !== b) return Effect.void
+      b.lingering = true
+      // Interruptible: this runs in a call's release, and a fiber forked there would inherit
+      // its uninterruptibility (closing the connection would then wait out the timer).
+      return Effect.asVoid(Effect.forkIn(Effect.interruptible(this.linger(b)), this.scope))
+    })
+  }
+
+  private linger(b: Built): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const seen = b.uses
+      return Effect.sleep(CLIENT_IDLE_CLOSE).pipe(
+        Effect.zipRight(
+          Effect.suspend(() => {
+            if (this.built !== b) return Effect.void
+            if (b.inflight > 0) {
+              // The call running now starts the timer again when it ends.
+              b.lingering = false
+              return Effect.void
+            }
+            if (b.uses !== seen) return this.linger(b)
+            this.built = undefined
+            return b.scope ? Scope.close(b.scope, Exit.void) : Effect.void
+          })
+        )
+      )
+    })
+  }
+
+  private call<A, E>(f: (client: PeerClient) => Effect.Effect<A, E>): Effect.Effect<A, E> {
+    return Effect.acquireUseRelease(
+      this.enter,
+      (b) => Effect.flatMap(this.clientOf(b), f),
+      (b) => this.leave(b)
+    )
+  }
+
   get ping(): Effect.Effect<void, PeerCallError> {
-    return Effect.flatMap(this.client, (c) => c.ping)
+    return this.call((c) => c.ping)
   }
   closestNodes(target: NodeId.NodeId): Stream.Stream<WireContact, PeerCallError> {
-    return Stream.unwrap(Effect.map(this.client, (c) => c.closestNodes(target)))
+    return Stream.unwrapScoped(
+      Effect.acquireRelease(this.enter, (b) => this.leave(b)).pipe(
+        Effect.flatMap((b) => this.clientOf(b)),
+        Effect.map((c) => c.closestNodes(target))
+      )
+    )
   }
   holePunchSignal(message: HolePunchMessage): Effect.Effect<void, PeerCallError> {
-    return Effect.flatMap(this.client, (c) => c.holePunchSignal(message))
+    return this.call((c) => c.holePunchSignal(message))
   }
 }
 
