@@ -234,7 +234,9 @@ export const make = Effect.gen(function* () {
   /** Sets up what runs on a connection; the connection is closed with `scope`. */
   const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
     Effect.gen(function* () {
-      yield* Scope.addFinalizer(scope, connection.close("connection released"))
+      // A dialled connection is already closed with this scope (the dial's contract).
+      if (connection.direction === "reverse")
+        yield* Scope.addFinalizer(scope, connection.close("connection released"))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
       // No fiber waits on an idle connection: calls and the close each start one when they come.

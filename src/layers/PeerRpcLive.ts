@@ -180,20 +180,22 @@ class LazyClient implements PeerClient {
   ) {}
 
   /** Takes the current client (or a new one) for one call. */
-  private readonly enter = Effect.sync((): Built => {
-    const b: Built = this.built ?? {
-      client: Deferred.unsafeMake<PeerClient>(FiberId.none),
-      inflight: 0,
-      uses: 0,
-      lingering: false,
-      started: false,
-      scope: undefined
-    }
-    this.built = b
-    b.inflight++
-    b.uses++
-    return b
-  })
+  private enter(): Effect.Effect<Built> {
+    return Effect.sync((): Built => {
+      const b: Built = this.built ?? {
+        client: Deferred.unsafeMake<PeerClient>(FiberId.none),
+        inflight: 0,
+        uses: 0,
+        lingering: false,
+        started: false,
+        scope: undefined
+      }
+      this.built = b
+      b.inflight++
+      b.uses++
+      return b
+    })
+  }
 
   /** The client of `b`, built by the first caller. */
   private clientOf(b: Built): Effect.Effect<PeerClient> {
@@ -253,7 +255,7 @@ class LazyClient implements PeerClient {
 
   private call<A, E>(f: (client: PeerClient) => Effect.Effect<A, E>): Effect.Effect<A, E> {
     return Effect.acquireUseRelease(
-      this.enter,
+      this.enter(),
       (b) => Effect.flatMap(this.clientOf(b), f),
       (b) => this.leave(b)
     )
@@ -264,7 +266,7 @@ class LazyClient implements PeerClient {
   }
   closestNodes(target: NodeId.NodeId): Stream.Stream<WireContact, PeerCallError> {
     return Stream.unwrapScoped(
-      Effect.acquireRelease(this.enter, (b) => this.leave(b)).pipe(
+      Effect.acquireRelease(this.enter(), (b) => this.leave(b)).pipe(
         Effect.flatMap((b) => this.clientOf(b)),
         Effect.map((c) => c.closestNodes(target))
       )
