@@ -13,8 +13,10 @@
  *    latency, calls/s) and 32 concurrent callers (calls/s); rounds alternate between the two.
  * 3. Memory per connection with many connections held at once: the peers are full nodes in
  *    child processes (bench/connectionManagerChild.ts `peers`), and each measuring side runs
- *    in a fresh child process of its own (`memory cm` / `memory raw`): warm-up connections,
- *    heap/RSS after gc, N more connections, heap/RSS after gc; the delta divided by N.
+ *    in a fresh child process of its own (`memory cm` / `memory raw`): warm-up connections
+ *    (the manager also makes one call on each, so that the RPC client's code is compiled),
+ *    2.5 s, heap/RSS after gc, N more connections, 2.5 s (idle RPC clients close after 1 s),
+ *    heap/RSS after gc; the delta divided by N.
  * 4. Lookups on a loopback network of full nodes: 3 seeds in this process, the other nodes spread
  *    over BENCH_CM_NET_PROCESSES child processes (bench/connectionManagerChild.ts `net`), each
  *    building its nodes and joining them through the seeds with `syncNodeGraph`,
