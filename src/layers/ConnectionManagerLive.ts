@@ -1066,7 +1066,7 @@ export const make = Effect.gen(function* () {
       const entries = [...map.entries.values()]
       return {
         connections: entries.length,
-        standbyConnections: entries.reduce((n, e) => n + e.standby.size, 0),
+        standbyConnections: entries.reduce((n, e) => n + (e.standby?.size ?? 0), 0),
         pendingDials: pending.size,
         inboundInProgress,
         backgroundFibers: yield* FiberSet.size(background),

@@ -29,8 +29,11 @@ export interface Entry<Client> {
   readonly nodeId: NodeId.NodeId
   readonly key: string
   record: ConnectionRecord<Client>
-  /** Other open connections to the same node, kept until their initiator closes them. */
-  readonly standby: Set<ConnectionRecord<Client>>
+  /**
+   * Other open connections to the same node, kept until their initiator closes them. Made
+   * on first use: nearly every entry never has one.
+   */
+  standby: Set<ConnectionRecord<Client>> | undefined
   usageCount: number
   /** When the idle entry goes; undefined while in use (or a seed). */
   idleDeadline: number | undefined
@@ -73,6 +76,11 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       clock = c
     })
   )
+
+  const standbyOf = (entry: Entry<Client>) => {
+    entry.standby ??= new Set()
+    return entry.standby
+  }
 
   const closeRecord = (record: ConnectionRecord<Client>, reason: string) =>
     Effect.suspend(() => {
@@ -120,8 +128,8 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       if (entries.get(entry.key) !== entry) return Effect.void
       entries.delete(entry.key)
       entry.idleDeadline = undefined
-      const records = [entry.record, ...entry.standby]
-      entry.standby.clear()
+      const records = [entry.record, ...(entry.standby ?? [])]
+      entry.standby = undefined
       return Effect.forEach(records, (r) => closeRecord(r, reason), {
         concurrency: "unbounded",
         discard: true
@@ -156,11 +164,11 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       record.retired = true
       const entry = entries.get(keyOf(record.connection.remoteNodeId))
       if (!entry) return Scope.close(record.scope, Exit.void)
-      if (entry.standby.delete(record)) return Scope.close(record.scope, Exit.void)
+      if (entry.standby?.delete(record)) return Scope.close(record.scope, Exit.void)
       if (entry.record !== record) return Scope.close(record.scope, Exit.void)
-      const next = [...entry.standby][0]
+      const next = entry.standby ? [...entry.standby][0] : undefined
       if (next) {
-        entry.standby.delete(next)
+        entry.standby!.delete(next)
         entry.record = next
         next.retired = false
         return Scope.close(record.scope, Exit.void)
@@ -182,7 +190,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
           nodeId: conn.remoteNodeId,
           key,
           record,
-          standby: new Set(),
+          standby: undefined,
           usageCount: 0,
           idleDeadline: undefined,
           lastUsed: now()
@@ -202,25 +210,25 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       if (newPreferred && !oldPreferred) {
         const old = existing.record
         existing.record = record
-        existing.standby.add(old)
+        standbyOf(existing).add(old)
         return retire(old, "superseded by simultaneous open").pipe(Effect.as(existing))
       }
       if (!newPreferred && oldPreferred) {
-        existing.standby.add(record)
+        standbyOf(existing).add(record)
         return retire(record, "simultaneous open: the other connection is kept").pipe(Effect.as(existing))
       }
       // Same initiator twice. Our own duplicate dial: keep the first. A second inbound one:
       // the peer may have restarted, so keep the new one only if the old one is dead.
       if (conn.direction === "forward") {
-        existing.standby.add(record)
+        standbyOf(existing).add(record)
         return retire(record, "duplicate connection").pipe(Effect.as(existing))
       }
-      existing.standby.add(record)
+      standbyOf(existing).add(record)
       const old = existing.record
       return options.probe(old as ConnectionRecord<unknown>).pipe(
         Effect.flatMap((alive) =>
           Effect.suspend(() => {
-            if (alive || entries.get(key) !== existing || !existing.standby.has(record)) return Effect.void
+            if (alive || entries.get(key) !== existing || !existing.standby?.has(record)) return Effect.void
             existing.standby.delete(record)
             existing.record = record
             record.retired = false

@@ -197,7 +197,10 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   private stopping: Promise<void> | undefined
   /** Streams from the peer and the close, handed to whoever serves the connection. */
   private readonly dispatch: Dispatch
-  private readonly closedDeferred = Deferred.unsafeMake<CloseReason>(FiberId.none)
+  /** How it ended, once it has. */
+  private ended: CloseReason | undefined
+  /** Made only when someone waits for the end (most connections are never waited on). */
+  private closedDeferred: Deferred.Deferred<CloseReason> | undefined
 
   constructor(
     private readonly ctx: ConnectionContext,
@@ -212,30 +215,32 @@ class WrappedConnection implements QuicConnection, LiveConnection {
     this.remotePort = raw.remotePort
     this.localHost = ctx.localHost
     this.localPort = ctx.localPort
-    for (const stream of existingStreams(raw)) this.onStream({ detail: stream })
-    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this.onStream)
-    raw.addEventListener(quicEvents.EventQUICConnectionError.name, this.onError)
+    for (const stream of existingStreams(raw)) this.onStream(stream)
+    // The connection itself listens (`handleEvent`): no closures per connection.
+    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this)
+    raw.addEventListener(quicEvents.EventQUICConnectionError.name, this)
     ctx.live.add(this)
     // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
     void raw.closedP.then(() => this.finish())
   }
 
-  private readonly onStream = (evt: { detail: QUICStream }) => {
-    const stream = evt.detail
+  handleEvent(evt: Event): void {
+    if (evt instanceof quicEvents.EventQUICConnectionStream) this.onStream(evt.detail)
+    else if (evt instanceof quicEvents.EventQUICConnectionError) this.reason ??= closeReasonOf(evt.detail)
+  }
+
+  private onStream(stream: QUICStream) {
     if (stream.type !== "bidi" || stream.initiated !== "peer") return
     this.dispatch.offer(QuicStreamSocket.make(stream))
   }
 
-  private readonly onError = (evt: { detail: unknown }) => {
-    this.reason ??= closeReasonOf(evt.detail)
-  }
-
   private finish() {
-    this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this.onStream)
-    this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this.onError)
+    this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this)
+    this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this)
     this.ctx.live.delete(this)
     const reason: CloseReason = this.reason ?? { _tag: "Error", detail: "connection closed" }
-    Deferred.unsafeDone(this.closedDeferred, Exit.succeed(reason))
+    this.ended = reason
+    if (this.closedDeferred) Deferred.unsafeDone(this.closedDeferred, Exit.succeed(reason))
     this.dispatch.close(reason)
   }
 
@@ -288,14 +293,20 @@ class WrappedConnection implements QuicConnection, LiveConnection {
     return this.dispatch.acceptedStreams
   }
 
-  readonly close = (text?: string): Effect.Effect<void> =>
-    Effect.suspend(() => {
+  // A method, not a per-connection closure.
+  close(text?: string): Effect.Effect<void> {
+    return Effect.suspend(() => {
       this.reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
       return Effect.promise(() => this.closeNow(text ?? ""))
-    }).pipe(Effect.zipRight(Deferred.await(this.closedDeferred)), Effect.asVoid)
+    }).pipe(Effect.zipRight(this.closed), Effect.asVoid)
+  }
 
   get closed(): Effect.Effect<CloseReason> {
-    return Deferred.await(this.closedDeferred)
+    return Effect.suspend(() => {
+      if (this.ended !== undefined) return Effect.succeed(this.ended)
+      this.closedDeferred ??= Deferred.unsafeMake<CloseReason>(FiberId.none)
+      return Deferred.await(this.closedDeferred)
+    })
   }
 }
 
