@@ -1,19 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Duration, Effect, Exit, Fiber, Option, type Scope, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Option, Stream } from "effect"
 import * as PeerRpcSim from "../src/layers/PeerRpcSim.js"
-import * as SimNet from "../src/layers/SimNetwork.js"
-import { simulate } from "../src/programs/SimRuntime.js"
 import * as NodeId from "../src/services/NodeId.js"
 import type { AgentHandlers, CallerInfo, WireContact } from "../src/services/PeerRpc.js"
-import type { QuicConnection } from "../src/services/QuicTransport.js"
-import type { NatType, SimNetworkService } from "../src/services/SimNetwork.js"
-
-const idOf = (n: number): NodeId.NodeId => {
-  const bytes = new Uint8Array(32)
-  bytes[0] = n
-  bytes[31] = n ^ 0x5a
-  return bytes as NodeId.NodeId
-}
+import { idOf, simPair } from "./fixtures/simPair.js"
 
 const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
 
@@ -28,38 +18,7 @@ const recording = () => {
   return { callers, handlers }
 }
 
-/**
- * A world (latency 40 ms, no jitter) with a dialler `a` (behind `nat`) and a listener `b`;
- * `f` gets both ends of one connection. Runs on SimRuntime's virtual clock.
- */
-const pair = <A, E>(
-  f: (t: {
-    readonly sim: SimNetworkService
-    readonly a: QuicConnection
-    readonly b: QuicConnection
-    readonly now: () => number
-  }) => Effect.Effect<A, E, Scope.Scope>,
-  nat: NatType = "none"
-) =>
-  simulate(
-    (ctx) =>
-      Effect.gen(function* () {
-        const sim = yield* SimNet.make({ seed: 1, latency: "40 millis", jitter: 0 })
-        const ta = yield* sim.bind({ nat }, idOf(1))
-        const tb = yield* sim.bind({}, idOf(2))
-        const accepted = yield* Deferred.make<QuicConnection>()
-        yield* tb.incoming.pipe(
-          Stream.take(1),
-          Stream.runForEach((c) => Deferred.succeed(accepted, c)),
-          Effect.forkScoped
-        )
-        const a = yield* ta.dial({ host: tb.host, port: tb.port, expectedNodeIds: [idOf(2)] })
-        const b = yield* Deferred.await(accepted)
-        // PeerRpc.serve lasts for a scope (the lead changed its signature).
-        return yield* Effect.scoped(f({ sim, a, b, now: () => ctx.clock.elapsed }))
-      }),
-    { seed: 1 }
-  )
+const pair = simPair
 
 describe("PeerRpcSim", () => {
   it.effect("a call takes one round trip of the link and runs the handler with the proven caller", () =>
