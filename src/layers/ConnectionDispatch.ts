@@ -88,6 +88,17 @@ export class Dispatch {
     }
   }
 
+  /** See `QuicConnection.closed`: the reason, at once if it has closed, else when it does. */
+  get closed(): Effect.Effect<CloseReason> {
+    return Effect.suspend(() => {
+      if (this.closedWith !== undefined) return Effect.succeed(this.closedWith)
+      return Effect.async<CloseReason>((resume) => {
+        const stop = this.listenClose((reason) => resume(Effect.succeed(reason)))
+        return Effect.sync(stop)
+      })
+    })
+  }
+
   /** See `QuicConnection.whenClosed`. */
   whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
     return Effect.sync(() => {

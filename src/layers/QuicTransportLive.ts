@@ -30,7 +30,6 @@ import {
   Effect,
   Exit,
   type Fiber,
-  FiberId,
   FiberSet,
   Layer,
   Queue,
@@ -197,10 +196,6 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   private stopping: Promise<void> | undefined
   /** Streams from the peer and the close, handed to whoever serves the connection. */
   private readonly dispatch: Dispatch
-  /** How it ended, once it has. */
-  private ended: CloseReason | undefined
-  /** Made only when someone waits for the end (most connections are never waited on). */
-  private closedDeferred: Deferred.Deferred<CloseReason> | undefined
 
   constructor(
     private readonly ctx: ConnectionContext,
@@ -239,8 +234,6 @@ class WrappedConnection implements QuicConnection, LiveConnection {
     this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this)
     this.ctx.live.delete(this)
     const reason: CloseReason = this.reason ?? { _tag: "Error", detail: "connection closed" }
-    this.ended = reason
-    if (this.closedDeferred) Deferred.unsafeDone(this.closedDeferred, Exit.succeed(reason))
     this.dispatch.close(reason)
   }
 
@@ -302,11 +295,7 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   }
 
   get closed(): Effect.Effect<CloseReason> {
-    return Effect.suspend(() => {
-      if (this.ended !== undefined) return Effect.succeed(this.ended)
-      this.closedDeferred ??= Deferred.unsafeMake<CloseReason>(FiberId.none)
-      return Deferred.await(this.closedDeferred)
-    })
+    return this.dispatch.closed
   }
 }
 

@@ -28,7 +28,6 @@ import {
   Effect,
   Exit,
   type Fiber,
-  FiberId,
   FiberSet,
   Layer,
   Mailbox,
@@ -465,7 +464,6 @@ class SimConnection implements QuicConnection, SimChannel {
   }
   /** Streams the peer opens and the close, handed to whoever serves this end (no fiber waits). */
   readonly dispatch: Dispatch
-  readonly closedDeferred: Deferred.Deferred<CloseReason> = Deferred.unsafeMake(FiberId.none)
 
   get localHost() {
     return this.ep.host.host
@@ -511,7 +509,7 @@ class SimConnection implements QuicConnection, SimChannel {
     this.dispatch.handleStreams(onStream)
   readonly whenClosed: QuicConnection["whenClosed"] = (f) => this.dispatch.whenClosed(f)
   get closed(): Effect.Effect<CloseReason> {
-    return Deferred.await(this.closedDeferred)
+    return this.dispatch.closed
   }
   readonly close = (reason?: string): Effect.Effect<void> =>
     Effect.sync(() => this.world.closeConnection(this, localReason(reason), "peer"))
@@ -1023,7 +1021,6 @@ class World {
       }
     }
     end.streams.clear()
-    Deferred.unsafeDone(end.closedDeferred, Exit.succeed(reason))
     end.dispatch.close(reason)
     this.trace(
       "close",
