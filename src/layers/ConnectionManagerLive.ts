@@ -415,13 +415,13 @@ export const make = Effect.gen(function* () {
     timeout: Duration.Duration,
     start: Effect.Effect<Entry, NodeConnectionError>
   ): Effect.Effect<Entry, NodeConnectionError> => {
-    const key = NodeId.encode(nodeId) as string
     const timedOut = () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
     // The first caller's dial is bounded by the transport's own connect timeout (no race
     // fiber on the path of every new connection); later callers wait at most `timeout`.
     const attempt: Effect.Effect<Entry, NodeConnectionError> = Effect.suspend(() => {
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)
+      const key = NodeId.encode(nodeId) as string
       const running = pending.get(key)
       if (running)
         return Deferred.await(running.deferred).pipe(
@@ -483,11 +483,16 @@ export const make = Effect.gen(function* () {
     return ensureCapacity(nodeId).pipe(Effect.zipRight(withSignals))
   }
 
-  const handleOf = (entry: Entry): NodeConnectionHandle => ({
+  /** A handle on `record` (by default the entry's current one). */
+  const handleOf = (entry: Entry, record: ConnRecord = entry.record): NodeConnectionHandle => ({
     nodeId: entry.nodeId,
-    connection: entry.record.connection,
-    client: entry.record.client
+    connection: record.connection,
+    client: record.client
   })
+
+  /** Gives back one use of `record`; work that failed with a connection error destroys it. */
+  const releaseUse = (entry: Entry) => (record: ConnRecord, exit: Exit.Exit<unknown, unknown>) =>
+    map.release(entry, record, isConnectionFailure(exit))
 
   const getConnectionWithAddress = (
     nodeId: NodeId.NodeId,
@@ -550,19 +555,9 @@ export const make = Effect.gen(function* () {
 
   // Getting the entry stays interruptible; only taking the usage is protected with its release.
   const acquireConnection = (nodeId: NodeId.NodeId, options?: OperationOptions) =>
-    getEntry(nodeId, options).pipe(
-      Effect.flatMap((entry) =>
-        Effect.acquireRelease(
-          Effect.map(map.acquire(entry), (record) => ({ entry, record })),
-          ({ entry, record }, exit) => map.release(entry, record, isConnectionFailure(exit))
-        )
-      ),
-      Effect.map(
-        ({ entry, record }): NodeConnectionHandle => ({
-          nodeId: entry.nodeId,
-          connection: record.connection,
-          client: record.client
-        })
+    Effect.flatMap(getEntry(nodeId, options), (entry) =>
+      Effect.map(Effect.acquireRelease(map.acquire(entry), releaseUse(entry)), (record) =>
+        handleOf(entry, record)
       )
     )
 
@@ -573,11 +568,7 @@ export const make = Effect.gen(function* () {
     options?: OperationOptions
   ): Effect.Effect<A, E | NodeConnectionError, R> =>
     Effect.flatMap(getEntry(nodeId, options), (entry) =>
-      Effect.acquireUseRelease(
-        map.acquire(entry),
-        (record) => f({ nodeId: entry.nodeId, connection: record.connection, client: record.client }),
-        (record, exit) => map.release(entry, record, isConnectionFailure(exit))
-      )
+      Effect.acquireUseRelease(map.acquire(entry), (record) => f(handleOf(entry, record)), releaseUse(entry))
     )
 
   const withConnectionStream = <A, E, R>(
@@ -833,13 +824,11 @@ export const make = Effect.gen(function* () {
               Effect.suspend(() => {
                 c.state = "answered"
                 for (const r of contacts) insert(r.nodeId, { host: r.host, port: r.port }, c.depth + 1)
-                if (fillBucket !== undefined && NodeId.bucketIndex(self, c.nodeId) === fillBucket) {
-                  finished = true
-                  return addToGraph(c.nodeId, c.address.host, c.address.port).pipe(
-                    Effect.zipRight(Deferred.succeed(done, undefined))
-                  )
-                }
-                return addToGraph(c.nodeId, c.address.host, c.address.port)
+                const added = addToGraph(c.nodeId, c.address.host, c.address.port)
+                if (fillBucket === undefined || NodeId.bucketIndex(self, c.nodeId) !== fillBucket)
+                  return added
+                finished = true
+                return Effect.zipRight(added, Deferred.succeed(done, undefined))
               })
           })
         )

@@ -466,10 +466,10 @@ export const validate = (o: ScenarioOptions): Effect.Effect<void, ScenarioError>
   return Effect.void
 }
 
-/** About 100 nodes arriving one after another per join slot, at most 64 slots. */
 /** Virtual time the background work left by the lookups may take to finish before the report. */
 const SETTLE_LIMIT_MS = 60_000
 
+/** About 100 nodes arriving one after another per join slot, at most 64 slots. */
 export const defaultJoinConcurrency = (nodes: number) => Math.max(1, Math.min(64, Math.floor(nodes / 100)))
 
 const pickNat = (mix: NatMix, r: number): NatType => {
@@ -569,17 +569,13 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
     // so that the network figures show what is left over, not what is merely still running.
     const settleStart = ctx.clock.elapsed
     const busy = Effect.map(
-      Effect.forEach(
-        world.nodes.filter((n) => n.alive),
-        (n) => Effect.map(n.cm.diagnostics, (d) => d.pendingDials + d.backgroundFibers)
-      ),
+      Effect.forEach(live, (n) => Effect.map(n.cm.diagnostics, (d) => d.pendingDials + d.backgroundFibers)),
       (counts) => counts.some((c) => c > 0)
     )
     while ((yield* busy) && ctx.clock.elapsed - settleStart < SETTLE_LIMIT_MS) yield* Effect.sleep("1 second")
 
-    const connections = yield* Effect.forEach(
-      world.nodes.filter((n) => n.alive),
-      (n) => Effect.map(n.cm.listConnections, (cs) => cs.length)
+    const connections = yield* Effect.forEach(live, (n) =>
+      Effect.map(n.cm.listConnections, (cs) => cs.length)
     )
     const succeeded = outcomes.filter((x) => x.found)
     const histogram = new Map<number, number>()
