@@ -327,10 +327,15 @@ const coldAndWarm = Effect.gen(function* () {
 
 // ---- 3: memory per connection ----------------------------------------------------------------
 
-const childPath = fileURLToPath(new URL("./connectionManagerChild.ts", import.meta.url))
+// The child runs the same way as this file: compiled JavaScript under `npm run bench`, or
+// TypeScript through tsx when run standalone.
+const compiled = import.meta.url.endsWith(".js")
+const childPath = fileURLToPath(
+  new URL(`./connectionManagerChild.${compiled ? "js" : "ts"}`, import.meta.url)
+)
 
 const startChild = (args: ReadonlyArray<string>) =>
-  spawn(process.execPath, ["--expose-gc", "--import", "tsx", childPath, ...args], {
+  spawn(process.execPath, ["--expose-gc", ...(compiled ? [] : ["--import", "tsx"]), childPath, ...args], {
     stdio: ["pipe", "pipe", "inherit"]
   })
 

@@ -1,6 +1,7 @@
 /**
  * Child processes of the connection-manager bench (bench/connectionManager.ts), run as
- * `node --expose-gc --import tsx bench/connectionManagerChild.ts <mode> …`:
+ * `node --expose-gc build/bench/bench/connectionManagerChild.js <mode> …` (compiled, under
+ * `npm run bench`) or `node --expose-gc --import tsx bench/connectionManagerChild.ts <mode> …`:
  *
  * - `peers <count> <seedPrefix> [full|light]`: `count` full nodes (KeyRingTest + in-memory NodeGraph +
  *   QuicTransportLive + agent RPC + ConnectionManager; `light`: KeyRingTest + QuicTransportLive

@@ -2,13 +2,23 @@
  * `npm run bench`: runs every suite (or those named on the command line), prints a table,
  * and writes bench/results/latest.json and bench/results/latest.md.
  */
-import { mkdirSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, writeFileSync } from "node:fs"
 import { cpus, totalmem } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { BenchResult, BenchSuite } from "./types.js"
 
-const here = dirname(fileURLToPath(import.meta.url))
+/**
+ * The project root: the nearest folder up from this file with a package.json. The suites run
+ * compiled (build/bench/bench/run.js, see package.json) so that they measure the JavaScript
+ * users run: tsx compiles with esbuild's keepNames, which gives every named closure its own
+ * property table and inflates per-object memory figures.
+ */
+const root = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir)
+  return dir
+})()
 
 /** Suites in run order; each is `bench/<name>.ts` exporting `suite: BenchSuite`. */
 const suiteNames = ["nodeGraph", "transport", "rpc", "connectionManager", "simulation"]
@@ -49,7 +59,7 @@ const lines = [
       `| ${r.suite} | ${r.name} | ${fmt(r.value)} ${r.unit} | ${r.baselineName ? `${r.baselineName}: ${fmt(r.baseline)} ${r.unit}` : ""} | ${r.ratio === undefined ? "" : `${r.ratio.toFixed(2)}×`} | ${r.target ?? ""} | ${r.met === undefined ? "" : r.met ? "yes" : "no"} |`
   )
 ]
-const out = join(here, "results")
+const out = join(root, "bench", "results")
 mkdirSync(out, { recursive: true })
 writeFileSync(
   join(out, "latest.json"),
