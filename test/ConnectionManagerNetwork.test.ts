@@ -5,10 +5,10 @@
  */
 import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Option, Stream } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import * as PeerRpcLive from "../src/layers/PeerRpcLive.js"
 import * as NodeId from "../src/services/NodeId.js"
-import { PeerRpc } from "../src/services/PeerRpc.js"
+import { type PeerClient, PeerRpc } from "../src/services/PeerRpc.js"
 import { eventually, makeNode, nodeIdOf, seedOf, type TestNode } from "./fixtures/cmNode.js"
 
 const deadAddress = { host: "127.0.0.1", port: 9 }
@@ -120,23 +120,28 @@ describe("lookup", () => {
           Effect.map(PeerRpc, (inner) => ({
             ...inner,
             client: (connection) =>
-              Effect.map(inner.client(connection), (client) => ({
-                ...client,
-                closestNodes: (target) =>
-                  Stream.suspend(() => {
-                    inFlight++
-                    maxInFlight = Math.max(maxInFlight, inFlight)
-                    const key = NodeId.encode(connection.remoteNodeId)
-                    asked.set(key, (asked.get(key) ?? 0) + 1)
-                    return client.closestNodes(target)
-                  }).pipe(
-                    Stream.ensuring(
-                      Effect.sync(() => {
-                        inFlight--
-                      })
+              Effect.map(
+                inner.client(connection),
+                (client): PeerClient => ({
+                  ping: client.ping,
+                  closestNodes: (target) => client.closestNodes(target),
+                  holePunchSignal: (message) => client.holePunchSignal(message),
+                  closestNodesUpTo: (target, limit) =>
+                    Effect.suspend(() => {
+                      inFlight++
+                      maxInFlight = Math.max(maxInFlight, inFlight)
+                      const key = NodeId.encode(connection.remoteNodeId)
+                      asked.set(key, (asked.get(key) ?? 0) + 1)
+                      return client.closestNodesUpTo(target, limit)
+                    }).pipe(
+                      Effect.ensuring(
+                        Effect.sync(() => {
+                          inFlight--
+                        })
+                      )
                     )
-                  )
-              }))
+                })
+              )
           }))
         ).pipe(Layer.provideMerge(PeerRpcLive.layer))
         const a = yield* makeNode("lookup-a", { peerRpc: counting })

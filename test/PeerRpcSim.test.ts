@@ -6,13 +6,14 @@ import type { AgentHandlers, CallerInfo, WireContact } from "../src/services/Pee
 import { idOf, simPair } from "./fixtures/simPair.js"
 
 const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
+const farther: WireContact = { nodeIdEncoded: NodeId.encode(idOf(8)), host: "1.0.0.8", port: 1314 }
 
 /** Handlers that record who called. */
 const recording = () => {
   const callers: CallerInfo[] = []
   const handlers: AgentHandlers = {
     touch: (caller) => Effect.sync(() => void callers.push(caller)),
-    closestNodes: () => Effect.succeed([contact]),
+    closestNodes: () => Effect.succeed([contact, farther]),
     holePunchSignal: () => Effect.fail("rate limited: too many hole-punch requests")
   }
   return { callers, handlers }
@@ -39,13 +40,15 @@ describe("PeerRpcSim", () => {
           expect(callers[0]!.port).toBe(b.remotePort)
           expect(callers[0]!.host).not.toBe(a.localHost)
           const contacts = yield* Stream.runCollect(client.closestNodes(idOf(9)))
-          expect([...contacts]).toEqual([contact])
+          expect([...contacts]).toEqual([contact, farther])
+          // The lookup's form: the first `limit` of them, in one round trip.
+          expect(yield* client.closestNodesUpTo(idOf(9), 1)).toEqual([contact])
           const refused = yield* client
             .holePunchSignal({ sourceNodeIdEncoded: "x", targetNodeIdEncoded: "y" })
             .pipe(Effect.flip)
           expect(refused.reason).toBe("remote")
           expect(refused.detail).toContain("rate limited")
-          expect(now() - start).toBe(240)
+          expect(now() - start).toBe(320)
         }),
       "restricted"
     )

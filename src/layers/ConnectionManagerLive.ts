@@ -695,9 +695,7 @@ export const make = Effect.gen(function* () {
     withConnection(
       nodeId,
       (h) =>
-        h.client.closestNodes(target).pipe(
-          Stream.take(k),
-          Stream.runCollect,
+        h.client.closestNodesUpTo(target, k).pipe(
           Effect.timeout(timeoutOf(options)),
           Effect.mapError(
             (e) =>

@@ -5,6 +5,7 @@
  */
 import {
   Cause,
+  Chunk,
   Context,
   Deferred,
   Duration,
@@ -110,6 +111,11 @@ const closedUnderneath = (method: string) => (cause: Cause.Cause<PeerCallError>)
 const adapt = (client: AgentClient): PeerClient => {
   // Per client, so that a simulation replays byte for byte.
   let nonceCounter = 0
+  const closestNodes = (target: NodeId.NodeId) =>
+    client.nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) }).pipe(
+      Stream.mapError(callError("nodesClosestLocalNodesGet")),
+      Stream.catchAllCause((cause) => Stream.fromEffect(closedUnderneath("nodesClosestLocalNodesGet")(cause)))
+    ) as Stream.Stream<WireContact, PeerCallError>
   return {
     ping: Effect.suspend(() => {
       const nonce = `${++nonceCounter}`
@@ -125,13 +131,9 @@ const adapt = (client: AgentClient): PeerClient => {
         )
       )
     }),
-    closestNodes: (target) =>
-      client.nodesClosestLocalNodesGet({ nodeIdEncoded: NodeId.encode(target) }).pipe(
-        Stream.mapError(callError("nodesClosestLocalNodesGet")),
-        Stream.catchAllCause((cause) =>
-          Stream.fromEffect(closedUnderneath("nodesClosestLocalNodesGet")(cause))
-        )
-      ) as Stream.Stream<WireContact, PeerCallError>,
+    closestNodes,
+    closestNodesUpTo: (target, limit) =>
+      Effect.map(Stream.runCollect(Stream.take(closestNodes(target), limit)), Chunk.toReadonlyArray),
     holePunchSignal: (message: HolePunchMessage) =>
       client
         .nodesHolePunchSignal({
@@ -271,6 +273,12 @@ class LazyClient implements PeerClient {
         Effect.map((c) => c.closestNodes(target))
       )
     )
+  }
+  closestNodesUpTo(
+    target: NodeId.NodeId,
+    limit: number
+  ): Effect.Effect<ReadonlyArray<WireContact>, PeerCallError> {
+    return this.call((c) => c.closestNodesUpTo(target, limit))
   }
   holePunchSignal(message: HolePunchMessage): Effect.Effect<void, PeerCallError> {
     return this.call((c) => c.holePunchSignal(message))

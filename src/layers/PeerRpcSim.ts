@@ -17,6 +17,7 @@
  * swapped. It only serves connections of the SimNetwork world it is given.
  */
 import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Scope, Stream } from "effect"
+import type { NodeId } from "../services/NodeId.js"
 import {
   type AgentHandlers,
   type CallerInfo,
@@ -136,14 +137,22 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
       })
     })
 
+  const closestNodes = (connection: QuicConnection, target: NodeId, limit: number) =>
+    call(connection, "nodesClosestLocalNodesGet", (h, caller) =>
+      h.touch(caller).pipe(
+        Effect.zipRight(h.closestNodes(caller, target)),
+        Effect.map((contacts) => (contacts.length > limit ? contacts.slice(0, limit) : contacts))
+      )
+    )
+
   const client = (connection: QuicConnection): PeerClient => ({
     ping: call(connection, "nodesPing", (h, caller) => h.touch(caller)),
     closestNodes: (target) =>
-      Stream.fromIterableEffect(
-        call(connection, "nodesClosestLocalNodesGet", (h, caller) =>
-          h.touch(caller).pipe(Effect.zipRight(h.closestNodes(caller, target)))
-        )
-      ) as Stream.Stream<WireContact, PeerCallError>,
+      Stream.fromIterableEffect(closestNodes(connection, target, Number.POSITIVE_INFINITY)) as Stream.Stream<
+        WireContact,
+        PeerCallError
+      >,
+    closestNodesUpTo: (target, limit) => closestNodes(connection, target, limit),
     holePunchSignal: (message) =>
       call(connection, "nodesHolePunchSignal", (h, caller) =>
         h.touch(caller).pipe(Effect.zipRight(h.holePunchSignal(caller, message)))

@@ -42,6 +42,14 @@ export class PeerCallError extends Data.TaggedError("PeerCallError")<{
 export interface PeerClient {
   readonly ping: Effect.Effect<void, PeerCallError>
   readonly closestNodes: (target: NodeId) => Stream.Stream<WireContact, PeerCallError>
+  /**
+   * The first `limit` contacts `closestNodes` streams, as one effect: what a lookup query
+   * needs, without running a stream (a layer may answer it more cheaply).
+   */
+  readonly closestNodesUpTo: (
+    target: NodeId,
+    limit: number
+  ) => Effect.Effect<ReadonlyArray<WireContact>, PeerCallError>
   readonly holePunchSignal: (message: HolePunchMessage) => Effect.Effect<void, PeerCallError>
 }
 
