@@ -126,13 +126,13 @@ describe("lookup", () => {
                   ping: client.ping,
                   closestNodes: (target) => client.closestNodes(target),
                   holePunchSignal: (message) => client.holePunchSignal(message),
-                  closestNodesUpTo: (target, limit) =>
+                  closestNodesUpTo: (target, limit, timeout) =>
                     Effect.suspend(() => {
                       inFlight++
                       maxInFlight = Math.max(maxInFlight, inFlight)
                       const key = NodeId.encode(connection.remoteNodeId)
                       asked.set(key, (asked.get(key) ?? 0) + 1)
-                      return client.closestNodesUpTo(target, limit)
+                      return client.closestNodesUpTo(target, limit, timeout)
                     }).pipe(
                       Effect.ensuring(
                         Effect.sync(() => {

@@ -42,7 +42,7 @@ describe("PeerRpcSim", () => {
           const contacts = yield* Stream.runCollect(client.closestNodes(idOf(9)))
           expect([...contacts]).toEqual([contact, farther])
           // The lookup's form: the first `limit` of them, in one round trip.
-          expect(yield* client.closestNodesUpTo(idOf(9), 1)).toEqual([contact])
+          expect(yield* client.closestNodesUpTo(idOf(9), 1, Duration.seconds(5))).toEqual([contact])
           const refused = yield* client
             .holePunchSignal({ sourceNodeIdEncoded: "x", targetNodeIdEncoded: "y" })
             .pipe(Effect.flip)
@@ -106,6 +106,21 @@ describe("PeerRpcSim", () => {
         expect(now() - start).toBe(1000 + 40)
         const after = yield* client.ping.pipe(Effect.exit)
         expect(Exit.isFailure(after)).toBe(true)
+      })
+    )
+  )
+
+  it.effect("a closest-nodes query gives up after its own timeout, shorter than the call timeout", () =>
+    pair(({ sim, a, b, now }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+        yield* rpc.serve(b, { ...recording().handlers, closestNodes: () => Effect.never })
+        const client = yield* rpc.client(a)
+        const start = now()
+        const error = yield* client.closestNodesUpTo(idOf(3), 20, Duration.seconds(2)).pipe(Effect.flip)
+        expect(error.reason).toBe("timeout")
+        expect(error.detail).toContain("2s")
+        expect(now() - start).toBe(2000)
       })
     )
   )

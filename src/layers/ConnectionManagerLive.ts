@@ -695,13 +695,12 @@ export const make = Effect.gen(function* () {
     withConnection(
       nodeId,
       (h) =>
-        h.client.closestNodesUpTo(target, k).pipe(
-          Effect.timeout(timeoutOf(options)),
+        h.client.closestNodesUpTo(target, k, timeoutOf(options)).pipe(
           Effect.mapError(
             (e) =>
               new RemoteQueryError({
                 nodeId: NodeId.encode(nodeId),
-                detail: e._tag === "TimeoutException" ? "no answer within the timeout" : e.message
+                detail: e.reason === "timeout" ? "no answer within the timeout" : e.message
               })
           )
         ),
@@ -996,7 +995,8 @@ export const make = Effect.gen(function* () {
 
   // Our seed connections are never idle-collected here, but the seed would collect them on its
   // side (QUIC keep-alives are not calls): a call every half idle period keeps the seed's timer
-  // from firing, so it can still relay hole-punch signals to us.
+  // from firing, so it can still relay hole-punch signals to us. The RPC layer bounds each call
+  // (rpcCallTimeoutTime), so a silent seed holds up no later round.
   if (seeds.length > 0) {
     const half = Duration.millis(Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2))
     yield* Effect.forEach(
@@ -1004,7 +1004,7 @@ export const make = Effect.gen(function* () {
       (seed) => {
         const entry = map.get(seed.nodeId)
         return entry
-          ? entry.record.client.ping.pipe(Effect.timeout(connectTimeout), Effect.ignore)
+          ? Effect.ignore(entry.record.client.ping)
           : Effect.void
       },
       { concurrency: "unbounded", discard: true }

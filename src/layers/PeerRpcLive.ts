@@ -132,8 +132,19 @@ const adapt = (client: AgentClient): PeerClient => {
       )
     }),
     closestNodes,
-    closestNodesUpTo: (target, limit) =>
-      Effect.map(Stream.runCollect(Stream.take(closestNodes(target), limit)), Chunk.toReadonlyArray),
+    closestNodesUpTo: (target, limit, timeout) =>
+      Stream.runCollect(Stream.take(closestNodes(target), limit)).pipe(
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () =>
+            new PeerCallError({
+              method: "nodesClosestLocalNodesGet",
+              reason: "timeout",
+              detail: `no answer within ${Duration.format(timeout)}`
+            })
+        }),
+        Effect.map(Chunk.toReadonlyArray)
+      ),
     holePunchSignal: (message: HolePunchMessage) =>
       client
         .nodesHolePunchSignal({
@@ -276,9 +287,10 @@ class LazyClient implements PeerClient {
   }
   closestNodesUpTo(
     target: NodeId.NodeId,
-    limit: number
+    limit: number,
+    timeout: Duration.Duration
   ): Effect.Effect<ReadonlyArray<WireContact>, PeerCallError> {
-    return this.call((c) => c.closestNodesUpTo(target, limit))
+    return this.call((c) => c.closestNodesUpTo(target, limit, timeout))
   }
   holePunchSignal(message: HolePunchMessage): Effect.Effect<void, PeerCallError> {
     return this.call((c) => c.holePunchSignal(message))

@@ -70,8 +70,6 @@ const describe = (cause: Cause.Cause<unknown>) =>
 
 /** PeerRpc over the channels of `sim`; calls time out after `callTimeout`. */
 export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): PeerRpcService => {
-  const timeoutMs = Math.max(0, Duration.toMillis(callTimeout))
-
   /**
    * One call: `f` runs at the peer end with its handlers and caller; its success comes back.
    * The request and the answer each cross the link once.
@@ -79,7 +77,8 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
   const call = <A>(
     connection: QuicConnection,
     method: string,
-    f: (handlers: AgentHandlers, caller: CallerInfo) => Effect.Effect<A, string>
+    f: (handlers: AgentHandlers, caller: CallerInfo) => Effect.Effect<A, string>,
+    timeout: Duration.Duration = callTimeout
   ): Effect.Effect<A, PeerCallError> =>
     Effect.async<A, PeerCallError>((resume) => {
       const channel = sim.channel(connection)
@@ -123,12 +122,12 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
         finish(Exit.fail(callError(method, "connection", "the connection is closed")))
         return
       }
-      if (timeoutMs > 0 && Number.isFinite(timeoutMs))
-        sim.schedule(timeoutMs, () => {
+      const within = Duration.min(timeout, callTimeout)
+      const withinMs = Math.max(0, Duration.toMillis(within))
+      if (withinMs > 0 && Number.isFinite(withinMs))
+        sim.schedule(withinMs, () => {
           if (!done)
-            finish(
-              Exit.fail(callError(method, "timeout", `no answer within ${Duration.format(callTimeout)}`))
-            )
+            finish(Exit.fail(callError(method, "timeout", `no answer within ${Duration.format(within)}`)))
         })
       // The caller gave up (interrupted, or its own timeout): forget the answer.
       return Effect.sync(() => {
@@ -137,12 +136,21 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
       })
     })
 
-  const closestNodes = (connection: QuicConnection, target: NodeId, limit: number) =>
-    call(connection, "nodesClosestLocalNodesGet", (h, caller) =>
-      h.touch(caller).pipe(
-        Effect.zipRight(h.closestNodes(caller, target)),
-        Effect.map((contacts) => (contacts.length > limit ? contacts.slice(0, limit) : contacts))
-      )
+  const closestNodes = (
+    connection: QuicConnection,
+    target: NodeId,
+    limit: number,
+    timeout?: Duration.Duration
+  ) =>
+    call(
+      connection,
+      "nodesClosestLocalNodesGet",
+      (h, caller) =>
+        h.touch(caller).pipe(
+          Effect.zipRight(h.closestNodes(caller, target)),
+          Effect.map((contacts) => (contacts.length > limit ? contacts.slice(0, limit) : contacts))
+        ),
+      timeout
     )
 
   const client = (connection: QuicConnection): PeerClient => ({
@@ -152,7 +160,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
         WireContact,
         PeerCallError
       >,
-    closestNodesUpTo: (target, limit) => closestNodes(connection, target, limit),
+    closestNodesUpTo: (target, limit, timeout) => closestNodes(connection, target, limit, timeout),
     holePunchSignal: (message) =>
       call(connection, "nodesHolePunchSignal", (h, caller) =>
         h.touch(caller).pipe(Effect.zipRight(h.holePunchSignal(caller, message)))

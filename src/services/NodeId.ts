@@ -71,7 +71,21 @@ export const unsafeFromBytes = (bytes: Uint8Array): NodeId => {
   return bytes as NodeId
 }
 
-export const encode = (nodeId: NodeId): NodeIdEncoded => base32hexEncode(nodeId, "v") as NodeIdEncoded
+/**
+ * Each NodeId's text form, kept with the NodeId object while it lives: a NodeId's bytes never
+ * change once it is made, and lookups, routing-table answers and map keys encode the same ids
+ * over and over. `decode` records the text it was given (it is the canonical form).
+ */
+const encodings = new WeakMap<NodeId, NodeIdEncoded>()
+
+export const encode = (nodeId: NodeId): NodeIdEncoded => {
+  let text = encodings.get(nodeId)
+  if (text === undefined) {
+    text = base32hexEncode(nodeId, "v") as NodeIdEncoded
+    encodings.set(nodeId, text)
+  }
+  return text
+}
 
 export const decode = (text: string): Either.Either<NodeId, NodeIdDecodeError> => {
   if (!text.startsWith("v")) return Either.left(new NodeIdDecodeError({ input: text, reason: "prefix" }))
@@ -94,6 +108,7 @@ export const decode = (text: string): Either.Either<NodeId, NodeIdDecodeError> =
   }
   // 52 symbols carry 260 bits: the 4 trailing bits must be zero (canonical form).
   if (buffer !== 0) return Either.left(new NodeIdDecodeError({ input: text, reason: "padding" }))
+  encodings.set(out as NodeId, text as NodeIdEncoded)
   return Either.right(out as NodeId)
 }
 

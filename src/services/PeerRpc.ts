@@ -3,7 +3,7 @@
  * serve the agent methods on a connection, and call them on a peer. The live layer adapts
  * the @effect/rpc server and client (RpcServer / AgentRpc) to this.
  */
-import { Context, Data, type Effect, type Scope, type Stream } from "effect"
+import { Context, Data, type Duration, type Effect, type Scope, type Stream } from "effect"
 import type { NodeId } from "./NodeId.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
@@ -44,11 +44,13 @@ export interface PeerClient {
   readonly closestNodes: (target: NodeId) => Stream.Stream<WireContact, PeerCallError>
   /**
    * The first `limit` contacts `closestNodes` streams, as one effect: what a lookup query
-   * needs, without running a stream (a layer may answer it more cheaply).
+   * needs, without running a stream (a layer may answer it more cheaply). Fails with reason
+   * "timeout" when the answer takes longer than `timeout` (or the layer's call timeout).
    */
   readonly closestNodesUpTo: (
     target: NodeId,
-    limit: number
+    limit: number,
+    timeout: Duration.Duration
   ) => Effect.Effect<ReadonlyArray<WireContact>, PeerCallError>
   readonly holePunchSignal: (message: HolePunchMessage) => Effect.Effect<void, PeerCallError>
 }
