@@ -1003,9 +1003,7 @@ export const make = Effect.gen(function* () {
       seeds,
       (seed) => {
         const entry = map.get(seed.nodeId)
-        return entry
-          ? Effect.ignore(entry.record.client.ping)
-          : Effect.void
+        return entry ? Effect.ignore(entry.record.client.ping) : Effect.void
       },
       { concurrency: "unbounded", discard: true }
     ).pipe(Effect.delay(half), Effect.forever, Effect.interruptible, Effect.forkScoped)
