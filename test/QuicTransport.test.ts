@@ -61,6 +61,21 @@ const makeNode = (seed: string, options: Partial<QuicTransportOptions> = {}) =>
 const takeIncoming = (node: TestNode) =>
   node.transport.incoming.pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
 
+/**
+ * `from` dials `to` on loopback; `inbound` is a fiber with the connection `to` accepts (join
+ * it for the reverse side).
+ */
+const dialPair = (from: TestNode, to: TestNode) =>
+  Effect.gen(function* () {
+    const inbound = yield* takeIncoming(to).pipe(Effect.fork)
+    const forward = yield* from.transport.dial({
+      host: "127.0.0.1",
+      port: to.transport.port,
+      expectedNodeIds: [to.nodeId]
+    })
+    return { forward, inbound }
+  })
+
 /** Echoes every stream the peer opens on `connection`, until the connection ends. */
 const serveEcho = (connection: QuicConnection) =>
   connection.acceptedStreams.pipe(
@@ -219,12 +234,7 @@ describe("QuicTransportLive", () => {
           junk.send(datagram, b.transport.port, "127.0.0.1", () => resume(Effect.void))
         )
       }
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const forward = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward, inbound } = yield* dialPair(a, b)
       yield* serveEcho(yield* Fiber.join(inbound))
       const payload = randomBytes(10_000)
       expect((yield* roundTrip(forward, payload)).equals(payload)).toBe(true)
@@ -254,12 +264,7 @@ describe("QuicTransportLive", () => {
     Effect.gen(function* () {
       const a = yield* makeNode("qt-close-a")
       const b = yield* makeNode("qt-close-b")
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const forward = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward, inbound } = yield* dialPair(a, b)
       const reverse = yield* Fiber.join(inbound)
       const accepted = yield* reverse.acceptedStreams.pipe(Stream.runCollect, Effect.fork)
       yield* Effect.all([forward.close("bye"), forward.close("again")], { concurrency: "unbounded" })
@@ -279,12 +284,7 @@ describe("QuicTransportLive", () => {
       const supervisor = yield* Supervisor.track
       const a = yield* makeNode("qt-stop-a")
       const b = yield* makeNode("qt-stop-b").pipe(Effect.supervised(supervisor))
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const forward = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward, inbound } = yield* dialPair(a, b)
       // B also dials A, so it holds a forward and a reverse connection.
       const bForward = yield* b.transport
         .dial({ host: "127.0.0.1", port: a.transport.port, expectedNodeIds: [a.nodeId] })
@@ -324,12 +324,7 @@ describe("QuicTransportLive", () => {
         connectTimeout: Duration.seconds(1)
       })
       const a = yield* makeNode("qt-cap-a")
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const established = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward: established, inbound } = yield* dialPair(a, b)
       yield* serveEcho(yield* Fiber.join(inbound))
       // B echoes on everything it admits from now on.
       yield* Stream.runForEach(b.transport.incoming, serveEcho).pipe(Effect.forkScoped)
@@ -406,12 +401,7 @@ describe("QuicTransportLive", () => {
         handshakesHighWater: 0
       })
       expect(QuicTransportLive.stats(b.transport)!.handshakesRefused).toBeGreaterThan(0)
-      const inbound = yield* takeIncoming(a).pipe(Effect.fork)
-      const out = yield* b.transport.dial({
-        host: "127.0.0.1",
-        port: a.transport.port,
-        expectedNodeIds: [a.nodeId]
-      })
+      const { forward: out, inbound } = yield* dialPair(b, a)
       yield* serveEcho(yield* Fiber.join(inbound))
       const payload = randomBytes(1000)
       expect((yield* roundTrip(out, payload)).equals(payload)).toBe(true)
@@ -424,12 +414,7 @@ describe("QuicTransportLive", () => {
       const options = { maxIdleTimeout: Duration.millis(300), keepAliveInterval: Duration.seconds(10) }
       const a = yield* makeNode("qt-idle-a", options)
       const b = yield* makeNode("qt-idle-b", options)
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const forward = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward, inbound } = yield* dialPair(a, b)
       const reverse = yield* Fiber.join(inbound)
       const [elapsed, [forwardReason, reverseReason]] = yield* Effect.all([forward.closed, reverse.closed], {
         concurrency: "unbounded"
@@ -450,12 +435,7 @@ describe("QuicTransportLive", () => {
         keepAliveInterval: Duration.millis(100)
       })
       const b = yield* makeNode("qt-fail-b")
-      const inbound = yield* takeIncoming(b).pipe(Effect.fork)
-      const forward = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
+      const { forward, inbound } = yield* dialPair(a, b)
       yield* Fiber.join(inbound)
       const bFailure = yield* b.transport.failure.pipe(Effect.flip, Effect.fork)
       // B's UDP socket stops underneath the transport, not through its finalizer.

@@ -121,6 +121,20 @@ export const make = Effect.gen(function* () {
       exit: { _tag: "Failure", cause: { _tag: "Die", defect: `invalid answer: ${e.message}` } }
     })
 
+  /** Sends a call's chunk or exit once `encoded` (with the call's schema) succeeds. */
+  const answer = (
+    session: Session,
+    response: { readonly clientId: number; readonly requestId: bigint },
+    encoded: Effect.Effect<unknown, ParseResult.ParseError>,
+    message: (encoded: unknown) => FromServerEncoded
+  ) =>
+    encoded.pipe(
+      Effect.matchEffect({
+        onFailure: (e) => invalidAnswer(session, response.requestId, e),
+        onSuccess: (value) => sendChecked(session, response.clientId, response.requestId, message(value))
+      })
+    )
+
   const onFromServer = (response: FromServer<AgentRpc>): Effect.Effect<void> => {
     const session = sessions.get(response.clientId)
     if (session === undefined) return Effect.void
@@ -128,33 +142,21 @@ export const make = Effect.gen(function* () {
       case "Chunk": {
         const s = session.requests.get(response.requestId)
         if (s === undefined) return Effect.void
-        return s.encodeChunk(response.values).pipe(
-          Effect.matchEffect({
-            onFailure: (e) => invalidAnswer(session, response.requestId, e),
-            onSuccess: (values) =>
-              sendChecked(session, response.clientId, response.requestId, {
-                _tag: "Chunk",
-                requestId: String(response.requestId),
-                values: values as never
-              })
-          })
-        )
+        return answer(session, response, s.encodeChunk(response.values), (values) => ({
+          _tag: "Chunk",
+          requestId: String(response.requestId),
+          values: values as never
+        }))
       }
       case "Exit": {
         const s = session.requests.get(response.requestId)
         if (s === undefined) return Effect.void
         session.requests.delete(response.requestId)
-        return s.encodeExit(response.exit).pipe(
-          Effect.matchEffect({
-            onFailure: (e) => invalidAnswer(session, response.requestId, e),
-            onSuccess: (exit) =>
-              sendChecked(session, response.clientId, response.requestId, {
-                _tag: "Exit",
-                requestId: String(response.requestId),
-                exit: exit as never
-              })
-          })
-        )
+        return answer(session, response, s.encodeExit(response.exit), (exit) => ({
+          _tag: "Exit",
+          requestId: String(response.requestId),
+          exit: exit as never
+        }))
       }
       case "Defect":
         return sendEncoded(session, {

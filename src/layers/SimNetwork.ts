@@ -304,20 +304,22 @@ class SimSocket implements Socket.Socket {
   }
 
   endWrite() {
-    if (this.writeEnded) return
-    this.writeEnded = true
-    if (this.end.reason !== undefined) return
-    const pipe = this.writePipe
-    const stream = this.stream
-    this.world.sendOnConnection(this.end, () => {
-      if (pipe.done) return
+    this.finishWrite((pipe) => {
       pipe.fin = true
-      pipe.notify()
-      stream.check()
     })
   }
 
   resetWrite(code: number) {
+    this.finishWrite((pipe) => {
+      pipe.error = new Socket.SocketGenericError({
+        reason: "Read",
+        cause: `stream reset by the peer (${code})`
+      })
+    })
+  }
+
+  /** Ends our writing once; the peer's read side gets `mark` after the link's delay. */
+  private finishWrite(mark: (pipe: Pipe) => void) {
     if (this.writeEnded) return
     this.writeEnded = true
     if (this.end.reason !== undefined) return
@@ -325,10 +327,7 @@ class SimSocket implements Socket.Socket {
     const stream = this.stream
     this.world.sendOnConnection(this.end, () => {
       if (pipe.done) return
-      pipe.error = new Socket.SocketGenericError({
-        reason: "Read",
-        cause: `stream reset by the peer (${code})`
-      })
+      mark(pipe)
       pipe.notify()
       stream.check()
     })

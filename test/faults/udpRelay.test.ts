@@ -5,7 +5,7 @@
 import { createSocket, type Socket } from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { makeUdpRelay, seededRandom, startUdpRelay, UdpRelayError } from "./udpRelay.js"
+import { makeUdpRelay, seededRandom, startUdpRelay, UdpRelayError, type UdpRelayOptions } from "./udpRelay.js"
 
 interface Received {
   readonly data: string
@@ -39,6 +39,12 @@ const echoServer = endpoint((socket, msg, port) => socket.send(`echo:${msg}`, po
 const send = (socket: Socket, data: string, port: number) =>
   Effect.async<void>((resume) => socket.send(data, port, "127.0.0.1", () => resume(Effect.void)))
 
+/** A relay on 127.0.0.1 in front of `targetPort` on 127.0.0.1. */
+const loopbackRelay = (
+  targetPort: number,
+  options: Omit<UdpRelayOptions, "listenHost" | "targetHost" | "targetPort">
+) => makeUdpRelay({ listenHost: "127.0.0.1", targetHost: "127.0.0.1", targetPort, ...options })
+
 /** Polls `cond` every 5 ms until it holds or `ms` elapse (live clock). */
 const waitUntil = (cond: () => boolean, ms = 3_000) =>
   Effect.gen(function* () {
@@ -50,10 +56,7 @@ describe("udpRelay", () => {
   it.scopedLive("forwards both ways, one distinct upstream flow per client", () =>
     Effect.gen(function* () {
       const target = yield* echoServer
-      const relay = yield* makeUdpRelay({
-        listenHost: "127.0.0.1",
-        targetHost: "127.0.0.1",
-        targetPort: target.port,
+      const relay = yield* loopbackRelay(target.port, {
         lossRate: 0,
         delayMs: 0,
         seed: 1
@@ -89,10 +92,7 @@ describe("udpRelay", () => {
         Effect.scoped(
           Effect.gen(function* () {
             const target = yield* endpoint()
-            const relay = yield* makeUdpRelay({
-              listenHost: "127.0.0.1",
-              targetHost: "127.0.0.1",
-              targetPort: target.port,
+            const relay = yield* loopbackRelay(target.port, {
               lossRate: 0.1,
               delayMs: 0,
               seed
@@ -130,10 +130,7 @@ describe("udpRelay", () => {
   it.scopedLive("delays each direction by at least delayMs, jitter within bounds", () =>
     Effect.gen(function* () {
       const target = yield* echoServer
-      const relay = yield* makeUdpRelay({
-        listenHost: "127.0.0.1",
-        targetHost: "127.0.0.1",
-        targetPort: target.port,
+      const relay = yield* loopbackRelay(target.port, {
         lossRate: 0,
         delayMs: 60,
         jitterMs: 40,
@@ -166,10 +163,7 @@ describe("udpRelay", () => {
   it.scopedLive("update: lossRate 1 cuts the link, 0 heals it", () =>
     Effect.gen(function* () {
       const target = yield* echoServer
-      const relay = yield* makeUdpRelay({
-        listenHost: "127.0.0.1",
-        targetHost: "127.0.0.1",
-        targetPort: target.port,
+      const relay = yield* loopbackRelay(target.port, {
         lossRate: 1,
         delayMs: 0,
         seed: 9
@@ -228,10 +222,7 @@ describe("udpRelay", () => {
 
   it.scopedLive("invalid options and a taken port fail as UdpRelayError", () =>
     Effect.gen(function* () {
-      const bad = yield* makeUdpRelay({
-        listenHost: "127.0.0.1",
-        targetHost: "127.0.0.1",
-        targetPort: 9,
+      const bad = yield* loopbackRelay(9, {
         lossRate: -0.5,
         delayMs: 0,
         seed: 1
