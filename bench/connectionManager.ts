@@ -418,6 +418,7 @@ const memory = async (): Promise<BenchResult[]> => {
         met: heapCm / heapRaw <= MEMORY_TARGET,
         notes:
           `${how}; external ${per(cm, cm.externalDelta).toFixed(1)} vs ${per(raw, raw.externalDelta).toFixed(1)} KiB; ` +
+          `V8 heap reserved (heapTotal) ${per(cm, cm.heapTotalDelta).toFixed(1)} vs ${per(raw, raw.heapTotalDelta).toFixed(1)} KiB; ` +
           `QuicTransport dials alone (same method): heap ${per(transport, transport.heapDelta).toFixed(1)} KiB, ` +
           `RSS ${per(transport, transport.rssDelta).toFixed(1)} KiB per connection`
       },

@@ -58,6 +58,8 @@ export interface MemoryReport {
   readonly heapDelta: number
   readonly rssDelta: number
   readonly externalDelta: number
+  /** V8 heap reserved (heapTotal): the part of RSS that is the JS heap with its free space. */
+  readonly heapTotalDelta: number
   readonly connectMs: number
   readonly failures: number
 }
@@ -400,6 +402,7 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
     heapDelta: after.heapUsed - before.heapUsed,
     rssDelta: after.rss - before.rss,
     externalDelta: after.external - before.external,
+    heapTotalDelta: after.heapTotal - before.heapTotal,
     connectMs,
     failures: failures - failedBefore
   }
