@@ -236,7 +236,7 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       // A dialled connection is already closed with this scope (the dial's contract).
       if (connection.direction === "reverse")
-        yield* Scope.addFinalizer(scope, connection.close("connection released"))
+        yield* Scope.addFinalizerExit(scope, () => connection.close("connection released"))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
       // No fiber waits on an idle connection: calls and the close each start one when they come.
