@@ -105,9 +105,14 @@ export class Dispatch {
     return Effect.flatMap(Effect.scope, (scope) =>
       Effect.suspend(() => {
         this.setStreamHandler(undefined, onStream)
-        return Scope.addFinalizerExit(scope, () => this.stopServing(onStream))
+        return Scope.addFinalizerExit(scope, this.stopServingWith(onStream))
       })
     )
+  }
+
+  // The finalizer made here holds only `this` and `serve` (not the caller's scope).
+  private stopServingWith(serve: (socket: Socket.Socket) => Effect.Effect<void>) {
+    return () => this.stopServing(serve)
   }
 
   /**
