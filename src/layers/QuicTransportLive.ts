@@ -154,6 +154,15 @@ const closeReasonOf = (error: unknown): CloseReason => {
   return { _tag: "Error", detail: describe(error) }
 }
 
+/**
+ * The error a js-quic connection closed with (or is closing with), if any: js-quic records each
+ * error it dispatches in `errorLast` (protected in its typings) as it handles it, before it
+ * closes the connection. Read instead of listening for the errors: a listener costs each
+ * connection ~0.3 KiB (js-quic's wrapper closure, its records and the EventTarget's).
+ */
+const connectionError = (connection: QUICConnection): unknown =>
+  (connection as unknown as { errorLast?: unknown }).errorLast ?? undefined
+
 /** js-quic keeps the connection's streams in `streamMap` (not in its typings). */
 const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICStream> => {
   const map = (connection as unknown as { streamMap?: Map<number, QUICStream> }).streamMap
@@ -192,6 +201,7 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   private readonly number: number
   readonly remoteHost: string
   readonly remotePort: number
+  /** Set by our own close; otherwise the reason is the error js-quic recorded (`connectionError`). */
   private reason: CloseReason | undefined
   private stopping: Promise<void> | undefined
   /** Streams from the peer and the close, handed to whoever serves the connection. */
@@ -215,7 +225,6 @@ class WrappedConnection implements QuicConnection, LiveConnection {
     for (const stream of existingStreams(raw)) this.onStream(stream)
     // The connection itself listens (`handleEvent`): no closures per connection.
     raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    raw.addEventListener(quicEvents.EventQUICConnectionError.name, this)
     ctx.live.add(this)
     // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
     void raw.closedP.then(() => this.finish())
@@ -223,7 +232,13 @@ class WrappedConnection implements QuicConnection, LiveConnection {
 
   handleEvent(evt: Event): void {
     if (evt instanceof quicEvents.EventQUICConnectionStream) this.onStream(evt.detail)
-    else if (evt instanceof quicEvents.EventQUICConnectionError) this.reason ??= closeReasonOf(evt.detail)
+  }
+
+  /** Why the connection closed or is closing, if it is. */
+  private closingReason(): CloseReason | undefined {
+    if (this.reason !== undefined) return this.reason
+    const error = connectionError(this.raw)
+    return error === undefined ? undefined : closeReasonOf(error)
   }
 
   private onStream(stream: QUICStream) {
@@ -233,9 +248,8 @@ class WrappedConnection implements QuicConnection, LiveConnection {
 
   private finish() {
     this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this)
     this.ctx.live.delete(this)
-    const reason: CloseReason = this.reason ?? { _tag: "Error", detail: "connection closed" }
+    const reason: CloseReason = this.closingReason() ?? { _tag: "Error", detail: "connection closed" }
     this.dispatch.close(reason)
   }
 
@@ -268,7 +282,7 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   }
 
   isClosing(): boolean {
-    return this.reason !== undefined || this.stopping !== undefined
+    return this.reason !== undefined || this.stopping !== undefined || connectionError(this.raw) !== undefined
   }
 
   get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
@@ -309,7 +323,10 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   // A method, not a per-connection closure.
   close(text?: string): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
+      this.reason ??= this.closingReason() ?? {
+        _tag: "Local",
+        ...(text !== undefined ? { detail: text } : {})
+      }
       return Effect.promise(() => this.closeNow(text ?? ""))
     }).pipe(Effect.zipRight(this.closed), Effect.asVoid)
   }
