@@ -12,10 +12,22 @@ import type { Socket } from "@effect/platform"
 import { Effect, Fiber, Queue, Scope, Stream } from "effect"
 import type { CloseReason } from "../services/QuicTransport.js"
 
+type CloseEffect = (reason: CloseReason) => Effect.Effect<void>
+
 export class Dispatch {
   private pending: Array<Socket.Socket> | undefined
+  /** Takes each stream synchronously (`acceptedStreams`). */
   private onStream: ((socket: Socket.Socket) => void) | undefined
+  /** Serves each stream in a fiber of its own (`handleStreams`). */
+  private serve: ((socket: Socket.Socket) => Effect.Effect<void>) | undefined
+  /** The fibers `serve` runs now. */
+  private running: Set<Fiber.RuntimeFiber<void>> | undefined
   private onClose: Array<(reason: CloseReason) => void> | undefined
+  /**
+   * `whenClosed` effects, each run in a fiber of its own at the close: one held alone (the
+   * usual case), more in an array.
+   */
+  private closeEffects: CloseEffect | Array<CloseEffect> | undefined
   private closedWith: CloseReason | undefined
 
   /** `fork` starts a fiber for an event (the transport's runtime). */
@@ -24,9 +36,18 @@ export class Dispatch {
   /** A stream the peer opened. Held until someone handles streams. */
   offer(socket: Socket.Socket): void {
     if (this.closedWith !== undefined) return
-    if (this.onStream) this.onStream(socket)
+    if (this.serve) this.serveOne(this.serve, socket)
+    else if (this.onStream) this.onStream(socket)
     else if (this.pending) this.pending.push(socket)
     else this.pending = [socket]
+  }
+
+  private serveOne(serve: (socket: Socket.Socket) => Effect.Effect<void>, socket: Socket.Socket): void {
+    const fiber = this.fork(serve(socket))
+    const running = this.running ?? new Set<Fiber.RuntimeFiber<void>>()
+    this.running = running
+    running.add(fiber)
+    fiber.addObserver(() => running.delete(fiber))
   }
 
   /** The connection closed: no more streams; the close handlers run. */
@@ -35,43 +56,63 @@ export class Dispatch {
     this.closedWith = reason
     this.pending = undefined
     this.onStream = undefined
+    this.serve = undefined
     const handlers = this.onClose
     this.onClose = undefined
     if (handlers) for (const f of handlers) f(reason)
+    const effects = this.closeEffects
+    this.closeEffects = undefined
+    if (typeof effects === "function") this.fork(effects(reason))
+    else if (effects) for (const f of effects) this.fork(f(reason))
   }
 
-  private setStreamHandler(handler: ((socket: Socket.Socket) => void) | undefined): void {
+  /** Streams go to `handler` (or, with `serve`, each to a fiber of its own) from now on. */
+  private setStreamHandler(
+    handler: ((socket: Socket.Socket) => void) | undefined,
+    serve?: (socket: Socket.Socket) => Effect.Effect<void>
+  ): void {
     this.onStream = handler
+    this.serve = serve
     const waiting = this.pending
     this.pending = undefined
-    if (handler && waiting) for (const socket of waiting) handler(socket)
+    if (waiting)
+      for (const socket of waiting) {
+        if (serve) this.serveOne(serve, socket)
+        else if (handler) handler(socket)
+      }
   }
 
-  /** See `QuicConnection.handleStreams`. */
+  /** The end of a `handleStreams` scope: no more streams to `serve`, and its fibers stop. */
+  private stopServing(serve: (socket: Socket.Socket) => Effect.Effect<void>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.serve === serve) this.serve = undefined
+      // Another handleStreams took over: the fibers running now are its own.
+      else if (this.serve !== undefined) return Effect.void
+      const running = this.running
+      this.running = undefined
+      return running && running.size > 0 ? Fiber.interruptAll(running) : Effect.void
+    })
+  }
+
+  /**
+   * See `QuicConnection.handleStreams`. The handler and its fibers are fields of the
+   * Dispatch, not closures made per call: an idle served connection costs one finalizer.
+   */
   handleStreams(
     onStream: (socket: Socket.Socket) => Effect.Effect<void>
   ): Effect.Effect<void, never, Scope.Scope> {
-    // Scope.addFinalizer, not Effect.addFinalizer: the latter keeps the caller's FiberRefs.
+    // A finalizer of the scope's own, not Effect.addFinalizer: the latter keeps the caller's FiberRefs.
     return Effect.flatMap(Effect.scope, (scope) =>
       Effect.suspend(() => {
-        let running: Set<Fiber.RuntimeFiber<void>> | undefined
-        const handler = (socket: Socket.Socket) => {
-          const fiber = this.fork(onStream(socket))
-          const set = running ?? new Set<Fiber.RuntimeFiber<void>>()
-          running = set
-          set.add(fiber)
-          fiber.addObserver(() => set.delete(fiber))
-        }
-        this.setStreamHandler(handler)
-        return Scope.addFinalizer(
-          scope,
-          Effect.suspend(() => {
-            if (this.onStream === handler) this.onStream = undefined
-            return running && running.size > 0 ? Fiber.interruptAll(running) : Effect.void
-          })
-        )
+        this.setStreamHandler(undefined, onStream)
+        return Scope.addFinalizerExit(scope, this.stopServingWith(onStream))
       })
     )
+  }
+
+  // The finalizer made here holds only `this` and `serve` (not the caller's scope).
+  private stopServingWith(serve: (socket: Socket.Socket) => Effect.Effect<void>) {
+    return () => this.stopServing(serve)
   }
 
   /**
@@ -102,11 +143,11 @@ export class Dispatch {
   /** See `QuicConnection.whenClosed`. */
   whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
     return Effect.sync(() => {
-      const run = (reason: CloseReason) => {
-        this.fork(f(reason))
-      }
-      if (this.closedWith !== undefined) run(this.closedWith)
-      else this.listenClose(run)
+      const effects = this.closeEffects
+      if (this.closedWith !== undefined) this.fork(f(this.closedWith))
+      else if (effects === undefined) this.closeEffects = f
+      else if (typeof effects === "function") this.closeEffects = [effects, f]
+      else effects.push(f)
     })
   }
 

@@ -231,17 +231,21 @@ export const make = Effect.gen(function* () {
     holePunchSignal: (caller, message) => handleHolePunchSignal(caller, message)
   }
 
+  // The functions a held record keeps (its close finalizer, its close handler) are made by
+  // these, so that each holds only what it names, not the set-up's other variables.
+  const closeOnRelease = (connection: QuicConnection) => () => connection.close("connection released")
+  const closedHandler = (record: ConnRecord) => () => map.onClosed(record)
+
   /** Sets up what runs on a connection; the connection is closed with `scope`. */
   const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
     Effect.gen(function* () {
       // A dialled connection is already closed with this scope (the dial's contract).
-      if (connection.direction === "reverse")
-        yield* Scope.addFinalizer(scope, connection.close("connection released"))
+      if (connection.direction === "reverse") yield* Scope.addFinalizerExit(scope, closeOnRelease(connection))
       const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
       // No fiber waits on an idle connection: calls and the close each start one when they come.
       yield* rpc.serve(connection, handlers).pipe(Scope.extend(scope))
-      yield* connection.whenClosed(() => map.onClosed(record))
+      yield* connection.whenClosed(closedHandler(record))
       return record
     }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
 

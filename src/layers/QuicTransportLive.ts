@@ -154,6 +154,15 @@ const closeReasonOf = (error: unknown): CloseReason => {
   return { _tag: "Error", detail: describe(error) }
 }
 
+/**
+ * The error a js-quic connection closed with (or is closing with), if any: js-quic records each
+ * error it dispatches in `errorLast` (protected in its typings) as it handles it, before it
+ * closes the connection. Read instead of listening for the errors: a listener costs each
+ * connection ~0.3 KiB (js-quic's wrapper closure, its records and the EventTarget's).
+ */
+const connectionError = (connection: QUICConnection): unknown =>
+  (connection as unknown as { errorLast?: unknown }).errorLast ?? undefined
+
 /** js-quic keeps the connection's streams in `streamMap` (not in its typings). */
 const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICStream> => {
   const map = (connection as unknown as { streamMap?: Map<number, QUICStream> }).streamMap
@@ -174,7 +183,9 @@ interface LiveConnection {
 interface ConnectionContext {
   readonly fork: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>
   readonly live: Set<LiveConnection>
-  readonly nextId: () => string
+  /** A connection's id is `${idPrefix}${n}`, n counting from 1 (the string made when asked for). */
+  readonly idPrefix: string
+  readonly nextNumber: () => number
   /** The shared socket's address: every connection's local end. */
   readonly localHost: string
   readonly localPort: number
@@ -187,33 +198,33 @@ interface ConnectionContext {
  * idle connections, and each costs only its fields until something uses it.
  */
 class WrappedConnection implements QuicConnection, LiveConnection {
-  readonly id: string
+  private readonly number: number
   readonly remoteHost: string
   readonly remotePort: number
-  readonly localHost: string
-  readonly localPort: number
+  /** Set by our own close; otherwise the reason is the error js-quic recorded (`connectionError`). */
   private reason: CloseReason | undefined
   private stopping: Promise<void> | undefined
   /** Streams from the peer and the close, handed to whoever serves the connection. */
   private readonly dispatch: Dispatch
 
+  /**
+   * @param client The dial's QUICClient (a forward connection), destroyed to close it; a
+   *   reverse connection is stopped itself.
+   */
   constructor(
     private readonly ctx: ConnectionContext,
     private readonly raw: QUICConnection,
     readonly direction: QuicConnection["direction"],
     readonly remoteNodeId: NodeId.NodeId,
-    private readonly stopRaw: (reason: Uint8Array) => Promise<void>
+    private readonly client: QUICClient | undefined
   ) {
-    this.id = ctx.nextId()
+    this.number = ctx.nextNumber()
     this.dispatch = new Dispatch(ctx.fork)
     this.remoteHost = unmapHost(raw.remoteHost)
     this.remotePort = raw.remotePort
-    this.localHost = ctx.localHost
-    this.localPort = ctx.localPort
     for (const stream of existingStreams(raw)) this.onStream(stream)
     // The connection itself listens (`handleEvent`): no closures per connection.
     raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    raw.addEventListener(quicEvents.EventQUICConnectionError.name, this)
     ctx.live.add(this)
     // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
     void raw.closedP.then(() => this.finish())
@@ -221,7 +232,13 @@ class WrappedConnection implements QuicConnection, LiveConnection {
 
   handleEvent(evt: Event): void {
     if (evt instanceof quicEvents.EventQUICConnectionStream) this.onStream(evt.detail)
-    else if (evt instanceof quicEvents.EventQUICConnectionError) this.reason ??= closeReasonOf(evt.detail)
+  }
+
+  /** Why the connection closed or is closing, if it is. */
+  private closingReason(): CloseReason | undefined {
+    if (this.reason !== undefined) return this.reason
+    const error = connectionError(this.raw)
+    return error === undefined ? undefined : closeReasonOf(error)
   }
 
   private onStream(stream: QUICStream) {
@@ -231,10 +248,21 @@ class WrappedConnection implements QuicConnection, LiveConnection {
 
   private finish() {
     this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    this.raw.removeEventListener(quicEvents.EventQUICConnectionError.name, this)
     this.ctx.live.delete(this)
-    const reason: CloseReason = this.reason ?? { _tag: "Error", detail: "connection closed" }
+    const reason: CloseReason = this.closingReason() ?? { _tag: "Error", detail: "connection closed" }
     this.dispatch.close(reason)
+  }
+
+  get localHost(): string {
+    return this.ctx.localHost
+  }
+
+  get localPort(): number {
+    return this.ctx.localPort
+  }
+
+  get id(): string {
+    return `${this.ctx.idPrefix}${this.number}`
   }
 
   get connection(): QuicConnection {
@@ -243,12 +271,18 @@ class WrappedConnection implements QuicConnection, LiveConnection {
 
   /** Closes without waiting (transport shutdown). */
   closeNow(text: string): Promise<void> {
-    this.stopping ??= this.stopRaw(new TextEncoder().encode(text)).catch(() => undefined)
+    if (this.stopping === undefined) {
+      const reason = new TextEncoder().encode(text)
+      const stop = this.client
+        ? this.client.destroy({ isApp: true, errorCode: 0, reason, force: true })
+        : this.raw.stop({ isApp: true, errorCode: 0, reason, force: true })
+      this.stopping = stop.catch(() => undefined)
+    }
     return this.stopping
   }
 
   isClosing(): boolean {
-    return this.reason !== undefined || this.stopping !== undefined
+    return this.reason !== undefined || this.stopping !== undefined || connectionError(this.raw) !== undefined
   }
 
   get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
@@ -289,7 +323,10 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   // A method, not a per-connection closure.
   close(text?: string): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.reason ??= { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) }
+      this.reason ??= this.closingReason() ?? {
+        _tag: "Local",
+        ...(text !== undefined ? { detail: text } : {})
+      }
       return Effect.promise(() => this.closeNow(text ?? ""))
     }).pipe(Effect.zipRight(this.closed), Effect.asVoid)
   }
@@ -299,24 +336,48 @@ class WrappedConnection implements QuicConnection, LiveConnection {
   }
 }
 
-// Module-level, so that what a held connection keeps does not include the dial's closures.
-const stopClient = (client: QUICClient) => (reason: Uint8Array) =>
-  client.destroy({ isApp: true, errorCode: 0, reason, force: true })
-
-// Scope.addFinalizer, not Effect.addFinalizer: the latter keeps the dialling fiber's FiberRefs.
+// A finalizer of the scope's own, not Effect.addFinalizer: the latter keeps the dialling
+// fiber's FiberRefs. The close effect is built when the scope closes, not held until then.
 const closeWithScope = (connection: QuicConnection) =>
-  Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, connection.close("dial scope closed")))
+  Effect.flatMap(Effect.scope, (scope) =>
+    Scope.addFinalizerExit(scope, () => connection.close("dial scope closed"))
+  )
 
-const wrapConnection = (
-  ctx: ConnectionContext,
-  raw: QUICConnection,
-  options: {
-    readonly direction: QuicConnection["direction"]
-    readonly remoteNodeId: NodeId.NodeId
-    readonly stop: (reason: Uint8Array) => Promise<void>
+/**
+ * What a dial's certificate check found. js-quic keeps a connection's verify callback (its
+ * config) as long as the connection: the callback holds this object, not the dial's closures,
+ * and the NodeIds it expected are let go once the dial has settled.
+ */
+class DialCheck {
+  expected: ReadonlyArray<NodeId.NodeId> | undefined
+  verified: NodeId.NodeId | undefined
+  rejection: { readonly reason: "tls" | "mismatch"; readonly detail: string } | undefined
+  constructor(expected: ReadonlyArray<NodeId.NodeId>) {
+    this.expected = expected
   }
-): Effect.Effect<WrappedConnection> =>
-  Effect.sync(() => new WrappedConnection(ctx, raw, options.direction, options.remoteNodeId, options.stop))
+
+  accept(exit: Exit.Exit<NodeId.NodeId, unknown>): boolean {
+    if (Exit.isFailure(exit)) {
+      const error = Cause.squash(exit.cause)
+      this.rejection = { reason: "tls", detail: `peer certificate rejected: ${describe(error)}` }
+      return false
+    }
+    const actual = exit.value
+    const expected = this.expected ?? []
+    if (!expected.some((e) => NodeId.equals(e, actual))) {
+      this.rejection = {
+        reason: "mismatch",
+        detail: `expected NodeId ${expected.map(NodeId.encode).join(", ")}, peer proved ${NodeId.encode(actual)}`
+      }
+      return false
+    }
+    this.verified = actual
+    return true
+  }
+}
+
+/** The server's check: any valid chain. */
+const acceptValid = { accept: Exit.isSuccess }
 
 // ---------------------------------------------------------------------------------------------
 // The transport
@@ -360,15 +421,16 @@ export const stats = (transport: QuicTransportService): TransportStats | undefin
 export const unsafeInternals = (transport: QuicTransportService): TransportInternals | undefined =>
   internalsOf.get(transport)
 
+// The callback returned is anonymous (no per-connection function name) and holds only these three.
 const verifyCallback =
   (
     runtime: Runtime.Runtime<never>,
     keyRing: KeyRingService,
-    check: (result: Exit.Exit<NodeId.NodeId, unknown>) => boolean
+    check: { readonly accept: (result: Exit.Exit<NodeId.NodeId, unknown>) => boolean }
   ): TLSVerifyCallback =>
   async (certs) => {
     const exit = await Runtime.runPromiseExit(runtime)(keyRing.verifyCertChain(certs))
-    return check(exit) ? undefined : (CRYPTO_BAD_CERTIFICATE as never)
+    return check.accept(exit) ? undefined : (CRYPTO_BAD_CERTIFICATE as never)
   }
 
 /**
@@ -425,7 +487,7 @@ export const make: Effect.Effect<
       key: serverTls.keyPrivatePem,
       cert: serverTls.certChainPem,
       verifyPeer: true,
-      verifyCallback: verifyCallback(runtime, keyRing, Exit.isSuccess),
+      verifyCallback: verifyCallback(runtime, keyRing, acceptValid),
       ...timings
     },
     // An inbound handshake gets as long as our dials do; one that stalls (its client gone
@@ -533,7 +595,8 @@ export const make: Effect.Effect<
   const ctx: ConnectionContext = {
     fork: Runtime.runFork(yield* Effect.runtime<never>()),
     live: new Set(),
-    nextId: () => `${idPrefix}${++counter}`,
+    idPrefix,
+    nextNumber: () => ++counter,
     localHost: socket.host,
     localPort: socket.port
   }
@@ -549,11 +612,7 @@ export const make: Effect.Effect<
       Effect.matchEffect({
         onFailure: () => Effect.promise(() => raw.stop({ isApp: false, errorCode: 1, force: true })),
         onSuccess: (remoteNodeId) =>
-          wrapConnection(ctx, raw, {
-            direction: "reverse",
-            remoteNodeId,
-            stop: (reason) => raw.stop({ isApp: true, errorCode: 0, reason, force: true })
-          }).pipe(
+          Effect.sync(() => new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined)).pipe(
             // A dialler that rejects our certificate closes right after the handshake.
             Effect.flatMap((connection) =>
               connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
@@ -597,23 +656,7 @@ export const make: Effect.Effect<
     const timeoutMs = Duration.toMillis(timeout)
 
     const attempt = (current: TlsConfig) => {
-      let verified: NodeId.NodeId | undefined
-      let rejection: DialError | undefined
-      const check = (exit: Exit.Exit<NodeId.NodeId, unknown>) => {
-        if (Exit.isFailure(exit)) {
-          const error = Cause.squash(exit.cause)
-          rejection = fail("tls", `peer certificate rejected: ${describe(error)}`)
-          return false
-        }
-        const actual = exit.value
-        if (!expectedNodeIds.some((e) => NodeId.equals(e, actual))) {
-          const expected = expectedNodeIds.map(NodeId.encode).join(", ")
-          rejection = fail("mismatch", `expected NodeId ${expected}, peer proved ${NodeId.encode(actual)}`)
-          return false
-        }
-        verified = actual
-        return true
-      }
+      const check = new DialCheck(expectedNodeIds)
       return Effect.async<QUICClient, DialError>((resume) => {
         const controller = new AbortController()
         const pending = QUICClient.createQUICClient(
@@ -636,12 +679,15 @@ export const make: Effect.Effect<
         let abandoned = false
         const settled = pending.then(
           (client) => {
+            check.expected = undefined
             if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
             resume(Effect.succeed(client))
           },
           (error: unknown) => {
+            check.expected = undefined
             if (abandoned) return
-            resume(Effect.fail(rejection ?? classify(error)))
+            const rejection = check.rejection
+            resume(Effect.fail(rejection ? fail(rejection.reason, rejection.detail) : classify(error)))
           }
         )
         return Effect.promise(() => {
@@ -649,7 +695,7 @@ export const make: Effect.Effect<
           controller.abort(new Error("dial interrupted"))
           return settled
         })
-      }).pipe(Effect.map((client) => ({ client, remoteNodeId: verified! })))
+      }).pipe(Effect.map((client) => ({ client, remoteNodeId: check.verified! })))
     }
 
     const classify = (error: unknown): DialError => {
@@ -689,11 +735,7 @@ export const make: Effect.Effect<
           : Effect.flatMap(keyRing.tlsConfig, attempt)
       ).pipe(
         Effect.flatMap(({ client, remoteNodeId }) =>
-          wrapConnection(ctx, client.connection, {
-            direction: "forward",
-            remoteNodeId,
-            stop: stopClient(client)
-          })
+          Effect.sync(() => new WrappedConnection(ctx, client.connection, "forward", remoteNodeId, client))
         ),
         Effect.tap(closeWithScope)
       )

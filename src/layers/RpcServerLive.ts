@@ -280,17 +280,19 @@ export const make = Effect.gen(function* () {
 
   /**
    * Serves every stream the peer opens, each in a fiber of its own started when the stream
-   * arrives: an idle connection costs no fiber.
+   * arrives: an idle connection costs no fiber, and only this handler (holding the
+   * connection alone) until a stream comes; its `Caller` is made per stream.
    */
   const serve = (connection: QuicConnection): Effect.Effect<void, never, Scope.Scope> =>
-    Effect.suspend(() => {
-      const caller: CallerInfo = {
-        nodeId: connection.remoteNodeId,
-        host: connection.remoteHost,
-        port: connection.remotePort
-      }
-      return connection.handleStreams((socket) => Effect.ignore(serveStream(socket, caller)))
-    })
+    connection.handleStreams((socket) =>
+      Effect.ignore(
+        serveStream(socket, {
+          nodeId: connection.remoteNodeId,
+          host: connection.remoteHost,
+          port: connection.remotePort
+        })
+      )
+    )
 
   return RpcServer.of({
     serve,
