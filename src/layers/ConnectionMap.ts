@@ -166,9 +166,9 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       if (!entry) return Scope.close(record.scope, Exit.void)
       if (entry.standby?.delete(record)) return Scope.close(record.scope, Exit.void)
       if (entry.record !== record) return Scope.close(record.scope, Exit.void)
-      const next = entry.standby ? [...entry.standby][0] : undefined
+      const next: ConnectionRecord<Client> | undefined = entry.standby?.values().next().value
       if (next) {
-        entry.standby!.delete(next)
+        entry.standby?.delete(next)
         entry.record = next
         next.retired = false
         return Scope.close(record.scope, Exit.void)
