@@ -691,11 +691,12 @@ export const make = Effect.gen(function* () {
 
   // ---- Kademlia ------------------------------------------------------------------------
 
-  const getRemoteNodeClosestNodes = (
+  /** The well-formed contacts of a node's answer, as it sent them (NodeIds still encoded). */
+  const askClosest = (
     nodeId: NodeId.NodeId,
     target: NodeId.NodeId,
     options?: OperationOptions
-  ): Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError> =>
+  ): Effect.Effect<ReadonlyArray<WireContact>, NodeConnectionError | RemoteQueryError> =>
     withConnection(
       nodeId,
       (h) =>
@@ -710,21 +711,38 @@ export const make = Effect.gen(function* () {
         ),
       options
     ).pipe(
-      Effect.map((chunk) => {
-        const out: RemoteContact[] = []
-        const seen = new Set<string>()
-        for (const c of chunk) {
-          const id = NodeId.decode(c.nodeIdEncoded)
-          if (Either.isLeft(id) || NodeId.equals(id.right, self) || seen.has(c.nodeIdEncoded)) continue
-          if (!Number.isInteger(c.port) || c.port < 1 || c.port > 65535 || typeof c.host !== "string")
-            continue
-          if (c.host.length === 0 || c.host.length > 255) continue
-          seen.add(c.nodeIdEncoded)
-          out.push({ nodeId: id.right, host: c.host, port: c.port })
-        }
-        return out
-      })
+      Effect.map((chunk) =>
+        chunk.filter(
+          (c) =>
+            typeof c.nodeIdEncoded === "string" &&
+            c.nodeIdEncoded !== selfKey &&
+            Number.isInteger(c.port) &&
+            c.port >= 1 &&
+            c.port <= 65535 &&
+            typeof c.host === "string" &&
+            c.host.length > 0 &&
+            c.host.length <= 255
+        )
+      )
     )
+
+  const getRemoteNodeClosestNodes = (
+    nodeId: NodeId.NodeId,
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError> =>
+    Effect.map(askClosest(nodeId, target, options), (contacts) => {
+      const out: RemoteContact[] = []
+      const seen = new Set<string>()
+      for (const c of contacts) {
+        if (seen.has(c.nodeIdEncoded)) continue
+        const id = NodeId.decode(c.nodeIdEncoded)
+        if (Either.isLeft(id)) continue
+        seen.add(c.nodeIdEncoded)
+        out.push({ nodeId: id.right, host: c.host, port: c.port })
+      }
+      return out
+    })
 
   interface Candidate {
     readonly nodeId: NodeId.NodeId
@@ -735,7 +753,8 @@ export const make = Effect.gen(function* () {
     state: "new" | "inflight" | "answered" | "failed"
   }
 
-  const getClosestGlobalNodes = (target: NodeId.NodeId, options?: OperationOptions) => lookup(target, options)
+  const getClosestGlobalNodes = (target: NodeId.NodeId, options?: OperationOptions) =>
+    Effect.map(lookup(target, options), ({ address, stats }): LookupResult => ({ address, stats }))
 
   /**
    * The iterative lookup. With `fillBucket`, it also ends as soon as a node in that bucket of
@@ -746,7 +765,7 @@ export const make = Effect.gen(function* () {
     target: NodeId.NodeId,
     options?: OperationOptions,
     fillBucket?: number
-  ): Effect.Effect<LookupResult> =>
+  ): Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }> =>
     Effect.gen(function* () {
       const timeout = timeoutOf(options)
       const queryTimeout = Duration.max(
@@ -760,6 +779,17 @@ export const make = Effect.gen(function* () {
         const key = NodeId.encode(nodeId) as string
         if (seen.has(key)) return
         seen.add(key)
+        add(key, nodeId, address, depth)
+      }
+      // A contact of an answer is decoded only the first time the lookup hears of it.
+      const insertEncoded = (contact: WireContact, depth: number) => {
+        if (seen.has(contact.nodeIdEncoded)) return
+        seen.add(contact.nodeIdEncoded)
+        const id = NodeId.decode(contact.nodeIdEncoded)
+        if (Either.isRight(id))
+          add(contact.nodeIdEncoded, id.right, { host: contact.host, port: contact.port }, depth)
+      }
+      const add = (key: string, nodeId: NodeId.NodeId, address: PeerAddress, depth: number) => {
         const c: Candidate = {
           nodeId,
           key,
@@ -815,7 +845,7 @@ export const make = Effect.gen(function* () {
             })
           )
         return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
-          Effect.zipRight(getRemoteNodeClosestNodes(c.nodeId, target, { timeout: queryTimeout })),
+          Effect.zipRight(askClosest(c.nodeId, target, { timeout: queryTimeout })),
           Effect.matchEffect({
             onFailure: () =>
               Effect.sync(() => {
@@ -824,7 +854,7 @@ export const make = Effect.gen(function* () {
             onSuccess: (contacts) =>
               Effect.suspend(() => {
                 c.state = "answered"
-                for (const r of contacts) insert(r.nodeId, { host: r.host, port: r.port }, c.depth + 1)
+                for (const r of contacts) insertEncoded(r, c.depth + 1)
                 const added = addToGraph(c.nodeId, c.address.host, c.address.port)
                 if (fillBucket === undefined || NodeId.bucketIndex(self, c.nodeId) !== fillBucket)
                   return added
@@ -877,7 +907,8 @@ export const make = Effect.gen(function* () {
       }
       return {
         address: found,
-        stats: { rounds, queries, contacted: shortlist.filter((c) => c.state === "answered").length }
+        stats: { rounds, queries, contacted: shortlist.filter((c) => c.state === "answered").length },
+        shortlist
       }
     }).pipe(Effect.scoped)
 
@@ -904,10 +935,10 @@ export const make = Effect.gen(function* () {
           options
         )
       }
-      yield* getClosestGlobalNodes(self, options)
+      const own = yield* lookup(self, options)
       // Kademlia's join: the lookup of our own id fills the buckets near us; the buckets
-      // farther than our nearest neighbour that it left empty are refreshed (a lookup of a
-      // random id in each), so that every part of the id space has an entry in our table.
+      // farther than our nearest neighbour that it left empty are filled, so that every part
+      // of the id space has an entry in our table (see `fillBucket`).
       // A bucket nearer than the farthest of the k closest nodes the lookup found is empty
       // because no such node exists (it would be among the k closest): it is not looked up.
       const filled = new Set((yield* graph.getBuckets).map(([index]) => index))
@@ -919,11 +950,40 @@ export const make = Effect.gen(function* () {
         const empty: Array<number> = []
         for (let i = Math.max(Math.min(...filled), covered) + 1; i <= last; i++)
           if (!filled.has(i)) empty.push(i)
-        yield* Effect.forEach(empty, (index) => Effect.ignore(refreshBucket(index, options, true)), {
+        // Nodes of those buckets that the lookup heard of but did not ask.
+        const heard = new Map<number, Candidate[]>()
+        for (const c of own.shortlist) {
+          if (c.state !== "new") continue
+          const index = NodeId.bucketIndex(self, c.nodeId)
+          if (!empty.includes(index)) continue
+          const list = heard.get(index)
+          if (list) list.push(c)
+          else heard.set(index, [c])
+        }
+        yield* Effect.forEach(empty, (index) => fillBucket(index, heard.get(index) ?? [], options), {
           concurrency: 1,
           discard: true
         })
       }
+    })
+
+  /**
+   * Puts one live node of the empty bucket `index` in our table. A connection to a node of it
+   * that a lookup heard of does (the dial proves it and adds it): one handshake, where a
+   * lookup of a random id in the bucket asks several nodes first. Only if none of up to alpha
+   * such nodes answers, or none was heard of, is the bucket refreshed by that lookup.
+   */
+  const fillBucket = (index: number, heard: ReadonlyArray<Candidate>, options?: OperationOptions) =>
+    Effect.gen(function* () {
+      const timeout = Duration.divide(timeoutOf(options), 3).pipe(Option.getOrElse(() => timeoutOf(options)))
+      for (const c of heard.slice(0, alpha)) {
+        const live = yield* getConnectionWithAddress(c.nodeId, c.address, { timeout }).pipe(
+          Effect.as(true),
+          Effect.orElseSucceed(() => false)
+        )
+        if (live) return yield* graph.markBucketRefreshed(index).pipe(Effect.ignore)
+      }
+      yield* Effect.ignore(refreshBucket(index, options, true))
     })
 
   const randomIdInBucket = (index: number) =>
