@@ -2,6 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Either, FastCheck as fc, Schema } from "effect"
 import {
   bucketIndex,
+  canonical,
   compare,
   decode,
   distance,
@@ -97,6 +98,28 @@ describe("NodeId encoding", () => {
       expect(decodeReason(mutated)).toBe("padding")
     }
   )
+
+  it.prop(
+    "one id, one object: decoding and canonical copies share it, and the bytes stay right",
+    [arbId],
+    ([id]) => {
+      const text = encode(Uint8Array.from(id) as NodeId)
+      const first = Either.getOrThrow(decode(text))
+      expect(Either.getOrThrow(decode(text))).toBe(first)
+      expect(canonical(Uint8Array.from(id))).toBe(first)
+      expect(first).not.toBe(id)
+      expect(equals(first, id)).toBe(true)
+      expect(encode(first)).toBe(text)
+    }
+  )
+
+  it("an id first seen as bytes becomes the one decoding returns", () => {
+    const bytes = new Uint8Array(NODE_ID_BYTES).fill(0x5a)
+    bytes[0] = 0x01
+    const shared = canonical(bytes)
+    expect(shared).not.toBe(bytes)
+    expect(Either.getOrThrow(decode(encode(bytes as NodeId)))).toBe(shared)
+  })
 
   it("error messages name the problem and never throw", () => {
     expect(decode("x").pipe(Either.flip, Either.getOrThrow).message).toContain('start with "v"')

@@ -23,7 +23,7 @@ import {
   NodeGraphStorageError,
   type SetNodeResult
 } from "../services/NodeGraph.js"
-import { bucketIndex, NODE_ID_BYTES, type NodeId } from "../services/NodeId.js"
+import { bucketIndex, canonical, encode, NODE_ID_BYTES, type NodeId } from "../services/NodeId.js"
 
 export const BUCKET_COUNT = NODE_ID_BYTES * 8
 
@@ -101,8 +101,8 @@ export const validateK = (k: number): number => {
 // The table
 // ---------------------------------------------------------------------------------------------
 
-const keyOf = (nodeId: Uint8Array): string =>
-  Buffer.from(nodeId.buffer, nodeId.byteOffset, nodeId.byteLength).toString("hex")
+// The text form: an entry's canonical NodeId keeps it, so keys are shared, not made per entry.
+const keyOf = (nodeId: Uint8Array): string => encode(nodeId as NodeId)
 
 /** The address list after seeing `address`: it goes first, duplicates (host+port) removed, at most 5. */
 export const pushAddress = (
@@ -149,7 +149,7 @@ export class KademliaTable {
     readonly k: number = DEFAULT_BUCKET_LIMIT
   ) {
     if (ownNodeId.length !== NODE_ID_BYTES) throw new RangeError(`own NodeId must be ${NODE_ID_BYTES} bytes`)
-    this.ownNodeId = Uint8Array.from(ownNodeId) as NodeId
+    this.ownNodeId = canonical(ownNodeId)
     validateK(k)
   }
 
@@ -181,7 +181,7 @@ export class KademliaTable {
       }
     }
     const entry: TableEntry = {
-      nodeId: previous?.nodeId ?? (Uint8Array.from(nodeId) as NodeId),
+      nodeId: previous?.nodeId ?? canonical(nodeId),
       addresses: pushAddress(previous?.addresses ?? [], address),
       lastSeen: now,
       seq: this.#nextSeq

@@ -21,6 +21,7 @@ import type { NodeId } from "../services/NodeId.js"
 import {
   type AgentHandlers,
   type CallerInfo,
+  type HolePunchMessage,
   PeerCallError,
   type PeerClient,
   PeerRpc,
@@ -37,30 +38,50 @@ type Forker = <A, E>(effect: Effect.Effect<A, E>) => Fiber.RuntimeFiber<A, E>
 type Request = (server: Served) => void
 
 /** What serves one end of a connection (kept in its channel's `state`). */
-interface Served {
-  handlers: AgentHandlers | undefined
-  run: (<A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void) => void) | undefined
+class Served {
+  handlers: AgentHandlers | undefined = undefined
+  /** How handler fibers start while the end is served (the node's runtime), else undefined. */
+  fork: Forker | undefined = undefined
   /** Requests that arrived before `serve` (the wire would hold them as unaccepted streams). */
-  queue: Array<Request> | undefined
-  /** Handler fibers still running, interrupted when the end closes. */
-  running: Set<Fiber.RuntimeFiber<unknown, unknown>>
-  caller: CallerInfo
+  queue: Array<Request> | undefined = undefined
+  /** Handler fibers still running, interrupted when the end closes (made on the first). */
+  running: Set<Fiber.RuntimeFiber<unknown, unknown>> | undefined = undefined
+  // Who calls on this end: the peer, as this end's connection proves it.
+  constructor(readonly caller: CallerInfo) {}
+
+  run<A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void) {
+    const fiber = this.fork!(effect)
+    this.running ??= new Set()
+    this.running.add(fiber)
+    fiber.addObserver((exit) => {
+      this.running?.delete(fiber)
+      onExit(exit)
+    })
+  }
+
+  /** Serving stops; the handlers still running stop with it (as the wire server's would). */
+  stop() {
+    this.fork = undefined
+    this.queue = undefined
+    const running = this.running
+    this.running = undefined
+    if (running) for (const fiber of running) fiber.unsafeInterruptAsFork(fiber.id())
+  }
 }
 
 const servedOf = (channel: SimChannel): Served => {
   const existing = channel.state as Served | undefined
   if (existing !== undefined) return existing
-  const served: Served = {
-    handlers: undefined,
-    run: undefined,
-    queue: undefined,
-    running: new Set(),
-    // Who calls on this end: the peer, as this end's connection proves it.
-    caller: { nodeId: channel.remoteNodeId, host: channel.remoteHost, port: channel.remotePort }
-  }
+  const served = new Served({
+    nodeId: channel.remoteNodeId,
+    host: channel.remoteHost,
+    port: channel.remotePort
+  })
   channel.state = served
   return served
 }
+
+const touchOnly = (h: AgentHandlers, caller: CallerInfo) => h.touch(caller)
 
 const callError = (method: string, reason: PeerCallError["reason"], detail: string) =>
   new PeerCallError({ method, reason, detail })
@@ -99,7 +120,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
       const peer = channel.peer
       const sent = channel.send(() => {
         const request: Request = (served) =>
-          served.run!(f(served.handlers!, served.caller), (exit) => {
+          served.run(f(served.handlers!, served.caller), (exit) => {
             // The answer goes back on the same connection (dropped if our end closed meanwhile).
             peer.send(() =>
               finish(
@@ -114,7 +135,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
             )
           })
         const served = servedOf(peer)
-        if (served.run !== undefined) request(served)
+        if (served.fork !== undefined) request(served)
         else if (served.queue === undefined) served.queue = [request]
         else served.queue.push(request)
       })
@@ -153,19 +174,26 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
       timeout
     )
 
-  const client = (connection: QuicConnection): PeerClient => ({
-    ping: call(connection, "nodesPing", (h, caller) => h.touch(caller)),
-    closestNodes: (target) =>
-      Stream.fromIterableEffect(closestNodes(connection, target, Number.POSITIVE_INFINITY)) as Stream.Stream<
-        WireContact,
-        PeerCallError
-      >,
-    closestNodesUpTo: (target, limit, timeout) => closestNodes(connection, target, limit, timeout),
-    holePunchSignal: (message) =>
-      call(connection, "nodesHolePunchSignal", (h, caller) =>
+  // A class, not an object of closures: a simulated world holds a client per connection end.
+  class Client implements PeerClient {
+    constructor(readonly connection: QuicConnection) {}
+    get ping() {
+      return call(this.connection, "nodesPing", touchOnly)
+    }
+    closestNodes(target: NodeId) {
+      return Stream.fromIterableEffect(
+        closestNodes(this.connection, target, Number.POSITIVE_INFINITY)
+      ) as Stream.Stream<WireContact, PeerCallError>
+    }
+    closestNodesUpTo(target: NodeId, limit: number, timeout?: Duration.Duration) {
+      return closestNodes(this.connection, target, limit, timeout)
+    }
+    holePunchSignal(message: HolePunchMessage) {
+      return call(this.connection, "nodesHolePunchSignal", (h, caller) =>
         h.touch(caller).pipe(Effect.zipRight(h.holePunchSignal(caller, message)))
       )
-  })
+    }
+  }
 
   // One way to start handler fibers per node (its handlers object), not one per connection.
   const forkers = new WeakMap<AgentHandlers, Forker>()
@@ -182,31 +210,17 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
         fork = Runtime.runFork(yield* Effect.runtime<never>())
         forkers.set(handlers, fork)
       }
-      const runFork = fork
       const served = servedOf(channel)
       served.handlers = handlers
-      served.run = (effect, onExit) => {
-        const fiber = runFork(effect)
-        served.running.add(fiber)
-        fiber.addObserver((exit) => {
-          served.running.delete(fiber)
-          onExit(exit)
-        })
-      }
-      // Serving stops when the end closes or the scope does; the handlers still running stop
-      // with it (as the wire server's would).
-      const stop = () => {
-        served.run = undefined
-        served.queue = undefined
-        for (const fiber of [...served.running]) fiber.unsafeInterruptAsFork(fiber.id())
-      }
-      const stopWatching = channel.onClose(stop)
+      served.fork = fork
+      // Serving stops when the end closes or the scope does.
+      const stopWatching = channel.onClose(() => served.stop())
       // Scope.addFinalizer, not Effect.addFinalizer: the latter would keep this fiber's FiberRefs.
       yield* Scope.addFinalizer(
         yield* Effect.scope,
         Effect.sync(() => {
           stopWatching()
-          if (served.handlers === handlers) stop()
+          if (served.handlers === handlers) served.stop()
         })
       )
       const queued = served.queue
@@ -216,7 +230,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
 
   return PeerRpc.of({
     serve,
-    client: (connection) => Effect.succeed(client(connection))
+    client: (connection) => Effect.succeed(new Client(connection))
   })
 }
 

@@ -263,8 +263,8 @@ class SimStream {
   /** Forgets the stream once both directions are finished. */
   check() {
     if (this.toAcceptor.done && this.toOpener.done) {
-      this.opener.streams.delete(this)
-      this.opener.peer.streams.delete(this)
+      this.opener.streams?.delete(this)
+      this.opener.peer.streams?.delete(this)
     }
   }
 }
@@ -442,7 +442,8 @@ class SimConnection implements QuicConnection, SimChannel {
   state: unknown = undefined
   /** Counted in its endpoint's `ends` (the listener's end only once accepted). */
   registered = false
-  readonly streams = new Set<SimStream>()
+  /** Its open streams (made on the first one: most ends of a simulated world never open any). */
+  streams: Set<SimStream> | undefined = undefined
   /** Delivery time of the last thing sent to the peer (keeps the connection in order). */
   lastAt = 0
   /** What was sent while the link is cut, in order. */
@@ -504,21 +505,27 @@ class SimConnection implements QuicConnection, SimChannel {
   get acceptedStreams(): Stream.Stream<Socket.Socket> {
     return this.dispatch.acceptedStreams
   }
-  readonly handleStreams: QuicConnection["handleStreams"] = (onStream) =>
-    this.dispatch.handleStreams(onStream)
-  readonly whenClosed: QuicConnection["whenClosed"] = (f) => this.dispatch.whenClosed(f)
+  // Methods, not arrow-function fields: a world holds hundreds of thousands of ends, and a
+  // field would be a closure per end.
+  handleStreams(onStream: Parameters<QuicConnection["handleStreams"]>[0]) {
+    return this.dispatch.handleStreams(onStream)
+  }
+  whenClosed(f: Parameters<QuicConnection["whenClosed"]>[0]) {
+    return this.dispatch.whenClosed(f)
+  }
   get closed(): Effect.Effect<CloseReason> {
     return this.dispatch.closed
   }
-  readonly close = (reason?: string): Effect.Effect<void> =>
-    Effect.sync(() => this.world.closeConnection(this, localReason(reason), "peer"))
+  close(reason?: string): Effect.Effect<void> {
+    return Effect.sync(() => this.world.closeConnection(this, localReason(reason), "peer"))
+  }
 
   // -- SimChannel --
 
   get isOpen() {
     return this.reason === undefined
   }
-  readonly send = (run: () => void): boolean => {
+  send(run: () => void): boolean {
     if (this.reason !== undefined) return false
     const peer = this.peer
     this.world.sendOnConnection(this, () => {
@@ -526,7 +533,9 @@ class SimConnection implements QuicConnection, SimChannel {
     })
     return true
   }
-  readonly onClose = (f: (reason: CloseReason) => void): (() => void) => this.dispatch.listenClose(f)
+  onClose(f: (reason: CloseReason) => void): () => void {
+    return this.dispatch.listenClose(f)
+  }
 }
 
 // ---- The world -------------------------------------------------------------------------------
@@ -984,11 +993,13 @@ class World {
 
   openStream(end: SimConnection): SimSocket {
     const stream = new SimStream(this, end)
+    end.streams ??= new Set()
     end.streams.add(stream)
     this.trace("stream", end.ep.label, `${end.remoteHost}:${end.remotePort}`, end.id)
     this.sendOnConnection(end, () => {
       const peer = end.peer
       if (peer.reason !== undefined) return
+      peer.streams ??= new Set()
       peer.streams.add(stream)
       peer.dispatch.offer(stream.acceptorSocket)
     })
@@ -1006,7 +1017,7 @@ class World {
     this.openEnds--
     if (end.registered) end.ep.ends.delete(end)
     let closedError: Socket.SocketError | undefined
-    for (const stream of end.streams) {
+    for (const stream of end.streams ?? []) {
       const socket = stream.socketOf(end)
       socket.writeEnded = true
       const pipe = socket.readPipe
@@ -1019,7 +1030,7 @@ class World {
         pipe.notify()
       }
     }
-    end.streams.clear()
+    end.streams = undefined
     end.dispatch.close(reason)
     this.trace(
       "close",
@@ -1076,8 +1087,8 @@ class World {
   stats(): SimNetworkStats {
     const streams = new Set<SimStream>()
     for (const pair of this.pairs) {
-      for (const s of pair.a.streams) streams.add(s)
-      for (const s of pair.b.streams) streams.add(s)
+      for (const s of pair.a.streams ?? []) streams.add(s)
+      for (const s of pair.b.streams ?? []) streams.add(s)
     }
     return {
       hosts: this.hostCount,

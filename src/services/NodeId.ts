@@ -87,7 +87,35 @@ export const encode = (nodeId: NodeId): NodeIdEncoded => {
   return text
 }
 
+/**
+ * One object per NodeId while any is in use: decoded ids, routing-table entries and the
+ * contacts that carry them share it, with its text form (a simulated world would otherwise
+ * hold millions of copies of ten thousand ids). Held weakly: an id nobody uses any more is
+ * collected, then forgotten. Shared ids must not be written to; nothing here writes to one.
+ */
+const canonicalIds = new Map<string, WeakRef<NodeId>>()
+const forgetCanonical = new FinalizationRegistry<string>((text) => {
+  if (canonicalIds.get(text)?.deref() === undefined) canonicalIds.delete(text)
+})
+const adoptCanonical = (nodeId: NodeId, text: NodeIdEncoded) => {
+  encodings.set(nodeId, text)
+  canonicalIds.set(text, new WeakRef(nodeId))
+  forgetCanonical.register(nodeId, text)
+}
+
+/** The shared object for these bytes (a copy of them becomes it if there is none yet). */
+export const canonical = (nodeId: Uint8Array): NodeId => {
+  const text = encodings.get(nodeId as NodeId) ?? (base32hexEncode(nodeId, "v") as NodeIdEncoded)
+  const known = canonicalIds.get(text)?.deref()
+  if (known !== undefined) return known
+  const copy = Uint8Array.from(nodeId) as NodeId
+  adoptCanonical(copy, text)
+  return copy
+}
+
 export const decode = (text: string): Either.Either<NodeId, NodeIdDecodeError> => {
+  const known = canonicalIds.get(text)?.deref()
+  if (known !== undefined) return Either.right(known)
   if (!text.startsWith("v")) return Either.left(new NodeIdDecodeError({ input: text, reason: "prefix" }))
   if (text.length !== NODE_ID_ENCODED_LENGTH)
     return Either.left(new NodeIdDecodeError({ input: text, reason: "length" }))
@@ -108,7 +136,7 @@ export const decode = (text: string): Either.Either<NodeId, NodeIdDecodeError> =
   }
   // 52 symbols carry 260 bits: the 4 trailing bits must be zero (canonical form).
   if (buffer !== 0) return Either.left(new NodeIdDecodeError({ input: text, reason: "padding" }))
-  encodings.set(out as NodeId, text as NodeIdEncoded)
+  adoptCanonical(out as NodeId, text as NodeIdEncoded)
   return Either.right(out as NodeId)
 }
 
