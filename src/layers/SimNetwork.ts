@@ -171,6 +171,14 @@ interface Endpoint {
   nextConnection: number
 }
 
+/**
+ * A dialled connection closes with the dialler's scope. Made here, not inline: a finalizer
+ * made inside `dial` would keep the whole dial (its pending record and result) for as long as
+ * the connection lives, and `Effect.addFinalizer` would keep the dialling fiber's FiberRefs.
+ */
+const closeWithScope = (connection: SimConnection) =>
+  Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, connection.close("released")))
+
 interface PendingDial {
   readonly ep: Endpoint
   readonly host: string
@@ -1181,7 +1189,7 @@ const bind = (
               Effect.onExit((exit) =>
                 Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => world.cancelDial(pending))
               ),
-              Effect.tap((connection) => Effect.addFinalizer(() => connection.close("released")))
+              Effect.tap(closeWithScope)
             )
           )
         })
