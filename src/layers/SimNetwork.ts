@@ -558,7 +558,11 @@ class World {
   readonly prng: Prng
   readonly heap = new TimedHeap<Scheduled>()
   private seq = 0
-  private readonly armed = new Set<number>()
+  /**
+   * The times of the clock timers set for `tick` and not yet fired. A timer is only set for a
+   * time earlier than all of these, and they fire in time order: a stack, the earliest on top.
+   */
+  private readonly armed: Array<number> = []
   /** The world's scope closed: timers still due in the clock do nothing. */
   closed = false
   private ticking = false
@@ -620,8 +624,9 @@ class World {
   }
 
   private arm(at: number) {
-    for (const t of this.armed) if (t <= at) return
-    this.armed.add(at)
+    const armed = this.armed
+    if (armed.length > 0 && armed[armed.length - 1]! <= at) return
+    armed.push(at)
     const timers = this.timers
     if (timers !== undefined) {
       timers.scheduleAt(at, () => {
@@ -639,7 +644,8 @@ class World {
   }
 
   private tick(armedAt: number) {
-    this.armed.delete(armedAt)
+    const armed = this.armed
+    while (armed.length > 0 && armed[armed.length - 1]! <= armedAt) armed.pop()
     const now = this.now()
     this.ticking = true
     this.tickNow = now
