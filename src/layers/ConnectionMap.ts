@@ -128,12 +128,17 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       if (entries.get(entry.key) !== entry) return Effect.void
       entries.delete(entry.key)
       entry.idleDeadline = undefined
-      const records = [entry.record, ...(entry.standby ?? [])]
+      const standby = entry.standby
       entry.standby = undefined
-      return Effect.forEach(records, (r) => closeRecord(r, reason), {
-        concurrency: "unbounded",
-        discard: true
-      }).pipe(
+      // Nearly always one record: closed in this fiber, with no fiber forked per record.
+      const closing =
+        standby === undefined || standby.size === 0
+          ? closeRecord(entry.record, reason)
+          : Effect.forEach([entry.record, ...standby], (r) => closeRecord(r, reason), {
+              concurrency: "unbounded",
+              discard: true
+            })
+      return closing.pipe(
         Effect.zipRight(
           PubSub.publish(options.events, { _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason })
         )
