@@ -813,7 +813,6 @@ export const make = Effect.gen(function* () {
       let finished = false
       const done = yield* Deferred.make<void>()
       const fibers = yield* FiberSet.make<void, never>()
-      const permits = yield* Effect.makeSemaphore(alpha)
 
       // The next candidate: the nearest not yet asked among the k nearest that have not failed.
       const pickNext = (): Candidate | undefined => {
@@ -885,7 +884,8 @@ export const make = Effect.gen(function* () {
           (c) =>
             FiberSet.run(
               fibers,
-              Effect.interruptible(permits.withPermits(1)(query(c))).pipe(
+              // `launch` starts a query only while fewer than alpha are in flight.
+              Effect.interruptible(query(c)).pipe(
                 Effect.ensuring(
                   Effect.suspend(() => {
                     inflight--
