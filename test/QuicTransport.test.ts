@@ -206,6 +206,50 @@ describe("QuicTransportLive", () => {
     })
   )
 
+  it.scopedLive(
+    "whenSlow runs once for a dial still going after its delay, never for a quick or stopped one",
+    () =>
+      Effect.gen(function* () {
+        const a = yield* makeNode("qt-slow-a")
+        const b = yield* makeNode("qt-slow-b")
+        const silent = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
+        const calls = { slow: 0, quick: 0, stopped: 0 }
+        const slow = yield* a.transport
+          .dial({
+            host: "127.0.0.1",
+            port: silent.address().port,
+            expectedNodeIds: [b.nodeId],
+            timeout: "600 millis",
+            whenSlow: { after: "100 millis", run: () => calls.slow++ }
+          })
+          .pipe(Effect.flip)
+        expect(slow.reason).toBe("timeout")
+        expect(calls.slow).toBe(1)
+        // A loopback dial is done well within 400 ms: its callback never runs, even later.
+        const quick = yield* a.transport.dial({
+          host: "127.0.0.1",
+          port: b.transport.port,
+          expectedNodeIds: [b.nodeId],
+          whenSlow: { after: "400 millis", run: () => calls.quick++ }
+        })
+        expect(quick.remoteNodeId).toEqual(b.nodeId)
+        // An interrupted dial: its callback is cancelled with it.
+        const stopped = yield* a.transport
+          .dial({
+            host: "127.0.0.1",
+            port: silent.address().port,
+            expectedNodeIds: [b.nodeId],
+            timeout: "5 seconds",
+            whenSlow: { after: "300 millis", run: () => calls.stopped++ }
+          })
+          .pipe(Effect.fork)
+        yield* Effect.sleep("50 millis")
+        yield* Fiber.interrupt(stopped)
+        yield* Effect.sleep("600 millis")
+        expect(calls).toEqual({ slow: 1, quick: 0, stopped: 0 })
+      })
+  )
+
   it.scopedLive("10,000 random datagrams and stray 0-RTT packets do not disturb the node", () =>
     Effect.gen(function* () {
       const a = yield* makeNode("qt-junk-a")

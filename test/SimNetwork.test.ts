@@ -205,6 +205,50 @@ describe("SimNetwork", () => {
     }).pipe(Effect.provide(world()))
   )
 
+  it.scoped("whenSlow runs once, at its time, for a dial still going; never for a quick or stopped one", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode(1)
+      const b = yield* makeNode(2)
+      const calls = { slow: 0, quick: 0, stopped: 0 }
+      const slow = yield* Effect.fork(
+        a.transport.dial({
+          host: "1.0.0.250",
+          port: 1314,
+          expectedNodeIds: [idOf(2)],
+          timeout: "2 seconds",
+          whenSlow: { after: "500 millis", run: () => calls.slow++ }
+        })
+      )
+      // A dial to b is done at 20 ms (10 ms links): its callback at 100 ms never runs.
+      const quick = yield* Effect.fork(
+        a.transport.dial({
+          host: b.transport.host,
+          port: b.transport.port,
+          expectedNodeIds: [b.id],
+          whenSlow: { after: "100 millis", run: () => calls.quick++ }
+        })
+      )
+      const stopped = yield* Effect.fork(
+        a.transport.dial({
+          host: "1.0.0.250",
+          port: 1315,
+          expectedNodeIds: [idOf(2)],
+          whenSlow: { after: "300 millis", run: () => calls.stopped++ }
+        })
+      )
+      yield* TestClock.adjust("200 millis")
+      yield* Fiber.join(quick)
+      yield* Fiber.interrupt(stopped)
+      yield* TestClock.adjust("299 millis")
+      expect(calls).toEqual({ slow: 0, quick: 0, stopped: 0 })
+      yield* TestClock.adjust("1 millis")
+      expect(calls).toEqual({ slow: 1, quick: 0, stopped: 0 })
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* Fiber.join(slow).pipe(Effect.flip)).reason).toBe("timeout")
+      expect(calls).toEqual({ slow: 1, quick: 0, stopped: 0 })
+    }).pipe(Effect.provide(world()))
+  )
+
   it.scoped("interrupting a dial leaves nothing behind", () =>
     Effect.gen(function* () {
       const sim = yield* SimNetwork

@@ -19,6 +19,7 @@ import {
   Option,
   PubSub,
   Random,
+  Runtime,
   Scope,
   Stream
 } from "effect"
@@ -48,7 +49,12 @@ import {
   PeerRpc,
   type WireContact
 } from "../services/PeerRpc.js"
-import { type DialError, type QuicConnection, QuicTransport } from "../services/QuicTransport.js"
+import {
+  type DialError,
+  type DialOptions,
+  type QuicConnection,
+  QuicTransport
+} from "../services/QuicTransport.js"
 import * as ConnectionMap from "./ConnectionMap.js"
 
 /**
@@ -59,6 +65,27 @@ import * as ConnectionMap from "./ConnectionMap.js"
  * left 4 of 200 nodes unjoined in the budget, 1 s joined all, 20% faster at the p95).
  */
 const SIGNAL_HEAD_START = Duration.millis(500)
+
+/** A dial's hole-punch signalling: `start` runs it at most once, never after `stop`. */
+class SlowDialSignal {
+  private fiber: Fiber.RuntimeFiber<void> | undefined = undefined
+  private ended = false
+  constructor(
+    private readonly run: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>,
+    private readonly signal: Effect.Effect<void>
+  ) {}
+  start() {
+    if (!this.ended && this.fiber === undefined) this.fiber = this.run(this.signal)
+  }
+  get stop(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.ended = true
+      const fiber = this.fiber
+      this.fiber = undefined
+      return fiber === undefined ? Effect.void : Fiber.interrupt(fiber)
+    })
+  }
+}
 
 type Entry = ConnectionMap.Entry<PeerClient>
 type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
@@ -143,6 +170,13 @@ export const make = Effect.gen(function* () {
 
   const events = yield* PubSub.unbounded<ConnectionEvent>()
   const background = yield* FiberSet.make<unknown, unknown>()
+  const runtime = yield* Effect.runtime<never>()
+  /** Starts `effect` from outside any fiber (a transport callback), in the background set. */
+  const runInBackground = (effect: Effect.Effect<void>) => {
+    const fiber = Runtime.runFork(runtime)(effect)
+    FiberSet.unsafeAdd(background, fiber)
+    return fiber
+  }
   const stopped = yield* Deferred.make<never, ConnectionManagerStopped>()
   const pending = new Map<string, PendingDial>()
   let inboundInProgress = 0
@@ -253,14 +287,15 @@ export const make = Effect.gen(function* () {
     expected: ReadonlyArray<NodeId.NodeId>,
     address: PeerAddress,
     timeout: Duration.Duration,
-    hostname?: string
+    hostname?: string,
+    whenSlow?: DialOptions["whenSlow"]
   ): Effect.Effect<ConnRecord, DialError> =>
     Effect.gen(function* () {
       const scope = yield* Scope.make()
       const who = expected.length === 1 ? NodeId.encode(expected[0]!) : `one of ${expected.length} nodes`
       yield* Effect.logDebug(`dialling ${who} at ${address.host}:${address.port}`)
       return yield* transport
-        .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout })
+        .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout, whenSlow })
         .pipe(
           Scope.extend(scope),
           Effect.tapError((e) =>
@@ -401,11 +436,24 @@ export const make = Effect.gen(function* () {
     Effect.forEach(seeds, (seed) => sendSignalingMessage(seed.nodeId, self, target, undefined, { timeout }), {
       concurrency: "unbounded",
       discard: true
-    }).pipe(
-      Effect.delay(
-        Duration.min(SIGNAL_HEAD_START, Duration.divide(timeout, 4).pipe(Option.getOrElse(() => timeout)))
-      )
-    )
+    })
+
+  /**
+   * Signalling for one dial of a node behind a NAT, perhaps: the transport starts it if the
+   * dial is still going after the head start, and the dial's end stops it. Nothing waits
+   * beside a dial that is quick (a fiber only runs once signalling starts).
+   */
+  const slowDialSignal = (target: NodeId.NodeId, timeout: Duration.Duration) => {
+    const signal = new SlowDialSignal(runInBackground, signalThroughSeeds(target, timeout))
+    const whenSlow = {
+      after: Duration.min(
+        SIGNAL_HEAD_START,
+        Duration.divide(timeout, 4).pipe(Option.getOrElse(() => timeout))
+      ),
+      run: () => signal.start()
+    }
+    return { whenSlow, stop: signal.stop }
+  }
 
   // ---- Getting connections -------------------------------------------------------------
 
@@ -456,8 +504,10 @@ export const make = Effect.gen(function* () {
     timeout: Duration.Duration
   ): Effect.Effect<Entry, NodeConnectionError> => {
     const punching = !isSeedNode(nodeId) && seeds.length > 0
+    // One signalling for all addresses: started by the first slow dial, stopped after the last.
+    const signal = punching ? slowDialSignal(nodeId, timeout) : undefined
     const attempt = (address: PeerAddress) =>
-      dialRecord([nodeId], address, timeout).pipe(
+      dialRecord([nodeId], address, timeout, undefined, signal?.whenSlow).pipe(
         Effect.mapError((e) =>
           fail(
             nodeId,
@@ -476,15 +526,9 @@ export const make = Effect.gen(function* () {
         : addresses.length === 1
           ? attempt(addresses[0]!)
           : Effect.raceAll(addresses.map(attempt))
-    const withSignals =
-      isSeedNode(nodeId) || seeds.length === 0
-        ? direct
-        : Effect.acquireUseRelease(
-            Effect.fork(Effect.interruptible(signalThroughSeeds(nodeId, timeout))),
-            () => direct,
-            (fiber) => Fiber.interrupt(fiber)
-          )
-    return ensureCapacity(nodeId).pipe(Effect.zipRight(withSignals))
+    return ensureCapacity(nodeId).pipe(
+      Effect.zipRight(signal ? Effect.ensuring(direct, signal.stop) : direct)
+    )
   }
 
   /** A handle on `record` (by default the entry's current one). */

@@ -659,6 +659,12 @@ export const make: Effect.Effect<
       const check = new DialCheck(expectedNodeIds)
       return Effect.async<QUICClient, DialError>((resume) => {
         const controller = new AbortController()
+        const slow = dialOptions.whenSlow
+        const slowTimer =
+          slow === undefined
+            ? undefined
+            : setTimeout(slow.run, Duration.toMillis(Duration.decode(slow.after)))
+        slowTimer?.unref()
         const pending = QUICClient.createQUICClient(
           {
             host,
@@ -679,11 +685,13 @@ export const make: Effect.Effect<
         let abandoned = false
         const settled = pending.then(
           (client) => {
+            clearTimeout(slowTimer)
             check.expected = undefined
             if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
             resume(Effect.succeed(client))
           },
           (error: unknown) => {
+            clearTimeout(slowTimer)
             check.expected = undefined
             if (abandoned) return
             const rejection = check.rejection
@@ -692,6 +700,7 @@ export const make: Effect.Effect<
         )
         return Effect.promise(() => {
           abandoned = true
+          clearTimeout(slowTimer)
           controller.abort(new Error("dial interrupted"))
           return settled
         })

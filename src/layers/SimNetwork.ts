@@ -1190,7 +1190,14 @@ const bind = (
           // The timeout is an event of the world's scheduler (on the same Clock): no sleep and
           // no racing fibers per dial.
           return yield* Effect.uninterruptibleMask((restore) =>
-            Effect.sync(() => world.startDial(pending, timeoutMs)).pipe(
+            Effect.sync(() => {
+              world.startDial(pending, timeoutMs)
+              const slow = options.whenSlow
+              if (slow !== undefined)
+                world.schedule(millis(slow.after), () => {
+                  if (!pending.done) slow.run()
+                })
+            }).pipe(
               Effect.zipRight(restore(Deferred.await(pending.result))),
               Effect.onExit((exit) =>
                 Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => world.cancelDial(pending))

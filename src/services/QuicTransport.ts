@@ -56,6 +56,12 @@ export interface DialOptions {
   readonly expectedNodeIds: ReadonlyArray<NodeId>
   /** Defaults to the transport's connect timeout. */
   readonly timeout?: Duration.DurationInput
+  /**
+   * `run` is called once, outside any fiber, if the dial is still in progress `after` it
+   * started, and never once it has ended: the caller's slow-path work (hole-punch signalling)
+   * starts then, with no fiber waiting beside every dial.
+   */
+  readonly whenSlow?: { readonly after: Duration.DurationInput; readonly run: () => void } | undefined
 }
 
 /** Dialling failed. A `mismatch` names both NodeIds. */
