@@ -214,15 +214,20 @@ describe("QuicTransportLive", () => {
         const b = yield* makeNode("qt-slow-b")
         const silent = yield* Effect.acquireRelease(udpBind(0, "udp4", "127.0.0.1"), udpClose)
         const calls = { slow: 0, quick: 0, stopped: 0 }
-        const slow = yield* a.transport
-          .dial({
+        // A dial that never completes: nothing answers on the silent port.
+        const dialSilent = (
+          timeout: Duration.DurationInput,
+          after: Duration.DurationInput,
+          run: () => void
+        ) =>
+          a.transport.dial({
             host: "127.0.0.1",
             port: silent.address().port,
             expectedNodeIds: [b.nodeId],
-            timeout: "600 millis",
-            whenSlow: { after: "100 millis", run: () => calls.slow++ }
+            timeout,
+            whenSlow: { after, run }
           })
-          .pipe(Effect.flip)
+        const slow = yield* dialSilent("600 millis", "100 millis", () => calls.slow++).pipe(Effect.flip)
         expect(slow.reason).toBe("timeout")
         expect(calls.slow).toBe(1)
         // A loopback dial is done well within 400 ms: its callback never runs, even later.
@@ -234,15 +239,7 @@ describe("QuicTransportLive", () => {
         })
         expect(quick.remoteNodeId).toEqual(b.nodeId)
         // An interrupted dial: its callback is cancelled with it.
-        const stopped = yield* a.transport
-          .dial({
-            host: "127.0.0.1",
-            port: silent.address().port,
-            expectedNodeIds: [b.nodeId],
-            timeout: "5 seconds",
-            whenSlow: { after: "300 millis", run: () => calls.stopped++ }
-          })
-          .pipe(Effect.fork)
+        const stopped = yield* dialSilent("5 seconds", "300 millis", () => calls.stopped++).pipe(Effect.fork)
         yield* Effect.sleep("50 millis")
         yield* Fiber.interrupt(stopped)
         yield* Effect.sleep("600 millis")
