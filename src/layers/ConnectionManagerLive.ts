@@ -797,6 +797,12 @@ export const make = Effect.gen(function* () {
     state: "new" | "inflight" | "answered" | "failed"
   }
 
+  /** One query of a lookup (or a join's bucket fill) gets a third of the operation's timeout. */
+  const queryTimeoutOf = (options?: OperationOptions) => {
+    const timeout = timeoutOf(options)
+    return Duration.max(Duration.millis(1), Duration.divide(timeout, 3).pipe(Option.getOrElse(() => timeout)))
+  }
+
   const getClosestGlobalNodes = (target: NodeId.NodeId, options?: OperationOptions) =>
     Effect.map(lookup(target, options), ({ address, stats }): LookupResult => ({ address, stats }))
 
@@ -812,10 +818,7 @@ export const make = Effect.gen(function* () {
   ): Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }> =>
     Effect.gen(function* () {
       const timeout = timeoutOf(options)
-      const queryTimeout = Duration.max(
-        Duration.millis(1),
-        Duration.divide(timeout, 3).pipe(Option.getOrElse(() => timeout))
-      )
+      const queryTimeout = queryTimeoutOf(options)
       const targetKey = NodeId.encode(target) as string
       const seen = new Set<string>([selfKey])
       const shortlist: Candidate[] = []
@@ -1019,7 +1022,7 @@ export const make = Effect.gen(function* () {
    */
   const fillBucket = (index: number, heard: ReadonlyArray<Candidate>, options?: OperationOptions) =>
     Effect.gen(function* () {
-      const timeout = Duration.divide(timeoutOf(options), 3).pipe(Option.getOrElse(() => timeoutOf(options)))
+      const timeout = queryTimeoutOf(options)
       for (const c of heard.slice(0, alpha)) {
         const live = yield* getConnectionWithAddress(c.nodeId, c.address, { timeout }).pipe(
           Effect.as(true),
