@@ -91,7 +91,8 @@ type Entry = ConnectionMap.Entry<PeerClient>
 type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
 
 interface PendingDial {
-  readonly deferred: Deferred.Deferred<Entry, NodeConnectionError>
+  /** Made by the first caller that joins the dial (most dials have none). */
+  deferred: Deferred.Deferred<Entry, NodeConnectionError> | undefined
 }
 
 /** "::ffff:1.2.3.4" and "1.2.3.4" name the same peer. */
@@ -169,6 +170,11 @@ export const make = Effect.gen(function* () {
   const isSeedNode = (nodeId: NodeId.NodeId) => seedKeys.has(NodeId.encode(nodeId))
 
   const events = yield* PubSub.unbounded<ConnectionEvent>()
+  // Nobody listening: the connection events are not even made (a network of thousands of
+  // managers, as in a simulation, publishes one per connection change).
+  let subscribers = 0
+  const publish = (event: ConnectionEvent): Effect.Effect<void> =>
+    subscribers === 0 ? Effect.void : Effect.asVoid(PubSub.publish(events, event))
   const background = yield* FiberSet.make<unknown, unknown>()
   const runtime = yield* Effect.runtime<never>()
   /** Starts `effect` from outside any fiber (a transport callback), in the background set. */
@@ -198,7 +204,7 @@ export const make = Effect.gen(function* () {
     self,
     idleTimeout: config.connectionIdleTimeoutTime,
     isSeed: isSeedNode,
-    events,
+    publish,
     scope: managerScope,
     probe
   })
@@ -270,18 +276,27 @@ export const make = Effect.gen(function* () {
   const closeOnRelease = (connection: QuicConnection) => () => connection.close("connection released")
   const closedHandler = (record: ConnRecord) => () => map.onClosed(record)
 
-  /** Sets up what runs on a connection; the connection is closed with `scope`. */
+  /**
+   * Sets up what runs on a connection, in `scope` (which the caller provides as the Scope
+   * service, once for the whole set-up: each provision copies the fiber's context).
+   */
   const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
     Effect.gen(function* () {
       // A dialled connection is already closed with this scope (the dial's contract).
       if (connection.direction === "reverse") yield* Scope.addFinalizerExit(scope, closeOnRelease(connection))
-      const client = yield* rpc.client(connection).pipe(Scope.extend(scope))
+      const client = yield* rpc.client(connection)
       const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
       // No fiber waits on an idle connection: calls and the close each start one when they come.
-      yield* rpc.serve(connection, handlers).pipe(Scope.extend(scope))
+      yield* rpc.serve(connection, handlers)
       yield* connection.whenClosed(closedHandler(record))
       return record
-    }).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
+    })
+
+  /** Closes `scope` unless `self` succeeded. */
+  const closeUnlessDone =
+    (scope: Scope.CloseableScope) =>
+    <A, E>(self: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.onExit(self, (exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))
 
   const dialRecord = (
     expected: ReadonlyArray<NodeId.NodeId>,
@@ -297,12 +312,12 @@ export const make = Effect.gen(function* () {
       return yield* transport
         .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout, whenSlow })
         .pipe(
-          Scope.extend(scope),
           Effect.tapError((e) =>
             Effect.logDebug(`dial ${who} at ${address.host}:${address.port} failed: ${e.message}`)
           ),
           Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
-          Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))
+          Scope.extend(scope),
+          closeUnlessDone(scope)
         )
     })
 
@@ -475,7 +490,8 @@ export const make = Effect.gen(function* () {
       if (existing) return Effect.succeed(existing)
       const key = NodeId.encode(nodeId) as string
       const running = pending.get(key)
-      if (running)
+      if (running) {
+        running.deferred ??= Deferred.unsafeMake(FiberId.none)
         return Deferred.await(running.deferred).pipe(
           // The first caller was interrupted: its dial stopped; try again.
           Effect.catchAllCause((cause) =>
@@ -483,13 +499,14 @@ export const make = Effect.gen(function* () {
           ),
           Effect.timeoutFail({ duration: timeout, onTimeout: timedOut })
         )
-      const dial: PendingDial = { deferred: Deferred.unsafeMake<Entry, NodeConnectionError>(FiberId.none) }
+      }
+      const dial: PendingDial = { deferred: undefined }
       pending.set(key, dial)
       return Effect.interruptible(start).pipe(
         Effect.onExit((exit) =>
           Effect.suspend(() => {
             if (pending.get(key) === dial) pending.delete(key)
-            return Deferred.done(dial.deferred, exit)
+            return dial.deferred === undefined ? Effect.void : Deferred.done(dial.deferred, exit)
           })
         )
       )
@@ -1088,7 +1105,7 @@ export const make = Effect.gen(function* () {
           return
         }
         const scope = yield* Scope.make()
-        const record = yield* setupRecord(connection, scope)
+        const record = yield* setupRecord(connection, scope).pipe(Scope.extend(scope), closeUnlessDone(scope))
         yield* map.adopt(record)
         yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
       }).pipe(
@@ -1157,7 +1174,13 @@ export const make = Effect.gen(function* () {
     holePunchReverse,
     sendSignalingMessage,
     relaySignalingMessage,
-    events: Effect.map(PubSub.subscribe(events), (queue) => Stream.fromQueue(queue)),
+    events: Effect.acquireRelease(
+      Effect.sync(() => subscribers++),
+      () => Effect.sync(() => subscribers--)
+    ).pipe(
+      Effect.zipRight(PubSub.subscribe(events)),
+      Effect.map((queue) => Stream.fromQueue(queue))
+    ),
     diagnostics: Effect.gen(function* () {
       const entries = [...map.entries.values()]
       return {

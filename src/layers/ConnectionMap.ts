@@ -7,7 +7,7 @@
  * the one initiated by the smaller NodeId. The larger node closes the connection it
  * initiated once nothing uses it; the smaller node keeps serving it until then.
  */
-import { type Clock, Duration, Effect, Exit, PubSub, Queue, Scope } from "effect"
+import { type Clock, Duration, Effect, Exit, Queue, Scope } from "effect"
 import type { ConnectionEvent, ConnectionInfo } from "../services/ConnectionManager.js"
 import * as NodeId from "../services/NodeId.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
@@ -59,7 +59,8 @@ export interface ConnectionMapOptions {
   readonly self: NodeId.NodeId
   readonly idleTimeout: Duration.Duration
   readonly isSeed: (nodeId: NodeId.NodeId) => boolean
-  readonly events: PubSub.PubSub<ConnectionEvent>
+  /** Tells the manager's event subscribers (if there are any). */
+  readonly publish: (event: ConnectionEvent) => Effect.Effect<void>
   /** Where the idle reaper's removals run (the manager's scope). */
   readonly scope: Scope.Scope
   /** Probe whether a connection is still alive (a round trip); used on duplicate inbound connections. */
@@ -139,9 +140,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
               discard: true
             })
       return closing.pipe(
-        Effect.zipRight(
-          PubSub.publish(options.events, { _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason })
-        )
+        Effect.zipRight(options.publish({ _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason }))
       )
     })
 
@@ -201,13 +200,15 @@ export const make = <Client>(options: ConnectionMapOptions) => {
           lastUsed: now()
         }
         entries.set(key, entry)
-        return PubSub.publish(options.events, {
-          _tag: "ConnectionAdded",
-          nodeId: conn.remoteNodeId,
-          host: conn.remoteHost,
-          port: conn.remotePort,
-          direction: conn.direction
-        }).pipe(Effect.zipRight(startIdle(entry)), Effect.as(entry))
+        return options
+          .publish({
+            _tag: "ConnectionAdded",
+            nodeId: conn.remoteNodeId,
+            host: conn.remoteHost,
+            port: conn.remotePort,
+            direction: conn.direction
+          })
+          .pipe(Effect.zipRight(startIdle(entry)), Effect.as(entry))
       }
       if (existing.record === record) return Effect.succeed(existing)
       const newPreferred = isPreferred(options.self, conn)

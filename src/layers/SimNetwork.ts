@@ -171,20 +171,13 @@ interface Endpoint {
   nextConnection: number
 }
 
-/**
- * A dialled connection closes with the dialler's scope. Made here, not inline: a finalizer
- * made inside `dial` would keep the whole dial (its pending record and result) for as long as
- * the connection lives, and `Effect.addFinalizer` would keep the dialling fiber's FiberRefs.
- */
-const closeWithScope = (connection: SimConnection) =>
-  Effect.flatMap(Effect.scope, (scope) => Scope.addFinalizer(scope, connection.close("released")))
-
 interface PendingDial {
   readonly ep: Endpoint
   readonly host: string
   readonly port: number
   readonly expected: ReadonlyArray<NodeId.NodeId>
-  readonly result: Deferred.Deferred<SimConnection, DialError>
+  /** Resumes the dialling fiber; dropped once the dial is done (events may outlive it). */
+  resume: ((exit: Exit.Exit<SimConnection, DialError>) => void) | undefined
   done: boolean
   end: SimConnection | undefined
 }
@@ -870,10 +863,9 @@ class World {
     this.trace("dial", ep.label, to)
     this.schedule(timeoutMs, () => {
       if (p.done) return
-      this.finishDial(p)
       this.trace("timeout", ep.label, to)
-      Deferred.unsafeDone(
-        p.result,
+      this.settleDial(
+        p,
         Exit.fail(
           new DialError({
             host: p.host,
@@ -898,11 +890,10 @@ class World {
         this.schedule(this.delay(dst, ep.host), () => {
           if (p.done || ep.stopped) return
           if (!p.expected.some((id) => NodeId.equals(id, listener.nodeId))) {
-            this.finishDial(p)
             const expected = p.expected.map(NodeId.encode).join(", ")
             this.trace("mismatch", ep.label, to, listener.nodeKey)
-            Deferred.unsafeDone(
-              p.result,
+            this.settleDial(
+              p,
               Exit.fail(
                 new DialError({
                   host: p.host,
@@ -915,10 +906,9 @@ class World {
             return
           }
           const pair = this.makePair(p, listener, src)
-          this.finishDial(p)
           p.end = pair.a
           this.trace("connect", ep.label, to, pair.a.id)
-          Deferred.unsafeDone(p.result, Exit.succeed(pair.a))
+          this.settleDial(p, Exit.succeed(pair.a))
           // The client's Finished: the listener now has the connection.
           this.sendOnConnection(pair.a, () => {
             const b = pair.b
@@ -948,8 +938,16 @@ class World {
   private finishDial(p: PendingDial) {
     if (p.done) return
     p.done = true
+    p.resume = undefined
     p.ep.pending.delete(p)
     this.pendingDials--
+  }
+
+  /** The dial ends with `exit`: the dialling fiber resumes with it. */
+  private settleDial(p: PendingDial, exit: Exit.Exit<SimConnection, DialError>) {
+    const resume = p.resume
+    this.finishDial(p)
+    resume?.(exit)
   }
 
   /** The dialling fiber gave up (interrupted, timed out): nothing of the dial may remain. */
@@ -1082,9 +1080,8 @@ class World {
         crashed ? "idle" : "peer"
       )
     for (const p of [...ep.pending]) {
-      this.finishDial(p)
-      Deferred.unsafeDone(
-        p.result,
+      this.settleDial(
+        p,
         Exit.fail(
           new DialError({ host: p.host, port: p.port, reason: "stopped", detail: "the transport stopped" })
         )
@@ -1177,32 +1174,38 @@ const bind = (
         if (!isIpv4(options.host) || !isPort(options.port))
           return Effect.fail(dialError(options, "invalid-address", "not an IPv4 address and port"))
         const timeoutMs = options.timeout === undefined ? ep.connectMs : millis(options.timeout)
-        return Effect.gen(function* () {
+        return Effect.flatMap(Effect.scope, (scope) => {
           const pending: PendingDial = {
             ep,
             host: options.host,
             port: options.port,
             expected: options.expectedNodeIds,
-            result: yield* Deferred.make<SimConnection, DialError>(),
+            resume: undefined,
             done: false,
             end: undefined
           }
-          // The timeout is an event of the world's scheduler (on the same Clock): no sleep and
-          // no racing fibers per dial.
-          return yield* Effect.uninterruptibleMask((restore) =>
-            Effect.sync(() => {
-              world.startDial(pending, timeoutMs)
-              const slow = options.whenSlow
-              if (slow !== undefined)
-                world.schedule(millis(slow.after), () => {
-                  if (!pending.done) slow.run()
-                })
-            }).pipe(
-              Effect.zipRight(restore(Deferred.await(pending.result))),
-              Effect.onExit((exit) =>
-                Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => world.cancelDial(pending))
-              ),
-              Effect.tap(closeWithScope)
+          // The handshake and its timeout are events of the world's scheduler (on the same
+          // Clock), which resume this fiber: no sleep, no racing fiber and no Deferred per dial.
+          const handshake = Effect.async<SimConnection, DialError>((resume) => {
+            pending.resume = resume
+            world.startDial(pending, timeoutMs)
+            const slow = options.whenSlow
+            if (slow !== undefined)
+              world.schedule(millis(slow.after), () => {
+                if (!pending.done) slow.run()
+              })
+          })
+          // Whatever stops the dial short (interruption, even just after it succeeded) leaves
+          // nothing of it. The close finalizer holds only the connection: not the dial, nor
+          // this fiber's FiberRefs (as `Effect.addFinalizer` would).
+          return Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(Effect.exit(restore(handshake)), (exit) =>
+              Exit.isSuccess(exit)
+                ? Effect.as(Scope.addFinalizer(scope, exit.value.close("released")), exit.value)
+                : Effect.zipRight(
+                    Effect.sync(() => world.cancelDial(pending)),
+                    exit
+                  )
             )
           )
         })
