@@ -185,6 +185,32 @@ describe("SimNetwork", () => {
     }).pipe(Effect.provide(world()))
   )
 
+  it.scoped(
+    "halt: nothing sent arrives any more, no dial completes or times out, a close tells no peer",
+    () =>
+      Effect.gen(function* () {
+        const sim = yield* SimNetwork
+        const a = yield* makeNode(1)
+        const b = yield* makeNode(2)
+        const forward = yield* connect(a, b)
+        const reverse = b.inbound[0]!
+        const socket = yield* forward.openStream
+        yield* TestClock.adjust("10 millis")
+        yield* sim.halt
+        const scheduled = (yield* sim.stats).scheduledEvents
+        const dial = yield* dialFork(a, b, undefined, "1 second")
+        yield* socket.writer.pipe(Effect.flatMap((write) => write(new TextEncoder().encode("lost"))))
+        yield* forward.close("bye")
+        yield* TestClock.adjust("5 seconds")
+        // Neither the dial's handshake nor its timeout came; the peer never heard of the close.
+        expect(Option.isNone(yield* Fiber.poll(dial))).toBe(true)
+        expect(Option.isNone(yield* Fiber.poll(yield* Effect.fork(reverse.closed)))).toBe(true)
+        expect(b.inbound).toHaveLength(1)
+        expect((yield* sim.stats).scheduledEvents).toBe(scheduled)
+        yield* Fiber.interrupt(dial)
+      }).pipe(Effect.provide(world()))
+  )
+
   it.scoped("a dial to nothing waits for its timeout", () =>
     Effect.gen(function* () {
       const a = yield* makeNode(1)

@@ -62,8 +62,13 @@ export class Dispatch {
     if (handlers) for (const f of handlers) f(reason)
     const effects = this.closeEffects
     this.closeEffects = undefined
-    if (typeof effects === "function") this.fork(effects(reason))
-    else if (effects) for (const f of effects) this.fork(f(reason))
+    if (typeof effects === "function") this.runClose(effects(reason))
+    else if (effects) for (const f of effects) this.runClose(f(reason))
+  }
+
+  /** A close effect in a fiber of its own; none for one with nothing to do. */
+  private runClose(effect: Effect.Effect<void>) {
+    if (effect !== Effect.void) this.fork(effect)
   }
 
   /** Streams go to `handler` (or, with `serve`, each to a fiber of its own) from now on. */
@@ -144,7 +149,7 @@ export class Dispatch {
   whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
     return Effect.sync(() => {
       const effects = this.closeEffects
-      if (this.closedWith !== undefined) this.fork(f(this.closedWith))
+      if (this.closedWith !== undefined) this.runClose(f(this.closedWith))
       else if (effects === undefined) this.closeEffects = f
       else if (typeof effects === "function") this.closeEffects = [effects, f]
       else effects.push(f)

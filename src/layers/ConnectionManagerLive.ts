@@ -274,7 +274,7 @@ export const make = Effect.gen(function* () {
   // The functions a held record keeps (its close finalizer, its close handler) are made by
   // these, so that each holds only what it names, not the set-up's other variables.
   const closeOnRelease = (connection: QuicConnection) => () => connection.close("connection released")
-  const closedHandler = (record: ConnRecord) => () => map.onClosed(record)
+  const closedHandler = (record: ConnRecord) => () => map.closedEffect(record)
 
   /**
    * Sets up what runs on a connection, in `scope` (which the caller provides as the Scope
@@ -285,7 +285,15 @@ export const make = Effect.gen(function* () {
       // A dialled connection is already closed with this scope (the dial's contract).
       if (connection.direction === "reverse") yield* Scope.addFinalizerExit(scope, closeOnRelease(connection))
       const client = yield* rpc.client(connection)
-      const record: ConnRecord = { connection, client, scope, hostname, users: 0, retired: false }
+      const record: ConnRecord = {
+        connection,
+        client,
+        scope,
+        hostname,
+        users: 0,
+        retired: false,
+        closing: false
+      }
       // No fiber waits on an idle connection: calls and the close each start one when they come.
       yield* rpc.serve(connection, handlers)
       yield* connection.whenClosed(closedHandler(record))

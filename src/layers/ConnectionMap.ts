@@ -23,6 +23,8 @@ export interface ConnectionRecord<Client> {
   /** Handles given out on this record and not yet released. */
   users: number
   retired: boolean
+  /** The map closed it (its scope, then the connection). */
+  closing: boolean
 }
 
 export interface Entry<Client> {
@@ -86,6 +88,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
   const closeRecord = (record: ConnectionRecord<Client>, reason: string) =>
     Effect.suspend(() => {
       record.retired = true
+      record.closing = true
       return Scope.close(record.scope, Exit.void).pipe(
         Effect.zipRight(record.connection.close(reason)),
         Effect.ignore
@@ -179,6 +182,19 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       }
       return Scope.close(record.scope, Exit.void).pipe(Effect.zipRight(remove(entry, "connection closed")))
     })
+
+  /**
+   * What to run when a record's connection closes, decided at the close: nothing (and so no
+   * fiber) when the map closed the record itself and no longer holds it, the usual end of an
+   * idle connection on the side that closes it.
+   */
+  const closedEffect = (record: ConnectionRecord<Client>): Effect.Effect<void> => {
+    if (record.closing) {
+      const entry = entries.get(keyOf(record.connection.remoteNodeId))
+      if (entry === undefined || (entry.record !== record && !entry.standby?.has(record))) return Effect.void
+    }
+    return onClosed(record)
+  }
 
   /**
    * Puts a freshly made connection into the map and returns the entry that now serves the
@@ -328,6 +344,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
     remove,
     removeAll,
     onClosed,
+    closedEffect,
     closeRecord,
     pruneOne,
     touch,

@@ -556,7 +556,7 @@ class World {
    * time earlier than all of these, and they fire in time order: a stack, the earliest on top.
    */
   private readonly armed: Array<number> = []
-  /** The world's scope closed: timers still due in the clock do nothing. */
+  /** Halted, or the world's scope closed: nothing is scheduled any more, and timers still due do nothing. */
   closed = false
   private ticking = false
   private tickNow = 0
@@ -607,6 +607,7 @@ class World {
   // -- scheduling --
 
   scheduleAt(at: number, run: () => void) {
+    if (this.closed) return
     this.heap.push({ at, seq: this.seq++, run })
     if (this.ticking && at <= this.tickNow) return
     this.arm(at)
@@ -622,9 +623,7 @@ class World {
     armed.push(at)
     const timers = this.timers
     if (timers !== undefined) {
-      timers.scheduleAt(at, () => {
-        if (!this.closed) this.tick(at)
-      })
+      timers.scheduleAt(at, () => this.tick(at))
       return
     }
     const delay = Math.max(0, at - this.now())
@@ -637,6 +636,8 @@ class World {
   }
 
   private tick(armedAt: number) {
+    // Halted, or the world's scope closed: timers still due do nothing.
+    if (this.closed) return
     const armed = this.armed
     while (armed.length > 0 && armed[armed.length - 1]! <= armedAt) armed.pop()
     const now = this.now()
@@ -1255,11 +1256,10 @@ export const make = (options: SimNetworkOptions): Effect.Effect<SimNetworkServic
       options,
       options.traceLimit ?? 100_000
     )
-    yield* Effect.addFinalizer(() =>
-      Effect.sync(() => {
-        world.closed = true
-      })
-    )
+    const halt = Effect.sync(() => {
+      world.closed = true
+    })
+    yield* Effect.addFinalizer(() => halt)
 
     const resolve = (address: string) => world.addresses.get(address)
     const resolveOrAdd = (address: string) => resolve(address) ?? world.addHost("none", address)
@@ -1271,6 +1271,7 @@ export const make = (options: SimNetworkOptions): Effect.Effect<SimNetworkServic
 
     const service: SimNetworkService = {
       seed,
+      halt,
       addHost: (hostOptions) =>
         Effect.sync(() => world.info(world.addHost(hostOptions?.nat ?? "none", hostOptions?.host))),
       hostInfo: (address) =>

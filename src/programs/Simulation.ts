@@ -628,6 +628,9 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
       traceHash: yield* world.sim.traceHash,
       failedSamples: outcomes.filter((x) => !x.found).slice(0, 20)
     }
+    // Every node goes now: the network stops first, so that no node's close is delivered to
+    // peers that are closing anyway.
+    yield* world.sim.halt
     return result
   })
 

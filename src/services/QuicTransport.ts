@@ -41,7 +41,10 @@ export interface QuicConnection {
   readonly handleStreams: (
     onStream: (socket: Socket.Socket) => Effect.Effect<void>
   ) => Effect.Effect<void, never, Scope.Scope>
-  /** Runs `f` in a fiber of its own once the connection has closed (at once if it has). */
+  /**
+   * Runs `f` in a fiber of its own once the connection has closed (at once if it has). `f` is
+   * called at the close itself; when it returns `Effect.void` (nothing to do) no fiber starts.
+   */
   readonly whenClosed: (f: (reason: CloseReason) => Effect.Effect<void>) => Effect.Effect<void>
   /** Closes the connection (idempotent); completes once it is closed. */
   readonly close: (reason?: string) => Effect.Effect<void>

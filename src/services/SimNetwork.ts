@@ -168,6 +168,13 @@ export interface SimNetworkService {
   /** Hex SHA-256 of every trace event so far. */
   readonly traceHash: Effect.Effect<string>
   readonly stats: Effect.Effect<SimNetworkStats>
+  /**
+   * Stops the whole network at once, to end a simulation quickly: from now on nothing sent
+   * arrives and no timer of the network fires (a dial in progress never completes). The
+   * transports stay bound until their scopes close; closing them then tells no peer (every
+   * peer is going too), which halves the work of tearing a large world down.
+   */
+  readonly halt: Effect.Effect<void>
 }
 
 export class SimNetwork extends Context.Tag("quicmesh/SimNetwork")<SimNetwork, SimNetworkService>() {}
