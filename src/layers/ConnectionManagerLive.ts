@@ -7,6 +7,7 @@ import { isIP } from "node:net"
 import {
   Cause,
   Chunk,
+  Clock,
   Deferred,
   Duration,
   Effect,
@@ -1131,18 +1132,27 @@ export const make = Effect.gen(function* () {
 
   // Our seed connections are never idle-collected here, but the seed would collect them on its
   // side (QUIC keep-alives are not calls): a call every half idle period keeps the seed's timer
-  // from firing, so it can still relay hole-punch signals to us. The RPC layer bounds each call
-  // (rpcCallTimeoutTime), so a silent seed holds up no later round.
+  // from firing, so it can still relay hole-punch signals to us. A connection used either way
+  // within the half period needs none (the use restarted the seed's timer). Each ping runs in
+  // the background set, bounded by the RPC layer (rpcCallTimeoutTime): a silent seed holds up
+  // no other ping and no later round.
   if (seeds.length > 0) {
-    const half = Duration.millis(Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2))
-    yield* Effect.forEach(
-      seeds,
-      (seed) => {
-        const entry = map.get(seed.nodeId)
-        return entry ? Effect.ignore(entry.record.client.ping) : Effect.void
-      },
-      { concurrency: "unbounded", discard: true }
-    ).pipe(Effect.delay(half), Effect.forever, Effect.interruptible, Effect.forkScoped)
+    const halfMs = Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2)
+    const pingRound = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.sync(() => {
+        for (const seed of seeds) {
+          const entry = map.get(seed.nodeId)
+          if (entry !== undefined && now - entry.lastUsed >= halfMs)
+            runInBackground(Effect.ignore(entry.record.client.ping))
+        }
+      })
+    )
+    yield* pingRound.pipe(
+      Effect.delay(Duration.millis(halfMs)),
+      Effect.forever,
+      Effect.interruptible,
+      Effect.forkScoped
+    )
   }
 
   yield* transport.failure.pipe(
