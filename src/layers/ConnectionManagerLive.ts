@@ -178,10 +178,10 @@ export const make = Effect.gen(function* () {
     subscribers === 0 ? Effect.void : Effect.asVoid(PubSub.publish(events, event))
   const background = yield* FiberSet.make<unknown, unknown>()
   const runtime = yield* Effect.runtime<never>()
-  /** Starts `effect` from outside any fiber (a transport callback), in the background set. */
-  const runInBackground = (effect: Effect.Effect<void>) => {
+  /** Starts `effect` from outside any fiber (a transport callback), in `set` (default: the background set). */
+  const runInBackground = (effect: Effect.Effect<void>, set = background) => {
     const fiber = Runtime.runFork(runtime)(effect)
-    FiberSet.unsafeAdd(background, fiber)
+    FiberSet.unsafeAdd(set, fiber)
     return fiber
   }
   const stopped = yield* Deferred.make<never, ConnectionManagerStopped>()
@@ -1134,16 +1134,18 @@ export const make = Effect.gen(function* () {
   // side (QUIC keep-alives are not calls): a call every half idle period keeps the seed's timer
   // from firing, so it can still relay hole-punch signals to us. A connection used either way
   // within the half period needs none (the use restarted the seed's timer). Each ping runs in
-  // the background set, bounded by the RPC layer (rpcCallTimeoutTime): a silent seed holds up
-  // no other ping and no later round.
+  // a fiber of its own, bounded by the RPC layer (rpcCallTimeoutTime): a silent seed holds up
+  // no other ping and no later round. Their set is not the background set, whose size the
+  // diagnostics report as work in progress.
   if (seeds.length > 0) {
+    const pings = yield* FiberSet.make<unknown, unknown>()
     const halfMs = Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2)
     const pingRound = Effect.flatMap(Clock.currentTimeMillis, (now) =>
       Effect.sync(() => {
         for (const seed of seeds) {
           const entry = map.get(seed.nodeId)
           if (entry !== undefined && now - entry.lastUsed >= halfMs)
-            runInBackground(Effect.ignore(entry.record.client.ping))
+            runInBackground(Effect.ignore(entry.record.client.ping), pings)
         }
       })
     )
