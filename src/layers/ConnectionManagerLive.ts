@@ -1133,10 +1133,11 @@ export const make = Effect.gen(function* () {
   // Our seed connections are never idle-collected here, but the seed would collect them on its
   // side (QUIC keep-alives are not calls): a call every half idle period keeps the seed's timer
   // from firing, so it can still relay hole-punch signals to us. A connection used either way
-  // within the half period needs none (the use restarted the seed's timer). Each ping runs in
-  // a fiber of its own, bounded by the RPC layer (rpcCallTimeoutTime): a silent seed holds up
-  // no other ping and no later round. Their set is not the background set, whose size the
-  // diagnostics report as work in progress.
+  // within the last quarter of the idle period needs none this round: the use restarted the
+  // seed's timer, and the next round's ping still comes at least a quarter period before it
+  // runs out. Each ping runs in a fiber of its own, bounded by the RPC layer
+  // (rpcCallTimeoutTime): a silent seed holds up no other ping and no later round. Their set
+  // is not the background set, whose size the diagnostics report as work in progress.
   if (seeds.length > 0) {
     const pings = yield* FiberSet.make<unknown, unknown>()
     const halfMs = Math.max(1, Duration.toMillis(config.connectionIdleTimeoutTime) / 2)
@@ -1144,7 +1145,7 @@ export const make = Effect.gen(function* () {
       Effect.sync(() => {
         for (const seed of seeds) {
           const entry = map.get(seed.nodeId)
-          if (entry !== undefined && now - entry.lastUsed >= halfMs)
+          if (entry !== undefined && now - entry.lastUsed >= halfMs / 2)
             runInBackground(Effect.ignore(entry.record.client.ping), pings)
         }
       })
