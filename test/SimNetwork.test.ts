@@ -66,6 +66,16 @@ const connect = (from: Node, to: Node, address?: { host: string; port: number })
     return yield* Fiber.join(fiber)
   })
 
+/** Nodes 1 and 2, a connection from 1 to 2 (both ends) and a stream 1 opened on it. */
+const connectedPair = Effect.gen(function* () {
+  const a = yield* makeNode(1)
+  const b = yield* makeNode(2)
+  const forward = yield* connect(a, b)
+  const reverse = b.inbound[0]!
+  const socket = yield* forward.openStream
+  return { a, b, forward, reverse, socket }
+})
+
 const world = (options: Partial<Parameters<typeof SimNet.layer>[0]> = {}) =>
   SimNet.layer({ seed: 1, latency: "10 millis", ...options })
 
@@ -164,11 +174,7 @@ describe("SimNetwork", () => {
 
   it.scoped("closing a connection reaches the peer as Peer after the latency and fails its streams", () =>
     Effect.gen(function* () {
-      const a = yield* makeNode(1)
-      const b = yield* makeNode(2)
-      const forward = yield* connect(a, b)
-      const reverse = b.inbound[0]!
-      const socket = yield* forward.openStream
+      const { forward, reverse, socket } = yield* connectedPair
       const reading = yield* collect(socket)
       yield* TestClock.adjust("10 millis")
       yield* reverse.close("bye")
@@ -190,11 +196,7 @@ describe("SimNetwork", () => {
     () =>
       Effect.gen(function* () {
         const sim = yield* SimNetwork
-        const a = yield* makeNode(1)
-        const b = yield* makeNode(2)
-        const forward = yield* connect(a, b)
-        const reverse = b.inbound[0]!
-        const socket = yield* forward.openStream
+        const { a, b, forward, reverse, socket } = yield* connectedPair
         yield* TestClock.adjust("10 millis")
         yield* sim.halt
         const scheduled = (yield* sim.stats).scheduledEvents
@@ -311,11 +313,7 @@ describe("SimNetwork", () => {
   it.scoped("a partition blocks dials, holds bytes, and heals", () =>
     Effect.gen(function* () {
       const sim = yield* SimNetwork
-      const a = yield* makeNode(1)
-      const b = yield* makeNode(2)
-      const forward = yield* connect(a, b)
-      const reverse = b.inbound[0]!
-      const socket = yield* forward.openStream
+      const { a, b, forward, reverse, socket } = yield* connectedPair
       const write = yield* socket.writer
       yield* TestClock.adjust("10 millis")
       const accepted = yield* Stream.runHead(reverse.acceptedStreams).pipe(Effect.map(Option.getOrThrow))
