@@ -301,12 +301,6 @@ export const make = Effect.gen(function* () {
       return record
     })
 
-  /** Closes `scope` unless `self` succeeded. */
-  const closeUnlessDone =
-    (scope: Scope.CloseableScope) =>
-    <A, E>(self: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-      Effect.onExit(self, (exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))
-
   const dialRecord = (
     expected: ReadonlyArray<NodeId.NodeId>,
     address: PeerAddress,
@@ -326,7 +320,7 @@ export const make = Effect.gen(function* () {
           ),
           Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
           Scope.extend(scope),
-          closeUnlessDone(scope)
+          Effect.onError(() => Scope.close(scope, Exit.void))
         )
     })
 
@@ -1114,7 +1108,10 @@ export const make = Effect.gen(function* () {
           return
         }
         const scope = yield* Scope.make()
-        const record = yield* setupRecord(connection, scope).pipe(Scope.extend(scope), closeUnlessDone(scope))
+        const record = yield* setupRecord(connection, scope).pipe(
+          Scope.extend(scope),
+          Effect.onError(() => Scope.close(scope, Exit.void))
+        )
         yield* map.adopt(record)
         yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
       }).pipe(

@@ -80,6 +80,19 @@ export const make = <Client>(options: ConnectionMapOptions) => {
     })
   )
 
+  /**
+   * Runs `effects` at once and waits for them all. The fibers are awaited, not joined: a join
+   * merges each fiber's FiberRefs back into this one, a cost per fiber that a simulated world
+   * of thousands of nodes pays at its teardown. One effect (nearly always) runs in this fiber.
+   */
+  const allAtOnce = (effects: ReadonlyArray<Effect.Effect<void>>): Effect.Effect<void> =>
+    effects.length === 1
+      ? effects[0]!
+      : Effect.forEach(effects, (effect) => Effect.fork(effect)).pipe(
+          Effect.flatMap(Fiber.awaitAll),
+          Effect.asVoid
+        )
+
   const standbyOf = (entry: Entry<Client>) => {
     entry.standby ??= new Set()
     return entry.standby
@@ -134,15 +147,7 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       entry.idleDeadline = undefined
       const standby = entry.standby
       entry.standby = undefined
-      // Nearly always one record: closed in this fiber, with no fiber forked per record.
-      const closing =
-        standby === undefined || standby.size === 0
-          ? closeRecord(entry.record, reason)
-          : Effect.forEach([entry.record, ...standby], (r) => closeRecord(r, reason), {
-              concurrency: "unbounded",
-              discard: true
-            })
-      return closing.pipe(
+      return allAtOnce([entry.record, ...(standby ?? [])].map((r) => closeRecord(r, reason))).pipe(
         Effect.zipRight(options.publish({ _tag: "ConnectionRemoved", nodeId: entry.nodeId, reason }))
       )
     })
@@ -316,18 +321,9 @@ export const make = <Client>(options: ConnectionMapOptions) => {
     }
   }
 
-  // All at once: each close waits for its QUIC connection to drain. The fibers are awaited,
-  // not joined: a join merges each fiber's FiberRefs back into this one, a cost per connection
-  // that a simulated world of thousands of nodes pays at its teardown.
+  // All at once: each close waits for its QUIC connection to drain.
   const removeAll = (reason: string) =>
-    Effect.suspend(() => {
-      const all = [...entries.values()]
-      if (all.length <= 1) return all.length === 0 ? Effect.void : remove(all[0]!, reason)
-      return Effect.forEach(all, (e) => Effect.fork(remove(e, reason))).pipe(
-        Effect.flatMap(Fiber.awaitAll),
-        Effect.asVoid
-      )
-    })
+    Effect.suspend(() => allAtOnce([...entries.values()].map((e) => remove(e, reason))))
 
   return {
     /** Run once inside the manager so timestamps come from its Clock. */

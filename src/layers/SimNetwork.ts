@@ -1200,13 +1200,9 @@ const bind = (
           // nothing of it. The close finalizer holds only the connection: not the dial, nor
           // this fiber's FiberRefs (as `Effect.addFinalizer` would).
           return Effect.uninterruptibleMask((restore) =>
-            Effect.flatMap(Effect.exit(restore(handshake)), (exit) =>
-              Exit.isSuccess(exit)
-                ? Effect.as(Scope.addFinalizer(scope, exit.value.close("released")), exit.value)
-                : Effect.zipRight(
-                    Effect.sync(() => world.cancelDial(pending)),
-                    exit
-                  )
+            restore(handshake).pipe(
+              Effect.onError(() => Effect.sync(() => world.cancelDial(pending))),
+              Effect.tap((connection) => Scope.addFinalizer(scope, connection.close("released")))
             )
           )
         })
