@@ -9,8 +9,8 @@
  * fail where the network should have answered exits 1 and prints its seed and the command
  * that replays it exactly.
  */
-import { writeFileSync } from "node:fs"
-import { resolve } from "node:path"
+import { accessSync, constants, statSync, writeFileSync } from "node:fs"
+import { dirname, resolve } from "node:path"
 import { Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
 import { OperationError, UsageError } from "./Input.js"
@@ -134,6 +134,31 @@ const progressReporter = () => {
 
 const usage = (message: string) => Effect.fail(new UsageError({ message }))
 
+/**
+ * Why the report could not be written to `file`, or undefined if it can: checked before the
+ * run, so that a long run is not lost to a typo in the path.
+ */
+const reportPathProblem = (file: string): string | undefined => {
+  const dir = dirname(file)
+  try {
+    if (!statSync(dir).isDirectory()) return `${dir} is not a folder`
+  } catch {
+    return `the folder ${dir} does not exist`
+  }
+  try {
+    if (statSync(file).isDirectory()) return `${file} is a folder`
+    accessSync(file, constants.W_OK)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") return `${file} is not writable`
+    try {
+      accessSync(dir, constants.W_OK)
+    } catch {
+      return `the folder ${dir} is not writable`
+    }
+  }
+  return undefined
+}
+
 export const run = (p: Parsed) =>
   Effect.gen(function* () {
     if (p.format !== "human" && p.format !== "json")
@@ -145,6 +170,11 @@ export const run = (p: Parsed) =>
       const parsed = parseNatMix(p.nat.value)
       if (parsed._tag === "Left") return yield* usage(`invalid --nat: ${parsed.left}`)
       nat = parsed.right
+    }
+    const reportFile = Option.map(p.report, (f) => resolve(f))
+    if (Option.isSome(reportFile)) {
+      const problem = reportPathProblem(reportFile.value)
+      if (problem !== undefined) return yield* usage(`cannot write the --report file: ${problem}`)
     }
     const scenario: ScenarioOptions = {
       nodes: p.nodes,
@@ -172,8 +202,16 @@ export const run = (p: Parsed) =>
     )
     const replay = replayCommand(p)
     const judged = verdict(report)
-    if (Option.isSome(p.report)) {
-      const file = resolve(p.report.value)
+    // The results first: a report that cannot be written after all loses nothing else.
+    yield* Effect.sync(() =>
+      process.stdout.write(
+        p.format === "json"
+          ? `${JSON.stringify({ ...report, ok: judged.ok, reasons: judged.reasons, replay })}\n`
+          : `${renderText(report, replay)}\n`
+      )
+    )
+    if (Option.isSome(reportFile)) {
+      const file = reportFile.value
       yield* Effect.try({
         try: () => writeFileSync(file, renderHtml(report, replay, judged.reasons)),
         catch: (e) =>
@@ -183,13 +221,6 @@ export const run = (p: Parsed) =>
       })
       process.stderr.write(`report written to ${file}\n`)
     }
-    yield* Effect.sync(() =>
-      process.stdout.write(
-        p.format === "json"
-          ? `${JSON.stringify({ ...report, ok: judged.ok, reasons: judged.reasons, replay })}\n`
-          : `${renderText(report, replay)}\n`
-      )
-    )
     if (!judged.ok)
       return yield* Effect.fail(
         new OperationError({

@@ -53,6 +53,26 @@ const cases: ReadonlyArray<Case> = [
     says: ["unknown argument", "--bogus"]
   },
   {
+    name: "sim with a report in a folder that does not exist (refused before the run)",
+    args: [
+      "sim",
+      "--nodes",
+      "5",
+      "--lookups",
+      "1",
+      "--seed",
+      "1",
+      "--report",
+      "/nonexistent-quicmesh/r.html"
+    ],
+    says: ["cannot write the --report file", "the folder /nonexistent-quicmesh does not exist"]
+  },
+  {
+    name: "sim with a report path that is a folder",
+    args: ["sim", "--nodes", "5", "--lookups", "1", "--seed", "1", "--report", tmpDir()],
+    says: ["cannot write the --report file", "is a folder"]
+  },
+  {
     name: "QUICMESH_PORT=abc",
     args: start,
     env: { QUICMESH_PORT: "abc" },
