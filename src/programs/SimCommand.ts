@@ -9,7 +9,7 @@
  * fail where the network should have answered exits 1 and prints its seed and the command
  * that replays it exactly.
  */
-import { accessSync, constants, statSync, writeFileSync } from "node:fs"
+import { accessSync, constants, existsSync, statSync, writeFileSync } from "node:fs"
 import { dirname, resolve } from "node:path"
 import { Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
@@ -139,24 +139,20 @@ const usage = (message: string) => Effect.fail(new UsageError({ message }))
  * run, so that a long run is not lost to a typo in the path.
  */
 const reportPathProblem = (file: string): string | undefined => {
-  const dir = dirname(file)
-  try {
-    if (!statSync(dir).isDirectory()) return `${dir} is not a folder`
-  } catch {
-    return `the folder ${dir} does not exist`
-  }
-  try {
-    if (statSync(file).isDirectory()) return `${file} is a folder`
-    accessSync(file, constants.W_OK)
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") return `${file} is not writable`
+  const writable = (path: string) => {
     try {
-      accessSync(dir, constants.W_OK)
+      accessSync(path, constants.W_OK)
+      return true
     } catch {
-      return `the folder ${dir} is not writable`
+      return false
     }
   }
-  return undefined
+  const dir = dirname(file)
+  if (!existsSync(dir)) return `the folder ${dir} does not exist`
+  if (!statSync(dir).isDirectory()) return `${dir} is not a folder`
+  if (!existsSync(file)) return writable(dir) ? undefined : `the folder ${dir} is not writable`
+  if (statSync(file).isDirectory()) return `${file} is a folder`
+  return writable(file) ? undefined : `${file} is not writable`
 }
 
 export const run = (p: Parsed) =>

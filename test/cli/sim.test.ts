@@ -11,10 +11,16 @@ import { BIN, cleanup, cli, ROOT, tmpDir } from "./helpers.js"
 
 const MARKER = "--seed 918273"
 
+/** Processes on the machine whose command line holds the interrupt test's marker. */
+const marked = () =>
+  execFileSync("ps", ["-eo", "pid,args"], { encoding: "utf8" })
+    .split("\n")
+    .filter((line) => line.includes(MARKER))
+    .map((line) => ({ pid: Number.parseInt(line.trim(), 10), args: line.trim() }))
+
 afterAll(async () => {
   // A child left running by a failure of the interrupt test goes too.
-  for (const line of execFileSync("ps", ["-eo", "pid,args"], { encoding: "utf8" }).split("\n"))
-    if (line.includes(MARKER)) process.kill(Number.parseInt(line.trim(), 10), "SIGKILL")
+  for (const { pid } of marked()) process.kill(pid, "SIGKILL")
   await cleanup()
 }, 30_000)
 
@@ -30,9 +36,6 @@ const run = (seed: number, extra: ReadonlyArray<string> = []) =>
   cli(["sim", "--nodes", "40", "--lookups", "10", "--seed", String(seed), "--format", "json", ...extra], {
     timeoutMs: 120_000
   })
-
-/** Command lines of every process on the machine. */
-const commandLines = () => execFileSync("ps", ["-eo", "args"], { encoding: "utf8" }).split("\n")
 
 describe("quicmesh sim", () => {
   it("prints one JSON report, writes the HTML report, and replays to the same trace", {
@@ -80,10 +83,10 @@ describe("quicmesh sim", () => {
     )
     await progressed
     // The simulating child is running beside its parent.
-    expect(commandLines().filter((l) => l.includes(MARKER)).length).toBe(2)
+    expect(marked().length).toBe(2)
     child.kill("SIGINT")
     const exit = await exited
     expect(exit.code === 130 || exit.signal === "SIGINT").toBe(true)
-    expect(commandLines().filter((l) => l.includes(MARKER))).toEqual([])
+    expect(marked()).toEqual([])
   })
 })
