@@ -4,7 +4,7 @@
  * Standalone: `npx tsx bench/simNetwork.ts [nodes] [degree]`.
  */
 import { Effect, Fiber, Stream, TestClock, TestContext } from "effect"
-import * as SimNet from "../src/layers/SimNetwork.js"
+import * as SimNet from "../src/layers/SimWorld.js"
 import type * as NodeId from "../src/services/NodeId.js"
 import type { QuicTransportService } from "../src/services/QuicTransport.js"
 import { type NatType, SimNetwork } from "../src/services/SimNetwork.js"

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Fiber, Runtime } from "effect"
-import { Dispatch } from "../src/layers/ConnectionDispatch.js"
+import { Dispatch } from "../src/internal/connectionDispatch.js"
 
 describe("ConnectionDispatch", () => {
   it.effect(

@@ -33,7 +33,7 @@ import {
   validityFrom,
   verifyCertChain,
   verifySignature
-} from "../src/layers/Certificates.js"
+} from "../src/internal/certificates.js"
 import * as KeyRingLive from "../src/layers/KeyRingLive.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import { CertificateError, KeyRing, KeyRingError, type KeyRingService } from "../src/services/KeyRing.js"

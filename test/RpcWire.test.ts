@@ -3,7 +3,7 @@
  * own and leaves the decoder fit for every later frame, from any peer.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { decodeBody, encodeFrame, HEADER_BYTES } from "../src/layers/RpcWire.js"
+import { decodeBody, encodeFrame, HEADER_BYTES } from "../src/internal/rpcWire.js"
 
 const bodyOf = (message: unknown) => encodeFrame(message).frame.subarray(HEADER_BYTES)
 

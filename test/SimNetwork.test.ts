@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Context, type Duration, Effect, Exit, Fiber, Layer, Option, Scope, Stream, TestClock } from "effect"
-import * as SimNet from "../src/layers/SimNetwork.js"
+import * as SimNet from "../src/layers/SimWorld.js"
 import * as NodeId from "../src/services/NodeId.js"
 import {
   type CloseReason,

@@ -56,7 +56,7 @@ import {
   type QuicConnection,
   QuicTransport
 } from "../services/QuicTransport.js"
-import * as ConnectionMap from "./ConnectionMap.js"
+import * as ConnectionMap from "../internal/connectionMap.js"
 
 /**
  * How long a direct dial runs alone before the seeds are asked to signal the target. Below

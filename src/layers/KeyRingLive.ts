@@ -27,8 +27,8 @@ import {
   generateKeyPair,
   keyPairFromPem,
   makeCertChain
-} from "./Certificates.js"
-import { keyMaterial, makeService, validityNow, verifyNow } from "./KeyRingCore.js"
+} from "../internal/certificates.js"
+import { keyMaterial, makeService, validityNow, verifyNow } from "../internal/keyRingCore.js"
 
 export interface KeyRingLiveOptions {
   /** Directory holding the key files; created with mode 0700 when missing. */

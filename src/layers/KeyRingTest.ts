@@ -16,8 +16,8 @@ import {
   issueCert,
   keyPairFromSeed,
   selfSignedCert
-} from "./Certificates.js"
-import { keyMaterial, makeService, validityNow } from "./KeyRingCore.js"
+} from "../internal/certificates.js"
+import { keyMaterial, makeService, validityNow } from "../internal/keyRingCore.js"
 
 export interface KeyRingTestOptions {
   /** Certificate validity; one year by default. */

@@ -32,7 +32,7 @@ import {
   type TablePersistence,
   toService,
   validateAddress
-} from "./KademliaTable.js"
+} from "../internal/kademliaTable.js"
 
 export interface Options {
   /** Directory of the lmdb environment (created if missing), e.g. `<nodePath>/nodegraph`. */

@@ -51,8 +51,8 @@ import {
   type QuicTransportService,
   TransportError
 } from "../services/QuicTransport.js"
-import { Dispatch } from "./ConnectionDispatch.js"
-import * as QuicStreamSocket from "./QuicStreamSocket.js"
+import { Dispatch } from "../internal/connectionDispatch.js"
+import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
 
 // ---------------------------------------------------------------------------------------------
 // js-quic plumbing

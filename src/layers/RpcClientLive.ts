@@ -26,7 +26,7 @@ import {
 } from "../services/AgentRpc.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { type AgentClient, RpcConfig, type RpcOptions } from "../services/RpcServer.js"
-import { encodeFrame, exitOfDefect, failureExit, type ReadEnd, readMessages } from "./RpcWire.js"
+import { encodeFrame, exitOfDefect, failureExit, type ReadEnd, readMessages } from "../internal/rpcWire.js"
 
 type WriteResponse = (message: FromServerEncoded) => Effect.Effect<void>
 

@@ -36,7 +36,7 @@ import {
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
-import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "./RpcWire.js"
+import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "../internal/rpcWire.js"
 
 interface Schemas {
   readonly rpc: Rpc.AnyWithProps

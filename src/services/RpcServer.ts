@@ -2,7 +2,7 @@
  * RpcServer: serves the agent RPC (`AgentRpcs`) on the streams a peer opens on a QUIC
  * connection; `RpcConfig` holds the limits shared by server and client.
  *
- * Wire format (see `src/layers/RpcWire.ts`): each message is a 4-byte big-endian length
+ * Wire format (see `src/internal/rpcWire.ts`): each message is a 4-byte big-endian length
  * followed by that many bytes of MessagePack, carrying `@effect/rpc`'s encoded messages.
  * The server accepts any number of calls on any stream, so both client modes work:
  * `multiplexed` (the default: one stream per client carrying every call) and `per-call`

@@ -1,6 +1,6 @@
 /**
  * SimNetwork: a simulated world of hosts, NATs and links in which each node's
- * `QuicTransport` is an in-memory endpoint (see `src/layers/SimNetwork.ts`).
+ * `QuicTransport` is an in-memory endpoint (see `src/layers/SimWorld.ts`).
  *
  * - Hosts have IPv4-looking addresses: public ones `1.0.x.y`, NATed ones a private
  *   `10.x.y.z` behind a NAT whose external address is public.

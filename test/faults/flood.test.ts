@@ -22,9 +22,9 @@ import {
   generateKeyPair,
   selfSignedCert,
   validityFrom
-} from "../../src/layers/Certificates.js"
+} from "../../src/internal/certificates.js"
 import * as QuicTransportLive from "../../src/layers/QuicTransportLive.js"
-import { encodeFrame } from "../../src/layers/RpcWire.js"
+import { encodeFrame } from "../../src/internal/rpcWire.js"
 import * as NodeId from "../../src/services/NodeId.js"
 import { makeNode, type TestNode } from "../fixtures/cmNode.js"
 

@@ -16,7 +16,7 @@ import {
   selfSignedCert,
   validityFrom,
   verifyCertChain
-} from "../../src/layers/Certificates.js"
+} from "../../src/internal/certificates.js"
 import { makeKeyPair } from "../../src/layers/KeyRingTest.js"
 import * as NodeId from "../../src/services/NodeId.js"
 import { eventually, makeNode, type TestNode } from "../fixtures/cmNode.js"

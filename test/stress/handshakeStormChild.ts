@@ -24,7 +24,7 @@ import {
   generateKeyPair,
   selfSignedCert,
   validityFrom
-} from "../../src/layers/Certificates.js"
+} from "../../src/internal/certificates.js"
 
 export interface Plan {
   readonly host: string

@@ -11,7 +11,7 @@ import { type Clock, Duration, Effect, Exit, Fiber, Queue, Scope } from "effect"
 import type { ConnectionEvent, ConnectionInfo } from "../services/ConnectionManager.js"
 import * as NodeId from "../services/NodeId.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
-import { type Timed, TimedHeap } from "./TimedHeap.js"
+import { type Timed, TimedHeap } from "./timedHeap.js"
 
 /** One QUIC connection with what runs on it. */
 export interface ConnectionRecord<Client> {

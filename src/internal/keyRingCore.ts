@@ -19,7 +19,7 @@ import {
   sign,
   validityFrom,
   verifyCertChain
-} from "./Certificates.js"
+} from "./certificates.js"
 
 /** A key pair with its certificate chain (leaf first, DER) and the PEM form of both. */
 export interface KeyMaterial {

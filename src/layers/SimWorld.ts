@@ -60,9 +60,9 @@ import {
   type TraceEvent,
   type TraceKind
 } from "../services/SimNetwork.js"
-import { Dispatch } from "./ConnectionDispatch.js"
-import * as QuicStreamSocket from "./QuicStreamSocket.js"
-import { TimedHeap } from "./TimedHeap.js"
+import { Dispatch } from "../internal/connectionDispatch.js"
+import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
+import { TimedHeap } from "../internal/timedHeap.js"
 
 // ---- Deterministic PRNG ------------------------------------------------------------------
 
