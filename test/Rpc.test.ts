@@ -16,11 +16,11 @@ import {
   Stream,
   TestClock
 } from "effect"
+import { encodeFrame, readMessages } from "../src/internal/rpcWire.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
-import { encodeFrame, readMessages } from "../src/internal/rpcWire.js"
 import {
   AgentRpcs,
   Caller,

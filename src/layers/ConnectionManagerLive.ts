@@ -24,6 +24,7 @@ import {
   Scope,
   Stream
 } from "effect"
+import * as ConnectionMap from "../internal/connectionMap.js"
 import {
   type ConnectionEvent,
   ConnectionManager,
@@ -56,7 +57,6 @@ import {
   type QuicConnection,
   QuicTransport
 } from "../services/QuicTransport.js"
-import * as ConnectionMap from "../internal/connectionMap.js"
 
 /**
  * How long a direct dial runs alone before the seeds are asked to signal the target. Below

@@ -17,8 +17,6 @@ import { randomBytes } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Duration, Effect, Either, Layer, Option } from "effect"
-import { KeyRing, KeyRingError, type KeyRingService } from "../services/KeyRing.js"
-import { encode, equals } from "../services/NodeId.js"
 import {
   certChainFromPem,
   certChainToPem,
@@ -29,6 +27,8 @@ import {
   makeCertChain
 } from "../internal/certificates.js"
 import { keyMaterial, makeService, validityNow, verifyNow } from "../internal/keyRingCore.js"
+import { KeyRing, KeyRingError, type KeyRingService } from "../services/KeyRing.js"
+import { encode, equals } from "../services/NodeId.js"
 
 export interface KeyRingLiveOptions {
   /** Directory holding the key files; created with mode 0700 when missing. */

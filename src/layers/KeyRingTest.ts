@@ -8,8 +8,6 @@
  */
 import { createHash } from "node:crypto"
 import { Duration, Effect, Layer } from "effect"
-import { KeyRing, type KeyRingService } from "../services/KeyRing.js"
-import type { NodeId } from "../services/NodeId.js"
 import {
   DEFAULT_CERT_VALIDITY_MS,
   type Ed25519KeyPair,
@@ -18,6 +16,8 @@ import {
   selfSignedCert
 } from "../internal/certificates.js"
 import { keyMaterial, makeService, validityNow } from "../internal/keyRingCore.js"
+import { KeyRing, type KeyRingService } from "../services/KeyRing.js"
+import type { NodeId } from "../services/NodeId.js"
 
 export interface KeyRingTestOptions {
   /** Certificate validity; one year by default. */

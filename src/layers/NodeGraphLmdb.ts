@@ -15,6 +15,14 @@
  */
 import { Effect, Layer, Runtime, type Scope } from "effect"
 import { type Database, open, type RootDatabase } from "lmdb"
+import {
+  BUCKET_COUNT,
+  KademliaTable,
+  type TableEntry,
+  type TablePersistence,
+  toService,
+  validateAddress
+} from "../internal/kademliaTable.js"
 import { KeyRing } from "../services/KeyRing.js"
 import {
   DEFAULT_BUCKET_LIMIT,
@@ -25,14 +33,6 @@ import {
   NodeGraphStorageError
 } from "../services/NodeGraph.js"
 import { equals, NODE_ID_BYTES, type NodeId } from "../services/NodeId.js"
-import {
-  BUCKET_COUNT,
-  KademliaTable,
-  type TableEntry,
-  type TablePersistence,
-  toService,
-  validateAddress
-} from "../internal/kademliaTable.js"
 
 export interface Options {
   /** Directory of the lmdb environment (created if missing), e.g. `<nodePath>/nodegraph`. */

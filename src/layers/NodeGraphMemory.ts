@@ -3,10 +3,10 @@
  * of every node in the simulated network.
  */
 import { Effect, Layer } from "effect"
+import { KademliaTable, toService } from "../internal/kademliaTable.js"
 import { KeyRing } from "../services/KeyRing.js"
 import { DEFAULT_BUCKET_LIMIT, NodeGraph, type NodeGraphService } from "../services/NodeGraph.js"
 import type { NodeId } from "../services/NodeId.js"
-import { KademliaTable, toService } from "../internal/kademliaTable.js"
 
 export interface Options {
   /** Bucket limit k (default 20). */

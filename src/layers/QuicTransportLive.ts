@@ -37,6 +37,8 @@ import {
   Scope,
   Stream
 } from "effect"
+import { Dispatch } from "../internal/connectionDispatch.js"
+import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
 import { KeyRing, type KeyRingService, type TlsConfig } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
 import {
@@ -51,8 +53,6 @@ import {
   type QuicTransportService,
   TransportError
 } from "../services/QuicTransport.js"
-import { Dispatch } from "../internal/connectionDispatch.js"
-import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
 
 // ---------------------------------------------------------------------------------------------
 // js-quic plumbing

@@ -16,6 +16,7 @@ import { Socket } from "@effect/platform"
 import { RpcClient, type RpcClientError } from "@effect/rpc"
 import type { FromClientEncoded, FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { Duration, Effect, ExecutionStrategy, Exit, Scope, Stream } from "effect"
+import { encodeFrame, exitOfDefect, failureExit, type ReadEnd, readMessages } from "../internal/rpcWire.js"
 import {
   AgentRpcs,
   type AgentRpcWireError,
@@ -26,7 +27,6 @@ import {
 } from "../services/AgentRpc.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { type AgentClient, RpcConfig, type RpcOptions } from "../services/RpcServer.js"
-import { encodeFrame, exitOfDefect, failureExit, type ReadEnd, readMessages } from "../internal/rpcWire.js"
 
 type WriteResponse = (message: FromServerEncoded) => Effect.Effect<void>
 

@@ -20,6 +20,7 @@ import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { RequestId } from "@effect/rpc/RpcMessage"
 import type { RpcMiddlewareWrap } from "@effect/rpc/RpcMiddleware"
 import { Deferred, Duration, Effect, Layer, Option, ParseResult, Schema, type Scope } from "effect"
+import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "../internal/rpcWire.js"
 import {
   type AgentRpc,
   AgentRpcMiddleware,
@@ -36,7 +37,6 @@ import {
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
-import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "../internal/rpcWire.js"
 
 interface Schemas {
   readonly rpc: Rpc.AnyWithProps

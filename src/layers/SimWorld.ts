@@ -35,6 +35,9 @@ import {
   Scope,
   type Stream
 } from "effect"
+import { Dispatch } from "../internal/connectionDispatch.js"
+import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
+import { TimedHeap } from "../internal/timedHeap.js"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
 import {
@@ -60,9 +63,6 @@ import {
   type TraceEvent,
   type TraceKind
 } from "../services/SimNetwork.js"
-import { Dispatch } from "../internal/connectionDispatch.js"
-import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
-import { TimedHeap } from "../internal/timedHeap.js"
 
 // ---- Deterministic PRNG ------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import { Args, Command, Options } from "@effect/cli"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { Config, Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
-import { ControlRpcs } from "./ControlApi.js"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
+import { ControlRpcs } from "./ControlApi.js"
 import {
   checkHost,
   checkPort,

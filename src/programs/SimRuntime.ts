@@ -25,8 +25,8 @@ import {
   type Scheduler,
   type Scope
 } from "effect"
-import type { TimerClock } from "../layers/SimWorld.js"
 import { TimedHeap } from "../internal/timedHeap.js"
+import type { TimerClock } from "../layers/SimWorld.js"
 
 // ---- Virtual clock ---------------------------------------------------------------------
 

@@ -23,8 +23,8 @@ import {
   selfSignedCert,
   validityFrom
 } from "../../src/internal/certificates.js"
-import * as QuicTransportLive from "../../src/layers/QuicTransportLive.js"
 import { encodeFrame } from "../../src/internal/rpcWire.js"
+import * as QuicTransportLive from "../../src/layers/QuicTransportLive.js"
 import * as NodeId from "../../src/services/NodeId.js"
 import { makeNode, type TestNode } from "../fixtures/cmNode.js"
 
