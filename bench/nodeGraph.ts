@@ -17,7 +17,7 @@ import { Effect } from "effect"
 import * as NodeGraphLmdb from "../src/layers/NodeGraphLmdb.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
 import type { NodeAddress, NodeContact, NodeGraphService } from "../src/services/NodeGraph.js"
-import { compare, NODE_ID_BYTES, type NodeId } from "../src/services/NodeId.js"
+import { compare, inBucket, NODE_ID_BYTES, type NodeId } from "../src/services/NodeId.js"
 import type { BenchResult, BenchSuite } from "./types.js"
 
 const SUITE = "nodeGraph"
@@ -25,15 +25,7 @@ const randomId = () => Uint8Array.from(randomBytes(NODE_ID_BYTES)) as NodeId
 const address: NodeAddress = { host: "127.0.0.1", port: 4000, scope: "global" }
 
 /** A random NodeId in bucket `i` relative to `own`. */
-const idInBucket = (own: NodeId, i: number): NodeId => {
-  const noise = randomBytes(NODE_ID_BYTES)
-  const out = Uint8Array.from(own)
-  const byte = NODE_ID_BYTES - 1 - (i >> 3)
-  const bit = i & 7
-  out[byte] = (own[byte]! ^ (1 << bit) ^ (noise[byte]! & ((1 << bit) - 1))) & 0xff
-  for (let j = byte + 1; j < NODE_ID_BYTES; j++) out[j] = own[j]! ^ noise[j]!
-  return out as NodeId
-}
+const idInBucket = (own: NodeId, i: number): NodeId => inBucket(own, i, randomBytes(NODE_ID_BYTES))
 
 const mean = (xs: ReadonlyArray<number>) => xs.reduce((a, b) => a + b, 0) / xs.length
 

@@ -12,7 +12,14 @@ import {
   type NodeGraphStorageError,
   type SetNodeResult
 } from "../src/services/NodeGraph.js"
-import { bucketIndex, compare, distanceBytes, NODE_ID_BYTES, type NodeId } from "../src/services/NodeId.js"
+import {
+  bucketIndex,
+  compare,
+  distanceBytes,
+  inBucket,
+  NODE_ID_BYTES,
+  type NodeId
+} from "../src/services/NodeId.js"
 import { stubKeyRing } from "./fixtures/stubKeyRing.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -22,14 +29,7 @@ import { stubKeyRing } from "./fixtures/stubKeyRing.js"
 const hex = (id: Uint8Array) => Buffer.from(id).toString("hex")
 const idFrom = (bytes: ArrayLike<number>) => Uint8Array.from(bytes) as NodeId
 /** A NodeId at bucket `i` from `own`, the lower bits taken from `noise`. */
-const idInBucket = (own: NodeId, i: number, noise: Uint8Array): NodeId => {
-  const out = Uint8Array.from(own)
-  const byte = NODE_ID_BYTES - 1 - (i >> 3)
-  const bit = i & 7
-  out[byte] = (own[byte]! ^ (1 << bit) ^ (noise[byte]! & ((1 << bit) - 1))) & 0xff
-  for (let j = byte + 1; j < NODE_ID_BYTES; j++) out[j] = own[j]! ^ noise[j]!
-  return out as NodeId
-}
+const idInBucket = (own: NodeId, i: number, noise: Uint8Array): NodeId => inBucket(own, i, noise)
 const addr = (port = 4000, host = "127.0.0.1"): NodeAddress => ({ host, port, scope: "global" })
 const ids = (contacts: ReadonlyArray<NodeContact>) => contacts.map((c) => hex(c.nodeId))
 

@@ -8,7 +8,7 @@ import { KademliaTable, type TablePersistence, toService } from "../src/internal
 import * as NodeGraphLmdb from "../src/layers/NodeGraphLmdb.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
 import { type NodeAddress, NodeGraph, type NodeGraphService } from "../src/services/NodeGraph.js"
-import { bucketIndex, NODE_ID_BYTES, type NodeId } from "../src/services/NodeId.js"
+import { bucketIndex, inBucket, NODE_ID_BYTES, type NodeId } from "../src/services/NodeId.js"
 import { stubKeyRing } from "./fixtures/stubKeyRing.js"
 
 const root = mkdtempSync(join(tmpdir(), "quicmesh-nodegraph-"))
@@ -18,14 +18,12 @@ const freshDir = () => join(root, `db${dirs++}`, "nodegraph")
 
 const hex = (id: Uint8Array) => Buffer.from(id).toString("hex")
 const idFrom = (bytes: ArrayLike<number>) => Uint8Array.from(bytes) as NodeId
-const idInBucket = (own: NodeId, i: number, seed: number): NodeId => {
-  const out = Uint8Array.from(own)
-  const byte = NODE_ID_BYTES - 1 - (i >> 3)
-  const bit = i & 7
-  out[byte] = (own[byte]! ^ (1 << bit) ^ ((seed * 37 + 11) & ((1 << bit) - 1))) & 0xff
-  for (let j = byte + 1; j < NODE_ID_BYTES; j++) out[j] = own[j]! ^ ((seed * 131 + j * 17) & 0xff)
-  return out as NodeId
-}
+const idInBucket = (own: NodeId, i: number, seed: number): NodeId =>
+  inBucket(
+    own,
+    i,
+    Array.from({ length: NODE_ID_BYTES }, (_, j) => (seed * 131 + j * 17) & 0xff)
+  )
 const addr = (port: number, host = "127.0.0.1"): NodeAddress => ({ host, port, scope: "global" })
 const own = idFrom(new Uint8Array(NODE_ID_BYTES).fill(0xa7))
 

@@ -1055,14 +1055,10 @@ export const make = Effect.gen(function* () {
 
   const randomIdInBucket = (index: number) =>
     Effect.gen(function* () {
-      const id = Uint8Array.from(self)
-      const byte = NodeId.NODE_ID_BYTES - 1 - Math.floor(index / 8)
-      const bit = index % 8
-      id[byte] = id[byte]! ^ (1 << bit)
-      const lowMask = (1 << bit) - 1
-      id[byte] = (id[byte]! & ~lowMask) | ((yield* Random.nextIntBetween(0, 256)) & lowMask)
-      for (let i = byte + 1; i < NodeId.NODE_ID_BYTES; i++) id[i] = yield* Random.nextIntBetween(0, 256)
-      return id as NodeId.NodeId
+      const noise = new Uint8Array(NodeId.NODE_ID_BYTES)
+      for (let i = NodeId.NODE_ID_BYTES - 1 - (index >> 3); i < NodeId.NODE_ID_BYTES; i++)
+        noise[i] = yield* Random.nextIntBetween(0, 256)
+      return NodeId.inBucket(self, index, noise)
     })
 
   /**

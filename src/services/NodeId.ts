@@ -179,6 +179,21 @@ export const bucketIndex = (own: Uint8Array, other: Uint8Array): number => {
   return -1
 }
 
+/**
+ * A NodeId in bucket `index` of `own` (their XOR distance has its highest set bit at `index`).
+ * The bits below that one are taken from `noise` (byte j of `noise` for byte j of the id; bytes
+ * before the bucket's byte are not read), so random noise gives a random id of the bucket.
+ */
+export const inBucket = (own: Uint8Array, index: number, noise: ArrayLike<number>): NodeId => {
+  const out = Uint8Array.from(own)
+  const byte = NODE_ID_BYTES - 1 - (index >> 3)
+  const bit = index & 7
+  const low = (1 << bit) - 1
+  out[byte] = ((own[byte]! ^ (1 << bit)) & ~low) | (noise[byte]! & low)
+  for (let j = byte + 1; j < NODE_ID_BYTES; j++) out[j] = noise[j]! & 0xff
+  return out as NodeId
+}
+
 /** Text form as a Schema: decodes a NodeIdEncoded string into NodeId bytes. */
 export const NodeIdFromString: Schema.Schema<NodeId, string> = Schema.transformOrFail(
   Schema.String,
