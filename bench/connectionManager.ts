@@ -40,12 +40,14 @@
  * each at that size), BENCH_CM_LOOKUP_BUDGET_S (30);
  * BENCH_CM_SKIP=cold,seeded,warm,memory,lookup leaves parts out.
  */
+
 import { type ChildProcess, spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import { Context, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { ConnectionManager, type ConnectionManagerService } from "../src/services/ConnectionManager.js"
 import * as CMConfig from "../src/services/ConnectionManagerConfig.js"
+import type { Contact } from "../src/services/Contact.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { NodeGraph } from "../src/services/NodeGraph.js"
 import * as NodeId from "../src/services/NodeId.js"
@@ -211,7 +213,7 @@ const coldAndWarm = Effect.gen(function* () {
     // non-seed node also asks the seeds to relay a hole-punch signal to it.
     log(`cold withConnection with a seed configured, ${SEEDED_PAIRS} pairs`)
     const seed = yield* buildNode(scope, "bench-cm-seed")
-    const seedNodes: ReadonlyArray<CMConfig.SeedNode> = [
+    const seedNodes: ReadonlyArray<Contact> = [
       { nodeId: seed.cm.nodeId, host: seed.cm.host, port: seed.cm.port }
     ]
     const a2 = yield* buildNode(scope, "bench-cm-a", { seedNodes })

@@ -27,17 +27,19 @@
  * The measuring side runs in a process of its own for each kind so that neither inherits
  * pages the other freed (RSS does not shrink back after a close).
  */
+
 import { createInterface } from "node:readline"
 import { pathToFileURL } from "node:url"
 import { writeHeapSnapshot } from "node:v8"
 import type { QUICClient } from "@matrixai/quic"
 import { Context, Effect, Either, Layer, Option, Scope, Stream } from "effect"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
-import * as Node from "../src/layers/Node.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
+import * as NodeLive from "../src/layers/NodeLive.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import { ConnectionManager } from "../src/services/ConnectionManager.js"
 import * as CMConfig from "../src/services/ConnectionManagerConfig.js"
+import type { Contact } from "../src/services/Contact.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { NodeGraph } from "../src/services/NodeGraph.js"
 import * as NodeId from "../src/services/NodeId.js"
@@ -96,7 +98,7 @@ export const pool = async <A>(
 
 /** A full node as the bench's peers and managers are built. */
 export const nodeLayer = (seed: string, config: Partial<CMConfig.ConnectionManagerOptions> = {}) =>
-  Node.layer({
+  NodeLive.layer({
     keyRing: KeyRingTest.layer(seed),
     nodeGraph: NodeGraphMemory.layer(),
     transport: { host: "127.0.0.1", port: 0 },
@@ -162,9 +164,11 @@ const runNet = async (
   concurrency: number
 ) => {
   const t0 = performance.now()
-  const seedNodes: ReadonlyArray<CMConfig.SeedNode> = (JSON.parse(seedsJson) as ReadonlyArray<PeerInfo>).map(
-    (p) => ({ nodeId: decodeId(p.nodeId), host: p.host, port: p.port })
-  )
+  const seedNodes: ReadonlyArray<Contact> = (JSON.parse(seedsJson) as ReadonlyArray<PeerInfo>).map((p) => ({
+    nodeId: decodeId(p.nodeId),
+    host: p.host,
+    port: p.port
+  }))
   const scope = Effect.runSync(Scope.make())
   const joined: Array<{ cm: ConnectionManager["Type"]; graph: NodeGraph["Type"] }> = []
   const joinMs: number[] = []

@@ -1,8 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Duration, Effect, Exit, Fiber, Option, Stream } from "effect"
 import * as PeerRpcSim from "../src/layers/PeerRpcSim.js"
+import type { Contact, WireContact } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
-import type { AgentHandlers, CallerInfo, WireContact } from "../src/services/PeerRpc.js"
+import type { AgentHandlers } from "../src/services/PeerRpc.js"
 import { idOf, simPair } from "./fixtures/simPair.js"
 
 const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
@@ -10,7 +11,7 @@ const farther: WireContact = { nodeIdEncoded: NodeId.encode(idOf(8)), host: "1.0
 
 /** Handlers that record who called. */
 const recording = () => {
-  const callers: CallerInfo[] = []
+  const callers: Contact[] = []
   const handlers: AgentHandlers = {
     touch: (caller) => Effect.sync(() => void callers.push(caller)),
     closestNodes: () => Effect.succeed([contact, farther]),

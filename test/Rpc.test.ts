@@ -1,6 +1,7 @@
 /**
  * Agent RPC over QUIC streams: in memory (both client modes) and over real QUIC on loopback.
  */
+
 import { describe, expect, it } from "@effect/vitest"
 import {
   Chunk,
@@ -23,10 +24,7 @@ import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
 import {
   AgentRpcs,
-  Caller,
-  type CallerInfo,
   NODES_CLOSEST_LIMIT,
-  type NodeContact,
   type NodesHolePunchSignal,
   RpcHandlerError,
   RpcMalformedMessageError,
@@ -34,19 +32,20 @@ import {
   RpcStreamError,
   RpcTimeoutError
 } from "../src/services/AgentRpc.js"
+import { Caller, type Contact, type WireContact } from "../src/services/Contact.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { type QuicConnection, QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
 import { endpoint, makeConnectionPair } from "./fixtures/memoryConnection.js"
 
-const contacts: ReadonlyArray<NodeContact> = Array.from({ length: 30 }, (_, i) => {
+const contacts: ReadonlyArray<WireContact> = Array.from({ length: 30 }, (_, i) => {
   const e = endpoint(i + 1)
-  return { nodeIdEncoded: NodeId.encode(e.nodeId), host: e.host, port: e.port } as NodeContact
+  return { nodeIdEncoded: NodeId.encode(e.nodeId), host: e.host, port: e.port } as WireContact
 })
 
 interface HandlerOverrides {
-  readonly nodesClosestLocalNodesGet?: () => Stream.Stream<NodeContact, never, Caller>
+  readonly nodesClosestLocalNodesGet?: () => Stream.Stream<WireContact, never, Caller>
   readonly nodesPing?: (nonce: string) => Effect.Effect<{ readonly nonce: string }, never, Caller>
   readonly nodesHolePunchSignal?: (
     payload: typeof NodesHolePunchSignal.payloadSchema.Type
@@ -143,9 +142,7 @@ for (const mode of ["per-call", "multiplexed"] as const) {
 
     it.scoped("handlers see the Caller from the connection, never from the message", () =>
       Effect.gen(function* () {
-        const seen = yield* Ref.make<ReadonlyArray<{ caller: CallerInfo; address: unknown; source: string }>>(
-          []
-        )
+        const seen = yield* Ref.make<ReadonlyArray<{ caller: Contact; address: unknown; source: string }>>([])
         const { client } = yield* setup(mode, {
           nodesHolePunchSignal: (payload) =>
             Effect.flatMap(Caller, (caller) =>
@@ -225,7 +222,7 @@ for (const mode of ["per-call", "multiplexed"] as const) {
           },
           { rpcParserBufferSize: 1024 }
         )
-        const seen: NodeContact[] = []
+        const seen: WireContact[] = []
         const result = yield* client
           .nodesClosestLocalNodesGet({ nodeIdEncoded: contacts[5]!.nodeIdEncoded })
           .pipe(
@@ -495,7 +492,7 @@ for (const mode of ["per-call", "multiplexed"] as const) {
     it.live("round trips, streaming, Caller, limits", () =>
       Effect.gen(function* () {
         const { a, connA, connB } = yield* quicPair
-        const seen = yield* Deferred.make<CallerInfo>()
+        const seen = yield* Deferred.make<Contact>()
         const context = yield* Layer.build(
           RpcServerLive.layer.pipe(
             Layer.provide(

@@ -10,8 +10,8 @@
  * in-memory change (so the store sees writes in table order) and awaited before the operation
  * succeeds.
  */
-import { isIP } from "node:net"
 import { Effect, Either, Option } from "effect"
+import * as Address from "../services/Address.js"
 import {
   type AddressScope,
   DEFAULT_BUCKET_LIMIT,
@@ -36,12 +36,6 @@ export interface TableEntry extends NodeContact {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-const HOSTNAME_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/i
-
-/** RFC 1123 host name: dot-separated labels of 1–63 letters, digits and inner hyphens; ≤ 253 chars. */
-export const isHostname = (host: string): boolean =>
-  host.length > 0 && host.length <= 253 && host.split(".").every((label) => HOSTNAME_LABEL.test(label))
-
 export const validateNodeId = (nodeId: unknown): Either.Either<NodeId, NodeGraphInputError> =>
   nodeId instanceof Uint8Array && nodeId.length === NODE_ID_BYTES
     ? Either.right(nodeId as NodeId)
@@ -59,7 +53,7 @@ const SCOPES: ReadonlyArray<AddressScope> = ["local", "global"]
 
 export const validateAddress = (address: NodeAddress): Either.Either<NodeAddress, NodeGraphInputError> => {
   const { host, port, scope } = address
-  if (typeof host !== "string" || (isIP(host) === 0 && !isHostname(host)))
+  if (typeof host !== "string" || !Address.isHost(host))
     return Either.left(
       new NodeGraphInputError({
         field: "host",

@@ -25,6 +25,7 @@ import {
   Stream
 } from "effect"
 import * as ConnectionMap from "../internal/connectionMap.js"
+import * as Address from "../services/Address.js"
 import {
   type ConnectionEvent,
   ConnectionManager,
@@ -35,22 +36,14 @@ import {
   NodeConnectionError,
   type NodeConnectionHandle,
   type OperationOptions,
-  type PeerAddress,
-  type RemoteContact,
   RemoteQueryError
 } from "../services/ConnectionManager.js"
 import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import type { Contact, WireContact } from "../services/Contact.js"
 import { KeyRing } from "../services/KeyRing.js"
 import { type NodeAddress, NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
-import {
-  type AgentHandlers,
-  type CallerInfo,
-  type HolePunchMessage,
-  type PeerClient,
-  PeerRpc,
-  type WireContact
-} from "../services/PeerRpc.js"
+import { type AgentHandlers, type HolePunchMessage, type PeerClient, PeerRpc } from "../services/PeerRpc.js"
 import {
   type DialError,
   type DialOptions,
@@ -96,35 +89,14 @@ interface PendingDial {
   deferred: Deferred.Deferred<Entry, NodeConnectionError> | undefined
 }
 
-/** "::ffff:1.2.3.4" and "1.2.3.4" name the same peer. */
-export const normalizeHost = (host: string) => {
-  const h = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
-  return h.toLowerCase().startsWith("::ffff:") && isIP(h.slice(7)) === 4 ? h.slice(7) : h.toLowerCase()
-}
-
-const sameAddress = (connection: QuicConnection, address: PeerAddress) =>
+const sameAddress = (connection: QuicConnection, address: Address.Address) =>
   connection.remotePort === address.port &&
-  normalizeHost(connection.remoteHost) === normalizeHost(address.host)
-
-const isLocalHost = (host: string) => {
-  const h = normalizeHost(host)
-  return (
-    h === "::1" ||
-    h === "localhost" ||
-    h.startsWith("127.") ||
-    h.startsWith("10.") ||
-    h.startsWith("192.168.") ||
-    /^172\.(1[6-9]|2\d|3[01])\./.test(h) ||
-    h.startsWith("fe80:") ||
-    h.startsWith("fc") ||
-    h.startsWith("fd")
-  )
-}
+  Address.normalizeHost(connection.remoteHost) === Address.normalizeHost(address.host)
 
 const addressOf = (host: string, port: number): NodeAddress => ({
-  host: normalizeHost(host),
+  host: Address.normalizeHost(host),
   port,
-  scope: isLocalHost(host) ? "local" : "global"
+  scope: Address.isLocalHost(host) ? "local" : "global"
 })
 
 /** True when the work on a connection failed because of the connection itself. */
@@ -303,7 +275,7 @@ export const make = Effect.gen(function* () {
 
   const dialRecord = (
     expected: ReadonlyArray<NodeId.NodeId>,
-    address: PeerAddress,
+    address: Address.Address,
     timeout: Duration.Duration,
     hostname?: string,
     whenSlow?: DialOptions["whenSlow"]
@@ -360,7 +332,7 @@ export const make = Effect.gen(function* () {
     relay: NodeId.NodeId,
     source: NodeId.NodeId,
     target: NodeId.NodeId,
-    address?: PeerAddress,
+    address?: Address.Address,
     options?: OperationOptions
   ): Effect.Effect<void> =>
     Effect.suspend(() => {
@@ -378,7 +350,7 @@ export const make = Effect.gen(function* () {
 
   const relaySignalingMessage = (
     message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
-    sourceAddress: PeerAddress
+    sourceAddress: Address.Address
   ): Effect.Effect<void> =>
     Effect.suspend(() => {
       if (NodeId.equals(message.target, self)) return Effect.void
@@ -409,10 +381,7 @@ export const make = Effect.gen(function* () {
       }
     )
 
-  const handleHolePunchSignal = (
-    caller: CallerInfo,
-    message: HolePunchMessage
-  ): Effect.Effect<void, string> =>
+  const handleHolePunchSignal = (caller: Contact, message: HolePunchMessage): Effect.Effect<void, string> =>
     Effect.gen(function* () {
       const source = NodeId.decode(message.sourceNodeIdEncoded)
       const target = NodeId.decode(message.targetNodeIdEncoded)
@@ -520,13 +489,13 @@ export const make = Effect.gen(function* () {
   /** Dial `nodeId` on each address at once; the first that proves to be it wins. */
   const dialEntry = (
     nodeId: NodeId.NodeId,
-    addresses: ReadonlyArray<PeerAddress>,
+    addresses: ReadonlyArray<Address.Address>,
     timeout: Duration.Duration
   ): Effect.Effect<Entry, NodeConnectionError> => {
     const punching = !isSeedNode(nodeId) && seeds.length > 0
     // One signalling for all addresses: started by the first slow dial, stopped after the last.
     const signal = punching ? slowDialSignal(nodeId, timeout) : undefined
-    const attempt = (address: PeerAddress) =>
+    const attempt = (address: Address.Address) =>
       dialRecord([nodeId], address, timeout, undefined, signal?.whenSlow).pipe(
         Effect.mapError((e) =>
           fail(
@@ -564,7 +533,7 @@ export const make = Effect.gen(function* () {
 
   const getConnectionWithAddress = (
     nodeId: NodeId.NodeId,
-    address: PeerAddress,
+    address: Address.Address,
     options?: OperationOptions
   ) =>
     Effect.suspend(() => {
@@ -576,7 +545,7 @@ export const make = Effect.gen(function* () {
 
   const getEntry = (
     nodeId: NodeId.NodeId,
-    options?: OperationOptions & { readonly address?: PeerAddress }
+    options?: OperationOptions & { readonly address?: Address.Address }
   ): Effect.Effect<Entry, NodeConnectionError> =>
     Effect.suspend(() => {
       if (NodeId.equals(nodeId, self))
@@ -587,7 +556,7 @@ export const make = Effect.gen(function* () {
       // Where to dial: the caller's address, else a seed's configured one, else the graph, else a lookup.
       const seed = seeds.find((s) => NodeId.equals(s.nodeId, nodeId))
       const known = options?.address ?? (seed ? { host: seed.host, port: seed.port } : undefined)
-      const resolve: Effect.Effect<ReadonlyArray<PeerAddress>, NodeConnectionError> = known
+      const resolve: Effect.Effect<ReadonlyArray<Address.Address>, NodeConnectionError> = known
         ? Effect.succeed([known])
         : graph
             .getNode(nodeId)
@@ -618,7 +587,7 @@ export const make = Effect.gen(function* () {
 
   const getConnection = (
     nodeId: NodeId.NodeId,
-    options?: OperationOptions & { readonly address?: PeerAddress }
+    options?: OperationOptions & { readonly address?: Address.Address }
   ) => Effect.map(getEntry(nodeId, options), handleOf)
 
   // Getting the entry stays interruptible; only taking the usage is protected with its release.
@@ -646,10 +615,12 @@ export const make = Effect.gen(function* () {
   ): Stream.Stream<A, E | NodeConnectionError, R> =>
     Stream.unwrapScoped(Effect.map(acquireConnection(nodeId, options), f))
 
-  const resolveAddresses = (addresses: ReadonlyArray<PeerAddress>) =>
+  const resolveAddresses = (addresses: ReadonlyArray<Address.Address>) =>
     Effect.forEach(addresses, (address) =>
-      isIP(normalizeHost(address.host)) !== 0
-        ? Effect.succeed([{ host: normalizeHost(address.host), port: address.port, hostname: undefined }])
+      isIP(Address.normalizeHost(address.host)) !== 0
+        ? Effect.succeed([
+            { host: Address.normalizeHost(address.host), port: address.port, hostname: undefined }
+          ])
         : Effect.tryPromise(() => dnsLookup(address.host, { all: true })).pipe(
             Effect.map((found) =>
               found.map((f) => ({
@@ -664,7 +635,7 @@ export const make = Effect.gen(function* () {
 
   const getMultiConnection = (
     nodeIds: ReadonlyArray<NodeId.NodeId>,
-    addresses: ReadonlyArray<PeerAddress>,
+    addresses: ReadonlyArray<Address.Address>,
     options?: OperationOptions
   ): Effect.Effect<ReadonlyArray<NodeId.NodeId>, MultiConnectionError> =>
     Effect.gen(function* () {
@@ -721,7 +692,7 @@ export const make = Effect.gen(function* () {
 
   // ---- Ping ----------------------------------------------------------------------------
 
-  const pingNode = (nodeId: NodeId.NodeId, address?: PeerAddress, options?: OperationOptions) =>
+  const pingNode = (nodeId: NodeId.NodeId, address?: Address.Address, options?: OperationOptions) =>
     Effect.suspend((): Effect.Effect<boolean> => {
       if (NodeId.equals(nodeId, self)) return Effect.succeed(false)
       const timeout = timeoutOf(options)
@@ -794,9 +765,9 @@ export const make = Effect.gen(function* () {
     nodeId: NodeId.NodeId,
     target: NodeId.NodeId,
     options?: OperationOptions
-  ): Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError> =>
+  ): Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError> =>
     Effect.map(askClosest(nodeId, target, options), (contacts) => {
-      const out: RemoteContact[] = []
+      const out: Contact[] = []
       const seen = new Set<string>()
       for (const c of contacts) {
         if (seen.has(c.nodeIdEncoded)) continue
@@ -812,7 +783,7 @@ export const make = Effect.gen(function* () {
     readonly nodeId: NodeId.NodeId
     readonly key: string
     readonly distance: Uint8Array
-    readonly address: PeerAddress
+    readonly address: Address.Address
     readonly depth: number
     state: "new" | "inflight" | "answered" | "failed"
   }
@@ -842,7 +813,7 @@ export const make = Effect.gen(function* () {
       const targetKey = NodeId.encode(target) as string
       const seen = new Set<string>([selfKey])
       const shortlist: Candidate[] = []
-      const insert = (nodeId: NodeId.NodeId, address: PeerAddress, depth: number) => {
+      const insert = (nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
         const key = NodeId.encode(nodeId) as string
         if (seen.has(key)) return
         seen.add(key)
@@ -856,7 +827,7 @@ export const make = Effect.gen(function* () {
         if (Either.isRight(id))
           add(contact.nodeIdEncoded, id.right, { host: contact.host, port: contact.port }, depth)
       }
-      const add = (key: string, nodeId: NodeId.NodeId, address: PeerAddress, depth: number) => {
+      const add = (key: string, nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
         const c: Candidate = {
           nodeId,
           key,

@@ -18,16 +18,16 @@ import {
   Scope,
   Stream
 } from "effect"
-import { AgentRpcs, Caller, type NodeContact, RpcHandlerError } from "../services/AgentRpc.js"
+import { AgentRpcs, RpcHandlerError } from "../services/AgentRpc.js"
 import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import { Caller, type WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
 import {
   type AgentHandlers,
   type HolePunchMessage,
   PeerCallError,
   type PeerClient,
-  PeerRpc,
-  type WireContact
+  PeerRpc
 } from "../services/PeerRpc.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import {
@@ -68,7 +68,7 @@ export const handlersLayer = AgentRpcs.toLayer(
             const target = NodeId.decode(nodeIdEncoded)
             if (Either.isLeft(target)) return Stream.empty
             const contacts = yield* h.closestNodes(caller, target.right)
-            return Stream.fromIterable(contacts as ReadonlyArray<NodeContact>)
+            return Stream.fromIterable(contacts as ReadonlyArray<WireContact>)
           })
         ),
       nodesHolePunchSignal: (payload) =>

@@ -8,7 +8,7 @@
  * - `serve` puts the node's handlers on its end of the connection;
  * - a client call goes to the other end after the link's one-way delay (in order with the
  *   rest of the connection's traffic, held across partitions, lost with the connection), runs
- *   the remote handler there with the `CallerInfo` that end's connection proves, and the answer
+ *   the remote handler there with the `Contact` that end's connection proves, and the answer
  *   comes back the same way;
  * - failures are the live layer's `PeerCallError`s: "timeout" after `rpcCallTimeoutTime`,
  *   "connection" when our end closes during the call, "remote" when the handler fails.
@@ -16,17 +16,17 @@
  * The connection manager, its handlers and the NodeGraph are unchanged: only this layer is
  * swapped. It only serves connections of the SimNetwork world it is given.
  */
+
 import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Scope, Stream } from "effect"
+import type { Contact, WireContact } from "../services/Contact.js"
 import type { NodeId } from "../services/NodeId.js"
 import {
   type AgentHandlers,
-  type CallerInfo,
   type HolePunchMessage,
   PeerCallError,
   type PeerClient,
   PeerRpc,
-  type PeerRpcService,
-  type WireContact
+  type PeerRpcService
 } from "../services/PeerRpc.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig } from "../services/RpcServer.js"
@@ -47,7 +47,7 @@ class Served {
   /** Handler fibers still running, interrupted when the end closes (made on the first). */
   running: Set<Fiber.RuntimeFiber<unknown, unknown>> | undefined = undefined
   // Who calls on this end: the peer, as this end's connection proves it.
-  constructor(readonly caller: CallerInfo) {}
+  constructor(readonly caller: Contact) {}
 
   run<A, E>(effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void) {
     const fiber = this.fork!(effect)
@@ -81,7 +81,7 @@ const servedOf = (channel: SimChannel): Served => {
   return served
 }
 
-const touchOnly = (h: AgentHandlers, caller: CallerInfo) => h.touch(caller)
+const touchOnly = (h: AgentHandlers, caller: Contact) => h.touch(caller)
 
 const callError = (method: string, reason: PeerCallError["reason"], detail: string) =>
   new PeerCallError({ method, reason, detail })
@@ -98,7 +98,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
   const call = <A>(
     connection: QuicConnection,
     method: string,
-    f: (handlers: AgentHandlers, caller: CallerInfo) => Effect.Effect<A, string>,
+    f: (handlers: AgentHandlers, caller: Contact) => Effect.Effect<A, string>,
     timeout: Duration.Duration = callTimeout
   ): Effect.Effect<A, PeerCallError> =>
     Effect.async<A, PeerCallError>((resume) => {

@@ -14,6 +14,7 @@
  * - An answer too large to send fails that call with `RpcMessageTooLargeError` instead.
  * - The peer ending the stream (FIN) lets its calls finish; a reset interrupts them.
  */
+
 import { Headers, Socket } from "@effect/platform"
 import { RpcServer as EffectRpcServer, Rpc, RpcSchema } from "@effect/rpc"
 import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
@@ -26,14 +27,13 @@ import {
   AgentRpcMiddleware,
   AgentRpcs,
   type AgentRpcWireError,
-  Caller,
-  type CallerInfo,
   RpcInvalidRequestError,
   RpcMalformedMessageError,
   RpcMessageTooLargeError,
   RpcTimeoutError,
   RpcUnknownMethodError
 } from "../services/AgentRpc.js"
+import { Caller, type Contact } from "../services/Contact.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
@@ -63,7 +63,7 @@ const schemasOf = (rpc: Rpc.AnyWithProps): Schemas => {
 
 /** What the server knows about one stream (one `@effect/rpc` client). */
 interface Session {
-  readonly caller: CallerInfo
+  readonly caller: Contact
   /** Requests in flight: their schemas, for encoding their answers. */
   readonly requests: Map<bigint, Schemas>
   /** Writes one frame; a failed write is ignored (the reading side notices the stream's end). */
@@ -243,7 +243,7 @@ export const make = Effect.gen(function* () {
   }
 
   /** Serves one stream until the peer ends it (its calls then finish) or it fails. */
-  const serveStream = (socket: Socket.Socket, caller: CallerInfo) =>
+  const serveStream = (socket: Socket.Socket, caller: Contact) =>
     Effect.gen(function* () {
       const clientId = nextClientId++
       const write = yield* socket.writer

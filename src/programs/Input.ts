@@ -2,9 +2,9 @@
  * Parsing and checking what a person types: seed lists, addresses, ports, NodeIds.
  * Every failure is a UsageError whose message names the bad value (exit code 2).
  */
-import { isIP } from "node:net"
 import { Data, Effect, Either, Option } from "effect"
-import type { SeedNode } from "../services/ConnectionManagerConfig.js"
+import * as Address from "../services/Address.js"
+import type { Contact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
 
 /** Bad usage or bad input: the CLI exits with code 2 and this one-line message. */
@@ -13,11 +13,8 @@ export class UsageError extends Data.TaggedError("UsageError")<{ readonly messag
 /** The operation ran but failed (not found, unreachable, no agent): exit code 1. */
 export class OperationError extends Data.TaggedError("OperationError")<{ readonly message: string }> {}
 
-const HOSTNAME =
-  /^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/
-
 export const checkHost = (host: string, what = "host"): Effect.Effect<string, UsageError> =>
-  isIP(host) !== 0 || (HOSTNAME.test(host) && !/^[\d.]+$/.test(host))
+  Address.isHost(host)
     ? Effect.succeed(host)
     : Effect.fail(new UsageError({ message: `invalid ${what} "${host}": not an IP address or hostname` }))
 
@@ -49,23 +46,14 @@ export const positiveInt = (
   })
 
 /** "HOST:PORT" or "[IPV6]:PORT". */
-export const parseAddress = (text: string): Effect.Effect<{ host: string; port: number }, UsageError> =>
-  Effect.gen(function* () {
-    const t = text.trim()
-    const m = /^\[([^\]]+)\]:(\d+)$/.exec(t) ?? /^([^:]+):(\d+)$/.exec(t)
-    if (!m)
-      return yield* Effect.fail(new UsageError({ message: `invalid address "${text}": expected HOST:PORT` }))
-    const host = yield* checkHost(m[1]!)
-    const port = Number(m[2])
-    if (port < 1 || port > 65535)
-      return yield* Effect.fail(
-        new UsageError({ message: `invalid port in address "${text}": must be 1-65535` })
-      )
-    return { host, port }
+export const parseAddress = (text: string): Effect.Effect<Address.Address, UsageError> =>
+  Either.match(Address.parse(text), {
+    onLeft: (e) => Effect.fail(new UsageError({ message: e.message })),
+    onRight: Effect.succeed
   })
 
 /** "NODEID@HOST:PORT;NODEID@HOST:PORT" (empty means none). */
-export const parseSeedNodes = (text: string): Effect.Effect<ReadonlyArray<SeedNode>, UsageError> =>
+export const parseSeedNodes = (text: string): Effect.Effect<ReadonlyArray<Contact>, UsageError> =>
   Effect.forEach(
     text
       .split(";")

@@ -13,6 +13,7 @@
  * - `runScenario`: build N nodes that join through a few seeds, optionally crash a fraction,
  *   run L lookups of random live targets from random live nodes, and report.
  */
+
 import { Context, Data, Duration, Effect, ExecutionStrategy, Exit, Layer, Option, Scope } from "effect"
 import * as ConnectionManagerLive from "../layers/ConnectionManagerLive.js"
 import * as KeyRingTest from "../layers/KeyRingTest.js"
@@ -22,6 +23,7 @@ import * as PeerRpcSim from "../layers/PeerRpcSim.js"
 import * as SimNet from "../layers/SimWorld.js"
 import type { ConnectionManagerService } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
+import type { Contact } from "../services/Contact.js"
 import { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraphService } from "../services/NodeGraph.js"
 import { NodeGraph } from "../services/NodeGraph.js"
@@ -299,7 +301,7 @@ export const makeWorld = (
     const build = (node: { keySeed: string; nat: NatType; isSeed: boolean; host: string; port: number }) =>
       Effect.gen(function* () {
         const scope = yield* Scope.fork(worldScope, ExecutionStrategy.sequential)
-        const seedNodes: ReadonlyArray<CMConfig.SeedNode> = seeds.map((s) => ({
+        const seedNodes: ReadonlyArray<Contact> = seeds.map((s) => ({
           nodeId: s.nodeId,
           host: s.host,
           port: s.port

@@ -4,7 +4,7 @@
  * peer (0 only where a socket binds "any port").
  */
 import { isIP } from "node:net"
-import { Data, Either } from "effect"
+import { Data, Either, Schema } from "effect"
 
 export interface Address {
   readonly host: string
@@ -13,11 +13,17 @@ export interface Address {
 
 /** Text that is not an address, or an address part that is out of range. */
 export class AddressError extends Data.TaggedError("AddressError")<{
+  /** What was wrong: the whole text's shape, its host or its port. */
+  readonly part: "address" | "host" | "port"
+  /** The text given. */
   readonly input: string
-  readonly detail: string
 }> {
   override get message() {
-    return `invalid address "${this.input}": ${this.detail}`
+    return this.part === "address"
+      ? `invalid address "${this.input}": expected HOST:PORT`
+      : this.part === "host"
+        ? `invalid host "${this.input}": not an IP address or hostname`
+        : `invalid port in address "${this.input}": must be 1-65535`
   }
 }
 
@@ -73,11 +79,16 @@ export const format = (address: Address): string =>
 export const parse = (text: string): Either.Either<Address, AddressError> => {
   const t = text.trim()
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(t) ?? /^([^:]+):(\d+)$/.exec(t)
-  if (!m) return Either.left(new AddressError({ input: text, detail: "expected HOST:PORT" }))
+  if (!m) return Either.left(new AddressError({ part: "address", input: text }))
   const host = m[1]!
-  if (!isHost(host))
-    return Either.left(new AddressError({ input: text, detail: `"${host}" is not an IP address or hostname` }))
+  if (!isHost(host)) return Either.left(new AddressError({ part: "host", input: host }))
   const port = Number(m[2])
-  if (!isPort(port)) return Either.left(new AddressError({ input: text, detail: "the port must be 1-65535" }))
+  if (!isPort(port)) return Either.left(new AddressError({ part: "port", input: text }))
   return Either.right({ host: normalizeHost(host), port })
 }
+
+/** An address as it crosses the wire (the port checked as 0–65535: the receiver filters 0). */
+export const WireAddress = Schema.Struct({
+  host: Schema.String,
+  port: Schema.Int.pipe(Schema.between(0, 65535))
+})

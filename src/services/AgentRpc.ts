@@ -9,22 +9,13 @@
  *   so a client decodes them as typed failures of the call.
  */
 import { Rpc, RpcGroup, RpcMiddleware } from "@effect/rpc"
-import { Context, Schema } from "effect"
-import type { NodeId } from "./NodeId.js"
+import { Schema } from "effect"
+import { WireAddress } from "./Address.js"
+import { Caller, WireContact } from "./Contact.js"
 import { NodeIdEncodedSchema } from "./NodeId.js"
 
 /** At most this many contacts answer `nodesClosestLocalNodesGet` (Kademlia k). */
 export const NODES_CLOSEST_LIMIT = 20
-
-/** The calling peer, as its connection proves it. */
-export interface CallerInfo {
-  readonly nodeId: NodeId
-  readonly host: string
-  readonly port: number
-}
-
-/** Provided to every handler by the server, per connection. */
-export class Caller extends Context.Tag("quicmesh/AgentRpc/Caller")<Caller, CallerInfo>() {}
 
 // ---------------------------------------------------------------------------------------
 // Errors crossing the wire
@@ -127,22 +118,9 @@ export class AgentRpcMiddleware extends RpcMiddleware.Tag<AgentRpcMiddleware>()(
 // ---------------------------------------------------------------------------------------
 // Payloads and answers
 
-export const WireAddress = Schema.Struct({
-  host: Schema.String,
-  port: Schema.Int.pipe(Schema.between(0, 65535))
-})
-export type WireAddress = typeof WireAddress.Type
-
-export const NodeContact = Schema.Struct({
-  nodeIdEncoded: NodeIdEncodedSchema,
-  host: Schema.String,
-  port: Schema.Int.pipe(Schema.between(0, 65535))
-})
-export type NodeContact = typeof NodeContact.Type
-
 export const NodesClosestLocalNodesGet = Rpc.make("nodesClosestLocalNodesGet", {
   payload: { nodeIdEncoded: NodeIdEncodedSchema },
-  success: NodeContact,
+  success: WireContact,
   stream: true
 })
 

@@ -4,16 +4,12 @@
  * The Effect counterpart of Polykey's NodeConnectionManager (see README for the mapping).
  */
 import { Context, Data, type Duration, type Effect, type Option, type Scope, type Stream } from "effect"
-import type { SeedNode } from "./ConnectionManagerConfig.js"
+import type { Address } from "./Address.js"
+import type { Contact } from "./Contact.js"
 import type { NodeAddress } from "./NodeGraph.js"
 import type { NodeId, NodeIdEncoded } from "./NodeId.js"
 import type { PeerClient } from "./PeerRpc.js"
 import type { QuicConnection } from "./QuicTransport.js"
-
-export interface PeerAddress {
-  readonly host: string
-  readonly port: number
-}
 
 /** Options every operation takes. `timeout` defaults to `connectionConnectTimeoutTime`. */
 export interface OperationOptions {
@@ -105,13 +101,6 @@ export interface LookupResult {
   readonly stats: LookupStats
 }
 
-/** A node as another node reported it. */
-export interface RemoteContact {
-  readonly nodeId: NodeId
-  readonly host: string
-  readonly port: number
-}
-
 export interface ManagerDiagnostics {
   readonly connections: number
   /** Open connections kept beside the one in use (simultaneous open, duplicates). */
@@ -155,37 +144,33 @@ export interface ConnectionManagerService {
   /** Existing connection, else find the node's address, else dial. */
   readonly getConnection: (
     nodeId: NodeId,
-    options?: OperationOptions & { readonly address?: PeerAddress }
+    options?: OperationOptions & { readonly address?: Address }
   ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
   readonly getConnectionWithAddress: (
     nodeId: NodeId,
-    address: PeerAddress,
+    address: Address,
     options?: OperationOptions
   ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
   /** Dial every address (hostnames resolved to all their IPs) for any of `nodeIds`; ends once all are connected. */
   readonly getMultiConnection: (
     nodeIds: ReadonlyArray<NodeId>,
-    addresses: ReadonlyArray<PeerAddress>,
+    addresses: ReadonlyArray<Address>,
     options?: OperationOptions
   ) => Effect.Effect<ReadonlyArray<NodeId>, MultiConnectionError>
   readonly destroyConnection: (nodeId: NodeId, reason?: string) => Effect.Effect<void>
   readonly listConnections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
   readonly hasConnection: (nodeId: NodeId) => Effect.Effect<boolean>
-  readonly getSeedNodes: ReadonlyArray<SeedNode>
+  readonly getSeedNodes: ReadonlyArray<Contact>
   readonly isSeedNode: (nodeId: NodeId) => boolean
   /** Liveness now: given an address, exactly that address; else a round trip on (or after) a connection. */
-  readonly pingNode: (
-    nodeId: NodeId,
-    address?: PeerAddress,
-    options?: OperationOptions
-  ) => Effect.Effect<boolean>
+  readonly pingNode: (nodeId: NodeId, address?: Address, options?: OperationOptions) => Effect.Effect<boolean>
   readonly findNode: (nodeId: NodeId, options?: OperationOptions) => Effect.Effect<Option.Option<NodeAddress>>
   readonly getClosestGlobalNodes: (target: NodeId, options?: OperationOptions) => Effect.Effect<LookupResult>
   readonly getRemoteNodeClosestNodes: (
     nodeId: NodeId,
     target: NodeId,
     options?: OperationOptions
-  ) => Effect.Effect<ReadonlyArray<RemoteContact>, NodeConnectionError | RemoteQueryError>
+  ) => Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError>
   /** Connect to the seeds and look up our own NodeId to fill the table. */
   readonly syncNodeGraph: (options?: OperationOptions) => Effect.Effect<void, MultiConnectionError>
   /** Look up a random id in every bucket not refreshed within `bucketRefreshInterval`. */
@@ -196,12 +181,12 @@ export interface ConnectionManagerService {
     relay: NodeId,
     source: NodeId,
     target: NodeId,
-    address?: PeerAddress,
+    address?: Address,
     options?: OperationOptions
   ) => Effect.Effect<void>
   readonly relaySignalingMessage: (
     message: { readonly source: NodeId; readonly target: NodeId },
-    sourceAddress: PeerAddress
+    sourceAddress: Address
   ) => Effect.Effect<void>
   /** Connection added/removed and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>

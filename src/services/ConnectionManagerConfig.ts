@@ -4,13 +4,7 @@
  * `layerFromEnv` (reads QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME=60 seconds, …).
  */
 import { Config, Context, Duration, Effect, Layer } from "effect"
-import type { NodeId } from "./NodeId.js"
-
-export interface SeedNode {
-  readonly nodeId: NodeId
-  readonly host: string
-  readonly port: number
-}
+import type { Contact } from "./Contact.js"
 
 export interface ConnectionManagerOptions {
   /** Kademlia alpha: queries in flight at once during a lookup. */
@@ -23,7 +17,7 @@ export interface ConnectionManagerOptions {
   readonly rpcParserBufferSize: number
   readonly rpcCallTimeoutTime: Duration.Duration
   /** Seed nodes; our own NodeId is filtered out when the manager starts. */
-  readonly seedNodes: ReadonlyArray<SeedNode>
+  readonly seedNodes: ReadonlyArray<Contact>
   /** Most connections held at once; past it, idle non-seed connections are pruned (LRU). */
   readonly maxConnections: number
   /**
@@ -102,7 +96,7 @@ export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> 
 })
 
 /** Reads the options from the current ConfigProvider, with `seedNodes` given by the caller. */
-export const layerFromConfig = (seedNodes: ReadonlyArray<SeedNode> = []) =>
+export const layerFromConfig = (seedNodes: ReadonlyArray<Contact> = []) =>
   Layer.effect(
     ConnectionManagerConfig,
     Effect.map(config, (options) => ({ ...options, seedNodes }))

@@ -4,27 +4,16 @@
  * the @effect/rpc server and client (RpcServer / AgentRpc) to this.
  */
 import { Context, Data, type Duration, type Effect, type Scope, type Stream } from "effect"
+import type { Address } from "./Address.js"
+import type { Contact, WireContact } from "./Contact.js"
 import type { NodeId } from "./NodeId.js"
 import type { QuicConnection } from "./QuicTransport.js"
-
-/** Who is calling, as the connection proves it: never taken from a message. */
-export interface CallerInfo {
-  readonly nodeId: NodeId
-  readonly host: string
-  readonly port: number
-}
-
-export interface WireContact {
-  readonly nodeIdEncoded: string
-  readonly host: string
-  readonly port: number
-}
 
 export interface HolePunchMessage {
   readonly sourceNodeIdEncoded: string
   readonly targetNodeIdEncoded: string
   /** Set by the relay: the address it observed for the source. */
-  readonly address?: { readonly host: string; readonly port: number } | undefined
+  readonly address?: Address | undefined
 }
 
 /** A call to a peer failed: transport, timeout, or the peer's typed error. */
@@ -58,9 +47,9 @@ export interface PeerClient {
 /** What the node answers; the manager provides these. */
 export interface AgentHandlers {
   /** Every call the peer makes counts as use of the connection (restarts its idle timer). */
-  readonly touch: (caller: CallerInfo) => Effect.Effect<void>
-  readonly closestNodes: (caller: CallerInfo, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>
-  readonly holePunchSignal: (caller: CallerInfo, message: HolePunchMessage) => Effect.Effect<void, string>
+  readonly touch: (caller: Contact) => Effect.Effect<void>
+  readonly closestNodes: (caller: Contact, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>
+  readonly holePunchSignal: (caller: Contact, message: HolePunchMessage) => Effect.Effect<void, string>
 }
 
 export interface PeerRpcService {

@@ -13,12 +13,12 @@
 import { Context, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
   AgentRpcWireError,
-  NodeContact,
   NodesClosestLocalNodesGet,
   NodesHolePunchSignal,
   NodesPing,
   RpcHandlerError
 } from "./AgentRpc.js"
+import type { WireContact } from "./Contact.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
 export type RpcStreamMode = "per-call" | "multiplexed"
@@ -57,7 +57,7 @@ export interface AgentClient {
   /** At most `NODES_CLOSEST_LIMIT` contacts, never the caller itself. */
   readonly nodesClosestLocalNodesGet: (
     payload: typeof NodesClosestLocalNodesGet.payloadSchema.Type
-  ) => Stream.Stream<NodeContact, AgentCallError>
+  ) => Stream.Stream<WireContact, AgentCallError>
   readonly nodesHolePunchSignal: (
     payload: typeof NodesHolePunchSignal.payloadSchema.Type
   ) => Effect.Effect<void, RpcHandlerError | AgentCallError>
