@@ -3,7 +3,7 @@ import { Deferred, Duration, Effect, Exit, Fiber, Option, Stream } from "effect"
 import * as PeerRpcSim from "../src/layers/PeerRpcSim.js"
 import type { Contact, WireContact } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
-import type { AgentHandlers } from "../src/services/PeerRpc.js"
+import { type AgentHandlers, HolePunchRefused } from "../src/services/PeerRpc.js"
 import { idOf, simPair } from "./fixtures/simPair.js"
 
 const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
@@ -15,7 +15,10 @@ const recording = () => {
   const handlers: AgentHandlers = {
     touch: (caller) => Effect.sync(() => void callers.push(caller)),
     closestNodes: () => Effect.succeed([contact, farther]),
-    holePunchSignal: () => Effect.fail("rate limited: too many hole-punch requests")
+    holePunchSignal: () =>
+      Effect.fail(
+        new HolePunchRefused({ reason: "rate-limited", detail: "rate limited: too many hole-punch requests" })
+      )
   }
   return { callers, handlers }
 }

@@ -43,7 +43,13 @@ import type { Contact, WireContact } from "../services/Contact.js"
 import { KeyRing } from "../services/KeyRing.js"
 import { type NodeAddress, NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
-import { type AgentHandlers, type HolePunchMessage, type PeerClient, PeerRpc } from "../services/PeerRpc.js"
+import {
+  type AgentHandlers,
+  type HolePunchMessage,
+  HolePunchRefused,
+  type PeerClient,
+  PeerRpc
+} from "../services/PeerRpc.js"
 import {
   type DialError,
   type DialOptions,
@@ -381,22 +387,40 @@ export const make = Effect.gen(function* () {
       }
     )
 
-  const handleHolePunchSignal = (caller: Contact, message: HolePunchMessage): Effect.Effect<void, string> =>
+  const handleHolePunchSignal = (
+    caller: Contact,
+    message: HolePunchMessage
+  ): Effect.Effect<void, HolePunchRefused> =>
     Effect.gen(function* () {
       const source = NodeId.decode(message.sourceNodeIdEncoded)
       const target = NodeId.decode(message.targetNodeIdEncoded)
-      if (Either.isLeft(source)) return yield* Effect.fail(`bad source: ${source.left.message}`)
-      if (Either.isLeft(target)) return yield* Effect.fail(`bad target: ${target.left.message}`)
+      if (Either.isLeft(source))
+        return yield* new HolePunchRefused({
+          reason: "bad-source",
+          detail: `bad source: ${source.left.message}`
+        })
+      if (Either.isLeft(target))
+        return yield* new HolePunchRefused({
+          reason: "bad-target",
+          detail: `bad target: ${target.left.message}`
+        })
       const callerKey = NodeId.encode(caller.nodeId) as string
       if (yield* rateLimited(callerKey))
-        return yield* Effect.fail("rate limited: too many hole-punch requests")
+        return yield* new HolePunchRefused({
+          reason: "rate-limited",
+          detail: "rate limited: too many hole-punch requests"
+        })
       if (NodeId.equals(target.right, self)) {
         if (NodeId.equals(source.right, self)) return
         // For us: punch toward the source. Directly from the source, its own observed address;
         // through a relay, the address the relay observed.
         const direct = NodeId.equals(caller.nodeId, source.right)
         const address = direct ? { host: caller.host, port: caller.port } : message.address
-        if (!address) return yield* Effect.fail("relayed message without the source address")
+        if (!address)
+          return yield* new HolePunchRefused({
+            reason: "no-address",
+            detail: "relayed message without the source address"
+          })
         yield* Effect.logDebug(
           `hole punching toward ${NodeId.encode(source.right)} at ${address.host}:${address.port} (signal from ${NodeId.encode(caller.nodeId)})`
         )
@@ -407,7 +431,10 @@ export const make = Effect.gen(function* () {
         return
       }
       if (!NodeId.equals(source.right, caller.nodeId))
-        return yield* Effect.fail("the source of a relay request must be the calling node")
+        return yield* new HolePunchRefused({
+          reason: "not-the-source",
+          detail: "the source of a relay request must be the calling node"
+        })
       yield* relaySignalingMessage(
         { source: source.right, target: target.right },
         { host: caller.host, port: caller.port }

@@ -79,7 +79,9 @@ export const handlersLayer = AgentRpcs.toLayer(
           yield* h
             .holePunchSignal(caller, payload)
             .pipe(
-              Effect.mapError((detail) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail }))
+              Effect.mapError(
+                (e) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail: e.detail })
+              )
             )
         })
     }

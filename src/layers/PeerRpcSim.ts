@@ -23,6 +23,7 @@ import type { NodeId } from "../services/NodeId.js"
 import {
   type AgentHandlers,
   type HolePunchMessage,
+  type HolePunchRefused,
   PeerCallError,
   type PeerClient,
   PeerRpc,
@@ -86,8 +87,9 @@ const touchOnly = (h: AgentHandlers, caller: Contact) => h.touch(caller)
 const callError = (method: string, reason: PeerCallError["reason"], detail: string) =>
   new PeerCallError({ method, reason, detail })
 
-const describe = (cause: Cause.Cause<unknown>) =>
-  Cause.isFailType(cause) && typeof cause.error === "string" ? cause.error : Cause.pretty(cause)
+/** A handler's typed refusal reads as its detail, as on the wire; anything else in full. */
+const describe = (cause: Cause.Cause<HolePunchRefused>) =>
+  Cause.isFailType(cause) ? cause.error.detail : Cause.pretty(cause)
 
 /** PeerRpc over the channels of `sim`; calls time out after `callTimeout`. */
 export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): PeerRpcService => {
@@ -98,7 +100,7 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
   const call = <A>(
     connection: QuicConnection,
     method: string,
-    f: (handlers: AgentHandlers, caller: Contact) => Effect.Effect<A, string>,
+    f: (handlers: AgentHandlers, caller: Contact) => Effect.Effect<A, HolePunchRefused>,
     timeout: Duration.Duration = callTimeout
   ): Effect.Effect<A, PeerCallError> =>
     Effect.async<A, PeerCallError>((resume) => {

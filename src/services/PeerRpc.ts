@@ -16,6 +16,16 @@ export interface HolePunchMessage {
   readonly address?: Address | undefined
 }
 
+/** A hole-punch signal the node would not act on; its `detail` goes back to the caller. */
+export class HolePunchRefused extends Data.TaggedError("HolePunchRefused")<{
+  readonly reason: "bad-source" | "bad-target" | "rate-limited" | "no-address" | "not-the-source"
+  readonly detail: string
+}> {
+  override get message() {
+    return this.detail
+  }
+}
+
 /** A call to a peer failed: transport, timeout, or the peer's typed error. */
 export class PeerCallError extends Data.TaggedError("PeerCallError")<{
   readonly method: string
@@ -49,7 +59,10 @@ export interface AgentHandlers {
   /** Every call the peer makes counts as use of the connection (restarts its idle timer). */
   readonly touch: (caller: Contact) => Effect.Effect<void>
   readonly closestNodes: (caller: Contact, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>
-  readonly holePunchSignal: (caller: Contact, message: HolePunchMessage) => Effect.Effect<void, string>
+  readonly holePunchSignal: (
+    caller: Contact,
+    message: HolePunchMessage
+  ) => Effect.Effect<void, HolePunchRefused>
 }
 
 export interface PeerRpcService {
