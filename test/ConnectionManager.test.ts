@@ -5,7 +5,6 @@
 import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Clock, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
-import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { ConnectionError } from "../src/services/QuicTransport.js"
 import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
@@ -359,7 +358,7 @@ describe("failures and cleanup", () => {
         Effect.fork
       )
       yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
-      const internals = QuicTransportLive.unsafeInternals(yield* a.innerTransport)!
+      const internals = yield* a.internals
       yield* Effect.promise(() => internals.socket.stop({ force: true }))
       const error = yield* a.cm.failure.pipe(Effect.flip, Effect.timeout("5 seconds"))
       expect(error._tag).toBe("ConnectionManagerStopped")

@@ -8,6 +8,7 @@ import type { Socket } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import {
   Chunk,
+  Context,
   Duration,
   Effect,
   Exit,
@@ -27,7 +28,7 @@ import * as NodeId from "../src/services/NodeId.js"
 import {
   type DialError,
   type QuicConnection,
-  QuicTransport,
+  type QuicTransport,
   QuicTransportConfig,
   type QuicTransportOptions
 } from "../src/services/QuicTransport.js"
@@ -36,6 +37,8 @@ interface TestNode {
   readonly transport: QuicTransport["Type"]
   readonly keyRing: KeyRing["Type"]
   readonly nodeId: NodeId.NodeId
+  /** The transport's js-quic socket and server (to break them). */
+  readonly internals: QuicTransportLive.TransportInternals
   /** Closing it stops the node. */
   readonly scope: Scope.CloseableScope
 }
@@ -46,17 +49,20 @@ const makeNode = (seed: string, options: Partial<QuicTransportOptions> = {}) =>
     const scope = yield* Scope.make()
     yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
     const context = yield* Layer.buildWithScope(
-      QuicTransportLive.layer.pipe(
-        Layer.provideMerge(KeyRingTest.layer(seed)),
-        Layer.provide(QuicTransportConfig.layer(options))
-      ),
+      Layer.merge(KeyRingTest.layer(seed), QuicTransportConfig.layer(options)),
       scope
     )
-    const transport = context.unsafeMap.get(QuicTransport.key) as QuicTransport["Type"]
-    const keyRing = context.unsafeMap.get(KeyRing.key) as KeyRing["Type"]
+    const { transport, internals } = yield* QuicTransportLive.makeWithInternals.pipe(
+      Effect.provide(context),
+      Scope.extend(scope)
+    )
+    const keyRing = Context.get(context, KeyRing)
     const nodeId = yield* keyRing.nodeId
-    return { transport, keyRing, nodeId, scope } satisfies TestNode
+    return { transport, keyRing, nodeId, internals, scope } satisfies TestNode
   })
+
+/** The transport's counts now. */
+const statsOf = (node: TestNode) => node.transport.stats ?? Effect.die("the transport keeps no stats")
 
 const takeIncoming = (node: TestNode) =>
   node.transport.incoming.pipe(Stream.take(1), Stream.runCollect, Effect.map(Chunk.unsafeHead))
@@ -172,8 +178,8 @@ describe("QuicTransportLive", () => {
         expect(Option.isSome(reason)).toBe(true)
       }
       yield* Effect.sleep("300 millis")
-      expect(QuicTransportLive.stats(a.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
-      expect(QuicTransportLive.stats(b.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
+      expect(yield* statsOf(a)).toMatchObject({ connections: 0, quicConnections: 0 })
+      expect(yield* statsOf(b)).toMatchObject({ connections: 0, quicConnections: 0 })
     })
   )
 
@@ -194,10 +200,10 @@ describe("QuicTransportLive", () => {
         .dial({ host: "127.0.0.1", port, expectedNodeIds: [someone], timeout: "30 seconds" })
         .pipe(Effect.fork)
       yield* Effect.sleep("100 millis")
-      expect(QuicTransportLive.stats(a.transport)?.quicConnections).toBe(1)
+      expect((yield* statsOf(a)).quicConnections).toBe(1)
       const [stopTime] = yield* Fiber.interrupt(pending).pipe(Effect.timed)
       expect(Duration.toMillis(stopTime)).toBeLessThan(1000)
-      expect(QuicTransportLive.stats(a.transport)).toMatchObject({ connections: 0, quicConnections: 0 })
+      expect(yield* statsOf(a)).toMatchObject({ connections: 0, quicConnections: 0 })
 
       const invalid = yield* a.transport
         .dial({ host: "127.0.0.1", port: 70_000, expectedNodeIds: [someone] })
@@ -315,8 +321,8 @@ describe("QuicTransportLive", () => {
       expect(Chunk.size(yield* Fiber.join(accepted))).toBe(0)
       const error = yield* Effect.scoped(forward.openStream).pipe(Effect.flip)
       expect(error.reason).toBe("closed")
-      expect(QuicTransportLive.stats(a.transport)?.connections).toBe(0)
-      expect(QuicTransportLive.stats(b.transport)?.connections).toBe(0)
+      expect((yield* statsOf(a)).connections).toBe(0)
+      expect((yield* statsOf(b)).connections).toBe(0)
     })
   )
 
@@ -331,7 +337,7 @@ describe("QuicTransportLive", () => {
         .dial({ host: "127.0.0.1", port: a.transport.port, expectedNodeIds: [a.nodeId] })
         .pipe(Scope.extend(b.scope))
       yield* Fiber.join(inbound)
-      expect(QuicTransportLive.stats(b.transport)?.connections).toBe(2)
+      expect((yield* statsOf(b)).connections).toBe(2)
       const aSeesBStop = yield* takeIncoming(a).pipe(
         Effect.flatMap((c) => c.closed),
         Effect.fork
@@ -369,11 +375,15 @@ describe("QuicTransportLive", () => {
       yield* serveEcho(yield* Fiber.join(inbound))
       // B echoes on everything it admits from now on.
       yield* Stream.runForEach(b.transport.incoming, serveEcho).pipe(Effect.forkScoped)
-      const bStats = () => QuicTransportLive.stats(b.transport)!
+      const bStats = statsOf(b)
       let sampledMax = 0
-      yield* Effect.sync(() => {
-        sampledMax = Math.max(sampledMax, bStats().handshakesInProgress)
-      }).pipe(Effect.repeat(Schedule.spaced("1 millis")), Effect.forkScoped)
+      yield* bStats.pipe(
+        Effect.tap((stats) => {
+          sampledMax = Math.max(sampledMax, stats.handshakesInProgress)
+        }),
+        Effect.repeat(Schedule.spaced("1 millis")),
+        Effect.forkScoped
+      )
 
       // 2 client nodes × 20 concurrent dials (each connection made is closed again at once),
       // while the established connection echoes.
@@ -397,7 +407,7 @@ describe("QuicTransportLive", () => {
         concurrency: "unbounded"
       })
       expect(echoed.equals(payload)).toBe(true)
-      const after = bStats()
+      const after = yield* bStats
       // The cap was reached, never passed.
       expect(after.handshakesHighWater).toBe(cap)
       expect(sampledMax).toBeLessThanOrEqual(cap)
@@ -405,7 +415,7 @@ describe("QuicTransportLive", () => {
       // The admitted ones went through in full.
       expect(results.filter((r) => r._tag === "Right").length).toBeGreaterThanOrEqual(cap)
       // Every slot is released again.
-      const drained = yield* Effect.sync(() => bStats().handshakesInProgress).pipe(
+      const drained = yield* Effect.map(bStats, (stats) => stats.handshakesInProgress).pipe(
         Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("10 millis") }),
         Effect.timeoutOption("8 seconds")
       )
@@ -436,12 +446,12 @@ describe("QuicTransportLive", () => {
         })
         .pipe(Effect.flip)
       expect(error.reason).toBe("timeout")
-      expect(QuicTransportLive.stats(b.transport)).toMatchObject({
+      expect(yield* statsOf(b)).toMatchObject({
         connections: 0,
         handshakesInProgress: 0,
         handshakesHighWater: 0
       })
-      expect(QuicTransportLive.stats(b.transport)!.handshakesRefused).toBeGreaterThan(0)
+      expect((yield* statsOf(b)).handshakesRefused).toBeGreaterThan(0)
       const { forward: out, inbound } = yield* dialPair(b, a)
       yield* serveEcho(yield* Fiber.join(inbound))
       const payload = randomBytes(1000)
@@ -464,7 +474,7 @@ describe("QuicTransportLive", () => {
       expect(reverseReason).toEqual({ _tag: "IdleTimeout" })
       expect(Duration.toMillis(elapsed)).toBeGreaterThanOrEqual(200)
       expect(Duration.toMillis(elapsed)).toBeLessThan(2500)
-      expect(QuicTransportLive.stats(a.transport)?.connections).toBe(0)
+      expect((yield* statsOf(a)).connections).toBe(0)
     })
   )
 
@@ -480,7 +490,7 @@ describe("QuicTransportLive", () => {
       yield* Fiber.join(inbound)
       const bFailure = yield* b.transport.failure.pipe(Effect.flip, Effect.fork)
       // B's UDP socket stops underneath the transport, not through its finalizer.
-      const internals = QuicTransportLive.unsafeInternals(b.transport)!
+      const internals = b.internals
       yield* Effect.promise(() => internals.socket.stop({ force: true }))
       const error = yield* Fiber.join(bFailure).pipe(Effect.timeout("2 seconds"))
       expect(error._tag).toBe("TransportError")
@@ -499,7 +509,7 @@ describe("QuicTransportLive", () => {
     Effect.gen(function* () {
       const a = yield* makeNode("qt-fail-server-a")
       const failure = yield* a.transport.failure.pipe(Effect.flip, Effect.fork)
-      const internals = QuicTransportLive.unsafeInternals(a.transport)!
+      const internals = a.internals
       yield* Effect.promise(() => internals.server.stop({ force: true }))
       const error = yield* Fiber.join(failure).pipe(Effect.timeout("2 seconds"))
       expect(error._tag).toBe("TransportError")

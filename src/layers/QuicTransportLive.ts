@@ -8,44 +8,23 @@
  *
  * js-quic is promise and event based. Its events are bridged here with listeners held by
  * scopes, its promises with `Effect.async` (interruption aborts the pending attempt), and
- * its errors become `DialError` / `ConnectionError` / `TransportError`.
+ * its errors become `DialError` / `ConnectionError` / `TransportError`. The machinery lives in
+ * `src/internal/`: the connection (`quicConnection`), dialling (`quicDial`), certificates and
+ * crypto (`quicTls`), the inbound handshake cap (`quicHandshakeGate`), error mapping
+ * (`quicErrors`) and every use of js-quic's private members (`quicPatches`).
  */
 
-import { createHmac, randomFillSync, timingSafeEqual } from "node:crypto"
-import { isIPv4, isIPv6 } from "node:net"
-import type { Socket } from "@effect/platform"
-import type Logger from "@matrixai/logger"
-import type { QUICConnection, QUICStream, TLSVerifyCallback } from "@matrixai/quic"
+import type { QUICConnection } from "@matrixai/quic"
+import { QUICServer, QUICSocket, errors as quicErrors, events as quicEvents } from "@matrixai/quic"
+import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Queue, Runtime, type Scope, Stream } from "effect"
+import { type ConnectionContext, WrappedConnection } from "../internal/quicConnection.js"
+import { makeDial } from "../internal/quicDial.js"
+import { describe } from "../internal/quicErrors.js"
+import { installHandshakeGate } from "../internal/quicHandshakeGate.js"
+import { quicConnectionCount, silentLogger } from "../internal/quicPatches.js"
+import { acceptValid, makeServerCrypto, verifyCallback } from "../internal/quicTls.js"
+import { KeyRing, type TlsConfig } from "../services/KeyRing.js"
 import {
-  QUICClient,
-  QUICServer,
-  QUICSocket,
-  errors as quicErrors,
-  events as quicEvents
-} from "@matrixai/quic"
-import {
-  Cause,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  type Fiber,
-  FiberSet,
-  Layer,
-  Queue,
-  Runtime,
-  Scope,
-  Stream
-} from "effect"
-import { Dispatch } from "../internal/connectionDispatch.js"
-import * as QuicStreamSocket from "../internal/quicStreamSocket.js"
-import { KeyRing, type KeyRingService, type TlsConfig } from "../services/KeyRing.js"
-import * as NodeId from "../services/NodeId.js"
-import {
-  type CloseReason,
-  ConnectionError,
-  DialError,
-  type DialOptions,
   type QuicConnection,
   QuicTransport,
   QuicTransportConfig,
@@ -53,59 +32,6 @@ import {
   type QuicTransportService,
   TransportError
 } from "../services/QuicTransport.js"
-
-// ---------------------------------------------------------------------------------------------
-// js-quic plumbing
-
-/** quiche's packet type of an Initial packet (`Type.Initial`). */
-const QUICHE_TYPE_INITIAL = 0
-
-/** `QUICServer.acceptConnection` (internal to js-quic): called for packets of unknown connections. */
-type AcceptConnection = (
-  remoteInfo: unknown,
-  header: { readonly ty: number; readonly token?: Uint8Array | null },
-  dcid: unknown,
-  data: unknown
-) => Promise<QUICConnection | undefined>
-
-/** TLS alert "bad_certificate" as a QUIC crypto error (0x100 + 42). */
-const CRYPTO_BAD_CERTIFICATE = 0x100 + 42
-
-/** js-quic logs every state change at INFO; we keep it quiet. */
-const silentLogger: Logger = (() => {
-  const noop = () => {}
-  const logger = { debug: noop, info: noop, warn: noop, error: noop, getChild: () => logger }
-  return logger as unknown as Logger
-})()
-
-const toArrayBuffer = (bytes: Uint8Array): ArrayBuffer =>
-  bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer
-
-/** The server signs retry tokens and derives connection ids with an HMAC key of its own. */
-const makeServerCrypto = () => {
-  const key = toArrayBuffer(randomFillSync(new Uint8Array(32)))
-  const hmac = (k: ArrayBuffer, data: ArrayBuffer) =>
-    createHmac("sha256", Buffer.from(k)).update(Buffer.from(data)).digest()
-  return {
-    key,
-    ops: {
-      sign: async (k: ArrayBuffer, data: ArrayBuffer) => toArrayBuffer(hmac(k, data)),
-      verify: async (k: ArrayBuffer, data: ArrayBuffer, sig: ArrayBuffer) => {
-        const expected = hmac(k, data)
-        const given = Buffer.from(sig)
-        return expected.length === given.length && timingSafeEqual(expected, given)
-      }
-    }
-  }
-}
-
-const clientCrypto = {
-  ops: {
-    randomBytes: async (data: ArrayBuffer) => {
-      randomFillSync(new Uint8Array(data))
-    }
-  }
-}
 
 /** The events js-quic objects dispatch (`@matrixai/events` Evented). */
 interface Evented {
@@ -120,318 +46,11 @@ const listen = <A>(target: Evented, type: string, listener: (evt: A) => void) =>
     () => Effect.sync(() => target.removeEventListener(type, listener))
   )
 
-const describe = (e: unknown): string => {
-  if (e instanceof Error) {
-    const cause = (e as { cause?: unknown }).cause
-    const own = e.message || e.constructor.name
-    return cause instanceof Error ? `${own} (${describe(cause)})` : own
-  }
-  return String(e)
-}
-
-/** "::ffff:1.2.3.4" → "1.2.3.4": a dual-stack socket reports IPv4 peers as mapped. */
-const unmapHost = (host: string): string => {
-  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host)
-  return m ? m[1]! : host
-}
-
-const textDecoder = new TextDecoder()
-
-/** The reason a js-quic connection error stands for. */
-const closeReasonOf = (error: unknown): CloseReason => {
-  const data = (error as { data?: { reason?: Uint8Array; errorCode?: number; isApp?: boolean } }).data
-  const reasonText = data?.reason && data.reason.byteLength > 0 ? textDecoder.decode(data.reason) : undefined
-  const detail =
-    reasonText ??
-    (error instanceof Error && error.message !== "" ? error.message : (error as object).constructor.name)
-  if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return { _tag: "IdleTimeout" }
-  if (
-    error instanceof quicErrors.ErrorQUICConnectionPeerTLS ||
-    error instanceof quicErrors.ErrorQUICConnectionPeer
-  )
-    return { _tag: "Peer", detail }
-  if (error instanceof quicErrors.ErrorQUICConnectionLocal) return { _tag: "Local", detail }
-  return { _tag: "Error", detail: describe(error) }
-}
-
-/**
- * The error a js-quic connection closed with (or is closing with), if any: js-quic records each
- * error it dispatches in `errorLast` (protected in its typings) as it handles it, before it
- * closes the connection. Read instead of listening for the errors: a listener costs each
- * connection ~0.3 KiB (js-quic's wrapper closure, its records and the EventTarget's).
- */
-const connectionError = (connection: QUICConnection): unknown =>
-  (connection as unknown as { errorLast?: unknown }).errorLast ?? undefined
-
-/** js-quic keeps the connection's streams in `streamMap` (not in its typings). */
-const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICStream> => {
-  const map = (connection as unknown as { streamMap?: Map<number, QUICStream> }).streamMap
-  return map ? [...map.values()] : []
-}
-
-const isValidHost = (host: string) => isIPv4(host) || isIPv6(host) || /^[a-zA-Z0-9.-]{1,253}$/.test(host)
-
-// ---------------------------------------------------------------------------------------------
-// Connections
-
-interface LiveConnection {
-  readonly connection: QuicConnection
-  /** Closes without waiting (transport shutdown). */
-  readonly closeNow: (reason: string) => Promise<void>
-}
-
-interface ConnectionContext {
-  readonly fork: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>
-  readonly live: Set<LiveConnection>
-  /** A connection's id is `${idPrefix}${n}`, n counting from 1 (the string made when asked for). */
-  readonly idPrefix: string
-  readonly nextNumber: () => number
-  /** The shared socket's address: every connection's local end. */
-  readonly localHost: string
-  readonly localPort: number
-}
-
-/**
- * A started js-quic connection, wrapped. The peer streams it already has are taken from its
- * stream map and the listener for new ones is added in the same synchronous step, so no
- * stream slips between the two. A class with getters: a transport may hold thousands of
- * idle connections, and each costs only its fields until something uses it.
- */
-class WrappedConnection implements QuicConnection, LiveConnection {
-  private readonly number: number
-  readonly remoteHost: string
-  readonly remotePort: number
-  /** Set by our own close; otherwise the reason is the error js-quic recorded (`connectionError`). */
-  private reason: CloseReason | undefined
-  private stopping: Promise<void> | undefined
-  /** Streams from the peer and the close, handed to whoever serves the connection. */
-  private readonly dispatch: Dispatch
-
-  /**
-   * @param client The dial's QUICClient (a forward connection), destroyed to close it; a
-   *   reverse connection is stopped itself.
-   */
-  constructor(
-    private readonly ctx: ConnectionContext,
-    private readonly raw: QUICConnection,
-    readonly direction: QuicConnection["direction"],
-    readonly remoteNodeId: NodeId.NodeId,
-    private readonly client: QUICClient | undefined
-  ) {
-    this.number = ctx.nextNumber()
-    this.dispatch = new Dispatch(ctx.fork)
-    this.remoteHost = unmapHost(raw.remoteHost)
-    this.remotePort = raw.remotePort
-    for (const stream of existingStreams(raw)) this.onStream(stream)
-    // The connection itself listens (`handleEvent`): no closures per connection.
-    raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    ctx.live.add(this)
-    // The connection's end: `closedP` resolves once quiche has closed it, whatever the cause.
-    void raw.closedP.then(() => this.finish())
-  }
-
-  handleEvent(evt: Event): void {
-    if (evt instanceof quicEvents.EventQUICConnectionStream) this.onStream(evt.detail)
-  }
-
-  /** Why the connection closed or is closing, if it is. */
-  private closingReason(): CloseReason | undefined {
-    if (this.reason !== undefined) return this.reason
-    const error = connectionError(this.raw)
-    return error === undefined ? undefined : closeReasonOf(error)
-  }
-
-  private onStream(stream: QUICStream) {
-    if (stream.type !== "bidi" || stream.initiated !== "peer") return
-    this.dispatch.offer(QuicStreamSocket.make(stream))
-  }
-
-  private finish() {
-    this.raw.removeEventListener(quicEvents.EventQUICConnectionStream.name, this)
-    this.ctx.live.delete(this)
-    const reason: CloseReason = this.closingReason() ?? { _tag: "Error", detail: "connection closed" }
-    this.dispatch.close(reason)
-  }
-
-  get localHost(): string {
-    return this.ctx.localHost
-  }
-
-  get localPort(): number {
-    return this.ctx.localPort
-  }
-
-  get id(): string {
-    return `${this.ctx.idPrefix}${this.number}`
-  }
-
-  get connection(): QuicConnection {
-    return this
-  }
-
-  /** Closes without waiting (transport shutdown). */
-  closeNow(text: string): Promise<void> {
-    if (this.stopping === undefined) {
-      const reason = new TextEncoder().encode(text)
-      const stop = this.client
-        ? this.client.destroy({ isApp: true, errorCode: 0, reason, force: true })
-        : this.raw.stop({ isApp: true, errorCode: 0, reason, force: true })
-      this.stopping = stop.catch(() => undefined)
-    }
-    return this.stopping
-  }
-
-  isClosing(): boolean {
-    return this.reason !== undefined || this.stopping !== undefined || connectionError(this.raw) !== undefined
-  }
-
-  get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
-    return Effect.acquireRelease(
-      Effect.suspend(() => {
-        if (this.isClosing() || this.raw.closed)
-          return Effect.fail(
-            new ConnectionError({ connectionId: this.id, reason: "closed", detail: "connection is closed" })
-          )
-        return Effect.try({
-          try: () => this.raw.newStream("bidi"),
-          catch: (e) =>
-            new ConnectionError({
-              connectionId: this.id,
-              reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
-              detail: describe(e)
-            })
-        }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
-      }),
-      (socket) => socket.close()
-    )
-  }
-
-  handleStreams(
-    onStream: (socket: Socket.Socket) => Effect.Effect<void>
-  ): Effect.Effect<void, never, Scope.Scope> {
-    return this.dispatch.handleStreams(onStream)
-  }
-
-  whenClosed(f: (reason: CloseReason) => Effect.Effect<void>): Effect.Effect<void> {
-    return this.dispatch.whenClosed(f)
-  }
-
-  get acceptedStreams(): Stream.Stream<Socket.Socket> {
-    return this.dispatch.acceptedStreams
-  }
-
-  // A method, not a per-connection closure.
-  close(text?: string): Effect.Effect<void> {
-    return Effect.suspend(() => {
-      this.reason ??= this.closingReason() ?? {
-        _tag: "Local",
-        ...(text !== undefined ? { detail: text } : {})
-      }
-      return Effect.promise(() => this.closeNow(text ?? ""))
-    }).pipe(Effect.zipRight(this.closed), Effect.asVoid)
-  }
-
-  get closed(): Effect.Effect<CloseReason> {
-    return this.dispatch.closed
-  }
-}
-
-// A finalizer of the scope's own, not Effect.addFinalizer: the latter keeps the dialling
-// fiber's FiberRefs. The close effect is built when the scope closes, not held until then.
-const closeWithScope = (connection: QuicConnection) =>
-  Effect.flatMap(Effect.scope, (scope) =>
-    Scope.addFinalizerExit(scope, () => connection.close("dial scope closed"))
-  )
-
-/**
- * What a dial's certificate check found. js-quic keeps a connection's verify callback (its
- * config) as long as the connection: the callback holds this object, not the dial's closures,
- * and the NodeIds it expected are let go once the dial has settled.
- */
-class DialCheck {
-  expected: ReadonlyArray<NodeId.NodeId> | undefined
-  verified: NodeId.NodeId | undefined
-  rejection: { readonly reason: "tls" | "mismatch"; readonly detail: string } | undefined
-  constructor(expected: ReadonlyArray<NodeId.NodeId>) {
-    this.expected = expected
-  }
-
-  accept(exit: Exit.Exit<NodeId.NodeId, unknown>): boolean {
-    if (Exit.isFailure(exit)) {
-      const error = Cause.squash(exit.cause)
-      this.rejection = { reason: "tls", detail: `peer certificate rejected: ${describe(error)}` }
-      return false
-    }
-    const actual = exit.value
-    const expected = this.expected ?? []
-    if (!expected.some((e) => NodeId.equals(e, actual))) {
-      this.rejection = {
-        reason: "mismatch",
-        detail: `expected NodeId ${expected.map(NodeId.encode).join(", ")}, peer proved ${NodeId.encode(actual)}`
-      }
-      return false
-    }
-    this.verified = actual
-    return true
-  }
-}
-
-/** The server's check: any valid chain. */
-const acceptValid = { accept: Exit.isSuccess }
-
-// ---------------------------------------------------------------------------------------------
-// The transport
-
-/** What a live transport holds right now (tests and diagnostics). */
-export interface TransportStats {
-  /** Wrapped connections not yet closed (forward and reverse). */
-  readonly connections: number
-  /** Connections in js-quic's socket map, including handshakes in progress. */
-  readonly quicConnections: number
-  /** Inbound connections started but not yet handshaken and verified. */
-  readonly handshakesInProgress: number
-  /** The most `handshakesInProgress` has ever been. */
-  readonly handshakesHighWater: number
-  /**
-   * Inbound connection attempts dropped at the `maxInboundHandshakes` cap (counted per
-   * packet: a client that retransmits its Initial counts again).
-   */
-  readonly handshakesRefused: number
-  /** The cap on `handshakesInProgress` (the transport's `maxInboundHandshakes`). */
-  readonly maxInboundHandshakes: number
-}
-
 /** js-quic objects under a transport, for tests that need to break them. */
 export interface TransportInternals {
   readonly socket: QUICSocket
   readonly server: QUICServer
 }
-
-const statsOf = new WeakMap<QuicTransportService, () => TransportStats>()
-const internalsOf = new WeakMap<QuicTransportService, TransportInternals>()
-
-/** Counts for a transport built by this module; `undefined` for any other implementation. */
-export const stats = (transport: QuicTransportService): TransportStats | undefined =>
-  statsOf.get(transport)?.()
-
-/**
- * The js-quic socket and server of a transport built by this module (tests only: stopping
- * them directly is what an unexpected failure looks like to the transport).
- */
-export const unsafeInternals = (transport: QuicTransportService): TransportInternals | undefined =>
-  internalsOf.get(transport)
-
-// The callback returned is anonymous (no per-connection function name) and holds only these three.
-const verifyCallback =
-  (
-    runtime: Runtime.Runtime<never>,
-    keyRing: KeyRingService,
-    check: { readonly accept: (result: Exit.Exit<NodeId.NodeId, unknown>) => boolean }
-  ): TLSVerifyCallback =>
-  async (certs) => {
-    const exit = await Runtime.runPromiseExit(runtime)(keyRing.verifyCertChain(certs))
-    return check.accept(exit) ? undefined : (CRYPTO_BAD_CERTIFICATE as never)
-  }
 
 /**
  * js-quic refuses a keep-alive interval that is not below the idle timeout (every connection
@@ -445,8 +64,12 @@ const quicTimings = (options: QuicTransportOptions) => {
     : { maxIdleTimeout }
 }
 
-export const make: Effect.Effect<
-  QuicTransportService,
+/**
+ * The transport and, beside it, its js-quic socket and server. For tests only: stopping those
+ * directly is what an unexpected failure looks like to the transport. Use `make` otherwise.
+ */
+export const makeWithInternals: Effect.Effect<
+  { readonly transport: QuicTransportService; readonly internals: TransportInternals },
   TransportError,
   KeyRing | QuicTransportConfig | Scope.Scope
 > = Effect.gen(function* () {
@@ -510,45 +133,9 @@ export const make: Effect.Effect<
     if (Exit.isSuccess(current)) useServerTls(current.value)
   }
 
-  // Inbound handshakes. js-quic's server makes a connection for each Initial packet that
-  // carries a retry token (`acceptConnection`). That step is wrapped to count the attempts in
-  // progress, from then until `admit` (below) has verified the connection, and to drop new
-  // ones at the cap before any state is made: the cheapest refusal there is (the client
-  // retransmits, and gets in if a slot has freed by then). Packets that make no state (the
-  // token-less Initial answered by a stateless retry, version negotiation) pass through;
-  // other long-header packets for unknown connections are dropped, as js-quic would.
-  const cap = Math.max(0, options.maxInboundHandshakes)
-  let inProgress = 0
-  let highWater = 0
-  let refused = 0
-  const releaseHandshake = () => {
-    inProgress--
-  }
-  const serverInternal = server as unknown as { acceptConnection: AcceptConnection }
-  const acceptConnection = serverInternal.acceptConnection.bind(server)
-  serverInternal.acceptConnection = (remoteInfo, header, dcid, data) => {
-    if (header.ty !== QUICHE_TYPE_INITIAL) return Promise.resolve(undefined)
-    if (header.token === undefined || header.token === null || header.token.byteLength === 0)
-      return acceptConnection(remoteInfo, header, dcid, data)
-    if (inProgress >= cap) {
-      refused++
-      return Promise.resolve(undefined)
-    }
-    inProgress++
-    if (inProgress > highWater) highWater = inProgress
-    refreshServerTls()
-    return acceptConnection(remoteInfo, header, dcid, data).then(
-      (connection) => {
-        // No connection (a bad token): nothing to admit. Otherwise `admit` releases the slot.
-        if (connection === undefined) releaseHandshake()
-        return connection
-      },
-      (error: unknown) => {
-        releaseHandshake()
-        throw error
-      }
-    )
-  }
+  // Inbound handshakes: at most `maxInboundHandshakes` at once, each holding its slot from
+  // the moment js-quic makes the connection until `admit` (below) has verified it.
+  const gate = installHandshakeGate(server, options.maxInboundHandshakes, refreshServerTls)
 
   yield* Effect.acquireRelease(
     Effect.tryPromise({
@@ -619,7 +206,7 @@ export const make: Effect.Effect<
             )
           )
       }),
-      Effect.ensuring(Effect.sync(releaseHandshake))
+      Effect.ensuring(Effect.sync(gate.release))
     )
   yield* Queue.take(handshaken).pipe(Effect.flatMap(admit), Effect.forever, FiberSet.run(fibers))
 
@@ -644,112 +231,15 @@ export const make: Effect.Effect<
     })
   )
 
-  const dial = (dialOptions: DialOptions): Effect.Effect<QuicConnection, DialError, Scope.Scope> => {
-    const { host, port, expectedNodeIds } = dialOptions
-    const fail = (reason: DialError["reason"], detail: string) =>
-      new DialError({ host, port, reason, detail })
-    if (!Number.isInteger(port) || port < 1 || port > 65535 || !isValidHost(host))
-      return Effect.fail(fail("invalid-address", `not a valid address: ${host}:${port}`))
-    if (expectedNodeIds.length === 0) return Effect.fail(fail("mismatch", "no expected NodeId given"))
-    const timeout =
-      dialOptions.timeout === undefined ? options.connectTimeout : Duration.decode(dialOptions.timeout)
-    const timeoutMs = Duration.toMillis(timeout)
-
-    const attempt = (current: TlsConfig) => {
-      const check = new DialCheck(expectedNodeIds)
-      return Effect.async<QUICClient, DialError>((resume) => {
-        const controller = new AbortController()
-        const slow = dialOptions.whenSlow
-        const slowTimer =
-          slow === undefined
-            ? undefined
-            : setTimeout(slow.run, Duration.toMillis(Duration.decode(slow.after)))
-        slowTimer?.unref()
-        const pending = QUICClient.createQUICClient(
-          {
-            host,
-            port,
-            socket,
-            crypto: clientCrypto,
-            config: {
-              key: current.keyPrivatePem,
-              cert: current.certChainPem,
-              verifyPeer: true,
-              verifyCallback: verifyCallback(runtime, keyRing, check),
-              ...timings
-            },
-            logger: silentLogger
-          },
-          { signal: controller.signal, timer: timeoutMs }
-        )
-        let abandoned = false
-        const settled = pending.then(
-          (client) => {
-            clearTimeout(slowTimer)
-            check.expected = undefined
-            if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
-            resume(Effect.succeed(client))
-          },
-          (error: unknown) => {
-            clearTimeout(slowTimer)
-            check.expected = undefined
-            if (abandoned) return
-            const rejection = check.rejection
-            resume(Effect.fail(rejection ? fail(rejection.reason, rejection.detail) : classify(error)))
-          }
-        )
-        return Effect.promise(() => {
-          abandoned = true
-          clearTimeout(slowTimer)
-          controller.abort(new Error("dial interrupted"))
-          return settled
-        })
-      }).pipe(Effect.map((client) => ({ client, remoteNodeId: check.verified! })))
-    }
-
-    const classify = (error: unknown): DialError => {
-      if (
-        error instanceof quicErrors.ErrorQUICClientCreateTimeout ||
-        error instanceof quicErrors.ErrorQUICConnectionStartTimeout
-      )
-        return fail("timeout", `no connection within ${Duration.format(timeout)}`)
-      if (stopping || error instanceof quicErrors.ErrorQUICServerSocketNotRunning)
-        return fail("stopped", "the transport is stopping")
-      if (
-        error instanceof quicErrors.ErrorQUICHostInvalid ||
-        error instanceof quicErrors.ErrorQUICClientInvalidHost
-      )
-        return fail("invalid-address", describe(error))
-      if (error instanceof quicErrors.ErrorQUICClientInvalidArgument)
-        return fail("unreachable", describe(error))
-      if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return fail("timeout", "no answer")
-      if (
-        error instanceof quicErrors.ErrorQUICConnectionLocalTLS ||
-        error instanceof quicErrors.ErrorQUICConnectionPeerTLS
-      )
-        return fail("tls", describe(error))
-      if (error instanceof quicErrors.ErrorQUICConnectionPeer)
-        return fail("unreachable", `peer refused: ${describe(error)}`)
-      return fail("unreachable", describe(error))
-    }
-
-    // The attempt itself is interruptible (the caller); once it has produced a connection,
-    // the connection is registered and tied to the caller's scope atomically. The timeout is
-    // js-quic's own timer: it aborts the attempt like an interruption does, without a race
-    // fiber on the hot path.
-    return Effect.uninterruptibleMask((restore) =>
-      restore(
-        stopping
-          ? Effect.fail(fail("stopped", "the transport is stopping"))
-          : Effect.flatMap(keyRing.tlsConfig, attempt)
-      ).pipe(
-        Effect.flatMap(({ client, remoteNodeId }) =>
-          Effect.sync(() => new WrappedConnection(ctx, client.connection, "forward", remoteNodeId, client))
-        ),
-        Effect.tap(closeWithScope)
-      )
-    )
-  }
+  const dial = makeDial({
+    socket,
+    keyRing,
+    runtime,
+    connections: ctx,
+    connectTimeout: options.connectTimeout,
+    timings,
+    isStopping: () => stopping
+  })
 
   const sendDatagram = (host: string, port: number, data: Uint8Array) =>
     Effect.tryPromise({
@@ -768,19 +258,24 @@ export const make: Effect.Effect<
     dial,
     incoming: Stream.fromQueue(incoming),
     sendDatagram,
-    failure: Deferred.await(failure)
+    failure: Deferred.await(failure),
+    stats: Effect.sync(() => ({
+      connections: ctx.live.size,
+      quicConnections: quicConnectionCount(socket),
+      handshakesInProgress: gate.inProgress,
+      handshakesHighWater: gate.highWater,
+      handshakesRefused: gate.refused,
+      maxInboundHandshakes: gate.cap
+    }))
   }
-  statsOf.set(service, () => ({
-    connections: ctx.live.size,
-    quicConnections: (socket as unknown as { connectionMap: { size: number } }).connectionMap.size,
-    handshakesInProgress: inProgress,
-    handshakesHighWater: highWater,
-    handshakesRefused: refused,
-    maxInboundHandshakes: cap
-  }))
-  internalsOf.set(service, { socket, server })
-  return service
+  return { transport: service, internals: { socket, server } }
 })
+
+export const make: Effect.Effect<
+  QuicTransportService,
+  TransportError,
+  KeyRing | QuicTransportConfig | Scope.Scope
+> = Effect.map(makeWithInternals, (built) => built.transport)
 
 /** The live transport: binds on build, closes every connection, the server and the socket on release. */
 export const layer: Layer.Layer<QuicTransport, TransportError, KeyRing | QuicTransportConfig> = Layer.scoped(

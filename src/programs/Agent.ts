@@ -11,7 +11,6 @@ import { ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Sche
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as Node from "../layers/Node.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
-import * as QuicTransportLive from "../layers/QuicTransportLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import { NodeGraph } from "../services/NodeGraph.js"
@@ -95,7 +94,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
           Effect.gen(function* () {
             const connections = yield* cm.listConnections
             const nodes = yield* graph.size
-            const counts = QuicTransportLive.stats(transport)
+            const counts = transport.stats === undefined ? undefined : yield* transport.stats
             return {
               status: "LIVE" as const,
               nodeId: NodeId.encode(cm.nodeId),

@@ -113,6 +113,30 @@ export interface QuicTransportService {
   readonly sendDatagram: (host: string, port: number, data: Uint8Array) => Effect.Effect<void, TransportError>
   /** Fails when the socket or server stops without being asked to; never succeeds. */
   readonly failure: Effect.Effect<never, TransportError>
+  /**
+   * What the transport holds right now (diagnostics: the agent's status, tests). Optional: a
+   * transport that keeps no such counts leaves it out.
+   */
+  readonly stats?: Effect.Effect<TransportStats>
+}
+
+/** A transport's connections and inbound handshakes right now. */
+export interface TransportStats {
+  /** Connections handed out and not yet closed (forward and reverse). */
+  readonly connections: number
+  /** Connections in the QUIC socket's map, including handshakes in progress. */
+  readonly quicConnections: number
+  /** Inbound connections started but not yet handshaken and verified. */
+  readonly handshakesInProgress: number
+  /** The most `handshakesInProgress` has ever been. */
+  readonly handshakesHighWater: number
+  /**
+   * Inbound connection attempts dropped at the `maxInboundHandshakes` cap (counted per
+   * packet: a client that retransmits its Initial counts again).
+   */
+  readonly handshakesRefused: number
+  /** The cap on `handshakesInProgress` (the transport's `maxInboundHandshakes`). */
+  readonly maxInboundHandshakes: number
 }
 
 export class QuicTransport extends Context.Tag("quicmesh/QuicTransport")<

@@ -1,0 +1,72 @@
+/**
+ * quicErrors: js-quic's errors read as quicmesh's: a one-line description, the `CloseReason`
+ * a connection error stands for, and the `DialError` a failed dial becomes.
+ */
+import { errors as quicErrors } from "@matrixai/quic"
+import { Duration } from "effect"
+import { type CloseReason, DialError } from "../services/QuicTransport.js"
+
+/** An error's message, with its causes' after it in parentheses. */
+export const describe = (e: unknown): string => {
+  if (e instanceof Error) {
+    const cause = (e as { cause?: unknown }).cause
+    const own = e.message || e.constructor.name
+    return cause instanceof Error ? `${own} (${describe(cause)})` : own
+  }
+  return String(e)
+}
+
+const textDecoder = new TextDecoder()
+
+/** The reason a js-quic connection error stands for. */
+export const closeReasonOf = (error: unknown): CloseReason => {
+  const data = (error as { data?: { reason?: Uint8Array; errorCode?: number; isApp?: boolean } }).data
+  const reasonText = data?.reason && data.reason.byteLength > 0 ? textDecoder.decode(data.reason) : undefined
+  const detail =
+    reasonText ??
+    (error instanceof Error && error.message !== "" ? error.message : (error as object).constructor.name)
+  if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return { _tag: "IdleTimeout" }
+  if (
+    error instanceof quicErrors.ErrorQUICConnectionPeerTLS ||
+    error instanceof quicErrors.ErrorQUICConnectionPeer
+  )
+    return { _tag: "Peer", detail }
+  if (error instanceof quicErrors.ErrorQUICConnectionLocal) return { _tag: "Local", detail }
+  return { _tag: "Error", detail: describe(error) }
+}
+
+/**
+ * The `DialError` a failed js-quic dial to `host:port` becomes (`timeout` is the dial's, for
+ * the message; `stopping` tells whether the transport is stopping).
+ */
+export const dialErrorOf = (
+  error: unknown,
+  host: string,
+  port: number,
+  timeout: Duration.Duration,
+  stopping: boolean
+): DialError => {
+  const fail = (reason: DialError["reason"], detail: string) => new DialError({ host, port, reason, detail })
+  if (
+    error instanceof quicErrors.ErrorQUICClientCreateTimeout ||
+    error instanceof quicErrors.ErrorQUICConnectionStartTimeout
+  )
+    return fail("timeout", `no connection within ${Duration.format(timeout)}`)
+  if (stopping || error instanceof quicErrors.ErrorQUICServerSocketNotRunning)
+    return fail("stopped", "the transport is stopping")
+  if (
+    error instanceof quicErrors.ErrorQUICHostInvalid ||
+    error instanceof quicErrors.ErrorQUICClientInvalidHost
+  )
+    return fail("invalid-address", describe(error))
+  if (error instanceof quicErrors.ErrorQUICClientInvalidArgument) return fail("unreachable", describe(error))
+  if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return fail("timeout", "no answer")
+  if (
+    error instanceof quicErrors.ErrorQUICConnectionLocalTLS ||
+    error instanceof quicErrors.ErrorQUICConnectionPeerTLS
+  )
+    return fail("tls", describe(error))
+  if (error instanceof quicErrors.ErrorQUICConnectionPeer)
+    return fail("unreachable", `peer refused: ${describe(error)}`)
+  return fail("unreachable", describe(error))
+}

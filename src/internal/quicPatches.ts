@@ -1,0 +1,86 @@
+/**
+ * quicPatches: every place quicmesh reaches past `@matrixai/quic`'s public API, one function
+ * each. The members used here are private (not in js-quic's typings, or `protected` there),
+ * so they may change in any release: package.json pins js-quic to the exact version they were
+ * read from, and `test/quicPatches.test.ts` checks each one on real js-quic objects.
+ */
+import type Logger from "@matrixai/logger"
+import {
+  native,
+  type QUICConnection,
+  type QUICServer,
+  type QUICSocket,
+  type QUICStream
+} from "@matrixai/quic"
+
+/**
+ * A logger that drops everything. js-quic logs every state change at INFO through the
+ * `@matrixai/logger` it is given; it calls only `debug`, `info` and `getChild` on it (`warn`
+ * and `error` are here for safety). The object stands in for a `Logger`, whose class it is not.
+ */
+export const silentLogger: Logger = (() => {
+  const noop = () => {}
+  const logger = { debug: noop, info: noop, warn: noop, error: noop, getChild: () => logger }
+  return logger as unknown as Logger
+})()
+
+/**
+ * The error a js-quic connection closed with (or is closing with), if any: js-quic records each
+ * error it dispatches in `errorLast` (protected in its typings, `null` until then) as it
+ * handles it, before it closes the connection. Read instead of listening for the errors: a
+ * listener costs each connection ~0.3 KiB (js-quic's wrapper closure, its records and the
+ * EventTarget's).
+ */
+export const connectionError = (connection: QUICConnection): unknown =>
+  (connection as unknown as { errorLast?: unknown }).errorLast ?? undefined
+
+/**
+ * The streams a js-quic connection has now, from its `streamMap` (a `Map` of stream id to
+ * `QUICStream`, not in its typings): the peer's streams that arrived before we listened.
+ */
+export const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICStream> => {
+  const map = (connection as unknown as { streamMap?: Map<number, QUICStream> }).streamMap
+  return map ? [...map.values()] : []
+}
+
+/**
+ * How many connections a js-quic socket routes packets to: the size of its `connectionMap`
+ * (not in its typings), which holds every connection from its start, handshakes included,
+ * until it has stopped.
+ */
+export const quicConnectionCount = (socket: QUICSocket): number =>
+  (socket as unknown as { connectionMap: { size: number } }).connectionMap.size
+
+/** The packet header js-quic's socket parses (quiche's `Header`; the fields read here). */
+export interface PacketHeader {
+  readonly ty: number
+  readonly token?: Uint8Array | null
+}
+
+/** quiche's packet type of an Initial packet. */
+export const initialPacketType: number = native.Type.Initial
+
+/**
+ * `QUICServer.acceptConnection` (not in js-quic's typings): the socket calls it for each
+ * packet of a connection it does not know, and it answers with a version negotiation or a
+ * stateless retry (no state made), or makes, starts and returns a server connection (an
+ * Initial packet with a valid retry token), or drops the packet (`undefined`).
+ */
+export type AcceptConnection = (
+  remoteInfo: unknown,
+  header: PacketHeader,
+  dcid: unknown,
+  data: unknown
+) => Promise<QUICConnection | undefined>
+
+/**
+ * Replaces `server.acceptConnection` by `wrap(original)`, the original bound to the server:
+ * the one point where an inbound connection can be refused before js-quic makes any state.
+ */
+export const wrapAcceptConnection = (
+  server: QUICServer,
+  wrap: (accept: AcceptConnection) => AcceptConnection
+): void => {
+  const internal = server as unknown as { acceptConnection: AcceptConnection }
+  internal.acceptConnection = wrap(internal.acceptConnection.bind(server))
+}
