@@ -1,7 +1,9 @@
 /**
- * A whole node from its parts: give it a KeyRing layer and a NodeGraph layer (live or
- * in-memory), and the transport and manager options; get the ConnectionManager with every
- * service it stands on (KeyRing, NodeGraph, QuicTransport, RpcServer, PeerRpc).
+ * A whole node from its parts, over any transport: give it a KeyRing layer, a NodeGraph layer,
+ * a QuicTransport layer (QuicTransportLive from "quicmesh/node", or a simulated one from
+ * "quicmesh/testing") with its options, and the manager's options; get the ConnectionManager
+ * with every service it stands on (KeyRing, NodeGraph, QuicTransport, RpcServer, PeerRpc).
+ * `NodeLive.layer` is this composition on real QUIC.
  */
 import { Effect, Layer } from "effect"
 import type { ConnectionManager } from "../services/ConnectionManager.js"
@@ -13,7 +15,6 @@ import { type QuicTransport, QuicTransportConfig } from "../services/QuicTranspo
 import type { RpcConfig, RpcServer } from "../services/RpcServer.js"
 import * as ConnectionManagerLive from "./ConnectionManagerLive.js"
 import * as PeerRpcLive from "./PeerRpcLive.js"
-import * as QuicTransportLive from "./QuicTransportLive.js"
 
 export type NodeServices = ConnectionManager | KeyRing | NodeGraph | QuicTransport | RpcServer | PeerRpc
 
@@ -62,18 +63,3 @@ export const transportConfigFor = (
       ...overrides
     }))
   )
-
-/** A node on real QUIC. */
-export const layer = <E1, E2>(parts: {
-  readonly keyRing: Layer.Layer<KeyRing, E1>
-  readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
-  readonly transport?: Partial<typeof QuicTransportConfig.defaults>
-  readonly config: Layer.Layer<ConnectionManagerConfig>
-}) =>
-  layerWith({
-    keyRing: parts.keyRing,
-    nodeGraph: parts.nodeGraph,
-    transport: QuicTransportLive.layer,
-    transportConfig: transportConfigFor(parts.transport ?? {}),
-    config: parts.config
-  })

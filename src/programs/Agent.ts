@@ -9,8 +9,8 @@ import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
-import * as Node from "../layers/Node.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
+import * as NodeLive from "../layers/NodeLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import { NodeGraph } from "../services/NodeGraph.js"
@@ -58,7 +58,7 @@ export const managerOptionsFromEnv = (
 
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */
 export const nodeLayer = (options: AgentOptions, managerOptions: CMConfig.ConnectionManagerOptions) =>
-  Node.layer({
+  NodeLive.layer({
     keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
     nodeGraph: NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") }),
     transport: { host: options.host, port: options.port },
