@@ -1,0 +1,57 @@
+/**
+ * quicmesh: a peer-to-peer node connection manager over QUIC, built with Effect.
+ *
+ * `import { ConnectionManager, NodeId, … } from "quicmesh"`: the services (each a
+ * `Context.Tag` with its interface, errors and options), the domain types, the connection
+ * manager and the other layers that run on any transport, and `Node`, the composition of a
+ * whole node from its parts. Nothing here loads native or platform code: the live layers on
+ * `@matrixai/quic`, lmdb and key files are in "quicmesh/node", the simulated network in
+ * "quicmesh/testing".
+ */
+
+// ---- Domain types ------------------------------------------------------------------------
+
+/** A host and a UDP port: the one address type, with its parser, normaliser and checks. */
+export * as Address from "./services/Address.js"
+
+/** A node at one address (`Contact`), its wire form (`WireContact`) and the calling peer (`Caller`). */
+export * as Contact from "./services/Contact.js"
+
+/** A node's identity: the 32-byte Ed25519 public key, its text form, XOR distance and buckets. */
+export * as NodeId from "./services/NodeId.js"
+
+// ---- Services ----------------------------------------------------------------------------
+
+/** The agent RPC: its `@effect/rpc` methods and wire errors. */
+export * as AgentRpc from "./services/AgentRpc.js"
+/** Connections to other nodes keyed by NodeId, lookups, joining, hole-punch signalling. */
+export * as ConnectionManager from "./services/ConnectionManager.js"
+/** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`. */
+export * as ConnectionManagerConfig from "./services/ConnectionManagerConfig.js"
+/** The node's Ed25519 identity and X.509 certificate chain (live layer in "quicmesh/node"). */
+export * as KeyRing from "./services/KeyRing.js"
+/** The Kademlia routing table (lmdb layer in "quicmesh/node", memory layer `NodeGraphMemory`). */
+export * as NodeGraph from "./services/NodeGraph.js"
+/** What the connection manager needs from the agent RPC: serve it, and call a peer. */
+export * as PeerRpc from "./services/PeerRpc.js"
+/** One UDP port with a QUIC server and every dial, authenticated by NodeId (live layer in "quicmesh/node"). */
+export * as QuicTransport from "./services/QuicTransport.js"
+/** Serving the agent RPC on a connection's streams, and `RpcConfig`, its limits. */
+export * as RpcServer from "./services/RpcServer.js"
+
+// ---- Layers on any transport -------------------------------------------------------------
+
+/** The connection manager's layer. */
+export * as ConnectionManagerLive from "./layers/ConnectionManagerLive.js"
+/** A whole node from its parts over any transport (`Node.layerWith`). */
+export * as Node from "./layers/Node.js"
+
+/** A NodeGraph held in memory only. */
+export * as NodeGraphMemory from "./layers/NodeGraphMemory.js"
+
+/** PeerRpc over the agent RPC (`RpcServerLive` and `RpcClientLive`). */
+export * as PeerRpcLive from "./layers/PeerRpcLive.js"
+/** The `@effect/rpc` client of the agent RPC over a QUIC connection. */
+export * as RpcClientLive from "./layers/RpcClientLive.js"
+/** The agent RPC served on QUIC streams with `@effect/rpc`. */
+export * as RpcServerLive from "./layers/RpcServerLive.js"
