@@ -42,8 +42,21 @@ const env = Object.fromEntries(
   )
 )
 
-const run = (command: string, args: ReadonlyArray<string>, cwd: string, timeout = 120_000) =>
-  execFileSync(command, args, { cwd, env, encoding: "utf8", timeout, stdio: ["ignore", "pipe", "pipe"] })
+/** Runs a command to its end; a failure's message carries what the command printed. */
+const run = (command: string, args: ReadonlyArray<string>, cwd: string, timeout = 120_000) => {
+  try {
+    return execFileSync(command, args, {
+      cwd,
+      env,
+      encoding: "utf8",
+      timeout,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+  } catch (error) {
+    const { stdout, stderr } = error as { readonly stdout?: string; readonly stderr?: string }
+    throw new Error(`${command} ${args.join(" ")} failed:\n${stdout ?? ""}${stderr ?? ""}`, { cause: error })
+  }
+}
 
 const newestMtime = (dir: string): number =>
   Math.max(
