@@ -4,9 +4,9 @@
  * `import { ConnectionManager, NodeId, … } from "quicmesh"`: the services (each a
  * `Context.Tag` with its interface, errors and options), the domain types, the connection
  * manager and the other layers that run on any transport, and `Node`, the composition of a
- * whole node from its parts. Nothing here loads native or platform code: the live layers on
- * `@matrixai/quic`, lmdb and key files are in "quicmesh/node", the simulated network in
- * "quicmesh/testing".
+ * whole node from its parts. Nothing here loads `@matrixai/quic`, lmdb, the X.509 library or
+ * the CLI: the live layers on them (QUIC, the routing table on disk, key files) are in
+ * "quicmesh/node", the simulated network in "quicmesh/testing".
  */
 
 // ---- Domain types ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
 const readme = readFileSync(join(root, "README.md"), "utf8")
 const example = readFileSync(join(root, "examples", "library.ts"), "utf8")
 
-/** Packages the main entry must not load: native code, the platform layers' libraries, the CLI. */
+/** Packages the main entry must not load: the live layers' libraries (QUIC, lmdb, X.509) and the CLI. */
 const NOT_IN_MAIN = ["@effect/cli", "@matrixai/quic", "lmdb", "@peculiar/x509", "reflect-metadata"]
 
 // npm run sets npm_* variables (the repository's prefix among them); the nested npm must not see them.
@@ -185,7 +185,7 @@ describe("the packed tarball", () => {
     expect(output.trim()).toBe(pkg.version)
   }, 60_000)
 
-  it("installed: the main entry loads no CLI, native or platform code; one copy of effect; internals are hidden", () => {
+  it("installed: the main entry loads no CLI, QUIC, lmdb or X.509 code; one copy of effect; internals are hidden", () => {
     writeFileSync(
       join(project, "log-resolve.mjs"),
       [
