@@ -1,6 +1,9 @@
 /**
  * SimNetwork: a simulated world of hosts, NATs and links in which each node's
- * `QuicTransport` is an in-memory endpoint (see `src/layers/SimWorld.ts`).
+ * `QuicTransport` is an in-memory endpoint. Its layers are in `src/layers/SimWorld.ts`; the
+ * world itself in `src/internal/simNetwork/` (`world.ts` and the modules it names: the
+ * scheduler, hosts, links and partitions, NATs, packets, dials, connections, streams, the
+ * transport endpoint, the trace and the PRNG).
  *
  * - Hosts have IPv4-looking addresses: public ones `1.0.x.y`, NATed ones a private
  *   `10.x.y.z` behind a NAT whose external address is public.
