@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Stream } from "effect"
 import * as PeerRpcLive from "../src/layers/PeerRpcLive.js"
+import type { WireContact } from "../src/services/Contact.js"
+import * as NodeId from "../src/services/NodeId.js"
 import { type AgentHandlers, PeerRpc } from "../src/services/PeerRpc.js"
 import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig } from "../src/services/RpcServer.js"
-import { simPair } from "./fixtures/simPair.js"
+import { idOf, simPair } from "./fixtures/simPair.js"
 
 const handlers: AgentHandlers = {
   touch: () => Effect.void,
@@ -63,5 +65,31 @@ describe("PeerRpcLive client", () => {
         })
       ),
     30_000
+  )
+})
+
+describe("PeerRpcLive serve", () => {
+  it.effect("each connection is answered by the handlers it was served with", () =>
+    simPair(({ a, b }) =>
+      Effect.gen(function* () {
+        const rpc = Context.get(
+          yield* Layer.build(PeerRpcLive.layer.pipe(Layer.provide(RpcConfig.layer()))),
+          PeerRpc
+        )
+        const answering = (n: number): AgentHandlers => ({
+          ...handlers,
+          closestNodes: () =>
+            Effect.succeed([{ nodeIdEncoded: NodeId.encode(idOf(n)), host: `1.0.0.${n}`, port: 1314 }])
+        })
+        // One PeerRpc serves both ends, each with handlers of its own.
+        yield* rpc.serve(b, answering(7))
+        yield* rpc.serve(a, answering(8))
+        const closest = (connection: typeof a) =>
+          Effect.flatMap(rpc.client(connection), (client) => Stream.runCollect(client.closestNodes(idOf(3))))
+        const hosts = (contacts: Iterable<WireContact>) => Array.from(contacts, (c) => c.host)
+        expect(hosts(yield* closest(a))).toEqual(["1.0.0.7"])
+        expect(hosts(yield* closest(b))).toEqual(["1.0.0.8"])
+      })
+    )
   )
 })

@@ -145,4 +145,25 @@ describe("PeerRpcSim", () => {
       })
     )
   )
+
+  it.effect("each connection is answered by the handlers it was served with", () =>
+    pair(({ sim, a, b }) =>
+      Effect.gen(function* () {
+        const rpc = PeerRpcSim.make(sim, Duration.seconds(15))
+        const answering = (c: WireContact): AgentHandlers => ({
+          ...recording().handlers,
+          closestNodes: () => Effect.succeed([c])
+        })
+        // One PeerRpc serves both ends, each with handlers of its own.
+        yield* rpc.serve(b, answering(contact))
+        yield* rpc.serve(a, answering(farther))
+        expect(yield* (yield* rpc.client(a)).closestNodesUpTo(idOf(3), 20, Duration.seconds(5))).toEqual([
+          contact
+        ])
+        expect(yield* (yield* rpc.client(b)).closestNodesUpTo(idOf(3), 20, Duration.seconds(5))).toEqual([
+          farther
+        ])
+      })
+    )
+  )
 })

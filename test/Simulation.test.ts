@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Effect, Either, Option } from "effect"
 import { replayCommand, run as runSimCommand } from "../src/programs/SimCommand.js"
 import { renderHtml, renderText } from "../src/programs/SimReport.js"
 import {
@@ -110,13 +110,10 @@ describe("Simulation", () => {
     })
 
     it("NAT mixes parse, and bad ones are refused with a reason", () => {
-      expect(parseNatMix("none:70, restricted:30")).toEqual({
-        _tag: "Right",
-        right: { none: 70, restricted: 30 }
-      })
+      expect(parseNatMix("none:70, restricted:30")).toEqual(Either.right({ none: 70, restricted: 30 }))
       const bad = parseNatMix("none:1,carrier-grade:2")
-      expect(bad._tag === "Left" && bad.left).toMatch(/unknown NAT type "carrier-grade"/)
-      expect(parseNatMix("none:-1")._tag).toBe("Left")
+      expect(Either.isLeft(bad) && bad.left).toMatch(/unknown NAT type "carrier-grade"/)
+      expect(Either.isLeft(parseNatMix("none:-1"))).toBe(true)
     })
 
     it.effect(

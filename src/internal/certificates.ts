@@ -4,9 +4,10 @@
  * - A node's certificate is self-signed, subject `CN=<NodeIdEncoded>`, signed with Ed25519.
  * - After a key renewal the chain is `[newLeaf, oldSelfSigned]`: the new leaf is issued by the
  *   old key, which proves that the new NodeId continues the old one.
- * - `verifyCertChain` runs in the QUIC TLS verify callback on every handshake. It parses with
- *   `@peculiar/x509` and checks signatures synchronously with `node:crypto` over the exact
- *   to-be-signed bytes of each certificate.
+ * - Certificates are made with `@peculiar/x509`.
+ * - `verifyCertChain` runs in the QUIC TLS verify callback on every handshake. It reads the
+ *   fields it checks with a small strict DER reader of its own and checks signatures
+ *   synchronously with `node:crypto` over the exact to-be-signed bytes of each certificate.
  *
  * Nothing here logs or puts private key material into an error.
  */
@@ -434,7 +435,14 @@ export const verifyCertChain = (
       parsed.push(parseCert(certs[i]!))
     } catch (e) {
       if (e instanceof Malformed) return fail("malformed", i, e.detail)
-      return fail("malformed", i, "not a DER X.509 certificate")
+      return Either.left(
+        new CertificateError({
+          reason: "malformed",
+          index: i,
+          detail: "not a DER X.509 certificate",
+          cause: e
+        })
+      )
     }
   }
   const leaf = parsed[0]!

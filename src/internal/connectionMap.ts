@@ -1,7 +1,7 @@
 /**
  * The connection map: one entry per remote NodeId, usage counts, idle timers, and the
- * simultaneous-open rule. Pure bookkeeping over QuicConnections; dialling lives in
- * ConnectionManagerLive.
+ * simultaneous-open rule. Pure bookkeeping over QuicConnections; the manager dials them and
+ * sets them up.
  *
  * Simultaneous open: when two connections join the same pair of nodes, both sides keep
  * the one initiated by the smaller NodeId. The larger node closes the connection it

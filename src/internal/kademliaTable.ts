@@ -8,9 +8,9 @@
  * The table is plain synchronous code; `toService` wraps it as a `NodeGraphService`, optionally
  * with a `TablePersistence` whose writes are started in the same synchronous step as the
  * in-memory change (so the store sees writes in table order) and awaited before the operation
- * succeeds.
+ * succeeds (unless a `setNode` is told not to wait: `awaitCommit: false`).
  */
-import { Effect, Either, Option } from "effect"
+import { Effect, Either, Option, Predicate } from "effect"
 import * as Address from "../services/Address.js"
 import {
   type AddressScope,
@@ -198,7 +198,7 @@ export class KademliaTable {
   /** Inserts or refreshes; validation is the caller's job (see `toService`). */
   set(nodeId: NodeId, address: NodeAddress, now: number): SetNodeResult {
     const plan = this.plan(nodeId, address, now)
-    if (plan._tag === "Write") this.apply(plan.entry)
+    if (Predicate.isTagged(plan, "Write")) this.apply(plan.entry)
     return plan.result
   }
 
@@ -347,7 +347,9 @@ const storageError = (detail: string) => (cause: unknown) => new NodeGraphStorag
 /**
  * `NodeGraphService` over `table`. Without `persistence` every operation is synchronous; with
  * it, a change is made in memory and its write started in one synchronous step, then the write
- * is awaited; if it fails the in-memory change is undone and the error returned.
+ * is awaited; if it fails the in-memory change is undone and the error returned. A `setNode`
+ * with `awaitCommit: false` returns without waiting; a write of it that fails is undone and
+ * handed to `onWriteBehindFailure`.
  */
 export const toService = (
   table: KademliaTable,
@@ -395,7 +397,7 @@ export const toService = (
       if (Either.isLeft(valid)) return Effect.fail(valid.left)
       return Effect.flatMap(currentTimeMillis, (now) => {
         const plan = table.plan(id.right, valid.right, now)
-        if (plan._tag === "Full") return Effect.succeed(plan.result)
+        if (Predicate.isTagged(plan, "Full")) return Effect.succeed(plan.result)
         const { entry, previous } = plan
         table.apply(entry)
         return write(

@@ -44,10 +44,10 @@ export const verifyNow = (certs: ReadonlyArray<Uint8Array>): Effect.Effect<NodeI
     Effect.suspend(() => {
       try {
         return verifyCertChain(certs, new Date(now))
-      } catch {
+      } catch (cause) {
         // verifyCertChain returns its failures; this only guards against the unforeseen.
         return Either.left(
-          new CertificateError({ reason: "malformed", index: 0, detail: "unverifiable chain" })
+          new CertificateError({ reason: "malformed", index: 0, detail: "unverifiable chain", cause })
         )
       }
     })

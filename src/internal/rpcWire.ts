@@ -9,7 +9,7 @@
 import { Socket } from "@effect/platform"
 import { RpcSerialization } from "@effect/rpc"
 import type { FromServerEncoded } from "@effect/rpc/RpcMessage"
-import { Cause, Effect, Exit, Fiber, Mailbox, Option, Schema } from "effect"
+import { Cause, Effect, Exit, Fiber, Mailbox, Option, Predicate, Schema } from "effect"
 import { AgentRpcWireError, RpcMalformedMessageError, RpcMessageTooLargeError } from "../services/AgentRpc.js"
 
 export const HEADER_BYTES = 4
@@ -27,8 +27,14 @@ export const encodeFrame = (message: unknown): { readonly frame: Uint8Array; rea
   return { frame, size: body.length }
 }
 
+/** A decoded message as it came from the peer: an object with a string `_tag`, nothing checked besides. */
+export type TaggedMessage = { readonly _tag: string }
+
+const isTaggedMessage = (value: unknown): value is TaggedMessage =>
+  Predicate.hasProperty(value, "_tag") && Predicate.isString(value._tag)
+
 /** The body of one frame as a tagged object, or a malformed-message error. */
-export const decodeBody = (body: Uint8Array): { readonly _tag: string } | RpcMalformedMessageError => {
+export const decodeBody = (body: Uint8Array): TaggedMessage | RpcMalformedMessageError => {
   let values: ReadonlyArray<unknown>
   try {
     // A fresh parser per frame: the msgpack parser buffers an incomplete value for the next
@@ -38,9 +44,9 @@ export const decodeBody = (body: Uint8Array): { readonly _tag: string } | RpcMal
     return new RpcMalformedMessageError({ detail: `not MessagePack: ${String((e as Error)?.message ?? e)}` })
   }
   const value = values.length === 1 ? values[0] : undefined
-  if (typeof value !== "object" || value === null || typeof (value as { _tag?: unknown })._tag !== "string")
-    return new RpcMalformedMessageError({ detail: "expected one tagged message per frame" })
-  return value as { readonly _tag: string }
+  return isTaggedMessage(value)
+    ? value
+    : new RpcMalformedMessageError({ detail: "expected one tagged message per frame" })
 }
 
 export type FramePush =
@@ -121,7 +127,7 @@ export type ReadEnd =
   /** `onMessage` asked to stop. */
   | { readonly _tag: "Stopped" }
 
-type Inbound = { readonly _tag: string } | RpcMessageTooLargeError | RpcMalformedMessageError
+type Inbound = TaggedMessage | RpcMessageTooLargeError | RpcMalformedMessageError
 
 const isRefusal = (m: Inbound): m is RpcMessageTooLargeError | RpcMalformedMessageError =>
   m instanceof RpcMessageTooLargeError || m instanceof RpcMalformedMessageError
@@ -137,7 +143,7 @@ const textEncoder = new TextEncoder()
 export const readMessages = <R>(
   socket: Socket.Socket,
   limit: number,
-  onMessage: (message: { readonly _tag: string }) => Effect.Effect<boolean, RpcMalformedMessageError, R>
+  onMessage: (message: TaggedMessage) => Effect.Effect<boolean, RpcMalformedMessageError, R>
 ): Effect.Effect<ReadEnd, never, R> =>
   Effect.gen(function* () {
     const inbox = yield* Mailbox.make<Inbound>()
@@ -145,7 +151,7 @@ export const readMessages = <R>(
     const reader = yield* socket
       .runRaw((chunk) => {
         const pushed = decoder.push(typeof chunk === "string" ? textEncoder.encode(chunk) : chunk)
-        if (pushed._tag === "TooLarge") {
+        if (Predicate.isTagged(pushed, "TooLarge")) {
           inbox.unsafeOffer(new RpcMessageTooLargeError({ size: pushed.size, limit }))
           return Effect.fail(stopRun)
         }

@@ -1,7 +1,7 @@
 /**
  * A binary min-heap of timed entries ordered by (at, seq): the earliest first, and among
- * equal times the one scheduled first. Both the simulated network's event queue and the
- * simulation's virtual clock run on it.
+ * equal times the one scheduled first. The simulated network's event queue, the simulation's
+ * virtual clock and the connection map's idle deadlines run on it.
  */
 export interface Timed {
   readonly at: number

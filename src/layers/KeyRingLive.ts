@@ -90,7 +90,8 @@ export const writeFileAtomic = (
         await dir.close()
       }
     },
-    catch: (e) => new KeyRingError({ path: file, reason, detail: `could not write: ${describe(e)}` })
+    catch: (cause) =>
+      new KeyRingError({ path: file, reason, detail: `could not write: ${describe(cause)}`, cause })
   })
 
 /**
@@ -99,7 +100,8 @@ export const writeFileAtomic = (
  */
 export const readKeyFile = (file: string): Effect.Effect<Option.Option<Ed25519KeyPair>, KeyRingError> =>
   Effect.gen(function* () {
-    const unreadable = (detail: string) => new KeyRingError({ path: file, reason: "unreadable", detail })
+    const unreadable = (detail: string, cause?: unknown) =>
+      new KeyRingError({ path: file, reason: "unreadable", detail, cause })
     const content = yield* Effect.tryPromise({
       try: async () => {
         let handle: fs.FileHandle
@@ -107,7 +109,7 @@ export const readKeyFile = (file: string): Effect.Effect<Option.Option<Ed25519Ke
           handle = await fs.open(file, "r")
         } catch (e) {
           if (isNotFound(e)) return Either.right(Option.none<Buffer>())
-          return Either.left(unreadable(`cannot open: ${describe(e)}`))
+          return Either.left(unreadable(`cannot open: ${describe(e)}`, e))
         }
         try {
           const stat = await handle.stat()
@@ -127,7 +129,7 @@ export const readKeyFile = (file: string): Effect.Effect<Option.Option<Ed25519Ke
           await handle.close()
         }
       },
-      catch: (e) => unreadable(`cannot read: ${describe(e)}`)
+      catch: (e) => unreadable(`cannot read: ${describe(e)}`, e)
     }).pipe(Effect.flatten)
     if (Option.isNone(content)) return Option.none()
     const parsed = keyPairFromPem(content.value)
@@ -162,8 +164,13 @@ export const make = (options: KeyRingLiveOptions): Effect.Effect<KeyRingService,
 
     yield* Effect.tryPromise({
       try: () => fs.mkdir(dir, { recursive: true, mode: DIR_MODE }),
-      catch: (e) =>
-        new KeyRingError({ path: dir, reason: "write-failed", detail: `cannot create: ${describe(e)}` })
+      catch: (cause) =>
+        new KeyRingError({
+          path: dir,
+          reason: "write-failed",
+          detail: `cannot create: ${describe(cause)}`,
+          cause
+        })
     })
 
     const makeChain = (keyPair: Ed25519KeyPair, previous?: Ed25519KeyPair) =>

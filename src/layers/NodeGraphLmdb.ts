@@ -7,13 +7,14 @@
  * - sub-database `buckets`: key = bucket index (uint32), value = last refresh time (ms);
  * - sub-database `meta`: key `owner` = the NodeId the table was written for.
  *
- * Every change is acknowledged only after lmdb has committed it, so a process killed at any
- * moment keeps every acknowledged write. On open, all nodes are loaded; if the owner NodeId
+ * Every change is acknowledged only after lmdb has committed it (except a `setNode` told not
+ * to wait, `awaitCommit: false`), so a process killed at any moment keeps every acknowledged
+ * write. On open, all nodes are loaded; if the owner NodeId
  * changed (key renewal), the buckets are laid out anew around the new NodeId, our own NodeId is
  * dropped if stored, bucket refresh times (relative to the old NodeId) are cleared, and nodes
  * beyond k in a bucket (least recently seen first) are deleted.
  */
-import { Effect, Layer, Runtime, type Scope } from "effect"
+import { Effect, Either, Layer, Runtime, type Scope } from "effect"
 import { type Database, open, type RootDatabase } from "lmdb"
 import {
   BUCKET_COUNT,
@@ -103,7 +104,7 @@ const decodeNode = (key: Uint8Array, value: unknown): TableEntry | undefined => 
   for (const a of addresses.slice(0, MAX_ADDRESSES)) {
     if (typeof a !== "object" || a === null) return undefined
     const checked = validateAddress(a as NodeAddress)
-    if (checked._tag === "Left") return undefined
+    if (Either.isLeft(checked)) return undefined
     valid.push(checked.right)
   }
   return {

@@ -1,7 +1,7 @@
 /**
  * PeerRpc over the agent RPC: the connection manager's view of `RpcServer` and the agent
- * client. The handlers the manager provides are registered once (a Deferred), so the RPC
- * server's handler layer can be built before the manager that implements it.
+ * client. `serve(connection, handlers)` serves the RPC server on `connection` with `handlers`
+ * in the context of its calls; the server's handlers (`handlersLayer`) delegate to them.
  */
 import {
   Cause,
@@ -15,6 +15,7 @@ import {
   Exit,
   FiberId,
   Layer,
+  Match,
   Scope,
   Stream
 } from "effect"
@@ -39,64 +40,63 @@ import {
 } from "../services/RpcServer.js"
 import * as RpcServerLive from "./RpcServerLive.js"
 
-/** Where the manager registers its handlers; the RPC handlers wait for them. */
-export class AgentHandlersRegistry extends Context.Tag("quicmesh/AgentHandlersRegistry")<
-  AgentHandlersRegistry,
-  Deferred.Deferred<AgentHandlers>
->() {
-  static readonly layer = Layer.effect(AgentHandlersRegistry, Deferred.make<AgentHandlers>())
-}
+/** The handlers `serve` was given for the connection a call arrived on. */
+export class ServedHandlers extends Context.Tag("quicmesh/PeerRpcLive/ServedHandlers")<
+  ServedHandlers,
+  AgentHandlers
+>() {}
 
-/** The agent RPC handlers, delegating to what the manager registered. */
-export const handlersLayer = AgentRpcs.toLayer(
-  Effect.gen(function* () {
-    const registry = yield* AgentHandlersRegistry
-    const handlers = Deferred.await(registry)
-    return {
-      nodesPing: ({ nonce }) =>
-        Effect.gen(function* () {
-          const h = yield* handlers
-          yield* h.touch(yield* Caller)
-          return { nonce }
-        }),
-      nodesClosestLocalNodesGet: ({ nodeIdEncoded }) =>
-        Stream.unwrap(
-          Effect.gen(function* () {
-            const caller = yield* Caller
-            const h = yield* handlers
-            yield* h.touch(caller)
-            const target = NodeId.decode(nodeIdEncoded)
-            if (Either.isLeft(target)) return Stream.empty
-            const contacts = yield* h.closestNodes(caller, target.right)
-            return Stream.fromIterable(contacts as ReadonlyArray<WireContact>)
-          })
-        ),
-      nodesHolePunchSignal: (payload) =>
-        Effect.gen(function* () {
-          const caller = yield* Caller
-          const h = yield* handlers
-          yield* h.touch(caller)
-          yield* h
-            .holePunchSignal(caller, payload)
-            .pipe(
-              Effect.mapError(
-                (e) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail: e.detail })
-              )
-            )
-        })
-    }
-  })
+const servedHandlers = Effect.orDieWith(
+  Effect.serviceOptional(ServedHandlers),
+  () => new Error("a connection served without agent handlers (serve it with PeerRpc.serve)")
+)
+
+/** The agent RPC handlers, delegating to the ones served on the call's connection. */
+export const handlersLayer = AgentRpcs.toLayer({
+  nodesPing: ({ nonce }) =>
+    Effect.gen(function* () {
+      const h = yield* servedHandlers
+      yield* h.touch(yield* Caller)
+      return { nonce }
+    }),
+  nodesClosestLocalNodesGet: ({ nodeIdEncoded }) =>
+    Stream.unwrap(
+      Effect.gen(function* () {
+        const caller = yield* Caller
+        const h = yield* servedHandlers
+        yield* h.touch(caller)
+        const target = NodeId.decode(nodeIdEncoded)
+        if (Either.isLeft(target)) return Stream.empty
+        const contacts = yield* h.closestNodes(caller, target.right)
+        return Stream.fromIterable(contacts as ReadonlyArray<WireContact>)
+      })
+    ),
+  nodesHolePunchSignal: (payload) =>
+    Effect.gen(function* () {
+      const caller = yield* Caller
+      const h = yield* servedHandlers
+      yield* h.touch(caller)
+      yield* h
+        .holePunchSignal(caller, payload)
+        .pipe(
+          Effect.mapError((e) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail: e.detail }))
+        )
+    })
+})
+
+/** What a failed call reads as: timeouts and broken streams are ours, the rest the peer's. */
+const reasonOf = Match.type<AgentCallError | RpcHandlerError>().pipe(
+  Match.tags({
+    RpcTimeoutError: () => "timeout" as const,
+    RpcStreamError: () => "connection" as const
+  }),
+  Match.orElse(() => "remote" as const)
 )
 
 const callError =
   (method: string) =>
   (e: AgentCallError | RpcHandlerError): PeerCallError =>
-    new PeerCallError({
-      method,
-      reason:
-        e._tag === "RpcTimeoutError" ? "timeout" : e._tag === "RpcStreamError" ? "connection" : "remote",
-      detail: e.message
-    })
+    new PeerCallError({ method, reason: reasonOf(e), detail: e.message, cause: e })
 
 /**
  * A call whose connection closes under it is interrupted by the client's own scope, not by
@@ -301,22 +301,26 @@ class LazyClient implements PeerClient {
 
 export const make = Effect.gen(function* () {
   const server = yield* RpcServer
-  const registry = yield* AgentHandlersRegistry
+  // The context made for the last handlers served: a node serves every connection with the
+  // same handlers, so a connection costs no context of its own.
+  let served: Context.Context<ServedHandlers> | undefined
+  const contextOf = (handlers: AgentHandlers) => {
+    if (served === undefined || Context.get(served, ServedHandlers) !== handlers)
+      served = Context.make(ServedHandlers, handlers)
+    return served
+  }
   return PeerRpc.of({
-    serve: (connection, handlers) =>
-      Deferred.succeed(registry, handlers).pipe(Effect.zipRight(server.serve(connection))),
+    serve: (connection, handlers) => server.serve(connection, contextOf(handlers)),
     client: (connection) => Effect.map(Effect.scope, (scope) => new LazyClient(server, connection, scope))
   })
 })
 
 /** PeerRpc alone, over an RpcServer whose handlers come from `handlersLayer`. */
-export const layerWithoutServer: Layer.Layer<PeerRpc, never, RpcServer | AgentHandlersRegistry> =
-  Layer.effect(PeerRpc, make)
+export const layerWithoutServer: Layer.Layer<PeerRpc, never, RpcServer> = Layer.effect(PeerRpc, make)
 
 /** The whole agent RPC stack: RpcServer (with the delegating handlers) and PeerRpc over it. */
 export const layer: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig> = layerWithoutServer.pipe(
-  Layer.provideMerge(RpcServerLive.layer.pipe(Layer.provide(handlersLayer))),
-  Layer.provide(AgentHandlersRegistry.layer)
+  Layer.provideMerge(RpcServerLive.layer.pipe(Layer.provide(handlersLayer)))
 )
 
 /** The RPC limits taken from the connection manager's options. */

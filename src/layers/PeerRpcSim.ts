@@ -131,7 +131,12 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
                   : Exit.fail(
                       Cause.isInterruptedOnly(exit.cause)
                         ? callError(method, "connection", "the peer stopped serving the connection")
-                        : callError(method, "remote", describe(exit.cause))
+                        : new PeerCallError({
+                            method,
+                            reason: "remote",
+                            detail: describe(exit.cause),
+                            cause: Cause.squash(exit.cause)
+                          })
                     )
               )
             )

@@ -13,10 +13,17 @@
  * `RpcMessageTooLargeError`. Every call is bounded by `rpcCallTimeoutTime`.
  */
 import { Socket } from "@effect/platform"
-import { RpcClient, type RpcClientError } from "@effect/rpc"
+import { RpcClient, RpcClientError } from "@effect/rpc"
 import type { FromClientEncoded, FromServerEncoded } from "@effect/rpc/RpcMessage"
-import { Duration, Effect, ExecutionStrategy, Exit, Scope, Stream } from "effect"
-import { encodeFrame, exitOfDefect, failureExit, type ReadEnd, readMessages } from "../internal/rpcWire.js"
+import { Duration, Effect, ExecutionStrategy, Exit, Match, Predicate, Scope, Stream } from "effect"
+import {
+  encodeFrame,
+  exitOfDefect,
+  failureExit,
+  type ReadEnd,
+  readMessages,
+  type TaggedMessage
+} from "../internal/rpcWire.js"
 import {
   AgentRpcs,
   type AgentRpcWireError,
@@ -30,10 +37,17 @@ import { type AgentClient, RpcConfig, type RpcOptions } from "../services/RpcSer
 
 type WriteResponse = (message: FromServerEncoded) => Effect.Effect<void>
 
-const errorOfEnd = (end: ReadEnd): AgentRpcWireError =>
-  end._tag === "Refused"
-    ? end.error
-    : new RpcStreamError({ detail: end._tag === "Reset" ? end.detail : "the stream ended before an answer" })
+/** Why the calls still waiting on a stream fail when reading it ends. */
+const errorOfEnd: (end: ReadEnd) => AgentRpcWireError = Match.type<ReadEnd>().pipe(
+  Match.tagsExhaustive({
+    Refused: (end): AgentRpcWireError => end.error,
+    Reset: (end) => new RpcStreamError({ detail: end.detail }),
+    Eof: () => new RpcStreamError({ detail: "the stream ended before an answer" }),
+    Stopped: () => new RpcStreamError({ detail: "the stream ended before an answer" })
+  })
+)
+
+const isRefused = (end: ReadEnd) => Predicate.isTagged(end, "Refused")
 
 const resetEvent = new Socket.CloseEvent(4000, "rpc call abandoned")
 
@@ -46,7 +60,7 @@ const perCallProtocol = (connection: QuicConnection, limit: number, writeRespons
 
   const call = (id: string, frame: Uint8Array) => {
     let answered = false
-    const onMessage = (message: { readonly _tag: string }) => {
+    const onMessage = (message: TaggedMessage) => {
       const m = message as FromServerEncoded
       switch (m._tag) {
         case "Chunk":
@@ -73,7 +87,7 @@ const perCallProtocol = (connection: QuicConnection, limit: number, writeRespons
       yield* write(frame)
       const end = yield* readMessages(socket, limit, onMessage)
       if (!answered) {
-        if (end._tag === "Refused") yield* Effect.ignore(write(resetEvent))
+        if (isRefused(end)) yield* Effect.ignore(write(resetEvent))
         yield* writeResponse(failureExit(id, errorOfEnd(end)))
       }
     }).pipe(
@@ -131,7 +145,7 @@ const multiplexedProtocol = Effect.fnUntraced(function* (
     const socket = yield* connection.openStream.pipe(Scope.extend(streamScope))
     const write = yield* socket.writer.pipe(Scope.extend(streamScope))
     const carrier: Carrier = { write, inFlight: new Set() }
-    const onMessage = (message: { readonly _tag: string }) => {
+    const onMessage = (message: TaggedMessage) => {
       const m = message as FromServerEncoded
       switch (m._tag) {
         case "Chunk":
@@ -162,7 +176,7 @@ const multiplexedProtocol = Effect.fnUntraced(function* (
         Effect.gen(function* () {
           if (current === carrier) current = undefined
           yield* failAll(carrier, errorOfEnd(end))
-          if (end._tag === "Refused") yield* Effect.ignore(write(resetEvent))
+          if (isRefused(end)) yield* Effect.ignore(write(resetEvent))
         })
       ),
       Effect.ensuring(Scope.close(streamScope, Exit.void)),
@@ -215,6 +229,9 @@ export const makeProtocol = (connection: QuicConnection, options: RpcOptions) =>
 const fromClientError = (error: RpcClientError.RpcClientError) =>
   new RpcStreamError({ detail: error.message })
 
+const isRpcClientError = (u: unknown): u is RpcClientError.RpcClientError =>
+  Predicate.hasProperty(u, RpcClientError.TypeId)
+
 /** A client for calls to the peer of `connection`; its streams close with the scope. */
 export const make = (
   connection: QuicConnection,
@@ -229,10 +246,7 @@ export const make = (
     const timeoutMillis = Duration.toMillis(timeout)
     const bound = <A, E>(method: string, effect: Effect.Effect<A, E | RpcClientError.RpcClientError>) =>
       effect.pipe(
-        Effect.catchIf(
-          (e): e is RpcClientError.RpcClientError => (e as { _tag?: string })?._tag === "RpcClientError",
-          (e) => Effect.fail(fromClientError(e))
-        ),
+        Effect.catchIf(isRpcClientError, (e) => Effect.fail(fromClientError(e))),
         Effect.timeoutFail({
           duration: timeout,
           onTimeout: () => new RpcTimeoutError({ method, timeoutMillis })

@@ -4,7 +4,8 @@
  *
  * Each stream a peer opens is one `@effect/rpc` client (its own clientId): it may carry
  * one call (per-call clients) or many (multiplexed clients); calls run in parallel.
- * - The stream's connection is the `Caller` of every call on it.
+ * - The stream's connection is the `Caller` of every call on it; the calls also see the
+ *   context `serve` was given for that connection.
  * - A frame longer than `rpcParserBufferSize` is refused from its header: the stream gets a
  *   `RpcMessageTooLargeError` and is closed; the connection and its other streams go on.
  * - Bytes that are not a message: `RpcMalformedMessageError`, then the stream is closed.
@@ -20,8 +21,26 @@ import { RpcServer as EffectRpcServer, Rpc, RpcSchema } from "@effect/rpc"
 import type { FromServer, FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { RequestId } from "@effect/rpc/RpcMessage"
 import type { RpcMiddlewareWrap } from "@effect/rpc/RpcMiddleware"
-import { Deferred, Duration, Effect, Layer, Option, ParseResult, Schema, type Scope } from "effect"
-import { encodeFrame, failureExit, parseRequestId, readMessages, streamDefect } from "../internal/rpcWire.js"
+import {
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Layer,
+  Option,
+  ParseResult,
+  Predicate,
+  Schema,
+  type Scope
+} from "effect"
+import {
+  encodeFrame,
+  failureExit,
+  parseRequestId,
+  readMessages,
+  streamDefect,
+  type TaggedMessage
+} from "../internal/rpcWire.js"
 import {
   type AgentRpc,
   AgentRpcMiddleware,
@@ -33,7 +52,7 @@ import {
   RpcTimeoutError,
   RpcUnknownMethodError
 } from "../services/AgentRpc.js"
-import { Caller, type Contact } from "../services/Contact.js"
+import { Caller } from "../services/Contact.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
@@ -63,7 +82,8 @@ const schemasOf = (rpc: Rpc.AnyWithProps): Schemas => {
 
 /** What the server knows about one stream (one `@effect/rpc` client). */
 interface Session {
-  readonly caller: Contact
+  /** What every call on the stream sees: its `Caller`, and the services `serve` was given. */
+  readonly context: Context.Context<Caller>
   /** Requests in flight: their schemas, for encoding their answers. */
   readonly requests: Map<bigint, Schemas>
   /** Writes one frame; a failed write is ignored (the reading side notices the stream's end). */
@@ -86,7 +106,7 @@ export const make = Effect.gen(function* () {
     const session = sessions.get(clientId)
     if (session === undefined) return Effect.dieMessage(`no session for client ${clientId}`)
     return next.pipe(
-      Effect.provideService(Caller, session.caller),
+      Effect.provide(session.context),
       Effect.timeoutFail({
         duration: timeout,
         onTimeout: () => new RpcTimeoutError({ method: rpc._tag, timeoutMillis })
@@ -105,7 +125,7 @@ export const make = Effect.gen(function* () {
       session,
       failureExit(String(requestId), new RpcMessageTooLargeError({ size, limit }))
     )
-    if (message._tag === "Exit") return refused
+    if (Predicate.isTagged(message, "Exit")) return refused
     session.requests.delete(requestId)
     return Effect.zipRight(
       refused,
@@ -183,7 +203,7 @@ export const make = Effect.gen(function* () {
   const onMessage = (
     clientId: number,
     session: Session,
-    message: { readonly _tag: string }
+    message: TaggedMessage
   ): Effect.Effect<void, RpcMalformedMessageError> => {
     const m = message as Record<string, unknown>
     switch (message._tag) {
@@ -243,12 +263,12 @@ export const make = Effect.gen(function* () {
   }
 
   /** Serves one stream until the peer ends it (its calls then finish) or it fails. */
-  const serveStream = (socket: Socket.Socket, caller: Contact) =>
+  const serveStream = (socket: Socket.Socket, context: Context.Context<Caller>) =>
     Effect.gen(function* () {
       const clientId = nextClientId++
       const write = yield* socket.writer
       const session: Session = {
-        caller,
+        context,
         requests: new Map(),
         send: (frame) => Effect.ignore(write(frame)),
         ended: yield* Deferred.make<void>()
@@ -281,16 +301,22 @@ export const make = Effect.gen(function* () {
   /**
    * Serves every stream the peer opens, each in a fiber of its own started when the stream
    * arrives: an idle connection costs no fiber, and only this handler (holding the
-   * connection alone) until a stream comes; its `Caller` is made per stream.
+   * connection and `context`) until a stream comes; its `Caller` is made per stream.
    */
-  const serve = (connection: QuicConnection): Effect.Effect<void, never, Scope.Scope> =>
+  const serve = (
+    connection: QuicConnection,
+    context: Context.Context<never> = Context.empty()
+  ): Effect.Effect<void, never, Scope.Scope> =>
     connection.handleStreams((socket) =>
       Effect.ignore(
-        serveStream(socket, {
-          nodeId: connection.remoteNodeId,
-          host: connection.remoteHost,
-          port: connection.remotePort
-        })
+        serveStream(
+          socket,
+          Context.add(context, Caller, {
+            nodeId: connection.remoteNodeId,
+            host: connection.remoteHost,
+            port: connection.remotePort
+          })
+        )
       )
     )
 

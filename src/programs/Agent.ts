@@ -7,7 +7,17 @@ import { chmodSync, existsSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { ConfigProvider, Deferred, Duration, Effect, Either, Layer, Option, Schedule } from "effect"
+import {
+  ConfigProvider,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Predicate,
+  Schedule
+} from "effect"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
@@ -111,7 +121,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
           decode(nodeId).pipe(
             Effect.flatMap((id) => graph.setNode(id, { host, port, scope: "global" })),
             Effect.flatMap((r) =>
-              r._tag === "BucketFull"
+              Predicate.isTagged(r, "BucketFull")
                 ? Effect.fail(new ControlError({ message: `bucket ${r.bucketIndex} is full` }))
                 : Effect.void
             ),

@@ -1,5 +1,5 @@
 /**
- * The `quicmesh` command line: `agent start|status|stop`, `nodes …`, `identity`.
+ * The `quicmesh` command line: `agent start|status|stop`, `nodes …`, `identity`, `sim`.
  */
 import { existsSync } from "node:fs"
 import { connect } from "node:net"
@@ -11,7 +11,7 @@ import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { Config, Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
-import { ControlRpcs } from "./ControlApi.js"
+import { ControlError, ControlRpcs } from "./ControlApi.js"
 import {
   checkHost,
   checkPort,
@@ -136,12 +136,13 @@ const withAgent = <A>(
       )
     )
   }).pipe(
-    Effect.mapError((e: unknown) => {
-      const tag = (e as { _tag?: string })._tag
-      if (tag === "OperationError") return e as OperationError
-      if (tag === "ControlError") return new OperationError({ message: (e as Error).message })
-      return new OperationError({ message: `lost the agent at ${dir}: ${(e as Error).message ?? String(e)}` })
-    })
+    Effect.mapError((e: unknown) =>
+      e instanceof OperationError
+        ? e
+        : e instanceof ControlError
+          ? new OperationError({ message: e.message })
+          : new OperationError({ message: `lost the agent at ${dir}: ${(e as Error).message ?? String(e)}` })
+    )
   )
 
 // ---- agent ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 import { accessSync, constants, existsSync, statSync, writeFileSync } from "node:fs"
 import { dirname, resolve } from "node:path"
 import { Command, Options } from "@effect/cli"
-import { Effect, Option } from "effect"
+import { Effect, Either, Option } from "effect"
 import { OperationError, UsageError } from "./Input.js"
 import { renderHtml, renderText } from "./SimReport.js"
 import {
@@ -164,7 +164,7 @@ export const run = (p: Parsed) =>
     let nat: NatMix | undefined
     if (Option.isSome(p.nat)) {
       const parsed = parseNatMix(p.nat.value)
-      if (parsed._tag === "Left") return yield* usage(`invalid --nat: ${parsed.left}`)
+      if (Either.isLeft(parsed)) return yield* usage(`invalid --nat: ${parsed.left}`)
       nat = parsed.right
     }
     const reportFile = Option.map(p.report, (f) => resolve(f))

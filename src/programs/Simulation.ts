@@ -1,20 +1,34 @@
 /**
  * Simulation: whole networks of real connection managers in one process, on virtual time.
  *
- * Every node is the production stack (`Node.layerWith`: ConnectionManagerLive, PeerRpcLive over
- * the real @effect/rpc framing, an in-memory NodeGraph, KeyRingTest keys) whose transport is
- * the SimNetwork world. The whole run goes through `SimRuntime.simulate`: a virtual clock that
- * jumps to the next timer whenever every fiber waits, and a scheduler that runs fibers in a
- * fixed order. So a scenario is a pure function of its options: the same options give the
- * same trace hash and the same figures.
+ * Every node is the production connection manager (`ConnectionManagerLive.make`) with an
+ * in-memory NodeGraph and KeyRingTest keys, over a transport bound in the SimNetwork world; its
+ * services are provided by hand (a layer graph per node would cost more memory than the node).
+ * The agent RPC is PeerRpcSim by default (calls as messages on the simulated connections, one
+ * PeerRpc for the whole world), or with `rpc: "wire"` a PeerRpcLive per node (the real
+ * @effect/rpc framing as bytes on simulated streams). The whole run goes through
+ * `SimRuntime.simulate`: a virtual clock that jumps to the next timer whenever every fiber
+ * waits, and a scheduler that runs fibers in a fixed order. So a scenario is a pure function
+ * of its options: the same options give the same trace hash and the same figures.
  *
- * - `makeWorld`: a world to script by hand (tests): add nodes, join them, crash, restart,
- *   partition, look up.
+ * - `makeWorld`: a world to script by hand (tests): add nodes, join them, crash, restart and
+ *   look up; its `sim` partitions and heals the network.
  * - `runScenario`: build N nodes that join through a few seeds, optionally crash a fraction,
  *   run L lookups of random live targets from random live nodes, and report.
  */
 
-import { Context, Data, Duration, Effect, ExecutionStrategy, Exit, Layer, Option, Scope } from "effect"
+import {
+  Context,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  ExecutionStrategy,
+  Exit,
+  Layer,
+  Option,
+  Scope
+} from "effect"
 import * as ConnectionManagerLive from "../layers/ConnectionManagerLive.js"
 import * as KeyRingTest from "../layers/KeyRingTest.js"
 import * as NodeGraphMemory from "../layers/NodeGraphMemory.js"
@@ -103,31 +117,24 @@ export interface Progress {
 }
 
 /** Parses "none:60,restricted:20,full-cone:10,symmetric:10" (weights, or fractions). */
-export const parseNatMix = (text: string): Either<NatMix, string> => {
+export const parseNatMix = (text: string): Either.Either<NatMix, string> => {
   const mix: Partial<Record<NatType, number>> = {}
   const trimmed = text.trim()
-  if (trimmed === "") return { _tag: "Left", left: "empty NAT mix" }
+  if (trimmed === "") return Either.left("empty NAT mix")
   for (const part of trimmed.split(",")) {
     const [name, weight, ...rest] = part.split(":").map((s) => s.trim())
     if (rest.length > 0 || name === undefined || name === "")
-      return { _tag: "Left", left: `bad NAT mix entry "${part}": expected TYPE:WEIGHT` }
+      return Either.left(`bad NAT mix entry "${part}": expected TYPE:WEIGHT`)
     if (!(NAT_TYPES as ReadonlyArray<string>).includes(name))
-      return {
-        _tag: "Left",
-        left: `unknown NAT type "${name}": expected one of ${NAT_TYPES.join(", ")}`
-      }
+      return Either.left(`unknown NAT type "${name}": expected one of ${NAT_TYPES.join(", ")}`)
     const w = weight === undefined ? 1 : Number(weight)
     if (!Number.isFinite(w) || w < 0)
-      return { _tag: "Left", left: `bad weight "${weight}" for ${name}: expected a number ≥ 0` }
+      return Either.left(`bad weight "${weight}" for ${name}: expected a number ≥ 0`)
     mix[name as NatType] = (mix[name as NatType] ?? 0) + w
   }
-  if (Object.values(mix).every((w) => w === 0)) return { _tag: "Left", left: "every NAT weight is 0" }
-  return { _tag: "Right", right: mix }
+  if (Object.values(mix).every((w) => w === 0)) return Either.left("every NAT weight is 0")
+  return Either.right(mix)
 }
-
-type Either<R, L> =
-  | { readonly _tag: "Right"; readonly right: R }
-  | { readonly _tag: "Left"; readonly left: L }
 
 export const formatNatMix = (mix: NatMix) =>
   NAT_TYPES.filter((t) => (mix[t] ?? 0) > 0)

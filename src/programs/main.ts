@@ -1,7 +1,8 @@
 /**
  * Entry point of the `quicmesh` command. Exit codes: 0 success, 1 the operation ran but
  * failed, 2 bad usage or bad input. Errors are one line on stderr, never a stack trace.
- * SIGINT and SIGTERM interrupt the command (the agent runs every finalizer) and exit 0.
+ * SIGINT and SIGTERM interrupt the command: the agent runs every finalizer and exits 0; a
+ * one-shot command cut short exits 130.
  */
 import { HelpDoc, ValidationError } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
@@ -68,13 +69,15 @@ const isAgentStart = process.argv.slice(2).some((a, i, all) => a === "agent" && 
 
 const program = cli(process.argv).pipe(
   quietCliErrors,
-  Effect.catchAll((e: unknown) => {
-    const tag = (e as { _tag?: string })._tag
-    if (tag === "UsageError") return exitWith(2, (e as Error).message)
-    if (tag === "OperationError") return exitWith(1, (e as Error).message)
-    if (ValidationError.isValidationError(e)) return exitWith(2, describeValidationError(e))
-    return exitWith(1, oneLine(e instanceof Error ? e.message : String(e)))
+  Effect.catchTags({
+    UsageError: (e) => exitWith(2, e.message),
+    OperationError: (e) => exitWith(1, e.message)
   }),
+  Effect.catchAll((e: unknown) =>
+    ValidationError.isValidationError(e)
+      ? exitWith(2, describeValidationError(e))
+      : exitWith(1, oneLine(e instanceof Error ? e.message : String(e)))
+  ),
   Effect.catchAllDefect((defect) =>
     exitWith(1, `internal error: ${oneLine(Cause.pretty(Cause.die(defect)).split("\n")[0] ?? "")}`)
   ),

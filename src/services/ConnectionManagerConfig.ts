@@ -1,7 +1,8 @@
 /**
- * ConnectionManagerConfig: every option of the connection manager, with the reference's
- * defaults (SEMANTICS.md), as a service of its own: `layer(options)`, `layerDefaults`,
- * `layerFromEnv` (reads QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME=60 seconds, …).
+ * ConnectionManagerConfig: every option of the connection manager with its default (the
+ * reference connection manager's), as a service of its own: `layer(options)`,
+ * `layerDefaults`, and `layerFromConfig(seedNodes)`, which reads the options from the current
+ * ConfigProvider (`config`).
  */
 import { Config, Context, Duration, Effect, Layer } from "effect"
 import type { Contact } from "./Contact.js"
@@ -63,7 +64,12 @@ const durationOr = (name: string, fallback: Duration.Duration) =>
   Config.duration(name).pipe(Config.withDefault(fallback))
 const intOr = (name: string, fallback: number) => Config.integer(name).pipe(Config.withDefault(fallback))
 
-/** Options from config (environment by default): each option's name in CONSTANT_CASE. */
+/**
+ * The options (all but `seedNodes`) from the current ConfigProvider, each under its own name
+ * (`connectionIdleTimeoutTime`, …); a missing one takes its default. The agent reads them
+ * from the environment through a CONSTANT_CASE provider nested in QUICMESH
+ * (QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME="60 seconds", …).
+ */
 export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Config.all({
   connectionFindConcurrencyLimit: intOr(
     "connectionFindConcurrencyLimit",

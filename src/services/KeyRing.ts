@@ -16,6 +16,8 @@ export class KeyRingError extends Data.TaggedError("KeyRingError")<{
   readonly path: string
   readonly reason: "unreadable" | "corrupt" | "insecure-permissions" | "write-failed" | "renew-failed"
   readonly detail: string
+  /** The file system's error, when there was one. */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `key ring at ${this.path}: ${this.reason}: ${this.detail}`
@@ -27,6 +29,8 @@ export class CertificateError extends Data.TaggedError("CertificateError")<{
   readonly reason: "empty" | "malformed" | "expired" | "not-yet-valid" | "bad-signature" | "broken-chain"
   readonly index: number
   readonly detail: string
+  /** The parser's error, when it failed unexpectedly. */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `certificate ${this.index}: ${this.reason}: ${this.detail}`

@@ -1,7 +1,8 @@
 /**
  * PeerRpc: what the connection manager needs from the agent RPC, in its own terms:
- * serve the agent methods on a connection, and call them on a peer. The live layer adapts
- * the @effect/rpc server and client (RpcServer / AgentRpc) to this.
+ * serve the agent methods on a connection, and call them on a peer. PeerRpcLive adapts the
+ * @effect/rpc server and client (RpcServer / AgentRpc) to this; PeerRpcSim carries the calls
+ * as messages on simulated connections.
  */
 import { Context, Data, type Duration, type Effect, type Scope, type Stream } from "effect"
 import type { Address } from "./Address.js"
@@ -31,6 +32,8 @@ export class PeerCallError extends Data.TaggedError("PeerCallError")<{
   readonly method: string
   readonly reason: "timeout" | "connection" | "remote" | "invalid-response"
   readonly detail: string
+  /** The RPC layer's error, when the call failed with one. */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `${this.method}: ${this.reason}: ${this.detail}`
@@ -67,8 +70,9 @@ export interface AgentHandlers {
 
 export interface PeerRpcService {
   /**
-   * Serves the agent methods on `connection` from now until it (or the scope) closes, and
-   * returns at once: calls run in fibers started when they arrive.
+   * Serves the agent methods on `connection` with `handlers` from now until it (or the scope)
+   * closes, and returns at once: calls run in fibers started when they arrive. Each
+   * connection is answered by the handlers it was served with.
    */
   readonly serve: (
     connection: QuicConnection,

@@ -6,9 +6,9 @@
  * followed by that many bytes of MessagePack, carrying `@effect/rpc`'s encoded messages.
  * The server accepts any number of calls on any stream, so both client modes work:
  * `multiplexed` (the default: one stream per client carrying every call) and `per-call`
- * (a new QUIC stream per call). bench/rpc.ts measured multiplexed at about 0.7× the latency
- * of a raw js-quic echo over a new stream, per-call at about 2.5× (opening a stream costs
- * more than the call), so multiplexed is the default.
+ * (a new QUIC stream per call). Opening a stream costs more than a call on an open one, so
+ * multiplexed is the default; bench/rpc.ts compares both with a raw js-quic echo (figures
+ * in bench/results/latest.md).
  */
 import { Context, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
@@ -68,9 +68,13 @@ export interface RpcServerService {
    * Serves the agent RPC on every stream the peer opens on `connection`, each in a fiber of
    * its own started when the stream arrives; returns at once. Serving lasts until the
    * connection or the scope closes (the scope's close interrupts calls in progress).
-   * Handlers see the peer as `Caller`.
+   * Handlers see the peer as `Caller`, and the services of `context` (empty by default): what
+   * the calls of this connection, and no other, are answered with.
    */
-  readonly serve: (connection: QuicConnection) => Effect.Effect<void, never, Scope.Scope>
+  readonly serve: (
+    connection: QuicConnection,
+    context?: Context.Context<never>
+  ) => Effect.Effect<void, never, Scope.Scope>
   /** A client for calls to the peer of `connection`, with this server's limits. */
   readonly makeClient: (connection: QuicConnection) => Effect.Effect<AgentClient, never, Scope.Scope>
 }
