@@ -37,7 +37,7 @@ import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
 import * as NodeLive from "../src/layers/NodeLive.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
-import { ConnectionManager } from "../src/services/ConnectionManager.js"
+import { ConnectionManager, ConnectionManagerDiagnostics } from "../src/services/ConnectionManager.js"
 import * as CMConfig from "../src/services/ConnectionManagerConfig.js"
 import type { Contact } from "../src/services/Contact.js"
 import { KeyRing } from "../src/services/KeyRing.js"
@@ -309,7 +309,8 @@ const runMemory = async (kind: MemoryKind, warm: number, budgetMs: number) => {
         )
       )
     held = () => Effect.runPromise(Effect.map(cm.listConnections, (xs) => xs.length))
-    diagnostics = () => Effect.runPromise(cm.diagnostics)
+    const snapshot = Context.get(ctx, ConnectionManagerDiagnostics).snapshot
+    diagnostics = () => Effect.runPromise(snapshot)
     warmCalls = () =>
       Effect.runPromise(
         Effect.forEach(warmPeers, (p) => cm.pingNode(decodeId(p.nodeId)), { concurrency: 8, discard: true })

@@ -5,6 +5,7 @@
 import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Clock, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
+import * as Dns from "../src/services/Dns.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { ConnectionError } from "../src/services/QuicTransport.js"
 import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
@@ -388,14 +389,14 @@ describe("failures and cleanup", () => {
           scope: "local"
         })
       yield* a.graph.setNode(b.nodeId, { ...b.address, scope: "local" })
-      const before = yield* a.cm.diagnostics
+      const before = yield* a.diagnostics
       const lookup = yield* a.cm
         .getClosestGlobalNodes(nodeIdOf("interrupt-target"), { timeout: "60 seconds" })
         .pipe(Effect.fork)
-      yield* eventually(a.cm.diagnostics, (d) => d.pendingDials >= 3)
+      yield* eventually(a.diagnostics, (d) => d.pendingDials >= 3)
       yield* Fiber.interrupt(lookup)
       const after = yield* eventually(
-        a.cm.diagnostics,
+        a.diagnostics,
         (d) =>
           d.pendingDials === 0 &&
           d.inboundInProgress === 0 &&
@@ -426,6 +427,33 @@ describe("more of the reference's behaviour", () => {
       expect(info!.hostname).toBe("localhost")
       expect(["127.0.0.1", "::1"]).toContain(info!.host)
     })
+  )
+
+  it.scopedLive(
+    "multi-connection resolves a hostname through the Dns service, and says why one did not",
+    () =>
+      Effect.gen(function* () {
+        const b = yield* makeNode("static-dns-b")
+        const a = yield* makeNode("static-dns-a", {
+          dns: Dns.layerStatic({ "b.example": ["127.0.0.1"] })
+        })
+        const connected = yield* a.cm.getMultiConnection(
+          [b.nodeId],
+          [{ host: "B.example.", port: b.address.port }]
+        )
+        expect(connected.map(NodeId.encode)).toEqual([NodeId.encode(b.nodeId)])
+        const [info] = yield* a.cm.listConnections
+        expect(info).toMatchObject({ hostname: "B.example.", host: "127.0.0.1", port: b.address.port })
+        // A name the resolver does not know: nothing to dial, and the error names the lookup.
+        const c = yield* makeNode("static-dns-c", { dns: Dns.layerStatic({}) })
+        const error = yield* c.cm
+          .getMultiConnection([b.nodeId], [{ host: "nowhere.example", port: b.address.port }], {
+            timeout: "1 second"
+          })
+          .pipe(Effect.flip)
+        expect(error._tag).toBe("MultiConnectionError")
+        expect(error.detail).toMatch(/cannot resolve nowhere\.example: .*ENOTFOUND/)
+      })
   )
 
   it.scopedLive("work that fails with a connection error destroys the connection on release", () =>

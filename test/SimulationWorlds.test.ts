@@ -248,20 +248,20 @@ describe("Simulation worlds (100+ nodes)", () => {
           // the rest of the world is quiet (but for the pings to the seeds).
           yield* Effect.sleep("65 seconds")
           const before = yield* w.sim.stats
-          const diagnosticsBefore = yield* from.cm.diagnostics
+          const diagnosticsBefore = yield* from.diagnostics.snapshot
           expect(diagnosticsBefore.pendingDials).toBe(0)
           const fiber = yield* Effect.fork(w.lookup(from, target))
           yield* Effect.sleep("2 seconds")
           const during = yield* w.sim.stats
           expect(during.pendingDials).toBeGreaterThan(0)
-          expect((yield* from.cm.diagnostics).pendingDials).toBeGreaterThan(0)
+          expect((yield* from.diagnostics.snapshot).pendingDials).toBeGreaterThan(0)
           yield* Fiber.interrupt(fiber)
           yield* Effect.sleep("1 millis")
           const after = yield* w.sim.stats
           expect(after.pendingDials).toBe(before.pendingDials)
           expect(after.openConnectionEnds).toBe(before.openConnectionEnds)
           // The origin's manager is as it was: no dial, no extra background fiber, no timer.
-          const diagnosticsAfter = yield* from.cm.diagnostics
+          const diagnosticsAfter = yield* from.diagnostics.snapshot
           expect(diagnosticsAfter).toEqual(diagnosticsBefore)
           // Once the world's own events for the abandoned dials are past, none is left.
           yield* Effect.sleep("16 seconds")

@@ -1,14 +1,17 @@
 /**
  * A whole node on real QUIC: `Node.layerWith` with QuicTransportLive (`@matrixai/quic`) as
- * the transport. Give it a KeyRing layer (KeyRingLive), a NodeGraph layer (NodeGraphLmdb or
- * NodeGraphMemory), the transport's options (host, port, …; keep-alive and connect timeout
- * follow the manager's options unless given) and the manager's options.
+ * the transport and the system resolver (DnsNode) for hostnames. Give it a KeyRing layer
+ * (KeyRingLive), a NodeGraph layer (NodeGraphLmdb or NodeGraphMemory), the transport's options
+ * (host, port, …; keep-alive and connect timeout follow the manager's options unless given)
+ * and the manager's options.
  */
 import type { Layer } from "effect"
 import type { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
+import type { Dns } from "../services/Dns.js"
 import type { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraph } from "../services/NodeGraph.js"
 import type { QuicTransportConfig } from "../services/QuicTransport.js"
+import * as DnsNode from "./DnsNode.js"
 import * as Node from "./Node.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
 
@@ -17,11 +20,14 @@ export const layer = <E1, E2>(parts: {
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport?: Partial<typeof QuicTransportConfig.defaults>
   readonly config: Layer.Layer<ConnectionManagerConfig>
+  /** The system resolver (`DnsNode.layer`) unless given. */
+  readonly dns?: Layer.Layer<Dns>
 }) =>
   Node.layerWith({
     keyRing: parts.keyRing,
     nodeGraph: parts.nodeGraph,
     transport: QuicTransportLive.layer,
     transportConfig: Node.transportConfigFor(parts.transport ?? {}),
-    config: parts.config
+    config: parts.config,
+    dns: parts.dns ?? DnsNode.layer
   })

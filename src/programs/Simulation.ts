@@ -35,9 +35,10 @@ import * as NodeGraphMemory from "../layers/NodeGraphMemory.js"
 import * as PeerRpcLive from "../layers/PeerRpcLive.js"
 import * as PeerRpcSim from "../layers/PeerRpcSim.js"
 import * as SimNet from "../layers/SimWorld.js"
-import type { ConnectionManagerService } from "../services/ConnectionManager.js"
+import type { ConnectionManagerDiagnostics, ConnectionManagerService } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import type { Contact } from "../services/Contact.js"
+import * as Dns from "../services/Dns.js"
 import { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraphService } from "../services/NodeGraph.js"
 import { NodeGraph } from "../services/NodeGraph.js"
@@ -250,6 +251,7 @@ export interface SimNode {
   readonly port: number
   alive: boolean
   cm: ConnectionManagerService
+  diagnostics: ConnectionManagerDiagnostics["Type"]
   graph: NodeGraphService
   scope: Scope.CloseableScope
 }
@@ -301,6 +303,8 @@ export const makeWorld = (
     const wire = options.rpc === "wire"
     // Direct calls need nothing per node: one PeerRpc serves the whole world.
     const directRpc = PeerRpcSim.make(sim, CMConfig.defaults.rpcCallTimeoutTime)
+    // Simulated hosts are IP addresses: no name to resolve.
+    const dns = Dns.makeStatic({})
     const nodes: SimNode[] = []
     const seeds: SimNode[] = []
     let nextIndex = 0
@@ -354,14 +358,15 @@ export const makeWorld = (
               )
             : directRpc
           // The unchanged manager over the simulated transport and the chosen RPC layer.
-          const cm = yield* ConnectionManagerLive.make.pipe(
+          const { manager: cm, diagnostics } = yield* ConnectionManagerLive.makeWithDiagnostics.pipe(
             Effect.provideService(CMConfig.ConnectionManagerConfig, config),
             Effect.provideService(KeyRing, keyRing),
             Effect.provideService(NodeGraph, graph),
             Effect.provideService(QuicTransport, transport),
-            Effect.provideService(PeerRpc, peerRpc)
+            Effect.provideService(PeerRpc, peerRpc),
+            Effect.provideService(Dns.Dns, dns)
           )
-          return { scope, cm, graph }
+          return { scope, cm, diagnostics, graph }
         }).pipe(
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
@@ -386,6 +391,7 @@ export const makeWorld = (
           port: built.cm.port,
           alive: true,
           cm: built.cm,
+          diagnostics: built.diagnostics,
           graph: built.graph,
           scope: built.scope
         }
@@ -413,6 +419,7 @@ export const makeWorld = (
         if (node.alive) return
         const built = yield* build(node)
         node.cm = built.cm
+        node.diagnostics = built.diagnostics
         node.graph = built.graph
         node.scope = built.scope
         node.alive = true
@@ -578,7 +585,9 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
     // so that the network figures show what is left over, not what is merely still running.
     const settleStart = ctx.clock.elapsed
     const busy = Effect.map(
-      Effect.forEach(live, (n) => Effect.map(n.cm.diagnostics, (d) => d.pendingDials + d.backgroundFibers)),
+      Effect.forEach(live, (n) =>
+        Effect.map(n.diagnostics.snapshot, (d) => d.pendingDials + d.backgroundFibers)
+      ),
       (counts) => counts.some((c) => c > 0)
     )
     while ((yield* busy) && ctx.clock.elapsed - settleStart < SETTLE_LIMIT_MS) yield* Effect.sleep("1 second")

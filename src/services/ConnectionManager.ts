@@ -8,7 +8,7 @@ import type { Address } from "./Address.js"
 import type { Contact } from "./Contact.js"
 import type { NodeAddress } from "./NodeGraph.js"
 import type { NodeId, NodeIdEncoded } from "./NodeId.js"
-import type { PeerClient } from "./PeerRpc.js"
+import type { PeerCallError, PeerClient } from "./PeerRpc.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
 /** Options every operation takes. `timeout` defaults to `connectionConnectTimeoutTime`. */
@@ -52,6 +52,8 @@ export class NodeConnectionError extends Data.TaggedError("NodeConnectionError")
     | "closed"
     | "invalid-address"
   readonly detail: string
+  /** What failed underneath, when something did (the transport's DialError, a PeerCallError). */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `node ${this.nodeId}: ${this.reason}: ${this.detail}`
@@ -73,6 +75,8 @@ export class MultiConnectionError extends Data.TaggedError("MultiConnectionError
 export class RemoteQueryError extends Data.TaggedError("RemoteQueryError")<{
   readonly nodeId: NodeIdEncoded
   readonly detail: string
+  /** The failed call (a PeerCallError). */
+  readonly cause?: unknown
 }> {
   override get message() {
     return `query to ${this.nodeId} failed: ${this.detail}`
@@ -101,6 +105,7 @@ export interface LookupResult {
   readonly stats: LookupStats
 }
 
+/** Counts for tests and soak runs: what the manager holds and runs right now. */
 export interface ManagerDiagnostics {
   readonly connections: number
   /** Open connections kept beside the one in use (simultaneous open, duplicates). */
@@ -177,21 +182,27 @@ export interface ConnectionManagerService {
   readonly refreshBuckets: (options?: OperationOptions) => Effect.Effect<number>
   /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
   readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
+  /**
+   * Asks `relay` to pass a hole-punch request for `target` on (to ourselves: nothing is sent).
+   * Fails when the relay cannot be reached or refuses (a PeerCallError carrying its reason).
+   */
   readonly sendSignalingMessage: (
     relay: NodeId,
     source: NodeId,
     target: NodeId,
     address?: Address,
     options?: OperationOptions
-  ) => Effect.Effect<void>
+  ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
+  /**
+   * Passes a hole-punch request on to its target with the source's observed address, over a
+   * connection we already hold (never dials: without one it fails with "not-found").
+   */
   readonly relaySignalingMessage: (
     message: { readonly source: NodeId; readonly target: NodeId },
     sourceAddress: Address
-  ) => Effect.Effect<void>
+  ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   /** Connection added/removed and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>
-  /** Counts for tests and soak runs: what the manager holds and runs right now. */
-  readonly diagnostics: Effect.Effect<ManagerDiagnostics>
   /** Fails when the transport or RPC server stops unexpectedly. */
   readonly failure: Effect.Effect<never, ConnectionManagerStopped>
 }
@@ -199,4 +210,13 @@ export interface ConnectionManagerService {
 export class ConnectionManager extends Context.Tag("quicmesh/ConnectionManager")<
   ConnectionManager,
   ConnectionManagerService
+>() {}
+
+/**
+ * What the manager holds and runs right now, for tests and soak runs (not for applications).
+ * `ConnectionManagerLive.layer` provides it beside `ConnectionManager`.
+ */
+export class ConnectionManagerDiagnostics extends Context.Tag("quicmesh/ConnectionManagerDiagnostics")<
+  ConnectionManagerDiagnostics,
+  { readonly snapshot: Effect.Effect<ManagerDiagnostics> }
 >() {}

@@ -91,7 +91,7 @@ describe("a peer process killed mid-stream", () => {
         const goneAt = performance.now()
         yield* eventually(caller.cm.hasConnection(target), (has) => !has, "8 seconds")
         const goneMs = performance.now() - goneAt
-        const diag = yield* caller.cm.diagnostics
+        const diag = yield* caller.diagnostics
         expect(diag.connections).toBe(0)
 
         // The agent restarts on the same node path and port: same NodeId, new process.

@@ -29,7 +29,7 @@ const sample = (nodes: ReadonlyArray<TestNode>, t0: number) =>
     let backgroundFibers = 0
     let quicConnections = 0
     for (const n of nodes) {
-      const d = yield* n.cm.diagnostics
+      const d = yield* n.diagnostics
       connections += d.connections
       pendingDials += d.pendingDials
       backgroundFibers += d.backgroundFibers

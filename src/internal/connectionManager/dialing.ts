@@ -1,0 +1,294 @@
+/**
+ * Getting connections: an existing one, else one dial per NodeId (later callers join it), on
+ * the caller's address, a seed's, the graph's, or one a lookup finds. Handles count as use of
+ * the connection while they are held; work that fails because of the connection destroys it.
+ */
+import {
+  Cause,
+  Chunk,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberId,
+  Option,
+  Predicate,
+  type Scope,
+  Stream
+} from "effect"
+import type * as Address from "../../services/Address.js"
+import type {
+  LookupResult,
+  NodeConnectionError,
+  NodeConnectionHandle,
+  OperationOptions
+} from "../../services/ConnectionManager.js"
+import type { NodeGraphService } from "../../services/NodeGraph.js"
+import * as NodeId from "../../services/NodeId.js"
+import type { DialError } from "../../services/QuicTransport.js"
+import type { GraphUpkeep } from "./graphUpkeep.js"
+import type { DialSignal } from "./holePunch.js"
+import type { Records } from "./records.js"
+import type { ConnRecord, Entry, ManagerState, PendingDial } from "./state.js"
+
+/** True when the work on a connection failed because of the connection itself. */
+const isConnectionFailure = (exit: Exit.Exit<unknown, unknown>): boolean =>
+  Exit.isFailure(exit) &&
+  Chunk.some(
+    Cause.failures(exit.cause),
+    (e) =>
+      Predicate.isTagged(e, "ConnectionError") ||
+      (Predicate.isTagged(e, "PeerCallError") && (e as { reason?: string }).reason === "connection")
+  )
+
+const dialReason = (e: DialError): NodeConnectionError["reason"] => {
+  switch (e.reason) {
+    case "mismatch":
+      return "mismatch"
+    case "timeout":
+      return "timeout"
+    case "stopped":
+      return "stopped"
+    case "invalid-address":
+      return "invalid-address"
+    default:
+      return "unreachable"
+  }
+}
+
+type GetOptions = OperationOptions & { readonly address?: Address.Address }
+
+export interface Dialing {
+  /** A handle on `record` (by default the entry's current one). */
+  readonly handleOf: (entry: Entry, record?: ConnRecord) => NodeConnectionHandle
+  /** Existing connection, else find the node's address, else dial. */
+  readonly getEntry: (
+    nodeId: NodeId.NodeId,
+    options?: GetOptions
+  ) => Effect.Effect<Entry, NodeConnectionError>
+  readonly getConnection: (
+    nodeId: NodeId.NodeId,
+    options?: GetOptions
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
+  readonly getConnectionWithAddress: (
+    nodeId: NodeId.NodeId,
+    address: Address.Address,
+    options?: OperationOptions
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
+  readonly acquireConnection: (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError, Scope.Scope>
+  readonly withConnection: <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Effect.Effect<A, E, R>,
+    options?: OperationOptions
+  ) => Effect.Effect<A, E | NodeConnectionError, R>
+  readonly withConnectionStream: <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
+    options?: OperationOptions
+  ) => Stream.Stream<A, E | NodeConnectionError, R>
+  readonly destroyConnection: (nodeId: NodeId.NodeId, reason?: string) => Effect.Effect<void>
+}
+
+export const make = (
+  state: ManagerState,
+  deps: {
+    readonly graph: NodeGraphService
+    readonly records: Records
+    readonly addToGraph: GraphUpkeep["addToGraph"]
+    readonly slowDialSignal: (target: NodeId.NodeId, timeout: Duration.Duration) => DialSignal
+    readonly getClosestGlobalNodes: (
+      target: NodeId.NodeId,
+      options?: OperationOptions
+    ) => Effect.Effect<LookupResult>
+  }
+): Dialing => {
+  const { self, seeds, isSeedNode, map, pending, timeoutOf, fail } = state
+  const { graph, addToGraph, slowDialSignal, getClosestGlobalNodes } = deps
+  const { dialRecord, ensureCapacity } = deps.records
+
+  /**
+   * Joins the dial already running for `nodeId`, or runs `start` in this fiber. One dial per
+   * NodeId: later callers wait for the first one's result, and if the first caller is
+   * interrupted (which stops its dial) the next one starts again.
+   */
+  const joinDial = (
+    nodeId: NodeId.NodeId,
+    timeout: Duration.Duration,
+    start: Effect.Effect<Entry, NodeConnectionError>
+  ): Effect.Effect<Entry, NodeConnectionError> => {
+    const timedOut = () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
+    // The first caller's dial is bounded by the transport's own connect timeout (no race
+    // fiber on the path of every new connection); later callers wait at most `timeout`.
+    const attempt: Effect.Effect<Entry, NodeConnectionError> = Effect.suspend(() => {
+      const existing = map.get(nodeId)
+      if (existing) return Effect.succeed(existing)
+      const key = NodeId.encode(nodeId) as string
+      const running = pending.get(key)
+      if (running) {
+        running.deferred ??= Deferred.unsafeMake(FiberId.none)
+        return Deferred.await(running.deferred).pipe(
+          // The first caller was interrupted: its dial stopped; try again.
+          Effect.catchAllCause((cause) =>
+            Cause.isInterruptedOnly(cause) ? attempt : Effect.failCause(cause)
+          ),
+          Effect.timeoutFail({ duration: timeout, onTimeout: timedOut })
+        )
+      }
+      const dial: PendingDial = { deferred: undefined }
+      pending.set(key, dial)
+      return Effect.interruptible(start).pipe(
+        Effect.onExit((exit) =>
+          Effect.suspend(() => {
+            if (pending.get(key) === dial) pending.delete(key)
+            return dial.deferred === undefined ? Effect.void : Deferred.done(dial.deferred, exit)
+          })
+        )
+      )
+    })
+    return attempt
+  }
+
+  /** Dial `nodeId` on each address at once; the first that proves to be it wins. */
+  const dialEntry = (
+    nodeId: NodeId.NodeId,
+    addresses: ReadonlyArray<Address.Address>,
+    timeout: Duration.Duration
+  ): Effect.Effect<Entry, NodeConnectionError> => {
+    const punching = !isSeedNode(nodeId) && seeds.length > 0
+    // One signalling for all addresses: started by the first slow dial, stopped after the last.
+    const signal = punching ? slowDialSignal(nodeId, timeout) : undefined
+    const attempt = (address: Address.Address) =>
+      dialRecord([nodeId], address, timeout, undefined, signal?.whenSlow).pipe(
+        Effect.mapError((e) =>
+          fail(
+            nodeId,
+            dialReason(e),
+            e.reason === "timeout" && punching
+              ? `${e.message}; hole punching through ${seeds.length} seed(s) did not open a path either (both behind NATs that map each destination to a new port, e.g. symmetric NATs, cannot be traversed)`
+              : e.message,
+            e
+          )
+        ),
+        Effect.flatMap(map.adopt),
+        Effect.tap(() => addToGraph(nodeId, address.host, address.port))
+      )
+    const direct =
+      addresses.length === 0
+        ? Effect.fail(fail(nodeId, "not-found", "no address known"))
+        : addresses.length === 1
+          ? attempt(addresses[0]!)
+          : Effect.raceAll(addresses.map(attempt))
+    return ensureCapacity(nodeId).pipe(
+      Effect.zipRight(signal ? Effect.ensuring(direct, signal.stop) : direct)
+    )
+  }
+
+  const handleOf = (entry: Entry, record: ConnRecord = entry.record): NodeConnectionHandle => ({
+    nodeId: entry.nodeId,
+    connection: record.connection,
+    client: record.client
+  })
+
+  /** Gives back one use of `record`; work that failed with a connection error destroys it. */
+  const releaseUse = (entry: Entry) => (record: ConnRecord, exit: Exit.Exit<unknown, unknown>) =>
+    map.release(entry, record, isConnectionFailure(exit))
+
+  const getConnectionWithAddress = (
+    nodeId: NodeId.NodeId,
+    address: Address.Address,
+    options?: OperationOptions
+  ) =>
+    Effect.suspend(() => {
+      if (NodeId.equals(nodeId, self))
+        return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const timeout = timeoutOf(options)
+      return joinDial(nodeId, timeout, dialEntry(nodeId, [address], timeout)).pipe(Effect.map(handleOf))
+    })
+
+  const getEntry = (nodeId: NodeId.NodeId, options?: GetOptions): Effect.Effect<Entry, NodeConnectionError> =>
+    Effect.suspend(() => {
+      if (NodeId.equals(nodeId, self))
+        return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const existing = map.get(nodeId)
+      if (existing) return Effect.succeed(existing)
+      const timeout = timeoutOf(options)
+      // Where to dial: the caller's address, else a seed's configured one, else the graph, else a lookup.
+      const seed = seeds.find((s) => NodeId.equals(s.nodeId, nodeId))
+      const known = options?.address ?? (seed ? { host: seed.host, port: seed.port } : undefined)
+      const resolve: Effect.Effect<ReadonlyArray<Address.Address>, NodeConnectionError> = known
+        ? Effect.succeed([known])
+        : graph
+            .getNode(nodeId)
+            .pipe(
+              Effect.flatMap((contact) =>
+                Option.isSome(contact) && contact.value.addresses.length > 0
+                  ? Effect.succeed(contact.value.addresses)
+                  : getClosestGlobalNodes(nodeId, { timeout }).pipe(
+                      Effect.flatMap((r) =>
+                        Option.isSome(r.address)
+                          ? Effect.succeed([r.address.value])
+                          : Effect.fail(
+                              fail(nodeId, "not-found", "the node could not be found in the network")
+                            )
+                      )
+                    )
+              )
+            )
+      // Resolve outside the joined dial: a lookup dials the target itself (joining that dial
+      // from inside would wait on itself). The lookup usually leaves the connection made.
+      return resolve.pipe(
+        Effect.flatMap((addresses) => {
+          const now = map.get(nodeId)
+          return now ? Effect.succeed(now) : joinDial(nodeId, timeout, dialEntry(nodeId, addresses, timeout))
+        })
+      )
+    })
+
+  const getConnection = (nodeId: NodeId.NodeId, options?: GetOptions) =>
+    Effect.map(getEntry(nodeId, options), handleOf)
+
+  // Getting the entry stays interruptible; only taking the usage is protected with its release.
+  const acquireConnection = (nodeId: NodeId.NodeId, options?: OperationOptions) =>
+    Effect.flatMap(getEntry(nodeId, options), (entry) =>
+      Effect.map(Effect.acquireRelease(map.acquire(entry), releaseUse(entry)), (record) =>
+        handleOf(entry, record)
+      )
+    )
+
+  // The same as acquireConnection in a scope of its own, without building a Scope.
+  const withConnection = <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Effect.Effect<A, E, R>,
+    options?: OperationOptions
+  ): Effect.Effect<A, E | NodeConnectionError, R> =>
+    Effect.flatMap(getEntry(nodeId, options), (entry) =>
+      Effect.acquireUseRelease(map.acquire(entry), (record) => f(handleOf(entry, record)), releaseUse(entry))
+    )
+
+  const withConnectionStream = <A, E, R>(
+    nodeId: NodeId.NodeId,
+    f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
+    options?: OperationOptions
+  ): Stream.Stream<A, E | NodeConnectionError, R> =>
+    Stream.unwrapScoped(Effect.map(acquireConnection(nodeId, options), f))
+
+  const destroyConnection = (nodeId: NodeId.NodeId, reason = "destroyed") =>
+    Effect.suspend(() => {
+      const entry = map.get(nodeId)
+      return entry ? map.remove(entry, reason) : Effect.void
+    })
+
+  return {
+    handleOf,
+    getEntry,
+    getConnection,
+    getConnectionWithAddress,
+    acquireConnection,
+    withConnection,
+    withConnectionStream,
+    destroyConnection
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * Kademlia lookups: the iterative search for the nodes closest to an id (alpha queries in
+ * flight, the k nearest kept), one node's answer to such a query, and ours to a peer's.
+ */
+import { Deferred, Duration, Effect, Either, FiberSet, Option } from "effect"
+import type * as Address from "../../services/Address.js"
+import {
+  type LookupResult,
+  type NodeConnectionError,
+  type OperationOptions,
+  RemoteQueryError
+} from "../../services/ConnectionManager.js"
+import type { Contact, WireContact } from "../../services/Contact.js"
+import type { NodeAddress, NodeGraphService } from "../../services/NodeGraph.js"
+import * as NodeId from "../../services/NodeId.js"
+import type { Dialing } from "./dialing.js"
+import { addressOf, type GraphUpkeep } from "./graphUpkeep.js"
+import type { ManagerState } from "./state.js"
+
+/** A node a lookup has heard of, and how far it got with it. */
+export interface Candidate {
+  readonly nodeId: NodeId.NodeId
+  readonly key: string
+  readonly distance: Uint8Array
+  readonly address: Address.Address
+  readonly depth: number
+  state: "new" | "inflight" | "answered" | "failed"
+}
+
+export interface Lookup {
+  /**
+   * The iterative lookup. With `fillBucket`, it also ends as soon as a node in that bucket of
+   * ours has answered (a join fills its empty buckets this way: one live entry in each part of
+   * the id space, not the k closest to a random id).
+   */
+  readonly lookup: (
+    target: NodeId.NodeId,
+    options?: OperationOptions,
+    fillBucket?: number
+  ) => Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }>
+  readonly getClosestGlobalNodes: (
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<LookupResult>
+  readonly findNode: (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<Option.Option<NodeAddress>>
+  readonly getRemoteNodeClosestNodes: (
+    nodeId: NodeId.NodeId,
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ) => Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError>
+  /** What we answer a peer's query: up to k contacts closest to `target`, the caller left out. */
+  readonly answerClosest: (
+    caller: Contact,
+    target: NodeId.NodeId
+  ) => Effect.Effect<ReadonlyArray<WireContact>>
+  /** One query of a lookup (or a join's bucket fill) gets a third of the operation's timeout. */
+  readonly queryTimeoutOf: (options?: OperationOptions) => Duration.Duration
+}
+
+export const make = (
+  state: ManagerState,
+  deps: {
+    readonly graph: NodeGraphService
+    readonly dialing: Dialing
+    readonly addToGraph: GraphUpkeep["addToGraph"]
+  }
+): Lookup => {
+  const { self, selfKey, k, alpha, seeds, timeoutOf } = state
+  const { graph, addToGraph } = deps
+  const { withConnection, getConnectionWithAddress } = deps.dialing
+
+  const answerClosest = (caller: Contact, target: NodeId.NodeId) =>
+    graph.getClosestNodes(target, k + 1).pipe(
+      Effect.map((contacts) =>
+        contacts
+          .filter((c) => !NodeId.equals(c.nodeId, caller.nodeId) && c.addresses.length > 0)
+          .slice(0, k)
+          .map(
+            (c): WireContact => ({
+              nodeIdEncoded: NodeId.encode(c.nodeId),
+              host: c.addresses[0]!.host,
+              port: c.addresses[0]!.port
+            })
+          )
+      ),
+      // k + 1 is a valid limit, so this cannot fail; if it did, the peer would learn nothing.
+      Effect.orElseSucceed(() => [])
+    )
+
+  /** The well-formed contacts of a node's answer, as it sent them (NodeIds still encoded). */
+  const askClosest = (
+    nodeId: NodeId.NodeId,
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<ReadonlyArray<WireContact>, NodeConnectionError | RemoteQueryError> =>
+    withConnection(
+      nodeId,
+      (h) =>
+        h.client.closestNodesUpTo(target, k, timeoutOf(options)).pipe(
+          Effect.mapError(
+            (e) =>
+              new RemoteQueryError({
+                nodeId: NodeId.encode(nodeId),
+                detail: e.reason === "timeout" ? "no answer within the timeout" : e.message,
+                cause: e
+              })
+          )
+        ),
+      options
+    ).pipe(
+      Effect.map((chunk) =>
+        chunk.filter(
+          (c) =>
+            typeof c.nodeIdEncoded === "string" &&
+            c.nodeIdEncoded !== selfKey &&
+            Number.isInteger(c.port) &&
+            c.port >= 1 &&
+            c.port <= 65535 &&
+            typeof c.host === "string" &&
+            c.host.length > 0 &&
+            c.host.length <= 255
+        )
+      )
+    )
+
+  const getRemoteNodeClosestNodes = (
+    nodeId: NodeId.NodeId,
+    target: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError> =>
+    Effect.map(askClosest(nodeId, target, options), (contacts) => {
+      const out: Contact[] = []
+      const seen = new Set<string>()
+      for (const c of contacts) {
+        if (seen.has(c.nodeIdEncoded)) continue
+        const id = NodeId.decode(c.nodeIdEncoded)
+        if (Either.isLeft(id)) continue
+        seen.add(c.nodeIdEncoded)
+        out.push({ nodeId: id.right, host: c.host, port: c.port })
+      }
+      return out
+    })
+
+  const queryTimeoutOf = (options?: OperationOptions) => {
+    const timeout = timeoutOf(options)
+    return Duration.max(Duration.millis(1), Duration.divide(timeout, 3).pipe(Option.getOrElse(() => timeout)))
+  }
+
+  const getClosestGlobalNodes = (target: NodeId.NodeId, options?: OperationOptions) =>
+    Effect.map(lookup(target, options), ({ address, stats }): LookupResult => ({ address, stats }))
+
+  const lookup = (
+    target: NodeId.NodeId,
+    options?: OperationOptions,
+    fillBucket?: number
+  ): Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }> =>
+    Effect.gen(function* () {
+      const timeout = timeoutOf(options)
+      const queryTimeout = queryTimeoutOf(options)
+      const targetKey = NodeId.encode(target) as string
+      const seen = new Set<string>([selfKey])
+      const shortlist: Candidate[] = []
+      const insert = (nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
+        const key = NodeId.encode(nodeId) as string
+        if (seen.has(key)) return
+        seen.add(key)
+        add(key, nodeId, address, depth)
+      }
+      // A contact of an answer is decoded only the first time the lookup hears of it.
+      const insertEncoded = (contact: WireContact, depth: number) => {
+        if (seen.has(contact.nodeIdEncoded)) return
+        seen.add(contact.nodeIdEncoded)
+        const id = NodeId.decode(contact.nodeIdEncoded)
+        if (Either.isRight(id))
+          add(contact.nodeIdEncoded, id.right, { host: contact.host, port: contact.port }, depth)
+      }
+      const add = (key: string, nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
+        const c: Candidate = {
+          nodeId,
+          key,
+          distance: NodeId.distanceBytes(nodeId, target),
+          address,
+          depth,
+          state: "new"
+        }
+        let i = shortlist.length
+        while (i > 0 && NodeId.compare(shortlist[i - 1]!.distance, c.distance) > 0) i--
+        shortlist.splice(i, 0, c)
+      }
+      // k is a valid limit, so this cannot fail; if it did, the lookup would start from the seeds.
+      const known = yield* graph.getClosestNodes(target, k).pipe(Effect.orElseSucceed(() => []))
+      for (const c of known) if (c.addresses[0]) insert(c.nodeId, c.addresses[0], 0)
+      if (shortlist.length === 0) for (const s of seeds) insert(s.nodeId, { host: s.host, port: s.port }, 0)
+
+      let found: Option.Option<NodeAddress> = Option.none()
+      let inflight = 0
+      let queries = 0
+      let rounds = 0
+      let finished = false
+      const done = yield* Deferred.make<void>()
+      const fibers = yield* FiberSet.make<void, never>()
+
+      // The next candidate: the nearest not yet asked among the k nearest that have not failed.
+      const pickNext = (): Candidate | undefined => {
+        let live = 0
+        for (const c of shortlist) {
+          if (c.state === "failed") continue
+          if (live++ >= k) return undefined
+          if (c.state === "new") return c
+        }
+        return undefined
+      }
+
+      // A candidate that cannot be reached or answers badly is marked failed: the lookup goes
+      // on with the others (its result is what it found, not why some nodes did not answer).
+      const query = (c: Candidate): Effect.Effect<void> => {
+        rounds = Math.max(rounds, c.depth + 1)
+        if (c.key === targetKey)
+          return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
+            Effect.matchEffect({
+              onFailure: () =>
+                Effect.sync(() => {
+                  c.state = "failed"
+                }),
+              onSuccess: () =>
+                Effect.suspend(() => {
+                  c.state = "answered"
+                  found = Option.some(addressOf(c.address.host, c.address.port))
+                  finished = true
+                  return Deferred.succeed(done, undefined)
+                })
+            })
+          )
+        return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
+          Effect.zipRight(askClosest(c.nodeId, target, { timeout: queryTimeout })),
+          Effect.matchEffect({
+            onFailure: () =>
+              Effect.sync(() => {
+                c.state = "failed"
+              }),
+            onSuccess: (contacts) =>
+              Effect.suspend(() => {
+                c.state = "answered"
+                for (const r of contacts) insertEncoded(r, c.depth + 1)
+                const added = addToGraph(c.nodeId, c.address.host, c.address.port)
+                if (fillBucket === undefined || NodeId.bucketIndex(self, c.nodeId) !== fillBucket)
+                  return added
+                finished = true
+                return Effect.zipRight(added, Deferred.succeed(done, undefined))
+              })
+          })
+        )
+      }
+
+      const launch: Effect.Effect<void> = Effect.suspend(() => {
+        if (finished) return Effect.void
+        const batch: Candidate[] = []
+        while (inflight < alpha) {
+          const c = pickNext()
+          if (!c) break
+          c.state = "inflight"
+          inflight++
+          queries++
+          batch.push(c)
+        }
+        if (batch.length === 0 && inflight === 0) {
+          finished = true
+          return Deferred.succeed(done, undefined)
+        }
+        return Effect.forEach(
+          batch,
+          (c) =>
+            FiberSet.run(
+              fibers,
+              // `launch` starts a query only while fewer than alpha are in flight.
+              Effect.interruptible(query(c)).pipe(
+                Effect.ensuring(
+                  Effect.suspend(() => {
+                    inflight--
+                    return launch
+                  })
+                )
+              )
+            ),
+          { discard: true }
+        )
+      })
+
+      yield* launch
+      // The timeout ends the search, not the call: the result is what was found by then.
+      yield* Deferred.await(done).pipe(Effect.timeout(timeout), Effect.ignore)
+      finished = true
+      if (Option.isNone(found)) {
+        const bucket = NodeId.bucketIndex(self, target)
+        // Bookkeeping only: a mark that could not be stored makes the bucket look stale, and
+        // the next refresh looks it up again.
+        if (bucket >= 0) yield* graph.markBucketRefreshed(bucket).pipe(Effect.ignore)
+      }
+      return {
+        address: found,
+        stats: { rounds, queries, contacted: shortlist.filter((c) => c.state === "answered").length },
+        shortlist
+      }
+    }).pipe(Effect.scoped)
+
+  const findNode = (
+    nodeId: NodeId.NodeId,
+    options?: OperationOptions
+  ): Effect.Effect<Option.Option<NodeAddress>> =>
+    graph
+      .getNode(nodeId)
+      .pipe(
+        Effect.flatMap((contact) =>
+          Option.isSome(contact) && contact.value.addresses[0]
+            ? Effect.succeed(Option.some(contact.value.addresses[0]))
+            : Effect.map(getClosestGlobalNodes(nodeId, options), (r) => r.address)
+        )
+      )
+
+  return { lookup, getClosestGlobalNodes, findNode, getRemoteNodeClosestNodes, answerClosest, queryTimeoutOf }
+}

@@ -1,0 +1,119 @@
+/**
+ * Connection records: what runs on one QUIC connection (an agent RPC client, the agent methods
+ * served to the peer, the close handler), made for a dialled or an accepted connection, and
+ * room for it under the connection limit.
+ */
+import { type Duration, Effect, Exit, Scope } from "effect"
+import type * as Address from "../../services/Address.js"
+import type { NodeConnectionError } from "../../services/ConnectionManager.js"
+import * as NodeId from "../../services/NodeId.js"
+import type { AgentHandlers, PeerRpcService } from "../../services/PeerRpc.js"
+import type {
+  DialError,
+  DialOptions,
+  QuicConnection,
+  QuicTransportService
+} from "../../services/QuicTransport.js"
+import type { ConnRecord, ManagerState } from "./state.js"
+
+// The functions a held record keeps (its close finalizer, its close handler) are made by
+// these, so that each holds only what it names, not the set-up's other variables.
+const closeOnRelease = (connection: QuicConnection) => () => connection.close("connection released")
+const closedHandler = (map: ManagerState["map"], record: ConnRecord) => () => map.closedEffect(record)
+
+export interface Records {
+  /**
+   * Sets up what runs on a connection, in `scope` (which the caller provides as the Scope
+   * service, once for the whole set-up: each provision copies the fiber's context).
+   */
+  readonly setupRecord: (
+    connection: QuicConnection,
+    scope: Scope.CloseableScope,
+    hostname?: string
+  ) => Effect.Effect<ConnRecord, never, Scope.Scope>
+  /** Dials `address` expecting one of `expected`, and sets the connection up (not yet in the map). */
+  readonly dialRecord: (
+    expected: ReadonlyArray<NodeId.NodeId>,
+    address: Address.Address,
+    timeout: Duration.Duration,
+    hostname?: string,
+    whenSlow?: DialOptions["whenSlow"]
+  ) => Effect.Effect<ConnRecord, DialError>
+  /** Room for one more connection: prune idle non-seed connections (LRU) if at the limit. */
+  readonly ensureCapacity: (nodeId: NodeId.NodeId) => Effect.Effect<void, NodeConnectionError>
+}
+
+export const make = (
+  state: ManagerState,
+  deps: {
+    readonly transport: QuicTransportService
+    readonly rpc: PeerRpcService
+    /** What we answer the peer on every connection. */
+    readonly handlers: AgentHandlers
+  }
+): Records => {
+  const { config, map, pending, fail } = state
+  const { transport, rpc, handlers } = deps
+
+  const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
+    Effect.gen(function* () {
+      // A dialled connection is already closed with this scope (the dial's contract).
+      if (connection.direction === "reverse") yield* Scope.addFinalizerExit(scope, closeOnRelease(connection))
+      const client = yield* rpc.client(connection)
+      const record: ConnRecord = {
+        connection,
+        client,
+        scope,
+        hostname,
+        users: 0,
+        retired: false,
+        closing: false
+      }
+      // No fiber waits on an idle connection: calls and the close each start one when they come.
+      yield* rpc.serve(connection, handlers)
+      yield* connection.whenClosed(closedHandler(map, record))
+      return record
+    })
+
+  const dialRecord = (
+    expected: ReadonlyArray<NodeId.NodeId>,
+    address: Address.Address,
+    timeout: Duration.Duration,
+    hostname?: string,
+    whenSlow?: DialOptions["whenSlow"]
+  ): Effect.Effect<ConnRecord, DialError> =>
+    Effect.gen(function* () {
+      const scope = yield* Scope.make()
+      const who = expected.length === 1 ? NodeId.encode(expected[0]!) : `one of ${expected.length} nodes`
+      yield* Effect.logDebug(`dialling ${who} at ${address.host}:${address.port}`)
+      return yield* transport
+        .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout, whenSlow })
+        .pipe(
+          Effect.tapError((e) =>
+            Effect.logDebug(`dial ${who} at ${address.host}:${address.port} failed: ${e.message}`)
+          ),
+          Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
+          Scope.extend(scope),
+          Effect.onError(() => Scope.close(scope, Exit.void))
+        )
+    })
+
+  const ensureCapacity = (nodeId: NodeId.NodeId): Effect.Effect<void, NodeConnectionError> =>
+    Effect.suspend(() => {
+      if (map.get(nodeId)) return Effect.void
+      // Dials in progress count, except the one asking for room.
+      const dialling = pending.size - (pending.has(NodeId.encode(nodeId)) ? 1 : 0)
+      if (map.entries.size + dialling < config.maxConnections) return Effect.void
+      return map.pruneOne.pipe(
+        Effect.flatMap((pruned) =>
+          pruned
+            ? Effect.void
+            : Effect.fail(
+                fail(nodeId, "limit", `connection limit of ${config.maxConnections} reached and none is idle`)
+              )
+        )
+      )
+    })
+
+  return { setupRecord, dialRecord, ensureCapacity }
+}
