@@ -23,6 +23,7 @@ import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
+import type { Contact } from "../services/Contact.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
@@ -36,7 +37,7 @@ export interface AgentOptions {
   readonly nodePath: string
   readonly host: string
   readonly port: number
-  readonly seedNodes: ReadonlyArray<CMConfig.SeedNode>
+  readonly seedNodes: ReadonlyArray<Contact>
   readonly format: "human" | "json"
 }
 
@@ -46,7 +47,7 @@ export interface AgentOptions {
  * is a UsageError naming the variable.
  */
 export const managerOptionsFromEnv = (
-  seedNodes: ReadonlyArray<CMConfig.SeedNode>,
+  seedNodes: ReadonlyArray<Contact>,
   env: Record<string, string | undefined> = process.env
 ): Effect.Effect<CMConfig.ConnectionManagerOptions, UsageError> =>
   CMConfig.config.pipe(
