@@ -28,6 +28,8 @@ export * as AgentRpc from "./services/AgentRpc.js"
 export * as ConnectionManager from "./services/ConnectionManager.js"
 /** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`. */
 export * as ConnectionManagerConfig from "./services/ConnectionManagerConfig.js"
+/** The IP addresses of a hostname; `layerStatic` answers from a table (the system resolver is in "quicmesh/node"). */
+export * as Dns from "./services/Dns.js"
 /** The node's Ed25519 identity and X.509 certificate chain (live layer in "quicmesh/node"). */
 export * as KeyRing from "./services/KeyRing.js"
 /** The Kademlia routing table (lmdb layer in "quicmesh/node", memory layer `NodeGraphMemory`). */

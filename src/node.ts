@@ -2,11 +2,13 @@
  * quicmesh/node: the layers that run on Node.js itself.
  *
  * `import { NodeLive, KeyRingLive, NodeGraphLmdb } from "quicmesh/node"`: real QUIC over UDP
- * (`@matrixai/quic`), the routing table on disk (lmdb), the identity in key files, and
- * `NodeLive.layer`, a whole node made of them. The services these layers implement, and the
+ * (`@matrixai/quic`), the routing table on disk (lmdb), the identity in key files, the system
+ * resolver, and `NodeLive.layer`, a whole node made of them. The services these layers implement, and the
  * rest of the library, are in "quicmesh".
  */
 
+/** `Dns` over the system resolver (`node:dns` lookup, every address). */
+export * as DnsNode from "./layers/DnsNode.js"
 /** `KeyRing` kept in a node path: an Ed25519 key file (0600), a self-signed X.509 chain, renewal. */
 export * as KeyRingLive from "./layers/KeyRingLive.js"
 /** `NodeGraph` stored in lmdb: incremental and crash-safe. */
