@@ -1,18 +1,32 @@
 /**
- * A whole node from its parts, over any transport: give it a KeyRing layer, a NodeGraph layer,
- * a QuicTransport layer (QuicTransportLive from "quicmesh/node", or a simulated one from
- * "quicmesh/testing") with its options, a Dns layer and the manager's options; get the
- * ConnectionManager with every service it stands on (KeyRing, NodeGraph, QuicTransport,
- * RpcServer, PeerRpc, Dns). `NodeLive.layer` is this composition on real QUIC.
+ * A whole node from its parts, over any transport. `layerWith` takes each part as a layer: a
+ * KeyRing, a NodeGraph, a QuicTransport (QuicTransportLive from "quicmesh/node", or a simulated
+ * one from "quicmesh/testing"), a Dns and the manager's options, whose shared options the
+ * transport and the RPC follow (`NodeConfig`); it provides the ConnectionManager with every
+ * service it stands on. `make` is the same node from services already made, with no layer
+ * graph: for programs that build nodes by the thousand (the simulation). `NodeLive.layer` is
+ * `layerWith` on real QUIC.
  */
-import { Effect, Layer } from "effect"
-import type { ConnectionManager, ConnectionManagerDiagnostics } from "../services/ConnectionManager.js"
-import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
-import type { Dns } from "../services/Dns.js"
-import type { KeyRing } from "../services/KeyRing.js"
-import type { NodeGraph } from "../services/NodeGraph.js"
-import type { PeerRpc } from "../services/PeerRpc.js"
-import { type QuicTransport, QuicTransportConfig } from "../services/QuicTransport.js"
+import { Context, Effect, Layer, type Scope } from "effect"
+import type {
+  ConnectionManager,
+  ConnectionManagerDiagnostics,
+  ConnectionManagerService
+} from "../services/ConnectionManager.js"
+import {
+  ConnectionManagerConfig,
+  type ConnectionManagerOptions
+} from "../services/ConnectionManagerConfig.js"
+import { Dns, type DnsService } from "../services/Dns.js"
+import { KeyRing, type KeyRingService } from "../services/KeyRing.js"
+import * as NodeConfig from "../services/NodeConfig.js"
+import { NodeGraph, type NodeGraphService } from "../services/NodeGraph.js"
+import { PeerRpc, type PeerRpcService } from "../services/PeerRpc.js"
+import {
+  QuicTransport,
+  type QuicTransportConfig,
+  type QuicTransportService
+} from "../services/QuicTransport.js"
 import type { RpcConfig, RpcServer } from "../services/RpcServer.js"
 import * as ConnectionManagerLive from "./ConnectionManagerLive.js"
 import * as PeerRpcLive from "./PeerRpcLive.js"
@@ -27,51 +41,60 @@ export type NodeServices =
   | PeerRpc
   | Dns
 
-/**
- * The manager over `transport` (QuicTransportLive or a simulated one). The transport's
- * keep-alive follows the manager's options.
- */
-export const layerWith = <E1, E2, E3, R3>(parts: {
+/** The manager over `transport` (QuicTransportLive or a simulated one), every part a layer. */
+export const layerWith = <E1, E2, E3, R3, E4 = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
-  readonly transportConfig: Layer.Layer<QuicTransportConfig, never, ConnectionManagerConfig>
-  readonly config: Layer.Layer<ConnectionManagerConfig>
+  /** The manager's options (`ConnectionManagerConfig.layer(…)`, `layerFromEnv(…)`, …). */
+  readonly config: Layer.Layer<ConnectionManagerConfig, E4>
+  /** The transport's and the RPC's own options (host, port, …), over what they derive. */
+  readonly options?: NodeConfig.SectionOverrides
   /** How hostnames given to dial resolve: `DnsNode.layer` ("quicmesh/node") or `Dns.layerStatic`. */
   readonly dns: Layer.Layer<Dns>
   /** The agent RPC stack; PeerRpcLive by default (tests wrap it to observe calls). */
   readonly peerRpc?: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig>
 }): Layer.Layer<
-  NodeServices | ConnectionManagerConfig,
-  E1 | E2 | E3,
-  Exclude<Exclude<Exclude<R3, QuicTransportConfig>, KeyRing>, ConnectionManagerConfig>
+  NodeServices | NodeConfig.Services,
+  E1 | E2 | E3 | E4,
+  Exclude<Exclude<R3, KeyRing>, NodeConfig.Services>
 > =>
   ConnectionManagerLive.layer.pipe(
     Layer.provideMerge(
-      Layer.mergeAll(
-        parts.transport.pipe(Layer.provide(parts.transportConfig)),
-        parts.nodeGraph,
-        parts.dns,
-        (parts.peerRpc ?? PeerRpcLive.layer).pipe(Layer.provide(PeerRpcLive.rpcConfigFromManager))
-      )
+      Layer.mergeAll(parts.transport, parts.nodeGraph, parts.dns, parts.peerRpc ?? PeerRpcLive.layer)
     ),
     Layer.provideMerge(parts.keyRing),
-    Layer.provideMerge(parts.config)
+    Layer.provideMerge(NodeConfig.layerFrom(parts.config, parts.options))
   )
 
-/** Transport options: keep-alive and connect timeout follow the manager's options, then `overrides`. */
-export const transportConfigFor = (
-  overrides: Partial<typeof QuicTransportConfig.defaults>
-): Layer.Layer<QuicTransportConfig, never, ConnectionManagerConfig> =>
-  Layer.effect(
-    QuicTransportConfig,
-    Effect.map(ConnectionManagerConfig, (c) => ({
-      ...QuicTransportConfig.defaults,
-      keepAliveInterval: c.connectionKeepAliveIntervalTime,
-      maxIdleTimeout: c.connectionKeepAliveTimeoutTime,
-      connectTimeout: c.connectionConnectTimeoutTime,
-      // One cap for inbound handshakes: at the transport (Initials dropped) and in the manager.
-      maxInboundHandshakes: c.maxInboundPending,
-      ...overrides
-    }))
+/** The services a node's manager stands on, already made. */
+export interface Parts {
+  readonly config: ConnectionManagerOptions
+  readonly keyRing: KeyRingService
+  readonly nodeGraph: NodeGraphService
+  readonly transport: QuicTransportService
+  readonly peerRpc: PeerRpcService
+  readonly dns: DnsService
+}
+
+/** The manager and its diagnostics over `parts`, running in the current scope. */
+export const make = (
+  parts: Parts
+): Effect.Effect<
+  {
+    readonly manager: ConnectionManagerService
+    readonly diagnostics: ConnectionManagerDiagnostics["Type"]
+  },
+  never,
+  Scope.Scope
+> =>
+  Effect.provide(
+    ConnectionManagerLive.makeWithDiagnostics,
+    Context.make(ConnectionManagerConfig, parts.config).pipe(
+      Context.add(KeyRing, parts.keyRing),
+      Context.add(NodeGraph, parts.nodeGraph),
+      Context.add(QuicTransport, parts.transport),
+      Context.add(PeerRpc, parts.peerRpc),
+      Context.add(Dns, parts.dns)
+    )
   )

@@ -10,7 +10,7 @@ import type { ConnectionManagerConfig } from "../services/ConnectionManagerConfi
 import type { Dns } from "../services/Dns.js"
 import type { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraph } from "../services/NodeGraph.js"
-import type { QuicTransportConfig } from "../services/QuicTransport.js"
+import type { QuicTransportOptions } from "../services/QuicTransport.js"
 import * as DnsNode from "./DnsNode.js"
 import * as Node from "./Node.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
@@ -18,7 +18,7 @@ import * as QuicTransportLive from "./QuicTransportLive.js"
 export const layer = <E1, E2>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
-  readonly transport?: Partial<typeof QuicTransportConfig.defaults>
+  readonly transport?: Partial<QuicTransportOptions>
   readonly config: Layer.Layer<ConnectionManagerConfig>
   /** The system resolver (`DnsNode.layer`) unless given. */
   readonly dns?: Layer.Layer<Dns>
@@ -27,7 +27,7 @@ export const layer = <E1, E2>(parts: {
     keyRing: parts.keyRing,
     nodeGraph: parts.nodeGraph,
     transport: QuicTransportLive.layer,
-    transportConfig: Node.transportConfigFor(parts.transport ?? {}),
+    options: { transport: parts.transport ?? {} },
     config: parts.config,
     dns: parts.dns ?? DnsNode.layer
   })

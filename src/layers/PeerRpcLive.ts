@@ -20,7 +20,6 @@ import {
   Stream
 } from "effect"
 import { AgentRpcs, RpcHandlerError } from "../services/AgentRpc.js"
-import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import { Caller, type WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
 import {
@@ -34,7 +33,7 @@ import type { QuicConnection } from "../services/QuicTransport.js"
 import {
   type AgentCallError,
   type AgentClient,
-  RpcConfig,
+  type RpcConfig,
   RpcServer,
   type RpcServerService
 } from "../services/RpcServer.js"
@@ -321,14 +320,4 @@ export const layerWithoutServer: Layer.Layer<PeerRpc, never, RpcServer> = Layer.
 /** The whole agent RPC stack: RpcServer (with the delegating handlers) and PeerRpc over it. */
 export const layer: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig> = layerWithoutServer.pipe(
   Layer.provideMerge(RpcServerLive.layer.pipe(Layer.provide(handlersLayer)))
-)
-
-/** The RPC limits taken from the connection manager's options. */
-export const rpcConfigFromManager: Layer.Layer<RpcConfig, never, ConnectionManagerConfig> = Layer.effect(
-  RpcConfig,
-  Effect.map(ConnectionManagerConfig, (c) => ({
-    ...RpcConfig.defaults,
-    rpcParserBufferSize: c.rpcParserBufferSize,
-    rpcCallTimeoutTime: c.rpcCallTimeoutTime
-  }))
 )

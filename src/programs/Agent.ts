@@ -7,17 +7,7 @@ import { chmodSync, existsSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import {
-  ConfigProvider,
-  Deferred,
-  Duration,
-  Effect,
-  Either,
-  Layer,
-  Option,
-  Predicate,
-  Schedule
-} from "effect"
+import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
@@ -28,7 +18,7 @@ import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 import { ControlError, ControlRpcs } from "./ControlApi.js"
-import { configErrorText, envName, OperationError, UsageError } from "./Input.js"
+import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
 
 export { lockNodePath, socketPath }
@@ -50,21 +40,8 @@ export const managerOptionsFromEnv = (
   seedNodes: ReadonlyArray<Contact>,
   env: Record<string, string | undefined> = process.env
 ): Effect.Effect<CMConfig.ConnectionManagerOptions, UsageError> =>
-  CMConfig.config.pipe(
-    Effect.withConfigProvider(
-      ConfigProvider.fromMap(
-        new Map(Object.entries(env).filter((kv): kv is [string, string] => kv[1] !== undefined)),
-        { pathDelim: "_" }
-      ).pipe(ConfigProvider.constantCase, ConfigProvider.nested("QUICMESH"))
-    ),
-    Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) })),
-    Effect.flatMap((options) => {
-      // Counts (concurrency, sizes, limits) must be at least 1.
-      const bad = Object.entries(options).find(([, v]) => typeof v === "number" && v < 1)
-      return bad
-        ? Effect.fail(new UsageError({ message: `invalid ${envName(bad[0])}: ${bad[1]} must be at least 1` }))
-        : Effect.succeed({ ...options, seedNodes })
-    })
+  CMConfig.fromEnv(seedNodes, env).pipe(
+    Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
   )
 
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */

@@ -1,9 +1,10 @@
 /**
  * Simulation: whole networks of real connection managers in one process, on virtual time.
  *
- * Every node is the production connection manager (`ConnectionManagerLive.make`) with an
- * in-memory NodeGraph and KeyRingTest keys, over a transport bound in the SimNetwork world; its
- * services are provided by hand (a layer graph per node would cost more memory than the node).
+ * Every node is the production connection manager, composed by `Node.make` (the library's
+ * composition of a node from services already made: a layer graph per node would cost more
+ * memory than the node) with an in-memory NodeGraph and KeyRingTest keys, over a transport
+ * bound in the SimNetwork world, its configuration one `NodeConfig` tree.
  * The agent RPC is PeerRpcSim by default (calls as messages on the simulated connections, one
  * PeerRpc for the whole world), or with `rpc: "wire"` a PeerRpcLive per node (the real
  * @effect/rpc framing as bytes on simulated streams). The whole run goes through
@@ -29,8 +30,8 @@ import {
   Option,
   Scope
 } from "effect"
-import * as ConnectionManagerLive from "../layers/ConnectionManagerLive.js"
 import * as KeyRingTest from "../layers/KeyRingTest.js"
+import * as Node from "../layers/Node.js"
 import * as NodeGraphMemory from "../layers/NodeGraphMemory.js"
 import * as PeerRpcLive from "../layers/PeerRpcLive.js"
 import * as PeerRpcSim from "../layers/PeerRpcSim.js"
@@ -39,12 +40,11 @@ import type { ConnectionManagerDiagnostics, ConnectionManagerService } from "../
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import type { Contact } from "../services/Contact.js"
 import * as Dns from "../services/Dns.js"
-import { KeyRing } from "../services/KeyRing.js"
+import * as NodeConfig from "../services/NodeConfig.js"
 import type { NodeGraphService } from "../services/NodeGraph.js"
-import { NodeGraph } from "../services/NodeGraph.js"
 import type * as NodeId from "../services/NodeId.js"
 import { PeerRpc } from "../services/PeerRpc.js"
-import { QuicTransport, type TransportError } from "../services/QuicTransport.js"
+import type { TransportError } from "../services/QuicTransport.js"
 import { RpcConfig } from "../services/RpcServer.js"
 import type { NatType, SimNetworkService, SimNetworkStats } from "../services/SimNetwork.js"
 import { type SimContext, type SimDeadlock, simulate } from "./SimRuntime.js"
@@ -317,16 +317,15 @@ export const makeWorld = (
           host: s.host,
           port: s.port
         }))
-        const config: CMConfig.ConnectionManagerOptions = {
-          ...CMConfig.defaults,
+        const config = NodeConfig.make({
           connectionFindConcurrencyLimit: options.alpha ?? 3,
           connectionConnectTimeoutTime: Duration.millis(connectTimeoutMs),
           seedNodes,
           // A seed is provisioned to hold a connection to everyone who joined through it.
           ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {})
-        }
-        // The services of one node, put together by hand rather than with layers: a layer
-        // graph per node costs more memory than the node (thousands of them).
+        })
+        // The services of one node as values, composed by Node.make rather than with layers:
+        // a layer graph per node costs more memory than the node (thousands of them).
         return yield* Effect.gen(function* () {
           const keyRing = yield* KeyRingTest.make(node.keySeed)
           const nodeId = yield* keyRing.nodeId
@@ -336,36 +335,29 @@ export const makeWorld = (
               host: node.host,
               port: node.port,
               nat: node.nat,
-              connectTimeout: Duration.millis(connectTimeoutMs),
-              maxIdleTimeout: config.connectionKeepAliveTimeoutTime
+              connectTimeout: config.transport.connectTimeout,
+              maxIdleTimeout: config.transport.maxIdleTimeout
             },
             nodeId
           )
           const peerRpc = wire
             ? Context.get(
                 yield* Layer.buildWithScope(
-                  PeerRpcLive.layer.pipe(
-                    Layer.provide(
-                      RpcConfig.layer({
-                        rpcParserBufferSize: config.rpcParserBufferSize,
-                        rpcCallTimeoutTime: config.rpcCallTimeoutTime
-                      })
-                    )
-                  ),
+                  PeerRpcLive.layer.pipe(Layer.provide(Layer.succeed(RpcConfig, config.rpc))),
                   scope
                 ),
                 PeerRpc
               )
             : directRpc
           // The unchanged manager over the simulated transport and the chosen RPC layer.
-          const { manager: cm, diagnostics } = yield* ConnectionManagerLive.makeWithDiagnostics.pipe(
-            Effect.provideService(CMConfig.ConnectionManagerConfig, config),
-            Effect.provideService(KeyRing, keyRing),
-            Effect.provideService(NodeGraph, graph),
-            Effect.provideService(QuicTransport, transport),
-            Effect.provideService(PeerRpc, peerRpc),
-            Effect.provideService(Dns.Dns, dns)
-          )
+          const { manager: cm, diagnostics } = yield* Node.make({
+            config: config.manager,
+            keyRing,
+            nodeGraph: graph,
+            transport,
+            peerRpc,
+            dns
+          })
           return { scope, cm, diagnostics, graph }
         }).pipe(
           Scope.extend(scope),

@@ -1,10 +1,11 @@
 /**
  * ConnectionManagerConfig: every option of the connection manager with its default (the
  * reference connection manager's), as a service of its own: `layer(options)`,
- * `layerDefaults`, and `layerFromConfig(seedNodes)`, which reads the options from the current
- * ConfigProvider (`config`).
+ * `layerDefaults`, `layerFromConfig(seedNodes)` (the current ConfigProvider) and
+ * `layerFromEnv(seedNodes)` (QUICMESH_… environment variables). It is the root of a node's
+ * configuration: the transport's and the RPC's shared options follow it (`NodeConfig`).
  */
-import { Config, Context, Duration, Effect, Layer } from "effect"
+import { Config, ConfigError, ConfigProvider, Context, Duration, Effect, Either, Layer } from "effect"
 import type { Contact } from "./Contact.js"
 
 export interface ConnectionManagerOptions {
@@ -64,13 +65,7 @@ const durationOr = (name: string, fallback: Duration.Duration) =>
   Config.duration(name).pipe(Config.withDefault(fallback))
 const intOr = (name: string, fallback: number) => Config.integer(name).pipe(Config.withDefault(fallback))
 
-/**
- * The options (all but `seedNodes`) from the current ConfigProvider, each under its own name
- * (`connectionIdleTimeoutTime`, …); a missing one takes its default. The agent reads them
- * from the environment through a CONSTANT_CASE provider nested in QUICMESH
- * (QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME="60 seconds", …).
- */
-export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Config.all({
+const options: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Config.all({
   connectionFindConcurrencyLimit: intOr(
     "connectionFindConcurrencyLimit",
     defaults.connectionFindConcurrencyLimit
@@ -101,9 +96,51 @@ export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> 
   bucketRefreshInterval: durationOr("bucketRefreshInterval", defaults.bucketRefreshInterval)
 })
 
+/**
+ * The options (all but `seedNodes`) from the current ConfigProvider, each under its own name
+ * (`connectionIdleTimeoutTime`, …); a missing one takes its default, and a count (concurrency,
+ * sizes, limits) below 1 is refused with a message naming it.
+ */
+export const config: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = options.pipe(
+  Config.mapOrFail((o) => {
+    const bad = Object.entries(o).find(([, v]) => typeof v === "number" && v < 1)
+    return bad === undefined
+      ? Either.right(o)
+      : Either.left(ConfigError.InvalidData([bad[0]], `${bad[1]} must be at least 1`))
+  })
+)
+
+/**
+ * The ConfigProvider of the environment as quicmesh reads it: each option as QUICMESH_ plus
+ * its name in CONSTANT_CASE (QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME="60 seconds", …).
+ */
+export const envProvider = (
+  env: Record<string, string | undefined> = process.env
+): ConfigProvider.ConfigProvider =>
+  ConfigProvider.fromMap(
+    new Map(Object.entries(env).filter((kv): kv is [string, string] => kv[1] !== undefined)),
+    { pathDelim: "_" }
+  ).pipe(ConfigProvider.constantCase, ConfigProvider.nested("QUICMESH"))
+
+/** The options from the current ConfigProvider, with `seedNodes` given by the caller. */
+export const fromConfig = (
+  seedNodes: ReadonlyArray<Contact> = []
+): Effect.Effect<ConnectionManagerOptions, ConfigError.ConfigError> =>
+  Effect.map(config, (o) => ({ ...o, seedNodes }))
+
+/** The options from the environment (`envProvider`), with `seedNodes` given by the caller. */
+export const fromEnv = (
+  seedNodes: ReadonlyArray<Contact> = [],
+  env: Record<string, string | undefined> = process.env
+): Effect.Effect<ConnectionManagerOptions, ConfigError.ConfigError> =>
+  fromConfig(seedNodes).pipe(Effect.withConfigProvider(envProvider(env)))
+
 /** Reads the options from the current ConfigProvider, with `seedNodes` given by the caller. */
 export const layerFromConfig = (seedNodes: ReadonlyArray<Contact> = []) =>
-  Layer.effect(
-    ConnectionManagerConfig,
-    Effect.map(config, (options) => ({ ...options, seedNodes }))
-  )
+  Layer.effect(ConnectionManagerConfig, fromConfig(seedNodes))
+
+/** Reads the options from the environment (`envProvider`), with `seedNodes` given by the caller. */
+export const layerFromEnv = (
+  seedNodes: ReadonlyArray<Contact> = [],
+  env: Record<string, string | undefined> = process.env
+) => Layer.effect(ConnectionManagerConfig, fromEnv(seedNodes, env))

@@ -4,7 +4,8 @@
  * the simulated network (SimNetwork) can implement it in memory.
  */
 import type { Socket } from "@effect/platform"
-import { Context, Data, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import { Context, Data, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
 import type { NodeId } from "./NodeId.js"
 
 export type ConnectionDirection = "forward" | "reverse"
@@ -170,10 +171,11 @@ export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConf
     port: 0,
     reuseAddr: false,
     ipv6Only: false,
-    keepAliveInterval: Duration.seconds(10),
-    maxIdleTimeout: Duration.seconds(30),
-    connectTimeout: Duration.seconds(15),
-    maxInboundHandshakes: 64
+    // The options a node shares with its manager take the manager's defaults (NodeConfig).
+    keepAliveInterval: managerDefaults.connectionKeepAliveIntervalTime,
+    maxIdleTimeout: managerDefaults.connectionKeepAliveTimeoutTime,
+    connectTimeout: managerDefaults.connectionConnectTimeoutTime,
+    maxInboundHandshakes: managerDefaults.maxInboundPending
   }
   static readonly layer = (options: Partial<QuicTransportOptions> = {}) =>
     Layer.succeed(QuicTransportConfig, { ...QuicTransportConfig.defaults, ...options })

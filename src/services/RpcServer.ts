@@ -10,7 +10,7 @@
  * multiplexed is the default; bench/rpc.ts compares both with a raw js-quic echo (figures
  * in bench/results/latest.md).
  */
-import { Context, Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import { Context, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
   AgentRpcWireError,
   NodesClosestLocalNodesGet,
@@ -18,6 +18,7 @@ import type {
   NodesPing,
   RpcHandlerError
 } from "./AgentRpc.js"
+import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
 import type { WireContact } from "./Contact.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
@@ -34,8 +35,9 @@ export interface RpcOptions {
 
 export class RpcConfig extends Context.Tag("quicmesh/RpcConfig")<RpcConfig, RpcOptions>() {
   static readonly defaults: RpcOptions = {
-    rpcParserBufferSize: 64 * 1024,
-    rpcCallTimeoutTime: Duration.seconds(15),
+    // The options a node shares with its manager take the manager's defaults (NodeConfig).
+    rpcParserBufferSize: managerDefaults.rpcParserBufferSize,
+    rpcCallTimeoutTime: managerDefaults.rpcCallTimeoutTime,
     rpcStreamMode: "multiplexed"
   }
   static readonly layer = (options: Partial<RpcOptions> = {}): Layer.Layer<RpcConfig> =>
