@@ -1,0 +1,96 @@
+/** The figures a scenario reports: summaries, lookup outcomes, NAT pairs, the report and its verdict. */
+import type { NatType, SimNetworkStats } from "../../services/SimNetwork.js"
+import type { RpcMode } from "./options.js"
+
+export interface Summary {
+  readonly count: number
+  readonly mean: number
+  readonly median: number
+  readonly p95: number
+  readonly p99: number
+  readonly max: number
+}
+
+/** Nearest-rank quantiles. */
+export const summarize = (values: ReadonlyArray<number>): Summary => {
+  if (values.length === 0) return { count: 0, mean: 0, median: 0, p95: 0, p99: 0, max: 0 }
+  const sorted = [...values].sort((a, b) => a - b)
+  const rank = (q: number) =>
+    sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!
+  return {
+    count: sorted.length,
+    mean: sorted.reduce((s, x) => s + x, 0) / sorted.length,
+    median: rank(0.5),
+    p95: rank(0.95),
+    p99: rank(0.99),
+    max: sorted[sorted.length - 1]!
+  }
+}
+
+export interface LookupOutcome {
+  readonly from: number
+  readonly target: number
+  readonly fromNat: NatType
+  readonly targetNat: NatType
+  readonly found: boolean
+  /** The origin already held a connection to the target: answered without the network (0 ms). */
+  readonly connected: boolean
+  readonly rounds: number
+  readonly queries: number
+  readonly contacted: number
+  /** Virtual milliseconds the lookup took. */
+  readonly virtualMs: number
+}
+
+export interface NatPairFigure {
+  readonly from: NatType
+  readonly to: NatType
+  readonly attempts: number
+  readonly succeeded: number
+}
+
+export interface SimReport {
+  readonly options: {
+    readonly nodes: number
+    readonly lookups: number
+    readonly seed: number
+    readonly seeds: number
+    readonly alpha: number
+    readonly k: number
+    readonly crash: number
+    readonly loss: number
+    readonly latency: number
+    readonly jitter: number
+    readonly nat: string
+    readonly rpc: RpcMode
+    readonly joinConcurrency: number
+  }
+  readonly joined: number
+  readonly joinFailures: number
+  readonly crashed: number
+  readonly lookups: {
+    readonly total: number
+    readonly succeeded: number
+    readonly successRate: number
+  }
+  readonly rounds: Summary
+  readonly queries: Summary
+  /**
+   * Virtual time of the lookups that needed the network: those whose origin did not already
+   * hold a connection to the target (`alreadyConnected` of them did, and took 0 ms).
+   */
+  readonly lookupVirtualMs: Summary
+  readonly alreadyConnected: number
+  /** Lookups by rounds taken (successful ones). */
+  readonly roundsHistogram: ReadonlyArray<{ readonly rounds: number; readonly count: number }>
+  /** Whether the origin got a connection to the target, by (origin NAT, target NAT). */
+  readonly natPairs: ReadonlyArray<NatPairFigure>
+  /** Connections each live node holds after the lookups. */
+  readonly connectionsPerNode: Summary
+  readonly virtualMs: { readonly build: number; readonly lookups: number; readonly total: number }
+  readonly wallMs: { readonly build: number; readonly lookups: number; readonly total: number }
+  readonly peakRssMiB: number
+  readonly network: SimNetworkStats
+  readonly traceHash: string
+  readonly failedSamples: ReadonlyArray<LookupOutcome>
+}
