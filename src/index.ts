@@ -26,12 +26,14 @@ export * as NodeId from "./services/NodeId.js"
 export * as AgentRpc from "./services/AgentRpc.js"
 /** Connections to other nodes keyed by NodeId, lookups, joining, hole-punch signalling. */
 export * as ConnectionManager from "./services/ConnectionManager.js"
-/** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`. */
+/** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`, `layerFromEnv`. */
 export * as ConnectionManagerConfig from "./services/ConnectionManagerConfig.js"
 /** The IP addresses of a hostname; `layerStatic` answers from a table (the system resolver is in "quicmesh/node"). */
 export * as Dns from "./services/Dns.js"
 /** The node's Ed25519 identity and X.509 certificate chain (live layer in "quicmesh/node"). */
 export * as KeyRing from "./services/KeyRing.js"
+/** A node's configuration as one tree: the manager's options, and the transport and RPC sections that follow them. */
+export * as NodeConfig from "./services/NodeConfig.js"
 /** The Kademlia routing table (lmdb layer in "quicmesh/node", memory layer `NodeGraphMemory`). */
 export * as NodeGraph from "./services/NodeGraph.js"
 /** What the connection manager needs from the agent RPC: serve it, and call a peer. */
