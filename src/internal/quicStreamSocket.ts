@@ -71,21 +71,15 @@ export const make = (
       .catch(() => undefined)
   }
 
-  const endWrite = (): Promise<void> => {
+  /** Ends our side of the stream once: `close` sends FIN, `abort` resets it. */
+  const finishWrite = (how: "close" | "abort", reason?: unknown): Promise<void> => {
     if (writeEnded) return Promise.resolve()
     writeEnded = true
-    return getWriter()
-      .close()
-      .catch(() => undefined)
+    const writer = getWriter()
+    return (how === "close" ? writer.close() : writer.abort(reason)).catch(() => undefined)
   }
-
-  const abortWrite = (reason?: unknown): Promise<void> => {
-    if (writeEnded) return Promise.resolve()
-    writeEnded = true
-    return getWriter()
-      .abort(reason)
-      .catch(() => undefined)
-  }
+  const endWrite = (): Promise<void> => finishWrite("close")
+  const abortWrite = (reason?: unknown): Promise<void> => finishWrite("abort", reason)
 
   const runRaw = <_, E = never, R = never>(
     // biome-ignore lint/suspicious/noConfusingVoidType: the signature of `Socket.runRaw`

@@ -54,6 +54,22 @@ const resetEvent = new Socket.CloseEvent(4000, "rpc call abandoned")
 const malformed = (detail: string) => Effect.fail(new RpcMalformedMessageError({ detail }))
 
 /** One stream per call. */
+/**
+ * Sends a request's frame with `send`; over the size limit the call fails at once with
+ * `RpcMessageTooLargeError` instead, and nothing is sent.
+ */
+const sendRequest = (
+  request: Extract<FromClientEncoded, { readonly _tag: "Request" }>,
+  limit: number,
+  writeResponse: WriteResponse,
+  send: (frame: Uint8Array) => Effect.Effect<void>
+): Effect.Effect<void> => {
+  const { frame, size } = encodeFrame(request)
+  return size > limit
+    ? writeResponse(failureExit(request.id, new RpcMessageTooLargeError({ size, limit })))
+    : send(frame)
+}
+
 const perCallProtocol = (connection: QuicConnection, limit: number, writeResponse: WriteResponse) => {
   /** Calls in flight: how to reset each one's stream. */
   const active = new Map<string, Effect.Effect<void>>()
@@ -101,12 +117,8 @@ const perCallProtocol = (connection: QuicConnection, limit: number, writeRespons
 
   return (request: FromClientEncoded): Effect.Effect<void> => {
     switch (request._tag) {
-      case "Request": {
-        const { frame, size } = encodeFrame(request)
-        if (size > limit)
-          return writeResponse(failureExit(request.id, new RpcMessageTooLargeError({ size, limit })))
-        return call(request.id, frame)
-      }
+      case "Request":
+        return sendRequest(request, limit, writeResponse, (frame) => call(request.id, frame))
       case "Interrupt":
         return active.get(request.requestId) ?? Effect.void
       default:
@@ -190,20 +202,18 @@ const multiplexedProtocol = Effect.fnUntraced(function* (
 
   return (request: FromClientEncoded): Effect.Effect<void> => {
     switch (request._tag) {
-      case "Request": {
-        const { frame, size } = encodeFrame(request)
-        if (size > limit)
-          return writeResponse(failureExit(request.id, new RpcMessageTooLargeError({ size, limit })))
-        return carrier.pipe(
-          Effect.flatMap((c) => {
-            c.inFlight.add(request.id)
-            return Effect.tapError(c.write(frame), () => Effect.sync(() => c.inFlight.delete(request.id)))
-          }),
-          Effect.catchAll((error) =>
-            writeResponse(failureExit(request.id, new RpcStreamError({ detail: error.message })))
+      case "Request":
+        return sendRequest(request, limit, writeResponse, (frame) =>
+          carrier.pipe(
+            Effect.flatMap((c) => {
+              c.inFlight.add(request.id)
+              return Effect.tapError(c.write(frame), () => Effect.sync(() => c.inFlight.delete(request.id)))
+            }),
+            Effect.catchAll((error) =>
+              writeResponse(failureExit(request.id, new RpcStreamError({ detail: error.message })))
+            )
           )
         )
-      }
       case "Interrupt": {
         const c = current
         if (c === undefined || !c.inFlight.delete(request.requestId)) return Effect.void

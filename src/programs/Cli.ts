@@ -262,7 +262,10 @@ const nodesAdd = Command.make(
     })
 ).pipe(Command.withDescription("Add a node and its address to the agent's routing table"))
 
-const nodesFind = Command.make("find", { nodePath, format, nodeId: nodeIdArg, timeout: timeoutMs }, (o) =>
+/** The options of a command about one node. */
+const aboutNode = { nodePath, format, nodeId: nodeIdArg } as const
+
+const nodesFind = Command.make("find", { ...aboutNode, timeout: timeoutMs }, (o) =>
   Effect.gen(function* () {
     const fmt = yield* checkFormat(o.format)
     const id = yield* parseNodeId(o.nodeId)
@@ -284,9 +287,7 @@ const nodesFind = Command.make("find", { nodePath, format, nodeId: nodeIdArg, ti
 const nodesPing = Command.make(
   "ping",
   {
-    nodePath,
-    format,
-    nodeId: nodeIdArg,
+    ...aboutNode,
     address: Options.text("address").pipe(Options.withDescription("Try exactly HOST:PORT"), Options.optional),
     timeout: timeoutMs
   },
@@ -343,9 +344,7 @@ const nodesGetAll = Command.make("getall", { nodePath, format }, (o) =>
 const nodesClosest = Command.make(
   "closest",
   {
-    nodePath,
-    format,
-    nodeId: nodeIdArg,
+    ...aboutNode,
     limit: Options.text("limit").pipe(Options.withDescription("How many (default k = 20)"), Options.optional)
   },
   (o) =>

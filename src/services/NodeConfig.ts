@@ -31,30 +31,29 @@ export interface SectionOverrides {
   readonly rpc?: Partial<RpcOptions>
 }
 
-/** The transport's options: what it shares with the manager, then its own, then `overrides`. */
-export const transportOptions = (
-  manager: ConnectionManagerOptions,
-  overrides: Partial<QuicTransportOptions> = {}
-): QuicTransportOptions => ({
-  ...QuicTransportConfig.defaults,
+/** A section's options: its own defaults, then what it shares with the manager, then overrides. */
+const section =
+  <A>(defaults: A, shared: (manager: ConnectionManagerOptions) => Partial<A>) =>
+  (manager: ConnectionManagerOptions, overrides: Partial<A> = {}): A => ({
+    ...defaults,
+    ...shared(manager),
+    ...overrides
+  })
+
+/** The transport's options over the manager's `manager`. */
+export const transportOptions = section(QuicTransportConfig.defaults, (manager) => ({
   keepAliveInterval: manager.connectionKeepAliveIntervalTime,
   maxIdleTimeout: manager.connectionKeepAliveTimeoutTime,
   connectTimeout: manager.connectionConnectTimeoutTime,
   // One cap for inbound handshakes: at the transport (Initials refused) and in the manager.
-  maxInboundHandshakes: manager.maxInboundPending,
-  ...overrides
-})
+  maxInboundHandshakes: manager.maxInboundPending
+}))
 
-/** The RPC's options: what it shares with the manager, then its own, then `overrides`. */
-export const rpcOptions = (
-  manager: ConnectionManagerOptions,
-  overrides: Partial<RpcOptions> = {}
-): RpcOptions => ({
-  ...RpcConfig.defaults,
+/** The RPC's options over the manager's `manager`. */
+export const rpcOptions = section(RpcConfig.defaults, (manager) => ({
   rpcParserBufferSize: manager.rpcParserBufferSize,
-  rpcCallTimeoutTime: manager.rpcCallTimeoutTime,
-  ...overrides
-})
+  rpcCallTimeoutTime: manager.rpcCallTimeoutTime
+}))
 
 /** The whole tree from complete manager options and section overrides. */
 export const fromManager = (
