@@ -4,9 +4,12 @@
  * - Every handler runs with `Caller` in its context: the calling peer's NodeId and the
  *   address the connection observed for it. Who is calling is never read from a message.
  * - Errors that cross the wire are `Schema.TaggedError`s. The transport-level ones
- *   (`AgentRpcWireError`: timeout, oversized message, invalid request, unknown method,
- *   malformed bytes) belong to every method through `AgentRpcMiddleware`'s failure schema,
- *   so a client decodes them as typed failures of the call.
+ *   (`RpcWireError`: timeout, oversized message, invalid request, unknown method,
+ *   malformed bytes, broken stream) belong to every method through `WireMiddleware`'s
+ *   failure schema, so a client decodes them as typed failures of the call.
+ * - `WireMiddleware` is the same for every group served on the wire (the agent's and the
+ *   application's own): a user group gets the wire errors and `Caller` by
+ *   `RpcGroup.make(...).middleware(WireMiddleware)`.
  */
 import { Rpc, RpcGroup, RpcMiddleware } from "@effect/rpc"
 import { Schema } from "effect"
@@ -91,8 +94,8 @@ export class RpcHandlerError extends Schema.TaggedError<RpcHandlerError>()("RpcH
   }
 }
 
-/** Failures any call may end with, whatever the method. */
-export const AgentRpcWireError = Schema.Union(
+/** Failures any call on the wire may end with, whatever the group and the method. */
+export const RpcWireError = Schema.Union(
   RpcTimeoutError,
   RpcMessageTooLargeError,
   RpcInvalidRequestError,
@@ -100,20 +103,26 @@ export const AgentRpcWireError = Schema.Union(
   RpcMalformedMessageError,
   RpcStreamError
 )
-export type AgentRpcWireError = typeof AgentRpcWireError.Type
+export type RpcWireError = typeof RpcWireError.Type
+
+/** The wire errors of the agent's calls: `RpcWireError`. */
+export const AgentRpcWireError = RpcWireError
+export type AgentRpcWireError = RpcWireError
 
 /**
- * Server middleware of every agent method: provides `Caller` and bounds the handler by
- * `rpcCallTimeoutTime`. Implemented by `RpcServerLive`.
+ * Server middleware of every method served on the wire: provides `Caller` and bounds the
+ * handler by `rpcCallTimeoutTime`; its failure schema adds `RpcWireError` to every method.
+ * Implemented by the group server (`src/internal/groupServer.ts`).
  */
-export class AgentRpcMiddleware extends RpcMiddleware.Tag<AgentRpcMiddleware>()(
-  "quicmesh/AgentRpc/Middleware",
-  {
-    wrap: true,
-    provides: Caller,
-    failure: AgentRpcWireError
-  }
-) {}
+export class WireMiddleware extends RpcMiddleware.Tag<WireMiddleware>()("quicmesh/Rpc/WireMiddleware", {
+  wrap: true,
+  provides: Caller,
+  failure: RpcWireError
+}) {}
+
+/** The agent's middleware: `WireMiddleware`. */
+export const AgentRpcMiddleware = WireMiddleware
+export type AgentRpcMiddleware = WireMiddleware
 
 // ---------------------------------------------------------------------------------------
 // Payloads and answers
@@ -143,6 +152,6 @@ export class AgentRpcs extends RpcGroup.make(
   NodesClosestLocalNodesGet,
   NodesHolePunchSignal,
   NodesPing
-).middleware(AgentRpcMiddleware) {}
+).middleware(WireMiddleware) {}
 
 export type AgentRpc = RpcGroup.Rpcs<typeof AgentRpcs>
