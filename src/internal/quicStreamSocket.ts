@@ -23,7 +23,18 @@ export interface QuicStreamLike {
   readonly cancel?: (reason?: unknown) => void
 }
 
-export interface QuicStreamSocket extends Socket.Socket {
+/**
+ * A socket read one chunk at a time before its `run` starts: the stream router reads a
+ * stream's first bytes so, and puts back what is not its own for the `run` to deliver first.
+ */
+export interface ChunkReader {
+  /** The next chunk (what was put back first); undefined once the peer ended its side. */
+  readonly readChunk: Effect.Effect<Uint8Array | undefined, Socket.SocketError>
+  /** Puts `chunk` back: the next `readChunk` or `run` delivers it first. */
+  readonly unread: (chunk: Uint8Array) => void
+}
+
+export interface QuicStreamSocket extends Socket.Socket, ChunkReader {
   /**
    * Ends our side gracefully (FIN after pending writes, bounded by `timeout`, default 5 s;
    * reset after that) and stops reading. Idempotent.
@@ -50,6 +61,8 @@ export const make = (
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined
   let streamWriter: WritableStreamDefaultWriter<Uint8Array> | undefined
   let readDone = false
+  /** Bytes put back by `unread`, delivered before the stream's next ones. */
+  let pending: Uint8Array | undefined
   let writeEnded = false
   /** The running `run`'s fibers; failing its deferred ends the run. */
   let current: FiberSet.FiberSet<unknown, unknown> | undefined
@@ -99,6 +112,12 @@ export const make = (
         yield* Effect.tryPromise({
           try: async () => {
             while (true) {
+              if (pending !== undefined) {
+                const result = handler(pending)
+                pending = undefined
+                if (Effect.isEffect(result)) runFork(result)
+                continue
+              }
               const { done, value } = await r.read()
               if (done) {
                 readDone = true
@@ -179,6 +198,36 @@ export const make = (
       Effect.uninterruptible
     )
 
-  const socket: QuicStreamSocket = { [Socket.TypeId]: Socket.TypeId, run, runRaw, writer, close }
+  const readChunk: Effect.Effect<Uint8Array | undefined, Socket.SocketError> = Effect.suspend(() => {
+    const chunk = pending
+    if (chunk !== undefined) {
+      pending = undefined
+      return Effect.succeed(chunk)
+    }
+    return Effect.tryPromise({
+      try: () => getReader().read(),
+      catch: (cause) => new Socket.SocketGenericError({ reason: "Read", cause })
+    }).pipe(Effect.map((result) => (result.done ? undefined : result.value)))
+  })
+
+  const unread = (chunk: Uint8Array) => {
+    if (pending === undefined) pending = chunk
+    else {
+      const joined = new Uint8Array(chunk.length + pending.length)
+      joined.set(chunk)
+      joined.set(pending, chunk.length)
+      pending = joined
+    }
+  }
+
+  const socket: QuicStreamSocket = {
+    [Socket.TypeId]: Socket.TypeId,
+    run,
+    runRaw,
+    writer,
+    close,
+    readChunk,
+    unread
+  }
   return socket
 }

@@ -95,6 +95,7 @@ export const makeWithDiagnostics: Effect.Effect<
     acquireConnection: dialing.acquireConnection,
     withConnection: dialing.withConnection,
     withConnectionStream: dialing.withConnectionStream,
+    openStream: dialing.openStream,
     getConnection: dialing.getConnection,
     getConnectionWithAddress: dialing.getConnectionWithAddress,
     getMultiConnection: multi.getMultiConnection,

@@ -3,7 +3,8 @@
  * KeyRing, a NodeGraph, a QuicTransport (QuicTransportLive from "quicmesh/node", or a simulated
  * one from "quicmesh/testing"), a Dns and the manager's options, whose shared options the
  * transport and the RPC follow (`NodeConfig`); it provides the ConnectionManager with every
- * service it stands on. `make` is the same node from services already made, with no layer
+ * service it stands on, and the node's `Protocols` registry (the application protocols its
+ * connections serve: `handle` one there). `make` is the same node from services already made, with no layer
  * graph: for programs that build nodes by the thousand (the simulation). `NodeLive.layer` is
  * `layerWith` on real QUIC.
  */
@@ -22,6 +23,7 @@ import { KeyRing, type KeyRingService } from "../services/KeyRing.js"
 import * as NodeConfig from "../services/NodeConfig.js"
 import { NodeGraph, type NodeGraphService } from "../services/NodeGraph.js"
 import { PeerRpc, type PeerRpcService } from "../services/PeerRpc.js"
+import * as Protocols from "../services/Protocols.js"
 import {
   QuicTransport,
   type QuicTransportConfig,
@@ -40,9 +42,10 @@ export type NodeServices =
   | RpcServer
   | PeerRpc
   | Dns
+  | Protocols.Protocols
 
 /** The manager over `transport` (QuicTransportLive or a simulated one), every part a layer. */
-export const layerWith = <E1, E2, E3, R3, E4 = never>(parts: {
+export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
@@ -54,16 +57,18 @@ export const layerWith = <E1, E2, E3, R3, E4 = never>(parts: {
   readonly dns: Layer.Layer<Dns>
   /** The agent RPC stack; PeerRpcLive by default (tests wrap it to observe calls). */
   readonly peerRpc?: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig>
+  /** The application protocols served on every connection; an empty registry by default. */
+  readonly protocols?: Layer.Layer<Protocols.Protocols, E5>
 }): Layer.Layer<
   NodeServices | NodeConfig.Services,
-  E1 | E2 | E3 | E4,
-  Exclude<Exclude<R3, KeyRing>, NodeConfig.Services>
+  E1 | E2 | E3 | E4 | E5,
+  Exclude<Exclude<R3, KeyRing | Protocols.Protocols>, NodeConfig.Services>
 > =>
   ConnectionManagerLive.layer.pipe(
     Layer.provideMerge(
       Layer.mergeAll(parts.transport, parts.nodeGraph, parts.dns, parts.peerRpc ?? PeerRpcLive.layer)
     ),
-    Layer.provideMerge(parts.keyRing),
+    Layer.provideMerge(Layer.merge(parts.keyRing, parts.protocols ?? Protocols.layer)),
     Layer.provideMerge(NodeConfig.layerFrom(parts.config, parts.options))
   )
 
@@ -75,6 +80,12 @@ export interface Parts {
   readonly transport: QuicTransportService
   readonly peerRpc: PeerRpcService
   readonly dns: DnsService
+  /**
+   * The registry of application protocols that `peerRpc` serves with (given to it when it was
+   * made: `PeerRpcSim.make`'s, or the `Protocols` in PeerRpcLive's layer); returned beside the
+   * manager so the node's owner can `handle` protocols.
+   */
+  readonly protocols?: Protocols.ProtocolsService
 }
 
 /** The manager and its diagnostics over `parts`, running in the current scope. */
@@ -84,17 +95,21 @@ export const make = (
   {
     readonly manager: ConnectionManagerService
     readonly diagnostics: ConnectionManagerDiagnostics["Type"]
+    readonly protocols: Protocols.ProtocolsService | undefined
   },
   never,
   Scope.Scope
 > =>
-  Effect.provide(
-    ConnectionManagerLive.makeWithDiagnostics,
-    Context.make(ConnectionManagerConfig, parts.config).pipe(
-      Context.add(KeyRing, parts.keyRing),
-      Context.add(NodeGraph, parts.nodeGraph),
-      Context.add(QuicTransport, parts.transport),
-      Context.add(PeerRpc, parts.peerRpc),
-      Context.add(Dns, parts.dns)
-    )
+  Effect.map(
+    Effect.provide(
+      ConnectionManagerLive.makeWithDiagnostics,
+      Context.make(ConnectionManagerConfig, parts.config).pipe(
+        Context.add(KeyRing, parts.keyRing),
+        Context.add(NodeGraph, parts.nodeGraph),
+        Context.add(QuicTransport, parts.transport),
+        Context.add(PeerRpc, parts.peerRpc),
+        Context.add(Dns, parts.dns)
+      )
+    ),
+    (made) => ({ ...made, protocols: parts.protocols })
   )

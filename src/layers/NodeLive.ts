@@ -3,25 +3,28 @@
  * the transport and the system resolver (DnsNode) for hostnames. Give it a KeyRing layer
  * (KeyRingLive), a NodeGraph layer (NodeGraphLmdb or NodeGraphMemory), the transport's options
  * (host, port, …; keep-alive and connect timeout follow the manager's options unless given)
- * and the manager's options.
+ * and the manager's options; optionally the application protocols it serves (`Protocols`).
  */
 import type { Layer } from "effect"
 import type { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import type { Dns } from "../services/Dns.js"
 import type { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraph } from "../services/NodeGraph.js"
+import type { Protocols } from "../services/Protocols.js"
 import type { QuicTransportOptions } from "../services/QuicTransport.js"
 import * as DnsNode from "./DnsNode.js"
 import * as Node from "./Node.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
 
-export const layer = <E1, E2>(parts: {
+export const layer = <E1, E2, E5 = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport?: Partial<QuicTransportOptions>
   readonly config: Layer.Layer<ConnectionManagerConfig>
   /** The system resolver (`DnsNode.layer`) unless given. */
   readonly dns?: Layer.Layer<Dns>
+  /** The application protocols served on every connection (an empty registry unless given). */
+  readonly protocols?: Layer.Layer<Protocols, E5>
 }) =>
   Node.layerWith({
     keyRing: parts.keyRing,
@@ -29,5 +32,6 @@ export const layer = <E1, E2>(parts: {
     transport: QuicTransportLive.layer,
     options: { transport: parts.transport ?? {} },
     config: parts.config,
-    dns: parts.dns ?? DnsNode.layer
+    dns: parts.dns ?? DnsNode.layer,
+    ...(parts.protocols === undefined ? {} : { protocols: parts.protocols })
   })

@@ -17,7 +17,8 @@
  * swapped. It only serves connections of the SimNetwork world it is given.
  */
 
-import { Cause, Duration, Effect, Exit, type Fiber, Layer, Runtime, Scope, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, type Fiber, Layer, Option, Runtime, Scope, Stream } from "effect"
+import * as StreamRouter from "../internal/streamRouter.js"
 import type { Contact, WireContact } from "../services/Contact.js"
 import type { NodeId } from "../services/NodeId.js"
 import {
@@ -29,6 +30,7 @@ import {
   PeerRpc,
   type PeerRpcService
 } from "../services/PeerRpc.js"
+import { Protocols, type ProtocolsService } from "../services/Protocols.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig } from "../services/RpcServer.js"
 import { type SimChannel, SimNetwork, type SimNetworkService } from "../services/SimNetwork.js"
@@ -91,8 +93,16 @@ const callError = (method: string, reason: PeerCallError["reason"], detail: stri
 const describe = (cause: Cause.Cause<HolePunchRefused>) =>
   Cause.isFailType(cause) ? cause.error.detail : Cause.pretty(cause)
 
-/** PeerRpc over the channels of `sim`; calls time out after `callTimeout`. */
-export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): PeerRpcService => {
+/**
+ * PeerRpc over the channels of `sim`; calls time out after `callTimeout`. With `protocols`,
+ * the streams peers open on a served connection go to the stream router (application
+ * protocols; the agent is not on streams here); without, streams are not served at all.
+ */
+export const make = (
+  sim: SimNetworkService,
+  callTimeout: Duration.Duration,
+  protocols?: ProtocolsService
+): PeerRpcService => {
   /**
    * One call: `f` runs at the peer end with its handlers and caller; its success comes back.
    * The request and the answer each cross the link once.
@@ -233,6 +243,10 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
       const queued = served.queue
       served.queue = undefined
       if (queued !== undefined) for (const request of queued) request(served)
+      if (protocols !== undefined)
+        yield* connection.handleStreams((socket) =>
+          StreamRouter.route(socket, connection, undefined, protocols, callTimeout)
+        )
     })
 
   return PeerRpc.of({
@@ -241,12 +255,16 @@ export const make = (sim: SimNetworkService, callTimeout: Duration.Duration): Pe
   })
 }
 
-/** PeerRpc for one node of the world in `SimNetwork`, with the call timeout of `RpcConfig`. */
+/**
+ * PeerRpc for one node of the world in `SimNetwork`, with the call timeout of `RpcConfig`; it
+ * serves the application protocols of `Protocols` when the layer is made with one.
+ */
 export const layer: Layer.Layer<PeerRpc, never, SimNetwork | RpcConfig> = Layer.effect(
   PeerRpc,
   Effect.gen(function* () {
     const sim = yield* SimNetwork
     const config = yield* RpcConfig
-    return make(sim, config.rpcCallTimeoutTime)
+    const protocols = yield* Effect.serviceOption(Protocols)
+    return make(sim, config.rpcCallTimeoutTime, Option.getOrUndefined(protocols))
   })
 )

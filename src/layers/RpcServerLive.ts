@@ -8,11 +8,14 @@
  * that connection.
  */
 
+import type { Socket } from "@effect/platform"
 import type { Rpc } from "@effect/rpc"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, Option, type Scope } from "effect"
 import { makeGroupServer } from "../internal/groupServer.js"
+import * as StreamRouter from "../internal/streamRouter.js"
 import { type AgentRpc, AgentRpcs } from "../services/AgentRpc.js"
 import { Caller } from "../services/Contact.js"
+import { Protocols } from "../services/Protocols.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
@@ -22,16 +25,21 @@ export const make = Effect.gen(function* () {
   const handlers = yield* Effect.context<Rpc.ToHandler<AgentRpc>>()
   const { serveStream } = yield* makeGroupServer(AgentRpcs, handlers, config)
 
+  // The node's application protocols, if it serves any: then each stream goes through the router.
+  const protocols = yield* Effect.serviceOption(Protocols)
+
   /**
    * Serves every stream the peer opens, each in a fiber of its own started when the stream
    * arrives: an idle connection costs no fiber, and only this handler (holding the
-   * connection and `context`) until a stream comes; its `Caller` is made per stream.
+   * connection and `context`) until a stream comes; its `Caller` is made per stream. With a
+   * `Protocols` registry, the stream router sends agent streams here and protocol streams to
+   * their handlers (`internal/streamRouter.ts`).
    */
   const serve = (
     connection: QuicConnection,
     context: Context.Context<never> = Context.empty()
-  ): Effect.Effect<void, never, Scope.Scope> =>
-    connection.handleStreams((socket) =>
+  ): Effect.Effect<void, never, Scope.Scope> => {
+    const serveAgent = (socket: Socket.Socket) =>
       Effect.ignore(
         serveStream(
           socket,
@@ -42,7 +50,12 @@ export const make = Effect.gen(function* () {
           })
         )
       )
+    if (Option.isNone(protocols)) return connection.handleStreams(serveAgent)
+    const registry = protocols.value
+    return connection.handleStreams((socket) =>
+      StreamRouter.route(socket, connection, serveAgent, registry, config.rpcCallTimeoutTime)
     )
+  }
 
   return RpcServer.of({
     serve,

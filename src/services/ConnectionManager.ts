@@ -3,13 +3,15 @@
  * lookups over the agent RPC, joining through seed nodes and hole-punch signalling.
  * The Effect counterpart of Polykey's NodeConnectionManager (see README for the mapping).
  */
+import type { Socket } from "@effect/platform"
 import { Context, Data, type Duration, type Effect, type Option, type Scope, type Stream } from "effect"
 import type { Address } from "./Address.js"
 import type { Contact } from "./Contact.js"
 import type { NodeAddress } from "./NodeGraph.js"
 import type { NodeId, NodeIdEncoded } from "./NodeId.js"
 import type { PeerCallError, PeerClient } from "./PeerRpc.js"
-import type { QuicConnection } from "./QuicTransport.js"
+import type { ProtocolId, UnsupportedProtocolError } from "./Protocols.js"
+import type { ConnectionError, QuicConnection } from "./QuicTransport.js"
 
 /** Options every operation takes. `timeout` defaults to `connectionConnectTimeoutTime`. */
 export interface OperationOptions {
@@ -146,6 +148,20 @@ export interface ConnectionManagerService {
     f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
     options?: OperationOptions
   ) => Stream.Stream<A, E | NodeConnectionError, R>
+  /**
+   * A stream of application `protocol` to `nodeId`, once the peer accepted it: the connection is
+   * got or made as by `acquireConnection` and counts as used while the scope is open (which
+   * ends the stream). `timeout` bounds getting the connection, then the peer's answer.
+   */
+  readonly openStream: (
+    nodeId: NodeId,
+    protocol: ProtocolId,
+    options?: OperationOptions
+  ) => Effect.Effect<
+    Socket.Socket,
+    NodeConnectionError | UnsupportedProtocolError | ConnectionError,
+    Scope.Scope
+  >
   /** Existing connection, else find the node's address, else dial. */
   readonly getConnection: (
     nodeId: NodeId,

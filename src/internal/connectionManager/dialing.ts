@@ -18,6 +18,7 @@ import {
 } from "effect"
 import type * as Address from "../../services/Address.js"
 import type {
+  ConnectionManagerService,
   LookupResult,
   NodeConnectionError,
   NodeConnectionHandle,
@@ -25,6 +26,7 @@ import type {
 } from "../../services/ConnectionManager.js"
 import type { NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
+import * as Protocols from "../../services/Protocols.js"
 import type { DialError } from "../../services/QuicTransport.js"
 import type { GraphUpkeep } from "./graphUpkeep.js"
 import type { DialSignal } from "./holePunch.js"
@@ -89,6 +91,7 @@ export interface Dialing {
     f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
     options?: OperationOptions
   ) => Stream.Stream<A, E | NodeConnectionError, R>
+  readonly openStream: ConnectionManagerService["openStream"]
   readonly destroyConnection: (nodeId: NodeId.NodeId, reason?: string) => Effect.Effect<void>
 }
 
@@ -275,6 +278,12 @@ export const make = (
   ): Stream.Stream<A, E | NodeConnectionError, R> =>
     Stream.unwrapScoped(Effect.map(acquireConnection(nodeId, options), f))
 
+  // The connection's use is taken first, in the caller's scope: the stream holds it.
+  const openStream: Dialing["openStream"] = (nodeId, protocol, options) =>
+    Effect.flatMap(acquireConnection(nodeId, options), (handle) =>
+      Protocols.open(handle.connection, protocol, options)
+    )
+
   const destroyConnection = (nodeId: NodeId.NodeId, reason = "destroyed") =>
     Effect.suspend(() => {
       const entry = map.get(nodeId)
@@ -289,6 +298,7 @@ export const make = (
     acquireConnection,
     withConnection,
     withConnectionStream,
+    openStream,
     destroyConnection
   }
 }

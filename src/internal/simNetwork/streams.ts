@@ -63,7 +63,7 @@ export class SimStream {
 }
 
 /** One side of a stream: an `@effect/platform` Socket over two pipes. */
-export class SimSocket implements Socket.Socket {
+export class SimSocket implements Socket.Socket, QuicStreamSocket.ChunkReader {
   readonly [Socket.TypeId]: Socket.TypeId = Socket.TypeId
   writeEnded = false
   current: FiberSet.FiberSet<unknown, unknown> | undefined = undefined
@@ -168,6 +168,22 @@ export class SimSocket implements Socket.Socket {
       pipe.wake = undefined
     })
   })
+
+  /** See `ChunkReader.readChunk`. */
+  get readChunk(): Effect.Effect<Uint8Array | undefined, Socket.SocketError> {
+    return Effect.suspend(() => {
+      const pipe = this.readPipe
+      if (pipe.chunks.length > 0) return Effect.succeed(pipe.chunks.shift())
+      if (pipe.error !== undefined) return Effect.fail(pipe.error)
+      if (pipe.fin || pipe.stopped) return Effect.succeed(undefined)
+      return Effect.zipRight(this.waitReady, this.readChunk)
+    })
+  }
+
+  /** See `ChunkReader.unread`. */
+  unread(chunk: Uint8Array) {
+    this.readPipe.chunks.unshift(chunk)
+  }
 
   readonly runRaw = <_, E = never, R = never>(
     // biome-ignore lint/suspicious/noConfusingVoidType: the signature of Socket.runRaw
