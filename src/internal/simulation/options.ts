@@ -1,5 +1,8 @@
 /** The simulation's options: NAT mixes, RPC modes, world and scenario options, and their checks. */
-import { Either } from "effect"
+import { Either, type Layer } from "effect"
+import type { ConnectionManager } from "../../services/ConnectionManager.js"
+import type { Protocols } from "../../services/Protocols.js"
+import type { RpcConfig } from "../../services/RpcServer.js"
 import type { NatType } from "../../services/SimNetwork.js"
 
 export const NAT_TYPES: ReadonlyArray<NatType> = ["none", "full-cone", "restricted", "symmetric"]
@@ -36,7 +39,22 @@ export interface WorldOptions {
   readonly lookupTimeoutMs?: number
   /** Trace events kept in memory for `sim.trace` (the hash covers all of them). Default 0. */
   readonly traceLimit?: number
+  /**
+   * Application protocols. Absent (the default): the nodes serve none, and their streams are
+   * not served at all. Present: every node gets a `Protocols` registry (`SimNode.protocols`,
+   * kept across restarts), served on its connections in either RPC mode; with a function, the
+   * layer it returns for a node is also built in that node's scope (again at each restart), with
+   * the node's registry, `RpcConfig` and manager, e.g. an `AppRpc` group's layer.
+   */
+  readonly protocols?: true | NodeProtocols
 }
+
+/** The application layer one node serves (see `WorldOptions.protocols`). */
+export type NodeProtocols = (node: {
+  readonly index: number
+  readonly isSeed: boolean
+  readonly nat: NatType
+}) => Layer.Layer<never, unknown, Protocols | RpcConfig | ConnectionManager>
 
 export interface ScenarioOptions extends WorldOptions {
   /** Nodes in all, seeds included. */

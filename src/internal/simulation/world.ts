@@ -7,9 +7,10 @@ import * as PeerRpcLive from "../../layers/PeerRpcLive.js"
 import * as PeerRpcSim from "../../layers/PeerRpcSim.js"
 import * as SimNet from "../../layers/SimWorld.js"
 import type { SimContext } from "../../programs/SimRuntime.js"
-import type {
-  ConnectionManagerDiagnostics,
-  ConnectionManagerService
+import {
+  ConnectionManager,
+  type ConnectionManagerDiagnostics,
+  type ConnectionManagerService
 } from "../../services/ConnectionManager.js"
 import * as CMConfig from "../../services/ConnectionManagerConfig.js"
 import type { Contact } from "../../services/Contact.js"
@@ -18,8 +19,9 @@ import * as NodeConfig from "../../services/NodeConfig.js"
 import type { NodeGraphService } from "../../services/NodeGraph.js"
 import type * as NodeId from "../../services/NodeId.js"
 import { PeerRpc } from "../../services/PeerRpc.js"
+import * as Protocols from "../../services/Protocols.js"
 import type { TransportError } from "../../services/QuicTransport.js"
-import { RpcConfig } from "../../services/RpcServer.js"
+import { RpcConfig, type RpcOptions } from "../../services/RpcServer.js"
 import type { NatType, SimNetworkService } from "../../services/SimNetwork.js"
 import type { LookupOutcome } from "./figures.js"
 import type { WorldOptions } from "./options.js"
@@ -39,6 +41,13 @@ export interface SimNode {
   diagnostics: ConnectionManagerDiagnostics["Type"]
   graph: NodeGraphService
   scope: Scope.CloseableScope
+  /**
+   * The application protocols the node serves on its connections (`handle` one here), kept
+   * across restarts; undefined unless the world was made with `protocols`.
+   */
+  readonly protocols: Protocols.ProtocolsService | undefined
+  /** The node's RPC options (limits and call timeout of its application RPC groups). */
+  rpcConfig: RpcOptions
 }
 
 export interface SimWorld {
@@ -61,6 +70,12 @@ export interface SimWorld {
   readonly restart: (node: SimNode) => Effect.Effect<void, TransportError>
   /** `from` looks `target` up with the network (never its own table first). */
   readonly lookup: (from: SimNode, target: SimNode) => Effect.Effect<LookupOutcome>
+  /**
+   * What a program acting as `node`'s application needs (its manager, its `Protocols` registry
+   * and its `RpcConfig`), e.g. to call an `AppRpc` group from it or serve one on it. Throws when
+   * the world was made without `protocols`.
+   */
+  readonly contextOf: (node: SimNode) => Context.Context<ConnectionManager | Protocols.Protocols | RpcConfig>
 }
 
 const keySeedOf = (seed: number, index: number) => `sim/${seed}/${index}`
@@ -90,11 +105,33 @@ export const makeWorld = (
     const directRpc = PeerRpcSim.make(sim, CMConfig.defaults.rpcCallTimeoutTime)
     // Simulated hosts are IP addresses: no name to resolve.
     const dns = Dns.makeStatic({})
+    const withProtocols = options.protocols !== undefined
+    const nodeProtocols = options.protocols === true ? undefined : options.protocols
     const nodes: SimNode[] = []
     const seeds: SimNode[] = []
     let nextIndex = 0
 
-    const build = (node: { keySeed: string; nat: NatType; isSeed: boolean; host: string; port: number }) =>
+    const contextOf = (
+      node: { readonly protocols: Protocols.ProtocolsService | undefined; readonly rpcConfig: RpcOptions },
+      cm: ConnectionManagerService
+    ) => {
+      if (node.protocols === undefined)
+        throw new Error("this simulated world serves no application protocols (make it with `protocols`)")
+      return Context.make(ConnectionManager, cm).pipe(
+        Context.add(Protocols.Protocols, node.protocols),
+        Context.add(RpcConfig, node.rpcConfig)
+      )
+    }
+
+    const build = (node: {
+      index: number
+      keySeed: string
+      nat: NatType
+      isSeed: boolean
+      host: string
+      port: number
+      protocols: Protocols.ProtocolsService | undefined
+    }) =>
       Effect.gen(function* () {
         const scope = yield* Scope.fork(worldScope, ExecutionStrategy.sequential)
         const seedNodes: ReadonlyArray<Contact> = seeds.map((s) => ({
@@ -125,15 +162,26 @@ export const makeWorld = (
             },
             nodeId
           )
+          const registry = node.protocols
+          const rpcContext = Layer.succeed(RpcConfig, config.rpc)
+          // A node with a registry routes the streams peers open to it (in either mode).
           const peerRpc = wire
             ? Context.get(
                 yield* Layer.buildWithScope(
-                  PeerRpcLive.layer.pipe(Layer.provide(Layer.succeed(RpcConfig, config.rpc))),
+                  PeerRpcLive.layer.pipe(
+                    Layer.provide(
+                      registry === undefined
+                        ? rpcContext
+                        : Layer.merge(rpcContext, Layer.succeed(Protocols.Protocols, registry))
+                    )
+                  ),
                   scope
                 ),
                 PeerRpc
               )
-            : directRpc
+            : registry === undefined
+              ? directRpc
+              : PeerRpcSim.make(sim, config.rpc.rpcCallTimeoutTime, registry)
           // The unchanged manager over the simulated transport and the chosen RPC layer.
           const { manager: cm, diagnostics } = yield* Node.make({
             config: config.manager,
@@ -141,9 +189,18 @@ export const makeWorld = (
             nodeGraph: graph,
             transport,
             peerRpc,
-            dns
+            dns,
+            ...(registry === undefined ? {} : { protocols: registry })
           })
-          return { scope, cm, diagnostics, graph }
+          if (nodeProtocols !== undefined)
+            yield* Layer.buildWithScope(
+              nodeProtocols({ index: node.index, isSeed: node.isSeed, nat: node.nat }),
+              scope
+            ).pipe(
+              Effect.provide(contextOf({ protocols: registry, rpcConfig: config.rpc }, cm)),
+              Effect.orDie
+            )
+          return { scope, cm, diagnostics, graph, rpcConfig: config.rpc }
         }).pipe(
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
@@ -157,7 +214,8 @@ export const makeWorld = (
         const index = nextIndex++
         const keySeed = keySeedOf(options.seed, index)
         const host = yield* sim.addHost({ nat })
-        const built = yield* build({ keySeed, nat, isSeed, host: host.host, port: 0 })
+        const protocols = withProtocols ? Protocols.make() : undefined
+        const built = yield* build({ index, keySeed, nat, isSeed, host: host.host, port: 0, protocols })
         const node: SimNode = {
           index,
           keySeed,
@@ -170,7 +228,9 @@ export const makeWorld = (
           cm: built.cm,
           diagnostics: built.diagnostics,
           graph: built.graph,
-          scope: built.scope
+          scope: built.scope,
+          protocols,
+          rpcConfig: built.rpcConfig
         }
         nodes[index] = node
         if (isSeed) seeds.push(node)
@@ -199,6 +259,7 @@ export const makeWorld = (
         node.diagnostics = built.diagnostics
         node.graph = built.graph
         node.scope = built.scope
+        node.rpcConfig = built.rpcConfig
         node.alive = true
       })
 
@@ -223,5 +284,17 @@ export const makeWorld = (
         } satisfies LookupOutcome
       })
 
-    return { sim, ctx, nodes, seeds, now, addNode, join, crash, restart, lookup } satisfies SimWorld
+    return {
+      sim,
+      ctx,
+      nodes,
+      seeds,
+      now,
+      addNode,
+      join,
+      crash,
+      restart,
+      lookup,
+      contextOf: (node) => contextOf(node, node.cm)
+    } satisfies SimWorld
   })
