@@ -24,6 +24,8 @@ export * as NodeId from "./services/NodeId.js"
 
 /** The agent RPC: its `@effect/rpc` methods and wire errors. */
 export * as AgentRpc from "./services/AgentRpc.js"
+/** Your own `@effect/rpc` groups over the node's connections: `AppRpc.make(group, { protocol })`, its `layer` and `withClient`. */
+export * as AppRpc from "./services/AppRpc.js"
 /** Connections to other nodes keyed by NodeId, lookups, joining, hole-punch signalling. */
 export * as ConnectionManager from "./services/ConnectionManager.js"
 /** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`, `layerFromEnv`. */
