@@ -12,7 +12,7 @@
  * chunks instead (optimistic opening).
  */
 import { Socket } from "@effect/platform"
-import { type Duration, Effect, Option } from "effect"
+import { type Duration, Effect, Option, Predicate } from "effect"
 import type { ChunkReader } from "./quicStreamSocket.js"
 
 /** The first byte of a stream that names an application protocol. */
@@ -63,6 +63,9 @@ export type Parsed<A> =
   | { readonly _tag: "Invalid"; readonly detail: string }
 
 const more: Parsed<never> = { _tag: "More" }
+const isDone = <A>(parsed: Parsed<A>): parsed is Extract<Parsed<A>, { readonly _tag: "Done" }> =>
+  Predicate.isTagged(parsed, "Done")
+const needsMore = <A>(parsed: Parsed<A>): boolean => Predicate.isTagged(parsed, "More")
 const invalid = (detail: string): Parsed<never> => ({ _tag: "Invalid", detail })
 
 /** `[tag][len][len bytes]` once complete: the bytes' text (len 0 refused when `nonEmpty`). */
@@ -97,7 +100,7 @@ export const parseStatus = (bytes: Uint8Array): Parsed<Option.Option<string>> =>
       return { _tag: "Done", value: Option.none(), rest: bytes.length > 1 ? bytes.subarray(1) : undefined }
     case STATUS_REFUSED: {
       const parsed = parseWithLength(bytes, "refusal reason", false)
-      return parsed._tag === "Done" ? { ...parsed, value: Option.some(parsed.value) } : parsed
+      return isDone(parsed) ? { ...parsed, value: Option.some(parsed.value) } : parsed
     }
     default:
       return invalid(`the peer answered 0x${bytes[0]!.toString(16)}, not a protocol status`)
@@ -133,8 +136,8 @@ export const readPrefix = <A>(
   const ended: Parsed<never> = invalid("the stream ended before its prefix")
   const step = (bytes: Uint8Array): Effect.Effect<Parsed<A>, Socket.SocketError> => {
     const parsed = parse(bytes)
-    if (parsed._tag === "Done" && parsed.rest !== undefined) socket.unread(parsed.rest)
-    if (parsed._tag !== "More") return Effect.succeed(parsed)
+    if (isDone(parsed) && parsed.rest !== undefined) socket.unread(parsed.rest)
+    if (!needsMore(parsed)) return Effect.succeed(parsed)
     if (bytes.length >= options.maxBytes)
       return Effect.succeed(invalid(`prefix longer than ${options.maxBytes} bytes`))
     return Effect.flatMap(socket.readChunk, (chunk) =>
@@ -144,7 +147,7 @@ export const readPrefix = <A>(
   const start = (chunk: Uint8Array | undefined): Effect.Effect<Parsed<A>, Socket.SocketError> => {
     if (chunk === undefined) return Effect.succeed(ended)
     const parsed = parse(chunk)
-    if (parsed._tag !== "More") return step(chunk)
+    if (!needsMore(parsed)) return step(chunk)
     return step(chunk).pipe(
       Effect.timeoutTo({
         duration: options.timeout,
