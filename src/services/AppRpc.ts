@@ -7,8 +7,10 @@
  *   handlers from its requirements (`group.toLayer(...)`; only this group's are used), makes
  *   the group server with the definition's limits (else `RpcConfig`'s) and registers it in
  *   the node's `Protocols` under the protocol id. Handlers see the calling peer as `Caller`
- *   (NodeId from the handshake, observed address); a handler running longer than
- *   `rpcCallTimeoutTime` is interrupted.
+ *   (NodeId from the handshake, observed address; the group needs `WireMiddleware` for its
+ *   handlers to ask for it); a handler running longer than `rpcCallTimeoutTime` is
+ *   interrupted. Give each group's `layer` its own handlers: `@effect/rpc` keys handlers by
+ *   method name, so two groups' handlers in one context share same-named methods.
  * - `withClient(nodeId, f)` gets or makes the connection like `ConnectionManager.withConnection`
  *   (it counts as used while `f` runs) and hands `f` a typed client of the group. The client
  *   is kept per connection (until it closes) and reused by the next calls; in the default
@@ -230,22 +232,28 @@ export const make = <Rpcs extends Rpc.Any>(
       return held
     })
 
-  /** The connection's client (made on first use), counted as used until `release`. */
-  const take = (connection: QuicConnection): Effect.Effect<Held<Rpcs>, never, RpcConfig> =>
-    Effect.flatMap(slotOf(connection), (slot) => {
-      const use = (held: Held<Rpcs>) => {
-        held.users++
-        return held
-      }
-      if (slot.current !== undefined) return Effect.succeed(use(slot.current))
-      return Effect.flatMap(makeHeld(connection, slot), (made) => {
-        // Another call made one meanwhile: use that one.
+  const use = (held: Held<Rpcs>) => {
+    held.users++
+    return held
+  }
+
+  /** The connection's first client, or the one another call made meanwhile. */
+  const makeFirst = (connection: QuicConnection) =>
+    Effect.flatMap(slotOf(connection), (slot) =>
+      Effect.flatMap(makeHeld(connection, slot), (made) => {
         if (slot.current !== undefined)
           return Effect.as(Scope.close(made.scope, Exit.void), use(slot.current))
         if (slots.get(connection) === slot) slot.current = made
         else made.dropped = true
         return Effect.succeed(use(made))
       })
+    )
+
+  /** The connection's client (made on first use), counted as used until `release`. */
+  const take = (connection: QuicConnection): Effect.Effect<Held<Rpcs>, never, RpcConfig> =>
+    Effect.suspend(() => {
+      const held = slots.get(connection)?.current
+      return held !== undefined ? Effect.succeed(use(held)) : makeFirst(connection)
     })
 
   const release = (held: Held<Rpcs>) =>
