@@ -2,13 +2,17 @@
  * Application protocols in simulated worlds (`makeWorld` with `protocols`): a node reaches a
  * node it never met by NodeId (lookup, dial, hole punching through NATs) and talks to it over a
  * raw protocol stream, with the direct RPC (one world of 100 nodes) and the wire RPC (a smaller
- * one). The same seed gives the same trace hash; another seed another.
+ * one), and calls an application RPC group (`AppRpc`) served by every node. The same seed gives
+ * the same trace hash; another seed another.
  */
+
+import { Rpc, RpcGroup } from "@effect/rpc"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Chunk, Effect, Layer, Option, Schema, Stream } from "effect"
 import { simulate } from "../src/programs/SimRuntime.js"
 import { makeWorld, type RpcMode, type SimNode, type SimWorld } from "../src/programs/Simulation.js"
-import type { Contact } from "../src/services/Contact.js"
+import * as AppRpc from "../src/services/AppRpc.js"
+import { Caller, type Contact } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
 import * as Protocols from "../src/services/Protocols.js"
 import type { NatType } from "../src/services/SimNetwork.js"
@@ -25,13 +29,38 @@ const echo =
       yield* writeAll(socket, [`echo:${text}`])
     }).pipe(Effect.orDie)
 
+class NotesRpcs extends RpcGroup.make(
+  Rpc.make("SendNote", { payload: { text: Schema.String }, success: Schema.String }),
+  Rpc.make("Count", { payload: { upTo: Schema.Number }, success: Schema.Number, stream: true })
+).middleware(AppRpc.WireMiddleware) {}
+
+const Notes = AppRpc.make(NotesRpcs, { protocol: "notes/1" })
+
+/** What node `index` serves: it answers with its index and the caller's NodeId. */
+const notesOf = (node: { readonly index: number }) =>
+  Notes.layer.pipe(
+    Layer.provide(
+      NotesRpcs.toLayer({
+        SendNote: ({ text }) =>
+          Effect.map(Caller, (caller) => `${node.index} got "${text}" from ${NodeId.encode(caller.nodeId)}`),
+        Count: ({ upTo }) => Stream.range(1, upTo)
+      })
+    )
+  )
+
 /** Every third node behind a restricted NAT, the rest public. */
 const natOf = (i: number): NatType => (i % 3 === 2 ? "restricted" : "none")
 
 /** A world of `size` nodes (one seed) joined four at a time, every node with a registry. */
-const joinedWorld = (ctx: Parameters<typeof makeWorld>[0], seed: number, size: number, rpc: RpcMode) =>
+const joinedWorld = (
+  ctx: Parameters<typeof makeWorld>[0],
+  seed: number,
+  size: number,
+  rpc: RpcMode,
+  protocols: true | typeof notesOf = true
+) =>
   Effect.gen(function* () {
-    const w = yield* makeWorld(ctx, { seed, rpc, k: 6, protocols: true })
+    const w = yield* makeWorld(ctx, { seed, rpc, k: 6, protocols })
     yield* w.join(yield* w.addNode({ seed: true }))
     const joined = yield* Effect.forEach(
       Array.from({ length: size - 1 }, (_, i) => i),
@@ -86,24 +115,69 @@ const rawRun = (seed: number, size: number, rpc: RpcMode) =>
     { seed }
   )
 
+/** A world where a stranger calls the notes group on a NATed node by NodeId; its trace hash. */
+const appRun = (seed: number, size: number, rpc: RpcMode) =>
+  simulate(
+    (ctx) =>
+      Effect.gen(function* () {
+        const w = yield* joinedWorld(ctx, seed, size, rpc, notesOf)
+        const [from, target] = yield* strangers(w, "restricted")
+        const asFrom = w.contextOf(from)
+        const reply = yield* Effect.provide(
+          Notes.withClient(target.nodeId, (client) => client.SendNote({ text: "hi" })),
+          asFrom
+        )
+        expect(reply).toBe(`${target.index} got "hi" from ${NodeId.encode(from.nodeId)}`)
+        const counted = yield* Notes.withClientStream(target.nodeId, (client) =>
+          client.Count({ upTo: 5 })
+        ).pipe(Stream.runCollect, Effect.provide(asFrom))
+        expect(Chunk.toReadonlyArray(counted)).toEqual([1, 2, 3, 4, 5])
+        // The served group survives a restart of the node (its layer is built again).
+        yield* w.crash(target)
+        yield* w.restart(target)
+        // The caller learns of the crash when its connection's keep-alive times out.
+        yield* Effect.sleep("40 seconds")
+        expect(yield* from.cm.hasConnection(target.nodeId)).toBe(false)
+        const again = yield* Effect.provide(
+          Notes.withClient(target.nodeId, (client) => client.SendNote({ text: "back" })),
+          asFrom
+        )
+        expect(again).toBe(`${target.index} got "back" from ${NodeId.encode(from.nodeId)}`)
+        return yield* w.sim.traceHash
+      }),
+    { seed }
+  )
+
 /** Runs `seed` twice and `seed + 1` once: the same trace hash, then another. */
-const sameTraceForSameSeed = (seed: number, size: number, rpc: RpcMode) =>
+const sameTraceForSameSeed = (run: (seed: number) => Effect.Effect<string, unknown>, seed: number) =>
   Effect.gen(function* () {
-    const first = yield* rawRun(seed, size, rpc)
-    expect(yield* rawRun(seed, size, rpc)).toBe(first)
-    expect(yield* rawRun(seed + 1, size, rpc)).not.toBe(first)
+    const first = yield* run(seed)
+    expect(yield* run(seed)).toBe(first)
+    expect(yield* run(seed + 1)).not.toBe(first)
   })
 
 describe("application protocols in a simulated world", () => {
   it.effect(
     "100 nodes, direct RPC: a node reaches a NATed node it never met by NodeId over a raw protocol; the same seed gives the same trace",
-    () => sameTraceForSameSeed(3, 100, "direct"),
+    () => sameTraceForSameSeed((seed) => rawRun(seed, 100, "direct"), 3),
+    120_000
+  )
+
+  it.effect(
+    "100 nodes, direct RPC: an application RPC group served by every node, called (unary and streamed) by a node that never met the callee, also after the callee restarts",
+    () => sameTraceForSameSeed((seed) => appRun(seed, 100, "direct"), 3),
+    120_000
+  )
+
+  it.effect(
+    "wire RPC: the application group in 24 nodes",
+    () => sameTraceForSameSeed((seed) => appRun(seed, 24, "wire"), 5),
     120_000
   )
 
   it.effect(
     "wire RPC (agent frames and protocol streams share the node's streams): the same, in 24 nodes",
-    () => sameTraceForSameSeed(5, 24, "wire"),
+    () => sameTraceForSameSeed((seed) => rawRun(seed, 24, "wire"), 5),
     120_000
   )
 })
