@@ -5,17 +5,15 @@
 
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Deferred, Duration, Effect, Either, Fiber, Layer, Schema, type Scope, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Fiber, Schema, Stream } from "effect"
 import { makeGroupClient } from "../src/internal/groupClient.js"
 import { makeGroupServer } from "../src/internal/groupServer.js"
-import * as KeyRingTest from "../src/layers/KeyRingTest.js"
-import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import { RpcMessageTooLargeError, RpcTimeoutError, WireMiddleware } from "../src/services/AgentRpc.js"
 import { Caller } from "../src/services/Contact.js"
-import { KeyRing } from "../src/services/KeyRing.js"
 import * as NodeId from "../src/services/NodeId.js"
-import { type QuicConnection, QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
+import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions } from "../src/services/RpcServer.js"
+import { quicNode } from "./fixtures/quicNode.js"
 
 // ---------------------------------------------------------------------------------------
 // A user's groups, defined with effect/Schema
@@ -56,20 +54,6 @@ const echoHandlers = EchoRpcs.toHandlersContext({ send: ({ text }) => Effect.suc
 
 // ---------------------------------------------------------------------------------------
 // Two transports on loopback
-
-const quicNode = (seed: string, scope: Scope.Scope) =>
-  Effect.gen(function* () {
-    const context = yield* Layer.buildWithScope(
-      QuicTransportLive.layer.pipe(
-        Layer.provideMerge(KeyRingTest.layer(seed)),
-        Layer.provide(QuicTransportConfig.layer({ host: "127.0.0.1" }))
-      ),
-      scope
-    )
-    const transport = context.unsafeMap.get(QuicTransport.key) as QuicTransport["Type"]
-    const keyRing = context.unsafeMap.get(KeyRing.key) as KeyRing["Type"]
-    return { transport, nodeId: yield* keyRing.nodeId }
-  })
 
 /** Two nodes and `count` connections from `a` to `b` (both ends of each). */
 const quicPairs = (count: number) =>

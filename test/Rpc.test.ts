@@ -18,8 +18,6 @@ import {
   TestClock
 } from "effect"
 import { encodeFrame, readMessages } from "../src/internal/rpcWire.js"
-import * as KeyRingTest from "../src/layers/KeyRingTest.js"
-import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
 import {
@@ -33,11 +31,11 @@ import {
   RpcTimeoutError
 } from "../src/services/AgentRpc.js"
 import { Caller, type Contact, type WireContact } from "../src/services/Contact.js"
-import { KeyRing } from "../src/services/KeyRing.js"
 import * as NodeId from "../src/services/NodeId.js"
-import { type QuicConnection, QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
+import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
 import { endpoint, makeConnectionPair } from "./fixtures/memoryConnection.js"
+import { quicNode } from "./fixtures/quicNode.js"
 
 const contacts: ReadonlyArray<WireContact> = Array.from({ length: 30 }, (_, i) => {
   const e = endpoint(i + 1)
@@ -458,20 +456,6 @@ const rawExchangeUntil = (connection: QuicConnection, bytes: Uint8Array, count: 
 
 // ---------------------------------------------------------------------------------------
 // Real QUIC on loopback
-
-const quicNode = (seed: string, scope: Scope.Scope) =>
-  Effect.gen(function* () {
-    const context = yield* Layer.buildWithScope(
-      QuicTransportLive.layer.pipe(
-        Layer.provideMerge(KeyRingTest.layer(seed)),
-        Layer.provide(QuicTransportConfig.layer({ host: "127.0.0.1" }))
-      ),
-      scope
-    )
-    const transport = context.unsafeMap.get(QuicTransport.key) as QuicTransport["Type"]
-    const keyRing = context.unsafeMap.get(KeyRing.key) as KeyRing["Type"]
-    return { transport, nodeId: yield* keyRing.nodeId }
-  })
 
 const quicPair = Effect.gen(function* () {
   const scope = yield* Effect.scope
