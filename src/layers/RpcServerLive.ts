@@ -35,27 +35,36 @@ export const make = Effect.gen(function* () {
    * `Protocols` registry, the stream router sends agent streams here and protocol streams to
    * their handlers (`internal/streamRouter.ts`).
    */
+  /** The agent RPC on one stream of `connection`, its `Caller` made for the stream. */
+  const serveAgent = (socket: Socket.Socket, connection: QuicConnection, context: Context.Context<never>) =>
+    Effect.ignore(
+      serveStream(
+        socket,
+        Context.add(context, Caller, {
+          nodeId: connection.remoteNodeId,
+          host: connection.remoteHost,
+          port: connection.remotePort
+        })
+      )
+    )
+
+  // One handler per connection, holding only the connection and its context (a held
+  // connection costs no more with a Protocols registry than without).
   const serve = (
     connection: QuicConnection,
     context: Context.Context<never> = Context.empty()
-  ): Effect.Effect<void, never, Scope.Scope> => {
-    const serveAgent = (socket: Socket.Socket) =>
-      Effect.ignore(
-        serveStream(
-          socket,
-          Context.add(context, Caller, {
-            nodeId: connection.remoteNodeId,
-            host: connection.remoteHost,
-            port: connection.remotePort
-          })
+  ): Effect.Effect<void, never, Scope.Scope> =>
+    Option.isNone(protocols)
+      ? connection.handleStreams((socket) => serveAgent(socket, connection, context))
+      : connection.handleStreams((socket) =>
+          StreamRouter.route(
+            socket,
+            connection,
+            (agentSocket) => serveAgent(agentSocket, connection, context),
+            protocols.value,
+            config.rpcCallTimeoutTime
+          )
         )
-      )
-    if (Option.isNone(protocols)) return connection.handleStreams(serveAgent)
-    const registry = protocols.value
-    return connection.handleStreams((socket) =>
-      StreamRouter.route(socket, connection, serveAgent, registry, config.rpcCallTimeoutTime)
-    )
-  }
 
   return RpcServer.of({
     serve,
