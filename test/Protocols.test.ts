@@ -276,7 +276,7 @@ describe("Protocols over QUIC", () => {
         expect(outstanding).toBeLessThan(8 * 1024 * 1024)
         expect(heapAfterGc() - base).toBeLessThan(16 * 1024 * 1024)
       }),
-    bulkMiB * 2_000 + 10_000
+    bulkMiB * 5_000 + 10_000
   )
 })
 
