@@ -43,7 +43,15 @@ import { KeyRing } from "../src/services/KeyRing.js"
 import type * as NodeId from "../src/services/NodeId.js"
 import * as Protocols from "../src/services/Protocols.js"
 import { nodeLayer } from "./connectionManagerChild.js"
-import { nodeIdVerifier, quietLogger, type RawTls, rawDial, serverCrypto, startSocket } from "./rawQuic.js"
+import {
+  nodeIdVerifier,
+  quietLogger,
+  type RawTls,
+  rawDial,
+  serverCrypto,
+  startSocket,
+  stopRaw
+} from "./rawQuic.js"
 import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
 
 const envInt = (name: string, fallback: number) => {
@@ -294,12 +302,7 @@ const streamThroughput = (
           })
           return { server, socket, client }
         }),
-        ({ server, socket, client }) =>
-          Effect.promise(async () => {
-            await client.destroy({ force: true })
-            await server.stop({ force: true })
-            await socket.stop({ force: true })
-          })
+        stopRaw
       )
       type Kind = "app" | "raw"
       /** One timed transfer of `n` writes of `kind`: MiB/s. */

@@ -138,6 +138,18 @@ export const rawEcho = async (connection: QUICConnection, bytes: Uint8Array) => 
 }
 
 /** An echo server and a client connected to it on its own socket, released with the scope. */
+/** Tears down a raw client, its server and its socket, in that order. */
+export const stopRaw = (raw: {
+  readonly server: { readonly stop: (options: { force: boolean }) => Promise<unknown> }
+  readonly socket: { readonly stop: (options: { force: boolean }) => Promise<unknown> }
+  readonly client: { readonly destroy: (options: { force: boolean }) => Promise<unknown> }
+}) =>
+  Effect.promise(async () => {
+    await raw.client.destroy({ force: true })
+    await raw.server.stop({ force: true })
+    await raw.socket.stop({ force: true })
+  })
+
 export const rawEchoPair = (tls: RawTls) =>
   Effect.acquireRelease(
     Effect.promise(async () => {
@@ -146,10 +158,5 @@ export const rawEchoPair = (tls: RawTls) =>
       const client = await rawDial({ socket, host: "127.0.0.1", port: server.port, tls })
       return { server, socket, client }
     }),
-    ({ server, socket, client }) =>
-      Effect.promise(async () => {
-        await client.destroy({ force: true })
-        await server.stop({ force: true })
-        await socket.stop({ force: true })
-      })
+    stopRaw
   )
