@@ -52,12 +52,8 @@ import {
   startSocket,
   stopRaw
 } from "./rawQuic.js"
-import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
+import { type BenchResult, type BenchSuite, envInt, median, quantile } from "./types.js"
 
-const envInt = (name: string, fallback: number) => {
-  const n = Number(process.env[name])
-  return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback
-}
 const ROUNDS = envInt("BENCH_APP_ROUNDS", 8)
 const SEQUENTIAL_PER_ROUND = envInt("BENCH_APP_SEQUENTIAL", 100)
 const CONCURRENT_CALLERS = envInt("BENCH_APP_CALLERS", 32)

@@ -62,12 +62,8 @@ import {
   type PeerInfo
 } from "./connectionManagerChild.js"
 import { nodeIdVerifier, rawDial, rawEcho, rawEchoPair, startSocket } from "./rawQuic.js"
-import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
+import { type BenchResult, type BenchSuite, envInt, median, quantile } from "./types.js"
 
-const envInt = (name: string, fallback: number) => {
-  const n = Number(process.env[name])
-  return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback
-}
 const PAIRS = envInt("BENCH_CM_PAIRS", 300)
 const CONNECTIONS = envInt("BENCH_CM_CONNECTIONS", 1000)
 const NODES = envInt("BENCH_CM_NODES", 200)

@@ -41,3 +41,9 @@ export const quantile = (xs: ReadonlyArray<number>, q: number): number => {
 }
 
 export const median = (xs: ReadonlyArray<number>) => quantile(xs, 0.5)
+
+/** A whole number > 0 from the environment variable `name`, else `fallback`. */
+export const envInt = (name: string, fallback: number): number => {
+  const n = Number(process.env[name])
+  return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback
+}

@@ -5,7 +5,7 @@
 
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Deferred, Duration, Effect, Either, Fiber, Schema, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Schema, Stream } from "effect"
 import { makeGroupClient } from "../src/internal/groupClient.js"
 import { makeGroupServer } from "../src/internal/groupServer.js"
 import { RpcMessageTooLargeError, RpcTimeoutError, WireMiddleware } from "../src/services/AgentRpc.js"
@@ -13,7 +13,7 @@ import { Caller } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
 import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions } from "../src/services/RpcServer.js"
-import { quicNode } from "./fixtures/quicNode.js"
+import { connect, quicNode } from "./fixtures/quicNode.js"
 
 // ---------------------------------------------------------------------------------------
 // A user's groups, defined with effect/Schema
@@ -63,14 +63,7 @@ const quicPairs = (count: number) =>
     const b = yield* quicNode("group-rpc-b", scope)
     const pairs: Array<{ readonly connA: QuicConnection; readonly connB: QuicConnection }> = []
     for (let i = 0; i < count; i++) {
-      const incoming = yield* Effect.fork(Stream.runHead(b.transport.incoming))
-      const connA = yield* a.transport.dial({
-        host: "127.0.0.1",
-        port: b.transport.port,
-        expectedNodeIds: [b.nodeId]
-      })
-      const connB = yield* Fiber.join(incoming).pipe(Effect.flatten)
-      pairs.push({ connA, connB })
+      pairs.push(yield* connect(a, b))
     }
     return { a, b, pairs }
   })

@@ -35,7 +35,7 @@ import * as NodeId from "../src/services/NodeId.js"
 import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
 import { endpoint, makeConnectionPair } from "./fixtures/memoryConnection.js"
-import { quicNode } from "./fixtures/quicNode.js"
+import { connect, quicNode } from "./fixtures/quicNode.js"
 
 const contacts: ReadonlyArray<WireContact> = Array.from({ length: 30 }, (_, i) => {
   const e = endpoint(i + 1)
@@ -461,13 +461,7 @@ const quicPair = Effect.gen(function* () {
   const scope = yield* Effect.scope
   const a = yield* quicNode("rpc-test-a", scope)
   const b = yield* quicNode("rpc-test-b", scope)
-  const incoming = yield* Effect.fork(Stream.runHead(b.transport.incoming))
-  const connA = yield* a.transport.dial({
-    host: "127.0.0.1",
-    port: b.transport.port,
-    expectedNodeIds: [b.nodeId]
-  })
-  const connB = yield* Fiber.join(incoming).pipe(Effect.flatten)
+  const { connA, connB } = yield* connect(a, b)
   return { a, b, connA, connB }
 })
 
