@@ -52,7 +52,15 @@ import {
   startSocket,
   stopRaw
 } from "./rawQuic.js"
-import { type BenchResult, type BenchSuite, envInt, median, quantile } from "./types.js"
+import {
+  type BenchResult,
+  type BenchSuite,
+  callsPerSecond,
+  envInt,
+  median,
+  quantile,
+  timeSequential
+} from "./types.js"
 
 const ROUNDS = envInt("BENCH_APP_ROUNDS", 8)
 const SEQUENTIAL_PER_ROUND = envInt("BENCH_APP_SEQUENTIAL", 100)
@@ -195,27 +203,8 @@ const roundTrips = (a: ConnectionManagerService, nodeIdB: NodeId.NodeId) =>
       app: Effect.orDie(appPing),
       agent: Effect.orDie(a.withConnection(nodeIdB, (handle) => handle.client.ping))
     } satisfies Record<Kind, unknown>
-    const sequential = (kind: Kind) =>
-      Effect.gen(function* () {
-        const once = calls[kind]
-        const out: number[] = []
-        for (let i = 0; i < SEQUENTIAL_PER_ROUND; i++) {
-          const t0 = performance.now()
-          yield* once
-          out.push(performance.now() - t0)
-        }
-        return out
-      })
-    const concurrent = (kind: Kind) =>
-      Effect.gen(function* () {
-        const t0 = performance.now()
-        yield* Effect.forEach(
-          Array.from({ length: CONCURRENT_CALLERS }),
-          () => Effect.repeatN(calls[kind], CALLS_PER_CALLER - 1),
-          { concurrency: "unbounded", discard: true }
-        )
-        return (CONCURRENT_CALLERS * CALLS_PER_CALLER) / ((performance.now() - t0) / 1000)
-      })
+    const sequential = (kind: Kind) => timeSequential(SEQUENTIAL_PER_ROUND, () => calls[kind])
+    const concurrent = (kind: Kind) => callsPerSecond(CONCURRENT_CALLERS, CALLS_PER_CALLER, () => calls[kind])
     const kinds: ReadonlyArray<Kind> = ["agent", "app"]
     // Warm-up: the application client and its stream, JIT.
     for (const kind of kinds) for (let i = 0; i < WARMUP_CALLS; i++) yield* calls[kind]

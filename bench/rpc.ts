@@ -17,7 +17,14 @@ import { KeyRing } from "../src/services/KeyRing.js"
 import { QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { type AgentClient, RpcConfig, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
 import { rawEcho, rawEchoPair } from "./rawQuic.js"
-import { type BenchResult, type BenchSuite, median, quantile } from "./types.js"
+import {
+  type BenchResult,
+  type BenchSuite,
+  callsPerSecond,
+  median,
+  quantile,
+  timeSequential
+} from "./types.js"
 
 const ROUNDS = 6
 const SEQUENTIAL_PER_ROUND = 40
@@ -74,30 +81,9 @@ const program = Effect.gen(function* () {
     kind === "raw"
       ? Effect.promise(() => rawEcho(raw.client.connection, rawBytes))
       : Effect.orDie(ping(clients[kind], i))
-  const sequential = (kind: Kind) =>
-    Effect.gen(function* () {
-      const out: number[] = []
-      for (let i = 0; i < SEQUENTIAL_PER_ROUND; i++) {
-        const t0 = performance.now()
-        yield* once(kind, i)
-        out.push(performance.now() - t0)
-      }
-      return out
-    })
+  const sequential = (kind: Kind) => timeSequential(SEQUENTIAL_PER_ROUND, (i) => once(kind, i))
   const concurrent = (kind: Kind) =>
-    Effect.gen(function* () {
-      const t0 = performance.now()
-      yield* Effect.forEach(
-        Array.from({ length: CONCURRENT_CALLERS }, (_, c) => c),
-        (c) =>
-          Effect.forEach(
-            Array.from({ length: CALLS_PER_CALLER }, (_, i) => c * 1000 + i),
-            (i) => once(kind, i)
-          ),
-        { concurrency: "unbounded", discard: true }
-      )
-      return (CONCURRENT_CALLERS * CALLS_PER_CALLER) / ((performance.now() - t0) / 1000)
-    })
+    callsPerSecond(CONCURRENT_CALLERS, CALLS_PER_CALLER, (i) => once(kind, i))
 
   const kinds: ReadonlyArray<Kind> = ["raw", "per-call", "multiplexed"]
   // Warm-up: streams, JIT.

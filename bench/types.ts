@@ -1,3 +1,5 @@
+import { Effect } from "effect"
+
 /** One measured figure. When `baseline` is given, `ratio` = value / baseline (lower is better unless said). */
 export interface BenchResult {
   readonly suite: string
@@ -41,6 +43,39 @@ export const quantile = (xs: ReadonlyArray<number>, q: number): number => {
 }
 
 export const median = (xs: ReadonlyArray<number>) => quantile(xs, 0.5)
+
+/** `count` calls one after another (`call(i)`); each call's time in ms. */
+export const timeSequential = <R>(count: number, call: (i: number) => Effect.Effect<unknown, never, R>) =>
+  Effect.gen(function* () {
+    const out: number[] = []
+    for (let i = 0; i < count; i++) {
+      const t0 = performance.now()
+      yield* call(i)
+      out.push(performance.now() - t0)
+    }
+    return out
+  })
+
+/** `callers` callers at once, each making `perCaller` calls in turn (`call(caller * 1000 + i)`); calls/s. */
+export const callsPerSecond = <R>(
+  callers: number,
+  perCaller: number,
+  call: (i: number) => Effect.Effect<unknown, never, R>
+) =>
+  Effect.gen(function* () {
+    const t0 = performance.now()
+    yield* Effect.forEach(
+      Array.from({ length: callers }, (_, c) => c),
+      (c) =>
+        Effect.forEach(
+          Array.from({ length: perCaller }, (_, i) => c * 1000 + i),
+          call,
+          { discard: true }
+        ),
+      { concurrency: "unbounded", discard: true }
+    )
+    return (callers * perCaller) / ((performance.now() - t0) / 1000)
+  })
 
 /** A whole number > 0 from the environment variable `name`, else `fallback`. */
 export const envInt = (name: string, fallback: number): number => {
