@@ -10,7 +10,7 @@ import { Socket } from "@effect/platform"
 import { RpcSerialization } from "@effect/rpc"
 import type { FromServerEncoded } from "@effect/rpc/RpcMessage"
 import { Cause, Effect, Exit, Fiber, Mailbox, Option, Predicate, Schema } from "effect"
-import { AgentRpcWireError, RpcMalformedMessageError, RpcMessageTooLargeError } from "../services/AgentRpc.js"
+import { RpcMalformedMessageError, RpcMessageTooLargeError, RpcWireError } from "../services/AgentRpc.js"
 
 export const HEADER_BYTES = 4
 
@@ -83,18 +83,18 @@ export class FrameDecoder {
   }
 }
 
-const encodeWireError = Schema.encodeSync(AgentRpcWireError)
-const decodeWireError = Schema.decodeUnknownOption(AgentRpcWireError)
+const encodeWireError = Schema.encodeSync(RpcWireError)
+const decodeWireError = Schema.decodeUnknownOption(RpcWireError)
 
 /** An `Exit` that fails request `requestId` with a typed wire error. */
-export const failureExit = (requestId: string, error: AgentRpcWireError): FromServerEncoded => ({
+export const failureExit = (requestId: string, error: RpcWireError): FromServerEncoded => ({
   _tag: "Exit",
   requestId,
   exit: { _tag: "Failure", cause: { _tag: "Fail", error: encodeWireError(error) } }
 })
 
 /** A stream-level failure (no request to pin it on): every call on the stream fails with it. */
-export const streamDefect = (error: AgentRpcWireError): FromServerEncoded => ({
+export const streamDefect = (error: RpcWireError): FromServerEncoded => ({
   _tag: "Defect",
   defect: encodeWireError(error)
 })

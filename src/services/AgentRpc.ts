@@ -105,10 +105,6 @@ export const RpcWireError = Schema.Union(
 )
 export type RpcWireError = typeof RpcWireError.Type
 
-/** The wire errors of the agent's calls: `RpcWireError`. */
-export const AgentRpcWireError = RpcWireError
-export type AgentRpcWireError = RpcWireError
-
 /**
  * Server middleware of every method served on the wire: provides `Caller` and bounds the
  * handler by `rpcCallTimeoutTime`; its failure schema adds `RpcWireError` to every method.
@@ -119,10 +115,6 @@ export class WireMiddleware extends RpcMiddleware.Tag<WireMiddleware>()("quicmes
   provides: Caller,
   failure: RpcWireError
 }) {}
-
-/** The agent's middleware: `WireMiddleware`. */
-export const AgentRpcMiddleware = WireMiddleware
-export type AgentRpcMiddleware = WireMiddleware
 
 // ---------------------------------------------------------------------------------------
 // Payloads and answers

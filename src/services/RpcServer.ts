@@ -12,11 +12,11 @@
  */
 import { Context, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
-  AgentRpcWireError,
   NodesClosestLocalNodesGet,
   NodesHolePunchSignal,
   NodesPing,
-  RpcHandlerError
+  RpcHandlerError,
+  RpcWireError
 } from "./AgentRpc.js"
 import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
 import type { WireContact } from "./Contact.js"
@@ -46,7 +46,7 @@ export class RpcConfig extends Context.Tag("quicmesh/RpcConfig")<RpcConfig, RpcO
 }
 
 /** Every way a call can fail besides its own typed errors. */
-export type AgentCallError = AgentRpcWireError
+export type AgentCallError = RpcWireError
 
 /**
  * Typed calls on one connection. Every call is bounded by `rpcCallTimeoutTime` (then fails
