@@ -1,17 +1,26 @@
 /**
  * The `quicmesh` command line: `agent start|status|stop`, `nodes …`, `identity`, `sim`.
+ * What the commands share (options, output, the agent's control client) is in `cli/shared.ts`.
  */
-import { existsSync } from "node:fs"
-import { connect } from "node:net"
-import { homedir } from "node:os"
-import { resolve } from "node:path"
 import { Args, Command, Options } from "@effect/cli"
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { Config, Effect, Layer, Logger, LogLevel, Option, Schedule } from "effect"
+import { Config, Effect, Logger, LogLevel, Option, Schedule } from "effect"
 import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
-import { ControlError, ControlRpcs } from "./ControlApi.js"
+import {
+  aboutNode,
+  checkFormat,
+  checkTimeout,
+  format,
+  hostPort,
+  nodeColumns,
+  nodePath,
+  print,
+  resolveNodePath,
+  sourceOf,
+  table,
+  timeoutMs,
+  withAgent
+} from "./cli/shared.js"
 import {
   checkHost,
   checkPort,
@@ -22,128 +31,10 @@ import {
   positiveInt,
   UsageError
 } from "./Input.js"
-import { lockNodePath, pidAlive, socketPath } from "./NodePath.js"
+import { lockNodePath, pidAlive } from "./NodePath.js"
 import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
-
-// ---- Shared options ------------------------------------------------------------------
-
-const nodePath = Options.directory("node-path").pipe(
-  Options.withDescription("The node's directory (identity, routing table, control socket)"),
-  Options.withFallbackConfig(Config.string("QUICMESH_NODE_PATH")),
-  Options.optional
-)
-const resolveNodePath = (p: Option.Option<string>) =>
-  resolve(Option.getOrElse(p, () => resolve(homedir(), ".quicmesh")))
-
-/**
- * Where a value came from, for error messages: the flag when it is on the command line,
- * else the environment variable when that is set (flags win over the environment).
- */
-const sourceOf = (flag: string, env: string) =>
-  process.argv.some((a) => a === `--${flag}` || a.startsWith(`--${flag}=`)) || process.env[env] === undefined
-    ? ""
-    : ` (from ${env})`
-
-const format = Options.text("format").pipe(
-  Options.withDescription("Output format: human or json"),
-  Options.withFallbackConfig(Config.string("QUICMESH_FORMAT")),
-  Options.withDefault("human")
-)
-const checkFormat = (f: string): Effect.Effect<"human" | "json", UsageError> =>
-  f === "human" || f === "json"
-    ? Effect.succeed(f)
-    : Effect.fail(
-        new UsageError({
-          message: `invalid format "${f}"${sourceOf("format", "QUICMESH_FORMAT")}: must be human or json`
-        })
-      )
-
-const timeoutMs = Options.text("timeout").pipe(
-  Options.withDescription("Timeout in milliseconds"),
-  Options.optional
-)
-const checkTimeout = (t: Option.Option<string>) => positiveInt("timeout", t, " (milliseconds)")
-
-// ---- Output --------------------------------------------------------------------------
-
-const print = (fmt: "human" | "json", json: unknown, human: string) =>
-  Effect.sync(() => process.stdout.write(fmt === "json" ? `${JSON.stringify(json)}\n` : `${human}\n`))
-
-/** "host:port", with an IPv6 host in brackets ("[::1]:4000"). */
-export const hostPort = (host: string, port: number) =>
-  host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`
-
-type Column<R> = readonly [title: string, cell: (row: R) => string]
-
-/** A plain-text table: a header row, then one row each, columns padded to line up. */
-const table = <R>(rows: ReadonlyArray<R>, columns: ReadonlyArray<Column<R>>, empty: string) => {
-  if (rows.length === 0) return empty
-  const cells = rows.map((r) => columns.map(([, cell]) => cell(r)))
-  const widths = columns.map(([title], i) => Math.max(title.length, ...cells.map((row) => row[i]!.length)))
-  const line = (xs: ReadonlyArray<string>) =>
-    xs
-      .map((x, i) => x.padEnd(widths[i]!))
-      .join("  ")
-      .trimEnd()
-  return [line(columns.map(([title]) => title)), ...cells.map(line)].join("\n")
-}
-
-const nodeColumns: ReadonlyArray<
-  Column<{ nodeId: string; host: string; port: number; bucketIndex: number; lastUpdated: number }>
-> = [
-  ["NODE ID", (r) => r.nodeId],
-  ["ADDRESS", (r) => hostPort(r.host, r.port)],
-  ["BUCKET", (r) => String(r.bucketIndex)],
-  ["LAST UPDATED", (r) => new Date(r.lastUpdated).toISOString()]
-]
-
-// ---- Talking to the agent ------------------------------------------------------------
-
-const agentReachable = (path: string) =>
-  Effect.async<boolean>((resume) => {
-    if (!existsSync(path)) return resume(Effect.succeed(false))
-    const socket = connect({ path })
-    socket.once("connect", () => {
-      socket.destroy()
-      resume(Effect.succeed(true))
-    })
-    socket.once("error", () => resume(Effect.succeed(false)))
-  })
-
-const makeControlClient = RpcClient.make(ControlRpcs)
-type ControlClient = Effect.Effect.Success<typeof makeControlClient>
-
-/** Runs `f` with a control client for the agent at `dir`; "no agent running" when there is none. */
-const withAgent = <A>(
-  dir: string,
-  f: (client: ControlClient) => Effect.Effect<A, unknown>
-): Effect.Effect<A, OperationError> =>
-  Effect.gen(function* () {
-    const path = socketPath(dir)
-    if (!(yield* agentReachable(path)))
-      return yield* Effect.fail(new OperationError({ message: `no agent running at ${dir}` }))
-    return yield* Effect.scoped(
-      makeControlClient.pipe(
-        Effect.flatMap(f),
-        Effect.provide(
-          RpcClient.layerProtocolSocket({ retryTransientErrors: false }).pipe(
-            Layer.provide(NodeSocket.layerNet({ path })),
-            Layer.provide(RpcSerialization.layerNdjson)
-          )
-        )
-      )
-    )
-  }).pipe(
-    Effect.mapError((e: unknown) =>
-      e instanceof OperationError
-        ? e
-        : e instanceof ControlError
-          ? new OperationError({ message: e.message })
-          : new OperationError({ message: `lost the agent at ${dir}: ${(e as Error).message ?? String(e)}` })
-    )
-  )
 
 // ---- agent ---------------------------------------------------------------------------
 
@@ -241,29 +132,21 @@ const agent = Command.make("agent").pipe(
 
 // ---- nodes ---------------------------------------------------------------------------
 
-const nodeIdArg = Args.text({ name: "NODEID" }).pipe(Args.withDescription("A NodeId (v…, 53 characters)"))
-
-const nodesAdd = Command.make(
-  "add",
-  { nodePath, format, nodeId: nodeIdArg, address: Args.text({ name: "HOST:PORT" }) },
-  (o) =>
-    Effect.gen(function* () {
-      const fmt = yield* checkFormat(o.format)
-      const id = yield* parseNodeId(o.nodeId)
-      const address = yield* parseAddress(o.address)
-      yield* withAgent(resolveNodePath(o.nodePath), (c) =>
-        c.nodesAdd({ nodeId: NodeId.encode(id), host: address.host, port: address.port })
-      )
-      yield* print(
-        fmt,
-        { success: true },
-        `added ${NodeId.encode(id)} at ${hostPort(address.host, address.port)}`
-      )
-    })
+const nodesAdd = Command.make("add", { ...aboutNode, address: Args.text({ name: "HOST:PORT" }) }, (o) =>
+  Effect.gen(function* () {
+    const fmt = yield* checkFormat(o.format)
+    const id = yield* parseNodeId(o.nodeId)
+    const address = yield* parseAddress(o.address)
+    yield* withAgent(resolveNodePath(o.nodePath), (c) =>
+      c.nodesAdd({ nodeId: NodeId.encode(id), host: address.host, port: address.port })
+    )
+    yield* print(
+      fmt,
+      { success: true },
+      `added ${NodeId.encode(id)} at ${hostPort(address.host, address.port)}`
+    )
+  })
 ).pipe(Command.withDescription("Add a node and its address to the agent's routing table"))
-
-/** The options of a command about one node. */
-const aboutNode = { nodePath, format, nodeId: nodeIdArg } as const
 
 const nodesFind = Command.make("find", { ...aboutNode, timeout: timeoutMs }, (o) =>
   Effect.gen(function* () {
