@@ -16,7 +16,8 @@
  *    in a fresh child process of its own (`memory cm` / `memory raw`): warm-up connections
  *    (the manager also makes one call on each, so that the RPC client's code is compiled),
  *    2.5 s, heap/RSS after gc, N more connections, 2.5 s (idle RPC clients close after 1 s),
- *    heap/RSS after gc; the delta divided by N.
+ *    heap/RSS after gc; the delta divided by N. BENCH_CM_MEMORY_ROUNDS (3) rounds, each with fresh
+ *    peers; each figure is the median over the rounds.
  * 4. Lookups on a loopback network of full nodes: 3 seeds in this process, the other nodes spread
  *    over BENCH_CM_NET_PROCESSES child processes (bench/connectionManagerChild.ts `net`), each
  *    building its nodes and joining them through the seeds with `syncNodeGraph`,
@@ -87,6 +88,7 @@ const CALLS_PER_CALLER = 4
 const MEMORY_TARGET = 1.2
 // Connections made before the baseline reading (both sides): the JIT has compiled the hot paths by then.
 const MEMORY_WARM = envInt("BENCH_CM_MEMORY_WARM", 64)
+const MEMORY_ROUNDS = envInt("BENCH_CM_MEMORY_ROUNDS", 3)
 const SEEDS = 3
 
 const SUITE = "connectionManager"
@@ -352,16 +354,24 @@ const lineOf = <A>(child: ChildProcess, key: string): Promise<A> =>
     child.once("exit", (code) => reject(new Error(`child exited (${code}) before "${key}"`)))
   })
 
-const memory = async (): Promise<BenchResult[]> => {
+interface MemoryRound {
+  readonly cm: MemoryReport
+  readonly raw: MemoryReport
+  readonly transport: MemoryReport
+  readonly processes: number
+}
+
+/** One round: fresh peer processes, then each side measured in a fresh process of its own. */
+const memoryRound = async (round: number): Promise<MemoryRound> => {
   const total = CONNECTIONS + MEMORY_WARM
   const processes = Math.ceil(total / PEERS_PER_PROCESS)
-  log(`memory: ${total} peer nodes in ${processes} processes`)
+  log(`memory round ${round}: ${total} peer nodes in ${processes} processes`)
   const t0 = performance.now()
   const peerChildren = Array.from({ length: processes }, (_, i) =>
     startChild([
       "peers",
       String(Math.min(PEERS_PER_PROCESS, total - i * PEERS_PER_PROCESS)),
-      `bench-cm-peer-${i}`
+      `bench-cm-peer-${round}-${i}`
     ])
   )
   try {
@@ -392,53 +402,69 @@ const memory = async (): Promise<BenchResult[]> => {
     log(`memory: raw ${raw.held}/${raw.connections} in ${(raw.connectMs / 1000).toFixed(1)} s`)
     const transport = await measure("transport", peers.slice(0, MEMORY_WARM + cm.held))
     log(`memory: transport ${transport.held}/${transport.connections}`)
-    const per = (r: MemoryReport, x: number) => kib(x) / r.held
-    const how =
-      `${cm.held} connections held at once (${CONNECTIONS} wanted, ${MEMORY_BUDGET_MS / 1000} s budget; ` +
-      `+${MEMORY_WARM} before the baseline reading) to full nodes in ${processes} peer processes; ` +
-      `each side measured in a fresh process after gc, delta / connections held; ` +
-      `held ${cm.held}/${cm.connections} vs ${raw.held}/${raw.connections} attempted; ` +
-      `connect time ${(cm.connectMs / 1000).toFixed(1)} s vs ${(raw.connectMs / 1000).toFixed(1)} s (32 at a time)`
-    const heapCm = per(cm, cm.heapDelta)
-    const heapRaw = per(raw, raw.heapDelta)
-    const rssCm = per(cm, cm.rssDelta)
-    const rssRaw = per(raw, raw.rssDelta)
-    return [
-      {
-        suite: SUITE,
-        name: `memory per connection (${cm.held} held), JS heap`,
-        value: heapCm,
-        unit: "KiB",
-        baselineName: "raw QUICClients on one QUICSocket",
-        baseline: heapRaw,
-        ratio: heapCm / heapRaw,
-        target: `≤ ${MEMORY_TARGET.toFixed(2)}×`,
-        met: heapCm / heapRaw <= MEMORY_TARGET,
-        notes:
-          `${how}; external ${per(cm, cm.externalDelta).toFixed(1)} vs ${per(raw, raw.externalDelta).toFixed(1)} KiB; ` +
-          `V8 heap reserved (heapTotal) ${per(cm, cm.heapTotalDelta).toFixed(1)} vs ${per(raw, raw.heapTotalDelta).toFixed(1)} KiB; ` +
-          `QuicTransport dials alone (same method): heap ${per(transport, transport.heapDelta).toFixed(1)} KiB, ` +
-          `RSS ${per(transport, transport.rssDelta).toFixed(1)} KiB per connection`
-      },
-      {
-        suite: SUITE,
-        name: `memory per connection (${cm.held} held), RSS`,
-        value: rssCm,
-        unit: "KiB",
-        baselineName: "raw QUICClients on one QUICSocket",
-        baseline: rssRaw,
-        ratio: rssCm / rssRaw,
-        target: `≤ ${MEMORY_TARGET.toFixed(2)}×`,
-        met: rssCm / rssRaw <= MEMORY_TARGET,
-        notes: "RSS includes quiche's native state; same method as the heap figure"
-      }
-    ]
+    return { cm, raw, transport, processes }
   } finally {
     for (const c of peerChildren) {
       c.stdin?.end()
       if (c.exitCode === null) setTimeout(() => c.exitCode === null && c.kill(), 2000).unref()
     }
   }
+}
+
+/**
+ * MEMORY_ROUNDS rounds; each figure is the median over the rounds (value, baseline and ratio
+ * each), with every round's ratio in the notes: one round's RSS ratio moves by ±0.12 from run to
+ * run of the same code.
+ */
+const memory = async (): Promise<BenchResult[]> => {
+  const rounds: Array<MemoryRound> = []
+  for (let i = 1; i <= MEMORY_ROUNDS; i++) rounds.push(await memoryRound(i))
+  const per = (r: MemoryReport, x: number) => kib(x) / r.held
+  const figure = (pick: (r: MemoryReport) => number) => {
+    const cm = rounds.map((r) => per(r.cm, pick(r.cm)))
+    const raw = rounds.map((r) => per(r.raw, pick(r.raw)))
+    const ratios = rounds.map((_, i) => cm[i]! / raw[i]!)
+    return { value: median(cm), baseline: median(raw), ratio: median(ratios), ratios }
+  }
+  const heap = figure((r) => r.heapDelta)
+  const rss = figure((r) => r.rssDelta)
+  const perRound = (ratios: ReadonlyArray<number>) => ratios.map((x) => `${x.toFixed(2)}×`).join(", ")
+  const mid = (pick: (r: MemoryRound) => number) => median(rounds.map(pick))
+  const held = Math.round(mid((r) => r.cm.held))
+  const how =
+    `median of ${rounds.length} rounds; ${held} connections held at once (${CONNECTIONS} wanted, ${MEMORY_BUDGET_MS / 1000} s budget; ` +
+    `+${MEMORY_WARM} before the baseline reading) to full nodes in ${rounds[0]!.processes} peer processes; ` +
+    `each side measured in a fresh process after gc, delta / connections held; ` +
+    `held ${rounds.map((r) => `${r.cm.held}/${r.cm.connections} vs ${r.raw.held}/${r.raw.connections}`).join("; ")} attempted; ` +
+    `connect time ${(mid((r) => r.cm.connectMs) / 1000).toFixed(1)} s vs ${(mid((r) => r.raw.connectMs) / 1000).toFixed(1)} s (32 at a time)`
+  const perOf = (side: (r: MemoryRound) => MemoryReport, pick: (r: MemoryReport) => number) =>
+    mid((r) => per(side(r), pick(side(r)))).toFixed(1)
+  const cmSide = (r: MemoryRound) => r.cm
+  const rawSide = (r: MemoryRound) => r.raw
+  const transportSide = (r: MemoryRound) => r.transport
+  const result = (what: string, f: ReturnType<typeof figure>, notes: string): BenchResult => ({
+    suite: SUITE,
+    name: `memory per connection (${held} held), ${what}`,
+    value: f.value,
+    unit: "KiB",
+    baselineName: "raw QUICClients on one QUICSocket",
+    baseline: f.baseline,
+    ratio: f.ratio,
+    target: `≤ ${MEMORY_TARGET.toFixed(2)}×`,
+    met: f.ratio <= MEMORY_TARGET,
+    notes: `${notes}; per round ${perRound(f.ratios)}`
+  })
+  return [
+    result(
+      "JS heap",
+      heap,
+      `${how}; external ${perOf(cmSide, (r) => r.externalDelta)} vs ${perOf(rawSide, (r) => r.externalDelta)} KiB; ` +
+        `V8 heap reserved (heapTotal) ${perOf(cmSide, (r) => r.heapTotalDelta)} vs ${perOf(rawSide, (r) => r.heapTotalDelta)} KiB; ` +
+        `QuicTransport dials alone (same method): heap ${perOf(transportSide, (r) => r.heapDelta)} KiB, ` +
+        `RSS ${perOf(transportSide, (r) => r.rssDelta)} KiB per connection`
+    ),
+    result("RSS", rss, "RSS includes quiche's native state; same method as the heap figure")
+  ]
 }
 
 // ---- 4: lookups on a loopback network ---------------------------------------------------------
