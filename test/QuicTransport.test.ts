@@ -433,7 +433,7 @@ describe("QuicTransportLive", () => {
     })
   )
 
-  it.scopedLive("with maxInboundHandshakes 0 inbound dials are dropped, outgoing dials still work", () =>
+  it.scopedLive("with maxInboundHandshakes 0 inbound dials are refused (busy), outgoing dials still work", () =>
     Effect.gen(function* () {
       const a = yield* makeNode("qt-cap0-a")
       const b = yield* makeNode("qt-cap0-b", { maxInboundHandshakes: 0 })
@@ -445,7 +445,8 @@ describe("QuicTransportLive", () => {
           timeout: "500 millis"
         })
         .pipe(Effect.flip)
-      expect(error.reason).toBe("timeout")
+      expect(error.reason).toBe("refused")
+      expect(error.detail).toContain("busy")
       expect(yield* statsOf(b)).toMatchObject({
         connections: 0,
         handshakesInProgress: 0,

@@ -2,6 +2,8 @@
  * quicDial: `QuicTransport.dial` over js-quic. A `QUICClient` on the transport's shared socket
  * presents the KeyRing's current certificate chain and checks the peer's (`DialCheck`); the
  * connection it makes is wrapped, tracked by the transport and closed with the caller's scope.
+ * A peer that refuses the handshake explicitly (busy, at its handshake cap) is dialled again
+ * after a short back-off until the dial's timeout; then the dial fails with reason `refused`.
  */
 import { isIPv4, isIPv6 } from "node:net"
 import { QUICClient, type QUICSocket } from "@matrixai/quic"
@@ -9,9 +11,18 @@ import { Duration, Effect, type Runtime, type Scope } from "effect"
 import type { KeyRingService, TlsConfig } from "../services/KeyRing.js"
 import { DialError, type DialOptions, type QuicConnection } from "../services/QuicTransport.js"
 import { type ConnectionContext, closeWithScope, WrappedConnection } from "./quicConnection.js"
-import { dialErrorOf } from "./quicErrors.js"
+import { dialErrorOf, refusalOf } from "./quicErrors.js"
 import { silentLogger } from "./quicPatches.js"
 import { clientCrypto, DialCheck, verifyCallback } from "./quicTls.js"
+
+/** The shortest time worth a new handshake attempt after a refusal. */
+const minAttemptMs = 100
+
+/**
+ * The wait before the next attempt after the `n`th explicit refusal: 50 ms doubled per
+ * refusal up to 1 s, less a random part of up to half (refused clients spread out).
+ */
+const refusalBackoff = (n: number) => Math.min(1000, 50 * 2 ** (n - 1)) * (1 - Math.random() / 2)
 
 const isValidHost = (host: string) => isIPv4(host) || isIPv6(host) || /^[a-zA-Z0-9.-]{1,253}$/.test(host)
 
@@ -45,6 +56,7 @@ export const makeDial =
     const attempt = (current: TlsConfig) => {
       const check = new DialCheck(expectedNodeIds)
       return Effect.async<QUICClient, DialError>((resume) => {
+        const deadline = performance.now() + timeoutMs
         const controller = new AbortController()
         const slow = dialOptions.whenSlow
         const slowTimer =
@@ -52,48 +64,68 @@ export const makeDial =
             ? undefined
             : setTimeout(slow.run, Duration.toMillis(Duration.decode(slow.after)))
         slowTimer?.unref()
-        const pending = QUICClient.createQUICClient(
-          {
-            host,
-            port,
-            socket: dc.socket,
-            crypto: clientCrypto,
-            config: {
-              key: current.keyPrivatePem,
-              cert: current.certChainPem,
-              verifyPeer: true,
-              verifyCallback: verifyCallback(dc.runtime, dc.keyRing, check),
-              ...dc.timings
-            },
-            logger: silentLogger
-          },
-          { signal: controller.signal, timer: timeoutMs }
-        )
         let abandoned = false
-        const settled = pending.then(
-          (client) => {
-            clearTimeout(slowTimer)
-            check.expected = undefined
-            if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
-            resume(Effect.succeed(client))
-          },
-          (error: unknown) => {
-            clearTimeout(slowTimer)
-            check.expected = undefined
-            if (abandoned) return
-            const rejection = check.rejection
-            resume(
-              Effect.fail(
-                rejection
-                  ? fail(rejection.reason, rejection.detail)
-                  : dialErrorOf(error, host, port, timeout, dc.isStopping())
-              )
-            )
+        let refusals = 0
+        let retryTimer: ReturnType<typeof setTimeout> | undefined
+        let settled: Promise<unknown> = Promise.resolve()
+        const finish = () => {
+          clearTimeout(slowTimer)
+          check.expected = undefined
+        }
+        const onClient = (client: QUICClient) => {
+          finish()
+          if (abandoned) return client.destroy({ force: true }).catch(() => undefined)
+          resume(Effect.succeed(client))
+        }
+        const onError = (error: unknown) => {
+          if (abandoned) return
+          // A peer that refused us explicitly (busy) is asked again after a short back-off,
+          // as long as the dial's deadline leaves room for another handshake.
+          const refusal = refusalOf(error)
+          if (refusal !== undefined) {
+            refusals++
+            const wait = refusalBackoff(refusals)
+            if (deadline - performance.now() - wait >= minAttemptMs) {
+              retryTimer = setTimeout(start, wait)
+              return
+            }
           }
-        )
+          finish()
+          const rejection = check.rejection
+          resume(
+            Effect.fail(
+              rejection
+                ? fail(rejection.reason, rejection.detail)
+                : refusal !== undefined
+                  ? fail("refused", `${refusal} (refused ${refusals} times in ${Duration.format(timeout)})`)
+                  : dialErrorOf(error, host, port, timeout, dc.isStopping())
+            )
+          )
+        }
+        const start = () => {
+          settled = QUICClient.createQUICClient(
+            {
+              host,
+              port,
+              socket: dc.socket,
+              crypto: clientCrypto,
+              config: {
+                key: current.keyPrivatePem,
+                cert: current.certChainPem,
+                verifyPeer: true,
+                verifyCallback: verifyCallback(dc.runtime, dc.keyRing, check),
+                ...dc.timings
+              },
+              logger: silentLogger
+            },
+            { signal: controller.signal, timer: Math.max(1, deadline - performance.now()) }
+          ).then(onClient, onError)
+        }
+        start()
         return Effect.promise(() => {
           abandoned = true
           clearTimeout(slowTimer)
+          clearTimeout(retryTimer)
           controller.abort(new Error("dial interrupted"))
           return settled
         })

@@ -35,6 +35,22 @@ export const closeReasonOf = (error: unknown): CloseReason => {
   return { _tag: "Error", detail: describe(error) }
 }
 
+/** The transport error code CONNECTION_REFUSED (RFC 9000 §20.1). */
+const connectionRefused = 0x2
+
+/**
+ * The reason phrase of an explicit refusal — the peer closed the connection with the transport
+ * error CONNECTION_REFUSED before the handshake finished (a server at its handshake cap) — or
+ * undefined when `error` is anything else.
+ */
+export const refusalOf = (error: unknown): string | undefined => {
+  if (!(error instanceof quicErrors.ErrorQUICConnectionPeer)) return undefined
+  const data = (error as { data?: { reason?: Uint8Array; errorCode?: number; isApp?: boolean } }).data
+  if (data === undefined || data.isApp === true || data.errorCode !== connectionRefused) return undefined
+  const text = data.reason && data.reason.byteLength > 0 ? textDecoder.decode(data.reason) : ""
+  return `peer refused the connection${text === "" ? "" : `: ${text}`}`
+}
+
 /**
  * The `DialError` a failed js-quic dial to `host:port` becomes (`timeout` is the dial's, for
  * the message; `stopping` tells whether the transport is stopping).

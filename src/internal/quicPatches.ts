@@ -4,6 +4,7 @@
  * so they may change in any release: package.json pins js-quic to the exact version they were
  * read from, and `test/quicPatches.test.ts` checks each one on real js-quic objects.
  */
+import type { Socket as DgramSocket } from "node:dgram"
 import type Logger from "@matrixai/logger"
 import {
   native,
@@ -54,7 +55,16 @@ export const quicConnectionCount = (socket: QUICSocket): number =>
 /** The packet header js-quic's socket parses (quiche's `Header`; the fields read here). */
 export interface PacketHeader {
   readonly ty: number
+  readonly version: number
+  readonly dcid: Uint8Array
+  readonly scid: Uint8Array
   readonly token?: Uint8Array | null
+}
+
+/** Where a packet came from, as js-quic's socket passes it on. */
+export interface RemoteInfo {
+  readonly host: string
+  readonly port: number
 }
 
 /** quiche's packet type of an Initial packet. */
@@ -67,10 +77,10 @@ export const initialPacketType: number = native.Type.Initial
  * Initial packet with a valid retry token), or drops the packet (`undefined`).
  */
 export type AcceptConnection = (
-  remoteInfo: unknown,
+  remoteInfo: RemoteInfo,
   header: PacketHeader,
   dcid: unknown,
-  data: unknown
+  data: Uint8Array
 ) => Promise<QUICConnection | undefined>
 
 /**
@@ -84,3 +94,25 @@ export const wrapAcceptConnection = (
   const internal = server as unknown as { acceptConnection: AcceptConnection }
   internal.acceptConnection = wrap(internal.acceptConnection.bind(server))
 }
+
+/**
+ * Whether `token` is a retry token `server` minted for `host` (`QUICServer.validateToken`,
+ * protected in js-quic's typings: an HMAC check of the token's signature and address).
+ */
+export const isOurRetryToken = async (
+  server: QUICServer,
+  token: Uint8Array,
+  host: string
+): Promise<boolean> => {
+  const internal = server as unknown as {
+    validateToken: (token: Buffer, host: string) => Promise<unknown>
+  }
+  return (await internal.validateToken(Buffer.from(token), host)) !== undefined
+}
+
+/**
+ * The node `dgram` socket under a started js-quic socket (its `socket`, protected in js-quic's
+ * typings): made by `QUICSocket.start`, bound before it returns.
+ */
+export const udpSocketOf = (socket: QUICSocket): DgramSocket =>
+  (socket as unknown as { socket: DgramSocket }).socket

@@ -10,7 +10,8 @@
  * scopes, its promises with `Effect.async` (interruption aborts the pending attempt), and
  * its errors become `DialError` / `ConnectionError` / `TransportError`. The machinery lives in
  * `src/internal/`: the connection (`quicConnection`), dialling (`quicDial`), certificates and
- * crypto (`quicTls`), the inbound handshake cap (`quicHandshakeGate`), error mapping
+ * crypto (`quicTls`), the inbound handshake cap and its refusals (`quicHandshakeGate`,
+ * `quicRefusal`), the socket's receive buffer (`udpReceiveBuffer`), error mapping
  * (`quicErrors`) and every use of js-quic's private members (`quicPatches`).
  */
 
@@ -21,8 +22,9 @@ import { type ConnectionContext, WrappedConnection } from "../internal/quicConne
 import { makeDial } from "../internal/quicDial.js"
 import { describe } from "../internal/quicErrors.js"
 import { installHandshakeGate } from "../internal/quicHandshakeGate.js"
-import { quicConnectionCount, silentLogger } from "../internal/quicPatches.js"
+import { quicConnectionCount, silentLogger, udpSocketOf } from "../internal/quicPatches.js"
 import { acceptValid, makeServerCrypto, verifyCallback } from "../internal/quicTls.js"
+import { shortfallWarning, sizeReceiveBuffer } from "../internal/udpReceiveBuffer.js"
 import { KeyRing, type TlsConfig } from "../services/KeyRing.js"
 import {
   type QuicConnection,
@@ -99,6 +101,10 @@ export const makeWithInternals: Effect.Effect<
     }),
     () => Effect.promise(() => socket.stop({ force: true }).catch(() => undefined))
   )
+  // Its receive buffer, sized for bursts of inbound handshakes.
+  const receiveBuffer = sizeReceiveBuffer(udpSocketOf(socket), options.receiveBufferSize)
+  const shortfall = shortfallWarning(receiveBuffer)
+  if (shortfall !== undefined) yield* Effect.logWarning(shortfall)
 
   // The server, sharing the socket.
   const timings = quicTimings(options)
@@ -135,7 +141,7 @@ export const makeWithInternals: Effect.Effect<
 
   // Inbound handshakes: at most `maxInboundHandshakes` at once, each holding its slot from
   // the moment js-quic makes the connection until `admit` (below) has verified it.
-  const gate = installHandshakeGate(server, options.maxInboundHandshakes, refreshServerTls)
+  const gate = installHandshakeGate(server, socket, options.maxInboundHandshakes, refreshServerTls)
 
   yield* Effect.acquireRelease(
     Effect.tryPromise({
@@ -265,7 +271,9 @@ export const makeWithInternals: Effect.Effect<
       handshakesInProgress: gate.inProgress,
       handshakesHighWater: gate.highWater,
       handshakesRefused: gate.refused,
-      maxInboundHandshakes: gate.cap
+      maxInboundHandshakes: gate.cap,
+      receiveBufferRequested: receiveBuffer.requested,
+      receiveBufferGranted: receiveBuffer.granted
     }))
   }
   return { transport: service, internals: { socket, server } }

@@ -13,9 +13,9 @@ export class ControlError extends Schema.TaggedError<ControlError>()("ControlErr
 export const AddressJson = Schema.Struct({ host: Schema.String, port: Schema.Number })
 
 /**
- * The QUIC transport's counts: connections, and the inbound handshake cap — how many
+ * The QUIC transport's counts: connections; the inbound handshake cap — how many
  * handshakes are in progress, the most there have ever been at once, and how many attempts
- * the cap dropped.
+ * the cap refused; the UDP receive buffer asked for and granted (bytes, as the kernel reports).
  */
 export const TransportJson = Schema.Struct({
   connections: Schema.Number,
@@ -23,7 +23,9 @@ export const TransportJson = Schema.Struct({
   handshakesInProgress: Schema.Number,
   handshakesHighWater: Schema.Number,
   handshakesRefused: Schema.Number,
-  maxInboundHandshakes: Schema.Number
+  maxInboundHandshakes: Schema.Number,
+  receiveBufferRequested: Schema.Number,
+  receiveBufferGranted: Schema.Number
 })
 
 export const StatusJson = Schema.Struct({

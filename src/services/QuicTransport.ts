@@ -72,7 +72,15 @@ export interface DialOptions {
 export class DialError extends Data.TaggedError("DialError")<{
   readonly host: string
   readonly port: number
-  readonly reason: "timeout" | "unreachable" | "mismatch" | "tls" | "stopped" | "invalid-address"
+  readonly reason:
+    | "timeout"
+    | "unreachable"
+    | "mismatch"
+    | "tls"
+    | "stopped"
+    | "invalid-address"
+    /** The peer refused the handshake explicitly (busy), again until the dial's timeout. */
+    | "refused"
   readonly detail: string
 }> {
   override get message() {
@@ -132,12 +140,16 @@ export interface TransportStats {
   /** The most `handshakesInProgress` has ever been. */
   readonly handshakesHighWater: number
   /**
-   * Inbound connection attempts dropped at the `maxInboundHandshakes` cap (counted per
+   * Inbound connection attempts refused at the `maxInboundHandshakes` cap (counted per
    * packet: a client that retransmits its Initial counts again).
    */
   readonly handshakesRefused: number
   /** The cap on `handshakesInProgress` (the transport's `maxInboundHandshakes`). */
   readonly maxInboundHandshakes: number
+  /** The UDP receive buffer asked for (the transport's `receiveBufferSize`; 0: the kernel's default). */
+  readonly receiveBufferRequested: number
+  /** The UDP receive buffer the kernel holds for the socket, as it reports it (Linux: twice what it granted). */
+  readonly receiveBufferGranted: number
 }
 
 export class QuicTransport extends Context.Tag("quicmesh/QuicTransport")<
@@ -155,11 +167,19 @@ export interface QuicTransportOptions {
   readonly connectTimeout: Duration.Duration
   /**
    * Inbound connections whose handshake (and NodeId verification) may be in progress at once.
-   * At the cap, further inbound attempts are dropped before any connection state is made
-   * (the client retransmits and may get in once a slot frees); established connections and
-   * our own dials are not affected.
+   * At the cap, further inbound attempts are refused before any connection state is made: the
+   * client gets a QUIC CONNECTION_REFUSED close with the reason "busy: …" (quicmesh's own
+   * dials retry it within their timeout); established connections and our own dials are not
+   * affected.
    */
   readonly maxInboundHandshakes: number
+  /**
+   * Bytes of kernel receive buffer asked for the UDP socket (`SO_RCVBUF`), so that a burst of
+   * handshakes is not dropped before it is read; 0 leaves the kernel's default. The kernel caps
+   * it at `net.core.rmem_max` (the transport logs a warning naming it when it does);
+   * `stats.receiveBufferGranted` says what was granted.
+   */
+  readonly receiveBufferSize: number
 }
 
 export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConfig")<
@@ -175,7 +195,8 @@ export class QuicTransportConfig extends Context.Tag("quicmesh/QuicTransportConf
     keepAliveInterval: managerDefaults.connectionKeepAliveIntervalTime,
     maxIdleTimeout: managerDefaults.connectionKeepAliveTimeoutTime,
     connectTimeout: managerDefaults.connectionConnectTimeoutTime,
-    maxInboundHandshakes: managerDefaults.maxInboundPending
+    maxInboundHandshakes: managerDefaults.maxInboundPending,
+    receiveBufferSize: 4 * 1024 * 1024
   }
   static readonly layer = (options: Partial<QuicTransportOptions> = {}) =>
     Layer.succeed(QuicTransportConfig, { ...QuicTransportConfig.defaults, ...options })
