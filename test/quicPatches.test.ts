@@ -21,10 +21,13 @@ import {
   connectionError,
   existingStreams,
   initialPacketType,
+  isOurRetryToken,
   quicConnectionCount,
   silentLogger,
+  udpSocketOf,
   wrapAcceptConnection
 } from "../src/internal/quicPatches.js"
+import { initialPacketNumber, quicVersion1 } from "../src/internal/quicRefusal.js"
 import { clientCrypto, makeServerCrypto } from "../src/internal/quicTls.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import { KeyRing } from "../src/services/KeyRing.js"
@@ -55,7 +58,12 @@ const recordingLogger: Logger = new Proxy(silentLogger, {
 /** What the wrapped `acceptConnection` saw: each packet's type and token length, and the result. */
 interface AcceptCall {
   readonly ty: number
+  readonly version: number
   readonly tokenLength: number | undefined
+  /** The packet number read by quicRefusal (the client's Initial keys, header protection removed). */
+  readonly packetNumber: number | undefined
+  /** Whether the token is one the server minted, for the sender's host and for another. */
+  readonly ourToken: Promise<readonly [boolean, boolean]> | undefined
   readonly result: Promise<QUICConnection | undefined>
 }
 
@@ -90,8 +98,23 @@ beforeAll(async () => {
     server,
     (accept): AcceptConnection =>
       (remoteInfo, header, dcid, data) => {
+        const token = header.token
+        const ourToken =
+          token === undefined || token === null || token.byteLength === 0
+            ? undefined
+            : Promise.all([
+                isOurRetryToken(server, token, remoteInfo.host),
+                isOurRetryToken(server, token, "127.0.0.2")
+              ])
         const result = accept(remoteInfo, header, dcid, data)
-        accepted.push({ ty: header.ty, tokenLength: header.token?.byteLength, result })
+        accepted.push({
+          ty: header.ty,
+          version: header.version,
+          tokenLength: token?.byteLength,
+          packetNumber: initialPacketNumber(data, header.dcid),
+          ourToken,
+          result
+        })
         return result
       }
   )
@@ -136,6 +159,21 @@ describe("the js-quic internals quicPatches relies on", () => {
     expect(made).toHaveLength(1)
     expect(made[0]).toBeInstanceOf(QUICConnection)
     expect(made[0]).toBe(serverConnections[0])
+  })
+
+  it("QUICServer.validateToken: the retry token it minted holds for the client's host only; the Initials' packet numbers and version read", async () => {
+    const initials = accepted.filter((c) => c.ty === initialPacketType)
+    const withToken = initials.filter((c) => (c.tokenLength ?? 0) > 0)
+    for (const c of withToken) expect(await c.ourToken).toEqual([true, false])
+    // The client's first Initial is packet 0; after the Retry it goes on counting (RFC 9000 §17.2.5.3).
+    expect(initials.map((c) => c.packetNumber)).toEqual(initials.map((_, i) => i))
+    for (const c of initials) expect(c.version).toBe(quicVersion1)
+  })
+
+  it("QUICSocket.socket: the bound node dgram socket under it", () => {
+    const udp = udpSocketOf(serverSocket)
+    expect(udp.address().port).toBe(serverSocket.port)
+    expect(udp.getRecvBufferSize()).toBeGreaterThan(0)
   })
 
   it("QUICSocket.connectionMap: its size counts the socket's connections", () => {
