@@ -40,6 +40,8 @@ export * as NodeConfig from "./services/NodeConfig.js"
 export * as NodeGraph from "./services/NodeGraph.js"
 /** What the connection manager needs from the agent RPC: serve it, and call a peer. */
 export * as PeerRpc from "./services/PeerRpc.js"
+/** A UDP port mapping of the node's QUIC port asked of its gateway (PCP, NAT-PMP): the mapping as a value and a change stream (live layer in "quicmesh/node"). */
+export * as PortMapper from "./services/PortMapper.js"
 /** Application protocols on node connections: `Protocols` (serve with `handle`), `open`, `ProtocolId`, their errors. */
 export * as Protocols from "./services/Protocols.js"
 /** One UDP port with a QUIC server and every dial, authenticated by NodeId (live layer in "quicmesh/node"). */

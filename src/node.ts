@@ -3,8 +3,8 @@
  *
  * `import { NodeLive, KeyRingLive, NodeGraphLmdb } from "quicmesh/node"`: real QUIC over UDP
  * (`@matrixai/quic`), the routing table on disk (lmdb), the identity in key files, the system
- * resolver, and `NodeLive.layer`, a whole node made of them. The services these layers implement, and the
- * rest of the library, are in "quicmesh".
+ * resolver, port mapping at the gateway (`PortMapperLive`), and `NodeLive.layer`, a whole node
+ * made of them. The services these layers implement, and the rest of the library, are in "quicmesh".
  */
 
 /** `Dns` over the system resolver (`node:dns` lookup, every address). */
@@ -15,5 +15,7 @@ export * as KeyRingLive from "./layers/KeyRingLive.js"
 export * as NodeGraphLmdb from "./layers/NodeGraphLmdb.js"
 /** A whole node on real QUIC: `Node.layerWith` with QuicTransportLive. */
 export * as NodeLive from "./layers/NodeLive.js"
+/** `PortMapper` over PCP and NAT-PMP (node:dgram) to the default route's gateway: maps, renews, deletes on close. */
+export * as PortMapperLive from "./layers/PortMapperLive.js"
 /** `QuicTransport` over `@matrixai/quic`: one UDP socket for the server and every dial. */
 export * as QuicTransportLive from "./layers/QuicTransportLive.js"
