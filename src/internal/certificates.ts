@@ -415,6 +415,21 @@ const parseCert = (der: Uint8Array): ParsedCert => {
   }
 }
 
+/**
+ * The NodeId whose key issued a chain's leaf when that is another key: a renewed node's chain
+ * is its new leaf, then the previous key's self-signed certificate. Undefined for a chain of
+ * one certificate or a second one without an Ed25519 key. Trust it only for a verified chain.
+ */
+export const renewedFrom = (certs: ReadonlyArray<Uint8Array>): NodeId | undefined => {
+  if (certs.length < 2) return undefined
+  try {
+    const key = parseCert(certs[1]!).ed25519
+    return key === undefined ? undefined : (new Uint8Array(key) as NodeId)
+  } catch {
+    return undefined
+  }
+}
+
 const fail = (reason: CertificateError["reason"], index: number, detail: string) =>
   Either.left(new CertificateError({ reason, index, detail }))
 

@@ -11,6 +11,7 @@
  * succeeds (unless a `setNode` is told not to wait: `awaitCommit: false`).
  */
 import { Effect, Either, Option, Predicate } from "effect"
+import { constVoid } from "effect/Function"
 import * as Address from "../services/Address.js"
 import {
   type AddressScope,
@@ -138,13 +139,34 @@ export class KademliaTable {
   #size = 0
   #nextSeq = 0
 
+  #ownNodeId: NodeId
+
   constructor(
-    readonly ownNodeId: NodeId,
+    ownNodeId: NodeId,
     readonly k: number = DEFAULT_BUCKET_LIMIT
   ) {
     if (ownNodeId.length !== NODE_ID_BYTES) throw new RangeError(`own NodeId must be ${NODE_ID_BYTES} bytes`)
-    this.ownNodeId = canonical(ownNodeId)
+    this.#ownNodeId = canonical(ownNodeId)
     validateK(k)
+  }
+
+  /** The NodeId the buckets are laid out around (`reown` moves them to another). */
+  get ownNodeId(): NodeId {
+    return this.#ownNodeId
+  }
+
+  /**
+   * Lays the buckets out anew around `ownNodeId` (a key renewal): every entry is loaded again
+   * as `load` does it, and the refresh times (relative to the old NodeId) are cleared. Returns
+   * the entries dropped (the new own NodeId, those beyond k in a bucket).
+   */
+  reown(ownNodeId: NodeId): Array<TableEntry> {
+    const entries = [...this.entries()]
+    this.#buckets.fill(undefined)
+    this.#refreshedAt.fill(undefined)
+    this.#size = 0
+    this.#ownNodeId = canonical(ownNodeId)
+    return this.load(entries)
   }
 
   get size(): number {
@@ -153,7 +175,7 @@ export class KademliaTable {
 
   /** Bucket index of a (valid, non-own) NodeId; -1 for our own. */
   bucketOf(nodeId: Uint8Array): number {
-    return bucketIndex(this.ownNodeId, nodeId)
+    return bucketIndex(this.#ownNodeId, nodeId)
   }
 
   get(nodeId: Uint8Array): TableEntry | undefined {
@@ -338,6 +360,8 @@ export interface TablePersistence {
   readonly putNode: (entry: TableEntry) => PromiseLike<unknown>
   readonly removeNode: (nodeId: NodeId) => PromiseLike<unknown>
   readonly putRefreshedAt: (index: number, at: number) => PromiseLike<unknown>
+  /** Records a new owner (`changeOwner`): removes `dropped` and the refresh times. */
+  readonly changeOwner?: (ownNodeId: NodeId, dropped: ReadonlyArray<TableEntry>) => PromiseLike<unknown>
 }
 
 const currentTimeMillis = Effect.clockWith((clock) => clock.currentTimeMillis)
@@ -432,7 +456,9 @@ export const toService = (
   const withIndex = <A>(index: number, f: (i: number) => A) => Effect.map(validateBucketIndex(index), f)
 
   return {
-    ownNodeId: table.ownNodeId,
+    get ownNodeId() {
+      return table.ownNodeId
+    },
     k: table.k,
     setNode,
     unsetNode,
@@ -463,6 +489,19 @@ export const toService = (
           )
         })
       }),
-    size: Effect.sync(() => table.size)
+    size: Effect.sync(() => table.size),
+    // No undo: the table goes on around the new NodeId, and a store whose owner was not
+    // recorded is laid out anew when it is next opened.
+    changeOwner: (ownNodeId) =>
+      Effect.suspend((): Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError> => {
+        const id = validateNodeId(ownNodeId)
+        if (Either.isLeft(id)) return Effect.fail(id.left)
+        if (table.bucketOf(id.right) < 0) return Effect.void
+        const dropped = table.reown(id.right)
+        const store = persistence?.changeOwner
+        return store === undefined
+          ? Effect.void
+          : write(() => store(id.right, dropped), constVoid, undefined, "could not record the new owner")
+      })
   }
 }

@@ -1,13 +1,14 @@
 /**
  * The part of a KeyRing shared by the live (files) and test (seeded, in memory) layers:
  * current key and chain, lazy certificate generation, verification against the Clock,
- * serialized renewal and the `changes` stream.
+ * serialized renewal, its listeners (`onRenew`) and the `changes` stream.
  */
 import { Clock, Effect, Either, Option, PubSub, Ref, Stream } from "effect"
 import {
   CertificateError,
   type KeyRingError,
   type KeyRingService,
+  type Renewal,
   type TlsConfig
 } from "../services/KeyRing.js"
 import type { NodeId } from "../services/NodeId.js"
@@ -77,6 +78,7 @@ export const makeService = (options: CoreOptions): Effect.Effect<KeyRingService>
     // Serializes lazy chain creation and renewals; reads never wait for it.
     const lock = yield* Effect.makeSemaphore(1)
     const pubsub = yield* PubSub.unbounded<TlsConfig>()
+    const listeners = new Set<(renewal: Renewal) => Effect.Effect<void>>()
 
     const material: Effect.Effect<KeyMaterial> = Effect.flatMap(Ref.get(state), (s) =>
       Option.match(s.material, {
@@ -97,18 +99,39 @@ export const makeService = (options: CoreOptions): Effect.Effect<KeyRingService>
       })
     )
 
-    // The new state is in place before subscribers hear of it; publications keep renewal order.
+    // The new state is in place before the listeners run and subscribers hear of it;
+    // publications keep renewal order. A listener's failure is logged, never the renewal's.
     const renew: Effect.Effect<TlsConfig, KeyRingError> = lock
       .withPermits(1)(
         Effect.gen(function* () {
           const current = yield* Ref.get(state)
           const next = yield* options.renew(current.keyPair)
           yield* Ref.set(state, { keyPair: next.keyPair, material: Option.some(next) })
+          const renewal: Renewal = {
+            previous: current.keyPair.nodeId,
+            nodeId: next.keyPair.nodeId,
+            tls: next.tls
+          }
+          for (const f of [...listeners])
+            yield* f(renewal).pipe(
+              Effect.catchAllCause((cause) => Effect.logWarning("a key renewal listener failed", cause))
+            )
           yield* PubSub.publish(pubsub, next.tls)
           return next.tls
         })
       )
       .pipe(Effect.uninterruptible)
+
+    const onRenew: KeyRingService["onRenew"] = (f) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          // Each registration is its own entry, even of the same function.
+          const entry = (renewal: Renewal) => f(renewal)
+          listeners.add(entry)
+          return entry
+        }),
+        (entry) => Effect.sync(() => listeners.delete(entry))
+      ).pipe(Effect.asVoid)
 
     return {
       nodeId: Effect.map(Ref.get(state), (s) => s.keyPair.nodeId),
@@ -117,6 +140,7 @@ export const makeService = (options: CoreOptions): Effect.Effect<KeyRingService>
       verifyCertChain: verifyNow,
       renew,
       changes: Stream.fromPubSub(pubsub),
+      onRenew,
       sign: (data) => Effect.map(Ref.get(state), (s) => sign(s.keyPair, data))
     } satisfies KeyRingService
   })

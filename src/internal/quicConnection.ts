@@ -10,6 +10,7 @@ import { errors as quicErrors, events as quicEvents } from "@matrixai/quic"
 import { Effect, type Fiber, Scope, type Stream } from "effect"
 import type * as NodeId from "../services/NodeId.js"
 import { type CloseReason, ConnectionError, type QuicConnection } from "../services/QuicTransport.js"
+import { renewedFrom } from "./certificates.js"
 import { Dispatch } from "./connectionDispatch.js"
 import { closeReasonOf, describe } from "./quicErrors.js"
 import { connectionError, existingStreams } from "./quicPatches.js"
@@ -99,6 +100,11 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
     this.ctx.live.delete(this)
     const reason: CloseReason = this.closingReason() ?? { _tag: "Error", detail: "connection closed" }
     this.dispatch.close(reason)
+  }
+
+  /** Read from the peer's (verified) chain at each call. */
+  get remoteRenewedFrom(): NodeId.NodeId | undefined {
+    return renewedFrom(this.raw.getRemoteCertsChain())
   }
 
   get localHost(): string {

@@ -15,6 +15,7 @@ import * as Lookup from "../internal/connectionManager/lookup.js"
 import * as MultiConnection from "../internal/connectionManager/multiConnection.js"
 import * as Ping from "../internal/connectionManager/ping.js"
 import * as Records from "../internal/connectionManager/records.js"
+import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
 import * as State from "../internal/connectionManager/state.js"
 import {
@@ -58,7 +59,8 @@ export const makeWithDiagnostics: Effect.Effect<
       touch: (caller) => state.map.touch(caller.nodeId),
       closestNodes: (caller, target) => lookup.answerClosest(caller, target),
       holePunchSignal: (caller, message) => holePunch.handleHolePunchSignal(caller, message)
-    }
+    },
+    renewedFrom: (previous) => renewal.forgetPrevious(previous)
   })
   const { addToGraph } = GraphUpkeep.make(state, {
     graph,
@@ -82,7 +84,9 @@ export const makeWithDiagnostics: Effect.Effect<
     lookup
   })
   const inbound = Inbound.make(state, { transport, records, addToGraph })
+  const renewal = Renewal.make(state, { keyRing, graph, rejoin: Effect.suspend(() => join.syncNodeGraph()) })
 
+  yield* renewal.follow
   yield* inbound.serveIncoming
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure
@@ -91,7 +95,10 @@ export const makeWithDiagnostics: Effect.Effect<
   const manager: ConnectionManagerService = {
     host: transport.host,
     port: transport.port,
-    nodeId: state.self,
+    // The current NodeId (a key renewal changes it): a getter, as cheap as a field.
+    get nodeId() {
+      return state.self
+    },
     acquireConnection: dialing.acquireConnection,
     withConnection: dialing.withConnection,
     withConnectionStream: dialing.withConnectionStream,

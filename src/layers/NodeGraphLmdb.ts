@@ -12,7 +12,8 @@
  * write. On open, all nodes are loaded; if the owner NodeId
  * changed (key renewal), the buckets are laid out anew around the new NodeId, our own NodeId is
  * dropped if stored, bucket refresh times (relative to the old NodeId) are cleared, and nodes
- * beyond k in a bucket (least recently seen first) are deleted.
+ * beyond k in a bucket (least recently seen first) are deleted. `changeOwner` (a renewal while
+ * running) makes the same changes.
  */
 import { Effect, Either, Layer, Runtime, type Scope } from "effect"
 import { type Database, open, type RootDatabase } from "lmdb"
@@ -94,6 +95,18 @@ const openStore = (path: string): Effect.Effect<Store, NodeGraphStorageError, Sc
       }).pipe(Effect.catchAll((e) => Effect.logWarning("node graph: closing lmdb failed", e)))
   )
 
+/**
+ * The writes of a re-laid table, for one transaction: `removed` go, and with a new `owner` the
+ * bucket refresh times go and the owner is recorded.
+ */
+const relayWrites = (store: Store, removed: ReadonlyArray<Uint8Array>, owner: NodeId | undefined) => () => {
+  for (const key of removed) store.nodes.removeSync(key)
+  if (owner !== undefined) {
+    store.buckets.clearSync()
+    store.meta.putSync(OWNER_KEY, Uint8Array.from(owner))
+  }
+}
+
 /** A stored value, checked; undefined when it is not a node record. */
 const decodeNode = (key: Uint8Array, value: unknown): TableEntry | undefined => {
   if (key.length !== NODE_ID_BYTES || typeof value !== "object" || value === null) return undefined
@@ -143,14 +156,13 @@ export const make = (
             if (Number.isInteger(key) && key >= 0 && key < BUCKET_COUNT && typeof value === "number")
               table.markRefreshed(key, value)
         if (ownerChanged || invalid.length > 0 || dropped.length > 0)
-          store.root.transactionSync(() => {
-            for (const key of invalid) store.nodes.removeSync(key)
-            for (const entry of dropped) store.nodes.removeSync(entry.nodeId)
-            if (ownerChanged) {
-              store.buckets.clearSync()
-              store.meta.putSync(OWNER_KEY, Uint8Array.from(ownNodeId))
-            }
-          })
+          store.root.transactionSync(
+            relayWrites(
+              store,
+              [...invalid, ...dropped.map((e) => e.nodeId)],
+              ownerChanged ? ownNodeId : undefined
+            )
+          )
         return { invalid: invalid.length, dropped: dropped.length, ownerChanged }
       },
       catch: (cause) =>
@@ -177,6 +189,17 @@ export const make = (
       putRefreshedAt: (index, at) => {
         ensureOpen()
         return store.buckets.put(index, at)
+      },
+      // A key renewal while running: the same writes as a re-lay on open.
+      changeOwner: (owner, dropped) => {
+        ensureOpen()
+        return store.root.transaction(
+          relayWrites(
+            store,
+            dropped.map((e) => e.nodeId),
+            owner
+          )
+        )
       }
     }
     // A write the caller did not wait for (`awaitCommit: false`) that failed is logged here.

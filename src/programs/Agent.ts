@@ -17,6 +17,7 @@ import type { Contact } from "../services/Contact.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
+import { identityHandlers } from "./control/identity.js"
 import { ControlError, ControlRpcs } from "./ControlApi.js"
 import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
@@ -59,6 +60,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
       const cm = yield* ConnectionManager
       const graph = yield* NodeGraph
       const transport = yield* QuicTransport
+      const identity = yield* identityHandlers
       const decode = (text: string): Effect.Effect<NodeId.NodeId, ControlError> => {
         const r = NodeId.decode(text)
         return Either.isLeft(r)
@@ -78,6 +80,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
         lastUpdated: lastSeen
       })
       return {
+        ...identity,
         status: () =>
           Effect.gen(function* () {
             const connections = yield* cm.listConnections

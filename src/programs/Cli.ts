@@ -4,7 +4,6 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Config, Effect, Logger, LogLevel, Option, Schedule } from "effect"
-import { KeyRing } from "../services/KeyRing.js"
 import * as NodeId from "../services/NodeId.js"
 import {
   aboutNode,
@@ -32,6 +31,7 @@ import {
   UsageError
 } from "./Input.js"
 import { lockNodePath, pidAlive } from "./NodePath.js"
+import { identityCommand } from "./cli/identity.js"
 import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
@@ -247,24 +247,9 @@ const nodes = Command.make("nodes").pipe(
   Command.withSubcommands([nodesAdd, nodesFind, nodesPing, nodesConnections, nodesGetAll, nodesClosest])
 )
 
-// ---- identity ------------------------------------------------------------------------
-
-const identity = Command.make("identity", { nodePath, format }, (o) =>
-  Effect.gen(function* () {
-    const fmt = yield* checkFormat(o.format)
-    const dir = resolveNodePath(o.nodePath)
-    const KeyRingLive = yield* Effect.promise(() => import("../layers/KeyRingLive.js"))
-    const nodeId = yield* Effect.flatMap(KeyRing, (k) => k.nodeId).pipe(
-      Effect.provide(KeyRingLive.layer({ nodePath: dir })),
-      Effect.mapError((e) => new OperationError({ message: e.message }))
-    )
-    yield* print(fmt, { nodeId: NodeId.encode(nodeId) }, NodeId.encode(nodeId))
-  })
-).pipe(Command.withDescription("Print this node's NodeId (creates the identity if missing)"))
-
 export const root = Command.make("quicmesh").pipe(
   Command.withDescription("Peer-to-peer node connection manager over QUIC"),
-  Command.withSubcommands([agent, nodes, identity, simCommand])
+  Command.withSubcommands([agent, nodes, identityCommand, simCommand])
 )
 
 export const cli = Command.run(root, { name: "quicmesh", version: VERSION })

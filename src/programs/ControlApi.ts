@@ -5,10 +5,10 @@
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
 
-/** An operation ran but failed (crosses the socket to the CLI). */
-export class ControlError extends Schema.TaggedError<ControlError>()("ControlError", {
-  message: Schema.String
-}) {}
+import { ControlError } from "./control/error.js"
+import { IdentityRpcs } from "./control/identity.js"
+
+export { ControlError }
 
 export const AddressJson = Schema.Struct({ host: Schema.String, port: Schema.Number })
 
@@ -88,4 +88,4 @@ export class ControlRpcs extends RpcGroup.make(
     success: Schema.Array(NodeJson),
     error: ControlError
   })
-) {}
+).merge(IdentityRpcs) {}

@@ -29,7 +29,7 @@ export const oneLine = (text: string) =>
 const COMMANDS: Record<string, ReadonlyArray<string>> = {
   agent: ["start", "status", "stop"],
   nodes: ["add", "find", "ping", "connections", "getall", "closest"],
-  identity: [],
+  identity: ["renew"],
   sim: []
 }
 

@@ -132,6 +132,7 @@ export interface NodeConnectionHandle {
 export interface ConnectionManagerService {
   readonly host: string
   readonly port: number
+  /** Our NodeId now: after a `KeyRing.renew` it is the new one (read it where it is used). */
   readonly nodeId: NodeId
   /** Get or create; usage +1 while the scope is open; at zero the idle timer starts. */
   readonly acquireConnection: (

@@ -2,13 +2,20 @@
  * KeyRing: the node's Ed25519 identity, its self-signed X.509 certificate chain for TLS,
  * chain verification for the QUIC verify callback, and key renewal.
  */
-import { Context, Data, type Effect, type Stream } from "effect"
+import { Context, Data, type Effect, type Scope, type Stream } from "effect"
 import type { NodeId } from "./NodeId.js"
 
 /** PEM material ready for QUIC's `key` / `cert` options. The chain is leaf first. */
 export interface TlsConfig {
   readonly keyPrivatePem: string
   readonly certChainPem: string
+}
+
+/** One renewal: the NodeId before and after it, and the new TLS config. */
+export interface Renewal {
+  readonly previous: NodeId
+  readonly nodeId: NodeId
+  readonly tls: TlsConfig
 }
 
 /** Why a key file could not be used. The private key never appears in these errors. */
@@ -53,6 +60,13 @@ export interface KeyRingService {
   readonly renew: Effect.Effect<TlsConfig, KeyRingError>
   /** Each renewal's new TLS config (subscribers created before a renewal see it). */
   readonly changes: Stream.Stream<TlsConfig>
+  /**
+   * Runs `f` inside every later `renew`, once the new key is in place and before `renew`
+   * returns (and before `changes` publishes), until the scope closes: when `renew` returns,
+   * whatever registered here (the connection manager) has moved to the new NodeId. `f` runs
+   * while renewals are serialized: it must be quick and must not renew.
+   */
+  readonly onRenew: (f: (renewal: Renewal) => Effect.Effect<void>) => Effect.Effect<void, never, Scope.Scope>
   /** Sign bytes with the current private key (Ed25519). */
   readonly sign: (data: Uint8Array) => Effect.Effect<Uint8Array>
 }

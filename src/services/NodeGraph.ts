@@ -55,6 +55,7 @@ export interface SetNodeOptions {
 }
 
 export interface NodeGraphService {
+  /** The NodeId the buckets are laid out around; `changeOwner` moves it. */
   readonly ownNodeId: NodeId
   /** Bucket limit k. */
   readonly k: number
@@ -87,6 +88,15 @@ export interface NodeGraphService {
     index: number
   ) => Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError>
   readonly size: Effect.Effect<number>
+  /**
+   * Lays the buckets out anew around `ownNodeId` (after a key renewal): the new own NodeId is
+   * dropped if stored, nodes beyond k in a bucket (least recently seen first) are dropped and
+   * the bucket refresh times (relative to the old NodeId) are cleared; a store records the
+   * new owner. The table has moved even if that write fails.
+   */
+  readonly changeOwner: (
+    ownNodeId: NodeId
+  ) => Effect.Effect<void, NodeGraphInputError | NodeGraphStorageError>
 }
 
 export class NodeGraph extends Context.Tag("quicmesh/NodeGraph")<NodeGraph, NodeGraphService>() {}

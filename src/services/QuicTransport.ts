@@ -27,6 +27,12 @@ export interface QuicConnection {
   /** "forward" when we dialled, "reverse" when the peer did. */
   readonly direction: ConnectionDirection
   /**
+   * The NodeId the peer renewed its key from, when its verified certificate chain shows one
+   * (the leaf signed by the previous key); undefined otherwise, and where the transport does
+   * not tell (the simulated network).
+   */
+  readonly remoteRenewedFrom?: NodeId | undefined
+  /**
    * Opens a bidirectional stream. Closing the scope ends our side of it.
    */
   readonly openStream: Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope>

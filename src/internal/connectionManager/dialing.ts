@@ -108,7 +108,7 @@ export const make = (
     ) => Effect.Effect<LookupResult>
   }
 ): Dialing => {
-  const { self, seeds, isSeedNode, map, pending, timeoutOf, fail } = state
+  const { seeds, isSeedNode, map, pending, timeoutOf, fail } = state
   const { graph, addToGraph, slowDialSignal, getClosestGlobalNodes } = deps
   const { dialRecord, ensureCapacity } = deps.records
 
@@ -205,7 +205,7 @@ export const make = (
     options?: OperationOptions
   ) =>
     Effect.suspend(() => {
-      if (NodeId.equals(nodeId, self))
+      if (NodeId.equals(nodeId, state.self))
         return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
       const timeout = timeoutOf(options)
       return joinDial(nodeId, timeout, dialEntry(nodeId, [address], timeout)).pipe(Effect.map(handleOf))
@@ -213,7 +213,7 @@ export const make = (
 
   const getEntry = (nodeId: NodeId.NodeId, options?: GetOptions): Effect.Effect<Entry, NodeConnectionError> =>
     Effect.suspend(() => {
-      if (NodeId.equals(nodeId, self))
+      if (NodeId.equals(nodeId, state.self))
         return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)

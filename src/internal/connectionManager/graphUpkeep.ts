@@ -30,14 +30,14 @@ export const make = (
     readonly pingNode: (nodeId: NodeId.NodeId, address?: Address.Address) => Effect.Effect<boolean>
   }
 ): GraphUpkeep => {
-  const { self, background } = state
+  const { background } = state
   const { graph, pingNode } = deps
   // Buckets whose least recently seen node is being pinged: one eviction at a time per bucket.
   const evicting = new Set<number>()
 
   const addToGraph = (nodeId: NodeId.NodeId, host: string, port: number): Effect.Effect<void> =>
     Effect.suspend(() => {
-      if (NodeId.equals(nodeId, self)) return Effect.void
+      if (NodeId.equals(nodeId, state.self)) return Effect.void
       const address = addressOf(host, port)
       // The disk commit is not waited for: it is not on the path of a new connection.
       return graph.setNode(nodeId, address, NO_COMMIT_WAIT).pipe(

@@ -91,7 +91,7 @@ export const make = (
     ) => Effect.Effect<A, E | NodeConnectionError>
   }
 ): HolePunch => {
-  const { config, self, seeds, map, background, connectTimeout, timeoutOf, fail } = state
+  const { config, seeds, map, background, connectTimeout, timeoutOf, fail } = state
   const { transport, withConnection } = deps
 
   const holePunchReverse = (host: string, port: number, options?: OperationOptions): Effect.Effect<void> =>
@@ -116,7 +116,7 @@ export const make = (
     options?: OperationOptions
   ): Effect.Effect<void, NodeConnectionError | PeerCallError> =>
     Effect.suspend(() => {
-      if (NodeId.equals(relay, self) || NodeId.equals(target, self)) return Effect.void
+      if (NodeId.equals(relay, state.self) || NodeId.equals(target, state.self)) return Effect.void
       const message: HolePunchMessage = {
         sourceNodeIdEncoded: NodeId.encode(source),
         targetNodeIdEncoded: NodeId.encode(target),
@@ -137,7 +137,7 @@ export const make = (
     sourceAddress: Address.Address
   ): Effect.Effect<void, NodeConnectionError | PeerCallError> =>
     Effect.suspend(() => {
-      if (NodeId.equals(message.target, self)) return Effect.void
+      if (NodeId.equals(message.target, state.self)) return Effect.void
       // Relay only over a connection we already hold: a request never makes us dial anybody.
       if (!map.get(message.target))
         return Effect.fail(fail(message.target, "not-found", "no connection to the target to relay on"))
@@ -199,8 +199,8 @@ export const make = (
           reason: "rate-limited",
           detail: "rate limited: too many hole-punch requests"
         })
-      if (NodeId.equals(target.right, self)) {
-        if (NodeId.equals(source.right, self)) return
+      if (NodeId.equals(target.right, state.self)) {
+        if (NodeId.equals(source.right, state.self)) return
         // For us: punch toward the source. Directly from the source, its own observed address;
         // through a relay, the address the relay observed.
         const direct = NodeId.equals(caller.nodeId, source.right)
@@ -244,7 +244,7 @@ export const make = (
       seeds,
       // Each seed is one chance of several: a seed that cannot relay leaves the others, and
       // the dial's own outcome is what its caller learns.
-      (seed) => Effect.ignore(sendSignalingMessage(seed.nodeId, self, target, undefined, { timeout })),
+      (seed) => Effect.ignore(sendSignalingMessage(seed.nodeId, state.self, target, undefined, { timeout })),
       { concurrency: "unbounded", discard: true }
     )
 

@@ -28,7 +28,7 @@ export const make = (
     readonly lookup: Lookup
   }
 ): Join => {
-  const { config, self, k, alpha, seeds } = state
+  const { config, k, alpha, seeds } = state
   const { graph, getMultiConnection, getConnectionWithAddress } = deps
   const { lookup, queryTimeoutOf } = deps.lookup
 
@@ -41,7 +41,7 @@ export const make = (
           options
         )
       }
-      const own = yield* lookup(self, options)
+      const own = yield* lookup(state.self, options)
       // Kademlia's join: the lookup of our own id fills the buckets near us; the buckets
       // farther than our nearest neighbour that it left empty are filled, so that every part
       // of the id space has an entry in our table (see `fillBucket`).
@@ -50,10 +50,12 @@ export const make = (
       const filled = new Set((yield* graph.getBuckets).map(([index]) => index))
       if (filled.size > 0) {
         // k is a valid limit, so this cannot fail; if it did, every far bucket would be filled.
-        const closest = yield* graph.getClosestNodes(self, k).pipe(Effect.orElseSucceed(() => []))
+        const closest = yield* graph.getClosestNodes(state.self, k).pipe(Effect.orElseSucceed(() => []))
         const last = NodeId.NODE_ID_BYTES * 8 - 1
         const covered =
-          closest.length < k ? last : Math.max(...closest.map((c) => NodeId.bucketIndex(self, c.nodeId)))
+          closest.length < k
+            ? last
+            : Math.max(...closest.map((c) => NodeId.bucketIndex(state.self, c.nodeId)))
         const empty: Array<number> = []
         for (let i = Math.max(Math.min(...filled), covered) + 1; i <= last; i++)
           if (!filled.has(i)) empty.push(i)
@@ -61,7 +63,7 @@ export const make = (
         const heard = new Map<number, Candidate[]>()
         for (const c of own.shortlist) {
           if (c.state !== "new") continue
-          const index = NodeId.bucketIndex(self, c.nodeId)
+          const index = NodeId.bucketIndex(state.self, c.nodeId)
           if (!empty.includes(index)) continue
           const list = heard.get(index)
           if (list) list.push(c)
@@ -100,7 +102,7 @@ export const make = (
       const noise = new Uint8Array(NodeId.NODE_ID_BYTES)
       for (let i = NodeId.NODE_ID_BYTES - 1 - (index >> 3); i < NodeId.NODE_ID_BYTES; i++)
         noise[i] = yield* Random.nextIntBetween(0, 256)
-      return NodeId.inBucket(self, index, noise)
+      return NodeId.inBucket(state.self, index, noise)
     })
 
   /**

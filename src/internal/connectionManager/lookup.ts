@@ -68,7 +68,7 @@ export const make = (
     readonly addToGraph: GraphUpkeep["addToGraph"]
   }
 ): Lookup => {
-  const { self, selfKey, k, alpha, seeds, timeoutOf } = state
+  const { k, alpha, seeds, timeoutOf } = state
   const { graph, addToGraph } = deps
   const { withConnection, getConnectionWithAddress } = deps.dialing
 
@@ -115,7 +115,7 @@ export const make = (
         chunk.filter(
           (c) =>
             typeof c.nodeIdEncoded === "string" &&
-            c.nodeIdEncoded !== selfKey &&
+            c.nodeIdEncoded !== state.selfKey &&
             Number.isInteger(c.port) &&
             c.port >= 1 &&
             c.port <= 65535 &&
@@ -161,7 +161,7 @@ export const make = (
       const timeout = timeoutOf(options)
       const queryTimeout = queryTimeoutOf(options)
       const targetKey = NodeId.encode(target) as string
-      const seen = new Set<string>([selfKey])
+      const seen = new Set<string>([state.selfKey])
       const shortlist: Candidate[] = []
       const insert = (nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
         const key = NodeId.encode(nodeId) as string
@@ -246,7 +246,7 @@ export const make = (
                 c.state = "answered"
                 for (const r of contacts) insertEncoded(r, c.depth + 1)
                 const added = addToGraph(c.nodeId, c.address.host, c.address.port)
-                if (fillBucket === undefined || NodeId.bucketIndex(self, c.nodeId) !== fillBucket)
+                if (fillBucket === undefined || NodeId.bucketIndex(state.self, c.nodeId) !== fillBucket)
                   return added
                 finished = true
                 return Effect.zipRight(added, Deferred.succeed(done, undefined))
@@ -294,7 +294,7 @@ export const make = (
       yield* Deferred.await(done).pipe(Effect.timeout(timeout), Effect.ignore)
       finished = true
       if (Option.isNone(found)) {
-        const bucket = NodeId.bucketIndex(self, target)
+        const bucket = NodeId.bucketIndex(state.self, target)
         // Bookkeeping only: a mark that could not be stored makes the bucket look stale, and
         // the next refresh looks it up again.
         if (bucket >= 0) yield* graph.markBucketRefreshed(bucket).pipe(Effect.ignore)

@@ -36,7 +36,7 @@ export const make = (
     readonly addToGraph: GraphUpkeep["addToGraph"]
   }
 ): MultiConnection => {
-  const { self, map, timeoutOf } = state
+  const { map, timeoutOf } = state
   const { dns, dialRecord, addToGraph } = deps
 
   /** Every address to dial; a name that does not resolve adds its reason to `errors` instead. */
@@ -70,7 +70,7 @@ export const make = (
     Effect.gen(function* () {
       const timeout = timeoutOf(options)
       const wanted = new Map(
-        nodeIds.filter((id) => !NodeId.equals(id, self)).map((id) => [NodeId.encode(id) as string, id])
+        nodeIds.filter((id) => !NodeId.equals(id, state.self)).map((id) => [NodeId.encode(id) as string, id])
       )
       const connected = new Map<string, NodeId.NodeId>()
       for (const [key, id] of wanted) if (map.get(id)) connected.set(key, id)

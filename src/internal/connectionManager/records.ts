@@ -50,6 +50,8 @@ export const make = (
     readonly rpc: PeerRpcService
     /** What we answer the peer on every connection. */
     readonly handlers: AgentHandlers
+    /** Told of the NodeId a peer renewed its key from (its chain shows it). */
+    readonly renewedFrom: (previous: NodeId.NodeId) => void
   }
 ): Records => {
   const { config, map, pending, fail } = state
@@ -69,6 +71,8 @@ export const make = (
         retired: false,
         closing: false
       }
+      const previous = connection.remoteRenewedFrom
+      if (previous !== undefined) deps.renewedFrom(previous)
       // No fiber waits on an idle connection: calls and the close each start one when they come.
       yield* rpc.serve(connection, handlers)
       yield* connection.whenClosed(closedHandler(map, record))

@@ -27,8 +27,13 @@ export interface PendingDial {
 
 export interface ManagerState {
   readonly config: ConnectionManagerOptions
-  readonly self: NodeId.NodeId
-  readonly selfKey: string
+  /**
+   * Our own NodeId, the KeyRing's current one: a key renewal changes it (`renewal.ts`), so
+   * the parts read it where they use it and never keep a copy.
+   */
+  self: NodeId.NodeId
+  /** `self`, encoded. */
+  selfKey: string
   /** The routing table's bucket size: how many contacts a lookup keeps and asks for. */
   readonly k: number
   /** Queries a lookup keeps in flight (`connectionFindConcurrencyLimit`, at least 1). */
@@ -93,7 +98,10 @@ export const make = (
     const stopped = yield* Deferred.make<never, ConnectionManagerStopped>()
 
     const map = ConnectionMap.make<PeerClient>({
-      self,
+      // Read at each use: the tie-break between duplicate connections follows a renewal.
+      get self() {
+        return state.self
+      },
       idleTimeout: config.connectionIdleTimeoutTime,
       isSeed: isSeedNode,
       publish,
