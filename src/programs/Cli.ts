@@ -3,8 +3,9 @@
  * What the commands share (options, output, the agent's control client) is in `cli/shared.ts`.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Config, Effect, Logger, LogLevel, Option, Schedule } from "effect"
+import { Config, Effect, Logger, LogLevel, Option } from "effect"
 import * as NodeId from "../services/NodeId.js"
+import { stopAgent } from "./cli/agentStop.js"
 import {
   aboutNode,
   checkFormat,
@@ -30,7 +31,7 @@ import {
   positiveInt,
   UsageError
 } from "./Input.js"
-import { lockNodePath, pidAlive } from "./NodePath.js"
+import { lockNodePath } from "./NodePath.js"
 import { identityCommand } from "./cli/identity.js"
 import { simCommand } from "./SimCommand.js"
 
@@ -109,18 +110,8 @@ const agentStop = Command.make("stop", { nodePath, format }, (o) =>
   Effect.gen(function* () {
     const fmt = yield* checkFormat(o.format)
     const dir = resolveNodePath(o.nodePath)
-    const pid = yield* withAgent(dir, (c) =>
-      c.status().pipe(Effect.flatMap((s) => Effect.as(c.stop(), s.pid)))
-    )
     // Returns once the agent has run its finalizers and exited (as after SIGTERM).
-    yield* Effect.sync(() => pidAlive(pid)).pipe(
-      Effect.repeat({ while: (alive) => alive, schedule: Schedule.spaced("50 millis") }),
-      Effect.timeoutFail({
-        duration: "30 seconds",
-        onTimeout: () =>
-          new OperationError({ message: `agent at ${dir} (pid ${pid}) did not stop within 30 s` })
-      })
-    )
+    yield* stopAgent(dir)
     yield* print(fmt, { stopped: true }, `agent at ${dir} stopped`)
   })
 ).pipe(Command.withDescription("Stop the agent at the node path (as SIGTERM does)"))

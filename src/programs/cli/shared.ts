@@ -9,7 +9,7 @@ import { resolve } from "node:path"
 import { Args, Options } from "@effect/cli"
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { Config, Effect, Layer, Option } from "effect"
+import { Cause, Config, Effect, Layer, Option } from "effect"
 import { ControlError, ControlRpcs } from "../ControlApi.js"
 import { OperationError, positiveInt, UsageError } from "../Input.js"
 import { socketPath } from "../NodePath.js"
@@ -120,6 +120,15 @@ export const withAgent = <A>(
             Layer.provide(RpcSerialization.layerNdjson)
           )
         )
+      )
+    ).pipe(
+      // An interruption that reaches us here is the agent's: its RPC server answers the calls
+      // it cuts short while stopping with one. (A signal to this process interrupts this fiber
+      // itself, which skips the handler and still exits 130.) A failure, never a silent exit.
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause)
+          ? Effect.fail(new OperationError({ message: `the agent at ${dir} stopped before it answered` }))
+          : Effect.failCause(cause)
       )
     )
   }).pipe(
