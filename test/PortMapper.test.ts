@@ -20,7 +20,7 @@ import {
   TestClock
 } from "effect"
 import { openGatewayChannel } from "../src/internal/gatewayChannel.js"
-import { parseDefaultGateway } from "../src/internal/gatewayRoute.js"
+import { parseDefaultGateway, parseGateway } from "../src/internal/gatewayRoute.js"
 import { natPmpProtocol } from "../src/internal/natPmp.js"
 import { pcpProtocol } from "../src/internal/pcp.js"
 import * as PortMapperLive from "../src/layers/PortMapperLive.js"
@@ -285,10 +285,10 @@ describe("gateway discovery and options", () => {
   })
 
   it("the gateway option: an IPv4 address, optionally with a port", () => {
-    expect(PortMapperLive.parseGateway("10.0.0.1")).toEqual({ host: "10.0.0.1", port: 5351 })
-    expect(PortMapperLive.parseGateway("10.0.0.1:9999")).toEqual({ host: "10.0.0.1", port: 9999 })
+    expect(parseGateway("10.0.0.1")).toEqual({ host: "10.0.0.1", port: 5351 })
+    expect(parseGateway("10.0.0.1:9999")).toEqual({ host: "10.0.0.1", port: 9999 })
     for (const bad of ["", "router", "10.0.0.1:0", "10.0.0.1:70000", "::1", "10.0.0.1:1:2"])
-      expect(PortMapperLive.parseGateway(bad)).toMatch(/^invalid gateway/)
+      expect(parseGateway(bad)).toMatch(/^invalid gateway/)
   })
 
   it.effect("layerNoop never maps", () =>

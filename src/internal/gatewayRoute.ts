@@ -1,9 +1,11 @@
 /**
- * The default IPv4 gateway from Linux's routing table (`/proc/net/route`): among the routes to
- * 0.0.0.0/0 that are up and go through a gateway, the one with the lowest metric. The table's
- * addresses are hexadecimal in host (little-endian) byte order.
+ * Where the port-mapping gateway is: the default IPv4 gateway from Linux's routing table
+ * (`/proc/net/route`: among the routes to 0.0.0.0/0 that are up and go through a gateway, the one
+ * with the lowest metric; addresses in hexadecimal, host byte order), or one named by the user
+ * ("HOST" or "HOST:PORT").
  */
 import { readFile } from "node:fs/promises"
+import { isIPv4 } from "node:net"
 import { Effect, Option } from "effect"
 
 const RTF_UP = 0x1
@@ -36,3 +38,15 @@ export const defaultGateway = (path = "/proc/net/route"): Effect.Effect<Option.O
     Effect.map(parseDefaultGateway),
     Effect.orElseSucceed(() => Option.none())
   )
+
+/** The UDP port of PCP and NAT-PMP servers. */
+export const GATEWAY_PORT = 5351
+
+/** A gateway named by the user as host and port, or a one-line message saying what is wrong with it. */
+export const parseGateway = (text: string): { readonly host: string; readonly port: number } | string => {
+  const [host = "", port, ...rest] = text.trim().split(":")
+  const portNumber = port === undefined ? GATEWAY_PORT : /^\d{1,5}$/.test(port) ? Number(port) : Number.NaN
+  if (!isIPv4(host) || rest.length > 0 || !(portNumber > 0 && portNumber < 65536))
+    return `invalid gateway "${text}": expected an IPv4 address, optionally with :PORT`
+  return { host, port: portNumber }
+}

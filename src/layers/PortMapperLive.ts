@@ -4,9 +4,10 @@
  * The gateway is the default route's (Linux `/proc/net/route`) unless `gateway` names one
  * ("HOST" or "HOST:PORT", port 5351 unless given). With the default route's gateway the node
  * maps its port only when the address it reaches the gateway from is private (10/8, 172.16/12,
- * 192.168/16, 100.64/10, …): a node with a public address has nothing to map. A gateway named in
- * the options is always asked. The node's IPv4 listening address is the one mapped (any: the
- * route to the gateway picks it); a node listening on one IPv6 address maps nothing.
+ * 192.168/16, 100.64/10, …): a node with a public address has nothing to map, nor has one that
+ * listens on loopback. A gateway named in the options is always asked. The node's IPv4 listening
+ * address is the one mapped (any: the route to the gateway picks it); a node listening on one IPv6
+ * address maps nothing.
  *
  * Everything runs in a fiber of the layer's scope: building the layer costs nothing, and closing
  * it deletes the mapping (a lifetime-0 request, `unmapAttempts` tries) before the socket closes.
@@ -14,16 +15,13 @@
 import { isIPv4 } from "node:net"
 import { Duration, Effect, Layer, Option, type Scope, SubscriptionRef } from "effect"
 import { openGatewayChannel } from "../internal/gatewayChannel.js"
-import { defaultGateway } from "../internal/gatewayRoute.js"
+import { defaultGateway, GATEWAY_PORT, parseGateway } from "../internal/gatewayRoute.js"
 import { natPmpProtocol } from "../internal/natPmp.js"
 import { pcpProtocol } from "../internal/pcp.js"
 import { runSession } from "../internal/portMapSession.js"
 import { isLocalHost } from "../services/Address.js"
 import { fromRef, PortMapper, type PortMapperService, type PortMapping } from "../services/PortMapper.js"
 import { QuicTransport } from "../services/QuicTransport.js"
-
-/** The UDP port of PCP and NAT-PMP servers. */
-export const GATEWAY_PORT = 5351
 
 export interface PortMapperOptions {
   /** Off: never a mapping, no packet sent. */
@@ -56,15 +54,6 @@ export const defaults: PortMapperOptions = {
   unmapAttempts: 2
 }
 
-/** The `gateway` option as host and port, or a one-line message saying what is wrong with it. */
-export const parseGateway = (text: string): { readonly host: string; readonly port: number } | string => {
-  const [host = "", port, ...rest] = text.trim().split(":")
-  const portNumber = port === undefined ? GATEWAY_PORT : /^\d{1,5}$/.test(port) ? Number(port) : Number.NaN
-  if (!isIPv4(host) || rest.length > 0 || !(portNumber > 0 && portNumber < 65536))
-    return `invalid gateway "${text}": expected an IPv4 address, optionally with :PORT`
-  return { host, port: portNumber }
-}
-
 const session = (
   target: { readonly host: string; readonly port: number },
   options: PortMapperOptions,
@@ -84,8 +73,11 @@ const session = (
       ...gateway,
       ...(anyAddress ? {} : { bindHost: target.host })
     })
-    if (given === undefined && !isLocalHost(channel.localAddress))
-      return yield* Effect.logDebug(`port mapping: ${channel.localAddress} is public, nothing to map`)
+    if (
+      given === undefined &&
+      (!isLocalHost(channel.localAddress) || channel.localAddress.startsWith("127."))
+    )
+      return yield* Effect.logDebug(`port mapping: nothing to map from ${channel.localAddress}`)
     const retry = { attempts: options.requestAttempts, firstWait: options.firstWait }
     const protocols = options.protocols.map((p) =>
       p === "pcp" ? pcpProtocol(channel, retry) : natPmpProtocol(channel, retry)

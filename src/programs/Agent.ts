@@ -11,6 +11,7 @@ import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule 
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
+import * as PortMapperLive from "../layers/PortMapperLive.js"
 import { ConnectionManager } from "../services/ConnectionManager.js"
 import * as CMConfig from "../services/ConnectionManagerConfig.js"
 import type { Contact } from "../services/Contact.js"
@@ -18,6 +19,7 @@ import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 import { identityHandlers } from "./control/identity.js"
+import { portMappingField } from "./control/portMapping.js"
 import { ControlError, ControlRpcs } from "./ControlApi.js"
 import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
@@ -30,6 +32,8 @@ export interface AgentOptions {
   readonly port: number
   readonly seedNodes: ReadonlyArray<Contact>
   readonly format: "human" | "json"
+  /** Port mapping at the gateway: on unless `enabled: false`; the default route's gateway unless `gateway`. */
+  readonly portMapping?: Partial<PortMapperLive.PortMapperOptions>
 }
 
 /**
@@ -61,6 +65,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
       const graph = yield* NodeGraph
       const transport = yield* QuicTransport
       const identity = yield* identityHandlers
+      const portMapping = yield* portMappingField
       const decode = (text: string): Effect.Effect<NodeId.NodeId, ControlError> => {
         const r = NodeId.decode(text)
         return Either.isLeft(r)
@@ -94,7 +99,8 @@ const handlers = (stop: Deferred.Deferred<void>) =>
               connections: connections.length,
               nodes,
               pid: process.pid,
-              ...(counts === undefined ? {} : { transport: counts })
+              ...(counts === undefined ? {} : { transport: counts }),
+              ...(yield* portMapping)
             }
           }),
         stop: () => Deferred.succeed(stop, undefined).pipe(Effect.asVoid),
@@ -223,6 +229,7 @@ export const runLocked = (options: AgentOptions) =>
     yield* program.pipe(
       Effect.provide(
         controlServerLayer(options.nodePath, stop).pipe(
+          Layer.provideMerge(PortMapperLive.layer(options.portMapping)),
           Layer.provideMerge(nodeLayer(options, managerOptions))
         )
       ),

@@ -33,6 +33,7 @@ import {
 } from "./Input.js"
 import { lockNodePath } from "./NodePath.js"
 import { identityCommand } from "./cli/identity.js"
+import { checkPortMapping, portMappingOptions, portMappingText } from "./cli/portMapping.js"
 import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
@@ -59,6 +60,7 @@ const agentStart = Command.make(
       Options.withDefault("")
     ),
     format,
+    ...portMappingOptions,
     verbose: Options.boolean("verbose").pipe(
       Options.withDescription("Debug logging on stderr"),
       Options.withFallbackConfig(Config.boolean("QUICMESH_VERBOSE"))
@@ -82,12 +84,13 @@ const agentStart = Command.make(
           (e) => new UsageError({ message: `${e.message}${sourceOf("seed-nodes", "QUICMESH_SEED_NODES")}` })
         )
       )
+      const portMapping = yield* checkPortMapping(o)
       const dir = resolveNodePath(o.nodePath)
       // Lock first (a second agent fails at once), then load the node's layers: they load
       // only here, so the client commands start quickly.
       yield* lockNodePath(dir)
       const Agent = yield* Effect.promise(() => import("./Agent.js"))
-      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt }).pipe(
+      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt, portMapping }).pipe(
         Logger.withMinimumLogLevel(o.verbose ? LogLevel.Debug : LogLevel.Info)
       )
     }).pipe(Effect.scoped)
@@ -101,7 +104,7 @@ const agentStatus = Command.make("status", { nodePath, format }, (o) =>
     yield* print(
       fmt,
       status,
-      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)`
+      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)${portMappingText(status)}`
     )
   })
 ).pipe(Command.withDescription("Show whether an agent runs at the node path, and its figures"))

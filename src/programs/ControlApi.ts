@@ -7,6 +7,7 @@ import { Schema } from "effect"
 
 import { ControlError } from "./control/error.js"
 import { IdentityRpcs } from "./control/identity.js"
+import { PortMappingJson } from "./control/portMapping.js"
 
 export { ControlError }
 
@@ -37,7 +38,9 @@ export const StatusJson = Schema.Struct({
   nodes: Schema.Number,
   pid: Schema.Number,
   /** Absent when the transport keeps no counts (not the live QUIC transport). */
-  transport: Schema.optional(TransportJson)
+  transport: Schema.optional(TransportJson),
+  /** Present while the gateway grants a mapping of the node's port. */
+  portMapping: Schema.optional(PortMappingJson)
 })
 
 export const ConnectionJson = Schema.Struct({
