@@ -65,7 +65,10 @@ describe("pingNode: alive means the peer accepted us and answered", () => {
         const dialled = yield* Effect.scoped(
           pinger.transport
             .dial({ ...refuser.address, expectedNodeIds: [refuser.nodeId], timeout: "5 seconds" })
-            .pipe(Effect.as("connected"), Effect.orElseSucceed(() => "refused"))
+            .pipe(
+              Effect.as("connected"),
+              Effect.orElseSucceed(() => "refused")
+            )
         )
         expect(dialled).toBe("connected")
         // ...but the peer never accepts us: no ping proves it alive.

@@ -13,7 +13,12 @@ import type { PeerCallError, PeerClient } from "./PeerRpc.js"
 import type { ProtocolId, UnsupportedProtocolError } from "./Protocols.js"
 import type { ConnectionError, QuicConnection } from "./QuicTransport.js"
 
-/** Options every operation takes. `timeout` defaults to `connectionConnectTimeoutTime`. */
+/**
+ * Options every operation takes. `timeout` (default `connectionConnectTimeoutTime`) is the
+ * operation's one deadline: its steps (finding an address, dialling, the peer's answer) share
+ * it, each getting what the ones before left. For the `…Connection` operations it bounds
+ * getting the connection, not the caller's work on it.
+ */
 export interface OperationOptions {
   readonly timeout?: Duration.DurationInput
 }
@@ -152,7 +157,7 @@ export interface ConnectionManagerService {
   /**
    * A stream of application `protocol` to `nodeId`, once the peer accepted it: the connection is
    * got or made as by `acquireConnection` and counts as used while the scope is open (which
-   * ends the stream). `timeout` bounds getting the connection, then the peer's answer.
+   * ends the stream). Getting the connection and the peer's answer share the timeout.
    */
   readonly openStream: (
     nodeId: NodeId,
@@ -173,7 +178,10 @@ export interface ConnectionManagerService {
     address: Address,
     options?: OperationOptions
   ) => Effect.Effect<NodeConnectionHandle, NodeConnectionError>
-  /** Dial every address (hostnames resolved to all their IPs) for any of `nodeIds`; ends once all are connected. */
+  /**
+   * Dial every address (hostnames resolved to all their IPs) for any of `nodeIds`; ends once
+   * all are connected, or at the timeout (resolving included) with those connected by then.
+   */
   readonly getMultiConnection: (
     nodeIds: ReadonlyArray<NodeId>,
     addresses: ReadonlyArray<Address>,
@@ -184,7 +192,11 @@ export interface ConnectionManagerService {
   readonly hasConnection: (nodeId: NodeId) => Effect.Effect<boolean>
   readonly getSeedNodes: ReadonlyArray<Contact>
   readonly isSeedNode: (nodeId: NodeId) => boolean
-  /** Liveness now: given an address, exactly that address; else a round trip on (or after) a connection. */
+  /**
+   * Liveness now: true once the peer accepted us and answered a round trip on the connection
+   * (given an address, a connection to exactly that address; else the one held, or one got as
+   * `getConnection` does), all within the timeout. Never fails.
+   */
   readonly pingNode: (nodeId: NodeId, address?: Address, options?: OperationOptions) => Effect.Effect<boolean>
   readonly findNode: (nodeId: NodeId, options?: OperationOptions) => Effect.Effect<Option.Option<NodeAddress>>
   readonly getClosestGlobalNodes: (target: NodeId, options?: OperationOptions) => Effect.Effect<LookupResult>
@@ -193,9 +205,16 @@ export interface ConnectionManagerService {
     target: NodeId,
     options?: OperationOptions
   ) => Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError>
-  /** Connect to the seeds and look up our own NodeId to fill the table. */
+  /**
+   * Connect to the seeds and look up our own NodeId to fill the table; ends by the timeout
+   * with what it joined by then (fails only when no seed connects).
+   */
   readonly syncNodeGraph: (options?: OperationOptions) => Effect.Effect<void, MultiConnectionError>
-  /** Look up a random id in every bucket not refreshed within `bucketRefreshInterval`. */
+  /**
+   * Look up a random id in every bucket not refreshed within `bucketRefreshInterval`, one
+   * after the other, all within the timeout; returns how many it looked up (those the
+   * deadline leaves stay stale for the next refresh).
+   */
   readonly refreshBuckets: (options?: OperationOptions) => Effect.Effect<number>
   /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
   readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
@@ -212,11 +231,13 @@ export interface ConnectionManagerService {
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   /**
    * Passes a hole-punch request on to its target with the source's observed address, over a
-   * connection we already hold (never dials: without one it fails with "not-found").
+   * connection we already hold (never dials: without one it fails with "not-found"); fails
+   * with "timeout" when the target does not answer within the timeout.
    */
   readonly relaySignalingMessage: (
     message: { readonly source: NodeId; readonly target: NodeId },
-    sourceAddress: Address
+    sourceAddress: Address,
+    options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   /** Connection added/removed and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>

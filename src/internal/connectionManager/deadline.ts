@@ -15,6 +15,10 @@ import type { ManagerState } from "./state.js"
 export const after = (timeout: Duration.Duration): Effect.Effect<number> =>
   Effect.map(Clock.currentTimeMillis, (now) => now + Duration.toMillis(timeout))
 
+/** What is left until `deadline`: zero once it has passed. */
+export const remaining = (deadline: number): Effect.Effect<Duration.Duration> =>
+  Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, deadline - now)))
+
 /** `next` with what is left until `deadline`; `expired` once nothing is. */
 export const withLeft = <A, E, R, E2>(
   deadline: number,

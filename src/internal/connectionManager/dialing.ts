@@ -28,6 +28,7 @@ import type { NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
 import * as Protocols from "../../services/Protocols.js"
 import type { DialError } from "../../services/QuicTransport.js"
+import * as Deadline from "./deadline.js"
 import type { GraphUpkeep } from "./graphUpkeep.js"
 import type { DialSignal } from "./holePunch.js"
 import type { Records } from "./records.js"
@@ -91,6 +92,8 @@ export interface Dialing {
     f: (handle: NodeConnectionHandle) => Stream.Stream<A, E, R>,
     options?: OperationOptions
   ) => Stream.Stream<A, E | NodeConnectionError, R>
+  /** `withConnection` whose work gets what is left of the timeout once the connection is had. */
+  readonly withConnectionWithin: Deadline.WithConnectionWithin
   readonly openStream: ConnectionManagerService["openStream"]
   readonly destroyConnection: (nodeId: NodeId.NodeId, reason?: string) => Effect.Effect<void>
 }
@@ -211,6 +214,27 @@ export const make = (
       return joinDial(nodeId, timeout, dialEntry(nodeId, [address], timeout)).pipe(Effect.map(handleOf))
     })
 
+  /** The addresses of `nodeId`: the graph's, else a lookup's, within `timeout`. */
+  const findAddresses = (
+    nodeId: NodeId.NodeId,
+    timeout: Duration.Duration
+  ): Effect.Effect<ReadonlyArray<Address.Address>, NodeConnectionError> => {
+    const notFound = () => fail(nodeId, "not-found", "the node could not be found in the network")
+    return Deadline.andThen(
+      timeout,
+      graph.getNode(nodeId),
+      (contact, left): Effect.Effect<ReadonlyArray<Address.Address>, NodeConnectionError> =>
+        Option.isSome(contact) && contact.value.addresses.length > 0
+          ? Effect.succeed(contact.value.addresses)
+          : getClosestGlobalNodes(nodeId, { timeout: left }).pipe(
+              Effect.flatMap((r) =>
+                Option.isSome(r.address) ? Effect.succeed([r.address.value]) : Effect.fail(notFound())
+              )
+            ),
+      notFound
+    )
+  }
+
   const getEntry = (nodeId: NodeId.NodeId, options?: GetOptions): Effect.Effect<Entry, NodeConnectionError> =>
     Effect.suspend(() => {
       if (NodeId.equals(nodeId, state.self))
@@ -221,32 +245,18 @@ export const make = (
       // Where to dial: the caller's address, else a seed's configured one, else the graph, else a lookup.
       const seed = seeds.find((s) => NodeId.equals(s.nodeId, nodeId))
       const known = options?.address ?? (seed ? { host: seed.host, port: seed.port } : undefined)
-      const resolve: Effect.Effect<ReadonlyArray<Address.Address>, NodeConnectionError> = known
-        ? Effect.succeed([known])
-        : graph
-            .getNode(nodeId)
-            .pipe(
-              Effect.flatMap((contact) =>
-                Option.isSome(contact) && contact.value.addresses.length > 0
-                  ? Effect.succeed(contact.value.addresses)
-                  : getClosestGlobalNodes(nodeId, { timeout }).pipe(
-                      Effect.flatMap((r) =>
-                        Option.isSome(r.address)
-                          ? Effect.succeed([r.address.value])
-                          : Effect.fail(
-                              fail(nodeId, "not-found", "the node could not be found in the network")
-                            )
-                      )
-                    )
-              )
-            )
+      if (known) return joinDial(nodeId, timeout, dialEntry(nodeId, [known], timeout))
       // Resolve outside the joined dial: a lookup dials the target itself (joining that dial
-      // from inside would wait on itself). The lookup usually leaves the connection made.
-      return resolve.pipe(
-        Effect.flatMap((addresses) => {
+      // from inside would wait on itself). The lookup usually leaves the connection made. The
+      // dial gets what the search left of the timeout.
+      return Deadline.andThen(
+        timeout,
+        findAddresses(nodeId, timeout),
+        (addresses, left) => {
           const now = map.get(nodeId)
-          return now ? Effect.succeed(now) : joinDial(nodeId, timeout, dialEntry(nodeId, addresses, timeout))
-        })
+          return now ? Effect.succeed(now) : joinDial(nodeId, left, dialEntry(nodeId, addresses, left))
+        },
+        () => fail(nodeId, "timeout", `no connection within ${Duration.format(timeout)}`)
       )
     })
 
@@ -278,11 +288,22 @@ export const make = (
   ): Stream.Stream<A, E | NodeConnectionError, R> =>
     Stream.unwrapScoped(Effect.map(acquireConnection(nodeId, options), f))
 
-  // The connection's use is taken first, in the caller's scope: the stream holds it.
+  const withConnectionWithin = Deadline.withConnectionWithin(state, withConnection)
+
+  // The connection's use is taken first, in the caller's scope: the stream holds it. The
+  // peer's answer (its first byte included) gets what getting the connection left of the timeout.
   const openStream: Dialing["openStream"] = (nodeId, protocol, options) =>
-    Effect.flatMap(acquireConnection(nodeId, options), (handle) =>
-      Protocols.open(handle.connection, protocol, options)
-    )
+    Effect.suspend(() => {
+      const timeout = timeoutOf(options)
+      const expired = () =>
+        fail(nodeId, "timeout", `the peer did not answer within ${Duration.format(timeout)}`)
+      const open = (handle: NodeConnectionHandle, left: Duration.Duration) =>
+        Protocols.open(handle.connection, protocol, { timeout: left }).pipe(
+          Effect.timeoutFail({ duration: left, onTimeout: expired })
+        )
+      if (map.get(nodeId)) return Effect.flatMap(acquireConnection(nodeId, options), (h) => open(h, timeout))
+      return Deadline.andThen(timeout, acquireConnection(nodeId, options), open, expired)
+    })
 
   const destroyConnection = (nodeId: NodeId.NodeId, reason = "destroyed") =>
     Effect.suspend(() => {
@@ -298,6 +319,7 @@ export const make = (
     acquireConnection,
     withConnection,
     withConnectionStream,
+    withConnectionWithin,
     openStream,
     destroyConnection
   }

@@ -65,7 +65,8 @@ export interface HolePunch {
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   readonly relaySignalingMessage: (
     message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
-    sourceAddress: Address.Address
+    sourceAddress: Address.Address,
+    options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   /** What we answer a peer's hole-punch signal: punch (it is for us) or relay it. */
   readonly handleHolePunchSignal: (
@@ -91,7 +92,7 @@ export const make = (
     ) => Effect.Effect<A, E | NodeConnectionError>
   }
 ): HolePunch => {
-  const { config, seeds, map, background, connectTimeout, timeoutOf, fail } = state
+  const { config, seeds, map, background, timeoutOf, fail } = state
   const { transport, withConnection } = deps
 
   const holePunchReverse = (host: string, port: number, options?: OperationOptions): Effect.Effect<void> =>
@@ -134,13 +135,15 @@ export const make = (
 
   const relaySignalingMessage = (
     message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
-    sourceAddress: Address.Address
+    sourceAddress: Address.Address,
+    options?: OperationOptions
   ): Effect.Effect<void, NodeConnectionError | PeerCallError> =>
     Effect.suspend(() => {
       if (NodeId.equals(message.target, state.self)) return Effect.void
       // Relay only over a connection we already hold: a request never makes us dial anybody.
       if (!map.get(message.target))
         return Effect.fail(fail(message.target, "not-found", "no connection to the target to relay on"))
+      const timeout = timeoutOf(options)
       return withConnection(message.target, (h) =>
         h.client.holePunchSignal({
           sourceNodeIdEncoded: NodeId.encode(message.source),
@@ -149,13 +152,9 @@ export const make = (
         })
       ).pipe(
         Effect.timeoutFail({
-          duration: connectTimeout,
+          duration: timeout,
           onTimeout: () =>
-            fail(
-              message.target,
-              "timeout",
-              `the target did not answer within ${Duration.format(connectTimeout)}`
-            )
+            fail(message.target, "timeout", `the target did not answer within ${Duration.format(timeout)}`)
         })
       )
     })

@@ -1,21 +1,24 @@
 /**
  * Joining the network and keeping the table fresh: connect to the seeds, look up our own id,
  * fill the far buckets the lookup left empty; later, look up a random id in every bucket not
- * refreshed within `bucketRefreshInterval`.
+ * refreshed within `bucketRefreshInterval`. Each is one operation with one deadline: its
+ * steps (the seeds, the lookups, the fills) share its timeout, and what the deadline leaves
+ * undone waits for the next refresh.
  */
 import { Duration, Effect, Option, Random } from "effect"
 import type { MultiConnectionError, OperationOptions } from "../../services/ConnectionManager.js"
 import type { NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
+import * as Deadline from "./deadline.js"
 import type { Dialing } from "./dialing.js"
 import type { Candidate, Lookup } from "./lookup.js"
 import type { MultiConnection } from "./multiConnection.js"
 import type { ManagerState } from "./state.js"
 
 export interface Join {
-  /** Connect to the seeds and look up our own NodeId to fill the table. */
+  /** Connect to the seeds and look up our own NodeId to fill the table, within one timeout. */
   readonly syncNodeGraph: (options?: OperationOptions) => Effect.Effect<void, MultiConnectionError>
-  /** Look up a random id in every bucket not refreshed within `bucketRefreshInterval`. */
+  /** Look up a random id in every stale bucket within one timeout; how many it looked up. */
   readonly refreshBuckets: (options?: OperationOptions) => Effect.Effect<number>
 }
 
@@ -34,14 +37,19 @@ export const make = (
 
   const syncNodeGraph = (options?: OperationOptions) =>
     Effect.gen(function* () {
+      const timeout = state.timeoutOf(options)
+      const deadline = yield* Deadline.after(timeout)
       if (seeds.length > 0) {
         yield* getMultiConnection(
           seeds.map((s) => s.nodeId),
           seeds.map((s) => ({ host: s.host, port: s.port })),
-          options
+          { timeout }
         )
       }
-      const own = yield* lookup(state.self, options)
+      const left = yield* Deadline.remaining(deadline)
+      if (Duration.isZero(left)) return
+      const queryTimeout = queryTimeoutOf(options)
+      const own = yield* lookup(state.self, { timeout: left, queryTimeout })
       // Kademlia's join: the lookup of our own id fills the buckets near us; the buckets
       // farther than our nearest neighbour that it left empty are filled, so that every part
       // of the id space has an entry in our table (see `fillBucket`).
@@ -69,10 +77,14 @@ export const make = (
           if (list) list.push(c)
           else heard.set(index, [c])
         }
-        yield* Effect.forEach(empty, (index) => fillBucket(index, heard.get(index) ?? [], options), {
-          concurrency: 1,
-          discard: true
-        })
+        yield* Effect.forEach(
+          empty,
+          (index) => fillBucket(index, heard.get(index) ?? [], queryTimeout, deadline),
+          {
+            concurrency: 1,
+            discard: true
+          }
+        )
       }
     })
 
@@ -82,11 +94,18 @@ export const make = (
    * lookup of a random id in the bucket asks several nodes first. Only if none of up to alpha
    * such nodes answers, or none was heard of, is the bucket refreshed by that lookup.
    */
-  const fillBucket = (index: number, heard: ReadonlyArray<Candidate>, options?: OperationOptions) =>
+  const fillBucket = (
+    index: number,
+    heard: ReadonlyArray<Candidate>,
+    queryTimeout: Duration.Duration,
+    deadline: number
+  ) =>
     Effect.gen(function* () {
-      const timeout = queryTimeoutOf(options)
       for (const c of heard.slice(0, alpha)) {
+        const left = yield* Deadline.remaining(deadline)
+        if (Duration.isZero(left)) return
         // Whether it answers is all that matters here: the next one is tried if not.
+        const timeout = Duration.min(queryTimeout, left)
         const live = yield* getConnectionWithAddress(c.nodeId, c.address, { timeout }).pipe(
           Effect.as(true),
           Effect.orElseSucceed(() => false)
@@ -94,7 +113,7 @@ export const make = (
         // Bookkeeping only: an unstored mark makes the bucket look stale to the next refresh.
         if (live) return yield* graph.markBucketRefreshed(index).pipe(Effect.ignore)
       }
-      yield* refreshBucket(index, options, true)
+      yield* refreshBucket(index, deadline, queryTimeout, true)
     })
 
   const randomIdInBucket = (index: number) =>
@@ -106,19 +125,28 @@ export const make = (
     })
 
   /**
-   * A lookup of a random id in bucket `index`, then the bucket counts as refreshed. `fill`:
-   * stop once one node of the bucket has answered (the join's refresh of its empty buckets).
+   * A lookup of a random id in bucket `index` with what is left until `deadline` (each query
+   * with `queryTimeout`, the operation's), then the bucket counts as refreshed; false (nothing
+   * done) once the deadline has passed. `fill`: stop once one node of the bucket has answered
+   * (the join's refresh of its empty buckets).
    */
-  const refreshBucket = (index: number, options?: OperationOptions, fill = false) =>
-    randomIdInBucket(index).pipe(
-      Effect.flatMap((id) => lookup(id, options, fill ? index : undefined)),
-      // Bookkeeping only: an unstored mark makes the bucket look stale to the next refresh.
-      Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore))
+  const refreshBucket = (index: number, deadline: number, queryTimeout: Duration.Duration, fill = false) =>
+    Effect.flatMap(Deadline.remaining(deadline), (left) =>
+      Duration.isZero(left)
+        ? Effect.succeed(false)
+        : randomIdInBucket(index).pipe(
+            Effect.flatMap((id) => lookup(id, { timeout: left, queryTimeout }, fill ? index : undefined)),
+            // Bookkeeping only: an unstored mark makes the bucket look stale to the next refresh.
+            Effect.zipRight(graph.markBucketRefreshed(index).pipe(Effect.ignore)),
+            Effect.as(true)
+          )
     )
 
   const refreshBuckets = (options?: OperationOptions) =>
     Effect.gen(function* () {
       const now = yield* Effect.clockWith((c) => c.currentTimeMillis)
+      const deadline = now + Duration.toMillis(state.timeoutOf(options))
+      const queryTimeout = queryTimeoutOf(options)
       const buckets = yield* graph.getBuckets
       const stale: number[] = []
       for (const [index] of buckets) {
@@ -130,11 +158,9 @@ export const make = (
         if (Option.isNone(at) || now - at.value >= Duration.toMillis(config.bucketRefreshInterval))
           stale.push(index)
       }
-      yield* Effect.forEach(stale, (index) => refreshBucket(index, options), {
-        concurrency: 1,
-        discard: true
-      })
-      return stale.length
+      let refreshed = 0
+      for (const index of stale) if (yield* refreshBucket(index, deadline, queryTimeout)) refreshed++
+      return refreshed
     })
 
   return { syncNodeGraph, refreshBuckets }

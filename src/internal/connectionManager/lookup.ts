@@ -27,6 +27,15 @@ export interface Candidate {
   state: "new" | "inflight" | "answered" | "failed"
 }
 
+/**
+ * A lookup's options. A lookup that is one step of a longer operation gets what is left of the
+ * operation's timeout as `timeout`, and keeps the operation's `queryTimeout` (a third of its
+ * whole timeout) for each query.
+ */
+export interface LookupOptions extends OperationOptions {
+  readonly queryTimeout?: Duration.Duration
+}
+
 export interface Lookup {
   /**
    * The iterative lookup. With `fillBucket`, it also ends as soon as a node in that bucket of
@@ -35,7 +44,7 @@ export interface Lookup {
    */
   readonly lookup: (
     target: NodeId.NodeId,
-    options?: OperationOptions,
+    options?: LookupOptions,
     fillBucket?: number
   ) => Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }>
   readonly getClosestGlobalNodes: (
@@ -70,7 +79,7 @@ export const make = (
 ): Lookup => {
   const { k, alpha, seeds, timeoutOf } = state
   const { graph, addToGraph } = deps
-  const { withConnection, getConnectionWithAddress } = deps.dialing
+  const { withConnectionWithin, getConnectionWithAddress } = deps.dialing
 
   const answerClosest = (caller: Contact, target: NodeId.NodeId) =>
     graph.getClosestNodes(target, k + 1).pipe(
@@ -96,10 +105,11 @@ export const make = (
     target: NodeId.NodeId,
     options?: OperationOptions
   ): Effect.Effect<ReadonlyArray<WireContact>, NodeConnectionError | RemoteQueryError> =>
-    withConnection(
+    // One deadline: getting the connection and the answer share the timeout.
+    withConnectionWithin(
       nodeId,
-      (h) =>
-        h.client.closestNodesUpTo(target, k, timeoutOf(options)).pipe(
+      (h, timeout) =>
+        h.client.closestNodesUpTo(target, k, timeout).pipe(
           Effect.mapError(
             (e) =>
               new RemoteQueryError({
@@ -109,7 +119,7 @@ export const make = (
               })
           )
         ),
-      options
+      timeoutOf(options)
     ).pipe(
       Effect.map((chunk) =>
         chunk.filter(
@@ -154,12 +164,12 @@ export const make = (
 
   const lookup = (
     target: NodeId.NodeId,
-    options?: OperationOptions,
+    options?: LookupOptions,
     fillBucket?: number
   ): Effect.Effect<LookupResult & { readonly shortlist: ReadonlyArray<Candidate> }> =>
     Effect.gen(function* () {
       const timeout = timeoutOf(options)
-      const queryTimeout = queryTimeoutOf(options)
+      const queryTimeout = options?.queryTimeout ?? queryTimeoutOf(options)
       const targetKey = NodeId.encode(target) as string
       const seen = new Set<string>([state.selfKey])
       const shortlist: Candidate[] = []

@@ -1,13 +1,15 @@
 /**
  * Connecting to any of several nodes at several addresses at once (how a node reaches its
  * seeds): hostnames are resolved to all their addresses through `Dns`, every address is
- * dialled, and the call ends once every wanted node is connected or the timeout passes.
+ * dialled, and the call ends once every wanted node is connected or the timeout (which
+ * covers the resolving too) passes.
  */
-import { Deferred, Effect } from "effect"
+import { Deferred, type Duration, Effect } from "effect"
 import * as Address from "../../services/Address.js"
 import { MultiConnectionError, type OperationOptions } from "../../services/ConnectionManager.js"
 import type { DnsService } from "../../services/Dns.js"
 import * as NodeId from "../../services/NodeId.js"
+import * as Deadline from "./deadline.js"
 import type { GraphUpkeep } from "./graphUpkeep.js"
 import type { Records } from "./records.js"
 import type { ManagerState } from "./state.js"
@@ -76,12 +78,11 @@ export const make = (
       for (const [key, id] of wanted) if (map.get(id)) connected.set(key, id)
       const allDone = yield* Deferred.make<void>()
       const errors: string[] = []
-      const resolved = yield* resolveAddresses(addresses, errors)
-      const attempt = (address: Resolved) =>
+      const attempt = (address: Resolved, left: Duration.Duration) =>
         Effect.suspend(() => {
           const expected = [...wanted].filter(([key]) => !connected.has(key)).map(([, id]) => id)
           if (expected.length === 0) return Effect.void
-          return dialRecord(expected, address, timeout, address.hostname).pipe(
+          return dialRecord(expected, address, left, address.hostname).pipe(
             Effect.flatMap(map.adopt),
             Effect.flatMap((entry) =>
               Effect.suspend(() => {
@@ -98,10 +99,20 @@ export const make = (
           )
         })
       if (connected.size < wanted.size) {
-        yield* Effect.raceFirst(
-          Effect.forEach(resolved, attempt, { concurrency: "unbounded", discard: true }),
-          Deferred.await(allDone)
-        ).pipe(
+        // One deadline: resolving the names and the dials share the timeout.
+        const deadline = yield* Deadline.after(timeout)
+        const dialAll = Effect.flatMap(resolveAddresses(addresses, errors), (resolved) =>
+          Deadline.withLeft(
+            deadline,
+            (left) =>
+              Effect.forEach(resolved, (address) => attempt(address, left), {
+                concurrency: "unbounded",
+                discard: true
+              }),
+            () => "no time left to dial"
+          )
+        )
+        yield* Effect.raceFirst(dialAll, Deferred.await(allDone)).pipe(
           // The timeout ends the waiting, not the call: what connected by then is the answer.
           Effect.timeout(timeout),
           Effect.ignore
