@@ -8,6 +8,7 @@ import { join } from "node:path"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
+import { refreshPeriodically } from "../internal/bucketRefresh.js"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
@@ -216,13 +217,8 @@ export const runLocked = (options: AgentOptions) =>
           Effect.tap(() => Effect.logInfo("joined the network")),
           Effect.forkScoped
         )
-      yield* cm
-        .refreshBuckets()
-        .pipe(
-          Effect.repeat(Schedule.spaced("10 minutes").pipe(Schedule.jittered)),
-          Effect.delay("10 minutes"),
-          Effect.forkScoped
-        )
+      // About every 10 minutes (jittered), the buckets not refreshed for bucketRefreshInterval.
+      yield* refreshPeriodically(cm.refreshBuckets(), "10 minutes").pipe(Effect.forkScoped)
       yield* Effect.raceFirst(Deferred.await(stop), cm.failure)
       yield* Effect.logInfo("agent stopping")
     }).pipe(Effect.onInterrupt(() => Effect.logInfo("agent stopping (signal)")))
