@@ -12,12 +12,26 @@
  *
  * A request larger than `rpcParserBufferSize` is not sent: it fails at once with
  * `RpcMessageTooLargeError`. Every call is bounded by `rpcCallTimeoutTime`. The group's
- * calls fail with the typed wire errors (`RpcWireError`) besides their own.
+ * calls fail with the typed wire errors (`RpcWireError`) besides their own; an answer that
+ * does not match the method's schema (`@effect/rpc` makes it a defect) fails the call with
+ * `RpcMalformedMessageError`.
  */
 import { Socket } from "@effect/platform"
 import { type Rpc, RpcClient, RpcClientError, type RpcGroup, RpcSchema } from "@effect/rpc"
 import type { FromClientEncoded, FromServerEncoded } from "@effect/rpc/RpcMessage"
-import { Duration, Effect, ExecutionStrategy, Exit, Match, Predicate, Scope, Stream } from "effect"
+import {
+  Cause,
+  Duration,
+  Effect,
+  ExecutionStrategy,
+  Exit,
+  Match,
+  Option,
+  ParseResult,
+  Predicate,
+  Scope,
+  Stream
+} from "effect"
 import {
   RpcMalformedMessageError,
   RpcMessageTooLargeError,
@@ -283,6 +297,22 @@ const fromClientError = (error: RpcClientError.RpcClientError) =>
 const isRpcClientError = (u: unknown): u is RpcClientError.RpcClientError =>
   Predicate.hasProperty(u, RpcClientError.TypeId)
 
+/** An answer `@effect/rpc` could not decode (a peer's, so possibly hostile: its text is cut short). */
+const undecodable = (defect: ParseResult.ParseError) =>
+  new RpcMalformedMessageError({
+    detail: `the answer does not match its schema: ${defect.message.slice(0, 200)}`
+  })
+
+const undecodableAnswer = (defect: unknown) =>
+  ParseResult.isParseError(defect) ? Option.some(Effect.fail(undecodable(defect))) : Option.none()
+
+const undecodableStream = <E>(cause: Cause.Cause<E>): Stream.Stream<never, E | RpcMalformedMessageError> => {
+  const defect = Cause.dieOption(cause)
+  return Option.isSome(defect) && ParseResult.isParseError(defect.value)
+    ? Stream.fail(undecodable(defect.value))
+    : Stream.failCause(cause)
+}
+
 type RawCall = (payload: unknown) => unknown
 
 /** `@effect/rpc`'s function for `tag` in its (nested by prefix) client object. */
@@ -313,6 +343,7 @@ export const makeGroupClient = <Rpcs extends Rpc.Any, E extends StreamOpenError>
     const bound = (method: string, effect: Effect.Effect<unknown, unknown>) =>
       effect.pipe(
         Effect.catchIf(isRpcClientError, (e) => Effect.fail(fromClientError(e))),
+        Effect.catchSomeDefect(undecodableAnswer),
         Effect.timeoutFail({
           duration: timeout,
           onTimeout: () => new RpcTimeoutError({ method, timeoutMillis })
@@ -321,6 +352,7 @@ export const makeGroupClient = <Rpcs extends Rpc.Any, E extends StreamOpenError>
     const boundStream = (method: string, stream: Stream.Stream<unknown, RpcClientError.RpcClientError>) =>
       stream.pipe(
         Stream.catchTag("RpcClientError", (e) => Stream.fail(fromClientError(e))),
+        Stream.catchAllCause(undecodableStream),
         Stream.interruptWhen(
           Effect.sleep(timeout).pipe(
             Effect.zipRight(Effect.fail(new RpcTimeoutError({ method, timeoutMillis })))

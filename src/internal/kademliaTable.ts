@@ -5,6 +5,9 @@
  * highest set bit at position `i`. Each bucket is a `Map` in least-recently-seen-first order
  * (a refresh deletes and re-inserts, moving the node to the end).
  *
+ * With an `IpDiversity` limit, a bucket takes at most `maxPerGroup` nodes of one IP group
+ * (`ipDiversity.ts`), counted by each node's most recent address.
+ *
  * The table is plain synchronous code; `toService` wraps it as a `NodeGraphService`, optionally
  * with a `TablePersistence` whose writes are started in the same synchronous step as the
  * in-memory change (so the store sees writes in table order) and awaited before the operation
@@ -16,6 +19,7 @@ import * as Address from "../services/Address.js"
 import {
   type AddressScope,
   DEFAULT_BUCKET_LIMIT,
+  type IpDiversity,
   MAX_ADDRESSES,
   type NodeAddress,
   type NodeContact,
@@ -25,6 +29,7 @@ import {
   type SetNodeResult
 } from "../services/NodeGraph.js"
 import { bucketIndex, canonical, encode, NODE_ID_BYTES, type NodeId } from "../services/NodeId.js"
+import { BucketGroups, groupOf } from "./ipDiversity.js"
 
 export const BUCKET_COUNT = NODE_ID_BYTES * 8
 
@@ -136,6 +141,7 @@ export class KademliaTable {
     return bucket
   }
   readonly #refreshedAt: Array<number | undefined> = new Array(BUCKET_COUNT).fill(undefined)
+  readonly #groups = new BucketGroups()
   #size = 0
   #nextSeq = 0
 
@@ -143,7 +149,9 @@ export class KademliaTable {
 
   constructor(
     ownNodeId: NodeId,
-    readonly k: number = DEFAULT_BUCKET_LIMIT
+    readonly k: number = DEFAULT_BUCKET_LIMIT,
+    /** The diversity limit (none if undefined). */
+    readonly ipDiversity?: IpDiversity
   ) {
     if (ownNodeId.length !== NODE_ID_BYTES) throw new RangeError(`own NodeId must be ${NODE_ID_BYTES} bytes`)
     this.#ownNodeId = canonical(ownNodeId)
@@ -163,6 +171,7 @@ export class KademliaTable {
   reown(ownNodeId: NodeId): Array<TableEntry> {
     const entries = [...this.entries()]
     this.#buckets.fill(undefined)
+    this.#groups.clear()
     this.#refreshedAt.fill(undefined)
     this.#size = 0
     this.#ownNodeId = canonical(ownNodeId)
@@ -171,6 +180,18 @@ export class KademliaTable {
 
   get size(): number {
     return this.#size
+  }
+
+  /** The IP group an entry counts in (by its most recent address), if the limit is on. */
+  #groupOf(host: string | undefined): string | undefined {
+    return this.ipDiversity === undefined || host === undefined ? undefined : groupOf(host, this.ipDiversity)
+  }
+
+  /** Moves the group counts of bucket `index` from `before` to `after` (either may be absent). */
+  #count(index: number, before: TableEntry | undefined, after: TableEntry | undefined): void {
+    if (this.ipDiversity === undefined) return
+    this.#groups.add(index, this.#groupOf(before?.addresses[0]?.host), -1)
+    this.#groups.add(index, this.#groupOf(after?.addresses[0]?.host), 1)
   }
 
   /** Bucket index of a (valid, non-own) NodeId; -1 for our own. */
@@ -189,6 +210,13 @@ export class KademliaTable {
     const index = this.bucketOf(nodeId)
     const bucket = this.#read(index)
     const previous = bucket.get(keyOf(nodeId))
+    const group = this.#groupOf(address.host)
+    if (
+      group !== undefined &&
+      group !== this.#groupOf(previous?.addresses[0]?.host) &&
+      this.#groups.count(index, group) >= this.ipDiversity!.maxPerGroup
+    )
+      return { _tag: "Full", result: { _tag: "IpGroupFull", bucketIndex: index, group } }
     if (previous === undefined && bucket.size >= this.k) {
       const leastRecentlySeen = bucket.values().next().value!
       return {
@@ -212,6 +240,7 @@ export class KademliaTable {
     const index = this.bucketOf(entry.nodeId)
     const bucket = this.#write(index)
     const key = keyOf(entry.nodeId)
+    this.#count(index, bucket.get(key), entry)
     if (!bucket.delete(key)) this.#size++
     bucket.set(key, entry)
     this.#nextSeq = Math.max(this.#nextSeq, entry.seq + 1)
@@ -227,7 +256,9 @@ export class KademliaTable {
   remove(nodeId: Uint8Array): TableEntry | undefined {
     const entry = this.get(nodeId)
     if (entry === undefined) return undefined
-    this.#buckets[this.bucketOf(nodeId)]?.delete(keyOf(nodeId))
+    const index = this.bucketOf(nodeId)
+    this.#buckets[index]?.delete(keyOf(nodeId))
+    this.#count(index, entry, undefined)
     this.#size--
     return entry
   }
@@ -240,6 +271,7 @@ export class KademliaTable {
     const index = this.bucketOf(entry.nodeId)
     const bucket = this.#write(index)
     const key = keyOf(entry.nodeId)
+    this.#count(index, bucket.get(key), entry)
     if (!bucket.delete(key)) this.#size++
     const ordered = [...bucket.values(), entry].sort(byRecency)
     bucket.clear()
@@ -249,11 +281,12 @@ export class KademliaTable {
 
   /**
    * Bulk load (e.g. from a store, possibly written under another own NodeId). Our own NodeId is
-   * skipped; where a bucket would exceed k, the most recently seen k are kept. Returns the
-   * entries that were not loaded.
+   * skipped; where a bucket would exceed k (or an IP group its limit), the most recently seen
+   * are kept. Returns the entries that were not loaded.
    */
   load(entries: Iterable<TableEntry>): Array<TableEntry> {
     const dropped: Array<TableEntry> = []
+    const loading = new BucketGroups()
     const newestFirst = [...entries].sort((a, b) => byRecency(b, a))
     const perBucket: Array<Array<TableEntry>> = Array.from({ length: BUCKET_COUNT }, () => [])
     for (const entry of newestFirst) {
@@ -263,8 +296,15 @@ export class KademliaTable {
         continue
       }
       const slot = perBucket[index]!
-      if (this.#read(index).size + slot.length >= this.k) dropped.push(entry)
-      else slot.push(entry)
+      const group = this.#groupOf(entry.addresses[0]?.host)
+      const groupFull =
+        group !== undefined &&
+        this.#groups.count(index, group) + loading.count(index, group) >= this.ipDiversity!.maxPerGroup
+      if (groupFull || this.#read(index).size + slot.length >= this.k) dropped.push(entry)
+      else {
+        slot.push(entry)
+        loading.add(index, group, 1)
+      }
     }
     for (const slot of perBucket) for (let i = slot.length - 1; i >= 0; i--) this.restore(slot[i]!)
     return dropped
@@ -460,6 +500,7 @@ export const toService = (
       return table.ownNodeId
     },
     k: table.k,
+    ipDiversity: table.ipDiversity,
     setNode,
     unsetNode,
     getNode: (nodeId) => Effect.sync(() => Option.map(Option.fromNullable(table.get(nodeId)), toContact)),

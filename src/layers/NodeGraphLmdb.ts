@@ -17,6 +17,7 @@
  */
 import { Effect, Either, Layer, Runtime, type Scope } from "effect"
 import { type Database, open, type RootDatabase } from "lmdb"
+import * as IpDiversity from "../internal/ipDiversity.js"
 import {
   BUCKET_COUNT,
   KademliaTable,
@@ -41,6 +42,11 @@ export interface Options {
   readonly path: string
   /** Bucket limit k (default 20). */
   readonly k?: number
+  /**
+   * The buckets' IP-diversity limit (`NodeGraph.IpDiversity`): the defaults (2 per /24 or /48
+   * per bucket) unless given, `false` for none. Stored nodes past it are dropped on open.
+   */
+  readonly ipDiversity?: IpDiversity.IpDiversityOption
 }
 
 interface StoredNode {
@@ -138,7 +144,11 @@ export const make = (
 ): Effect.Effect<NodeGraphService, NodeGraphStorageError, Scope.Scope> =>
   Effect.gen(function* () {
     const store = yield* openStore(options.path)
-    const table = new KademliaTable(ownNodeId, options.k ?? DEFAULT_BUCKET_LIMIT)
+    const table = new KademliaTable(
+      ownNodeId,
+      options.k ?? DEFAULT_BUCKET_LIMIT,
+      IpDiversity.resolve(options.ipDiversity)
+    )
     const { invalid, dropped, ownerChanged } = yield* Effect.try({
       try: () => {
         const stored = store.meta.get(OWNER_KEY)
@@ -169,7 +179,8 @@ export const make = (
         new NodeGraphStorageError({ detail: `cannot load the node graph at ${options.path}`, cause })
     })
     if (invalid > 0) yield* Effect.logWarning(`node graph: dropped ${invalid} unreadable entries`)
-    if (dropped > 0 && !ownerChanged) yield* Effect.logInfo(`node graph: dropped ${dropped} entries beyond k`)
+    if (dropped > 0 && !ownerChanged)
+      yield* Effect.logInfo(`node graph: dropped ${dropped} entries beyond k or the IP-group limit`)
     const ensureOpen = () => {
       if (store.closed) throw new Error("the node graph store is closed")
     }

@@ -111,7 +111,13 @@ const handlers = (stop: Deferred.Deferred<void>) =>
             Effect.flatMap((r) =>
               Predicate.isTagged(r, "BucketFull")
                 ? Effect.fail(new ControlError({ message: `bucket ${r.bucketIndex} is full` }))
-                : Effect.void
+                : Predicate.isTagged(r, "IpGroupFull")
+                  ? Effect.fail(
+                      new ControlError({
+                        message: `bucket ${r.bucketIndex} already holds its limit of nodes from ${host}'s network (IP-diversity limit)`
+                      })
+                    )
+                  : Effect.void
             ),
             Effect.catchTags({
               NodeGraphInputError: (e) => Effect.fail(new ControlError({ message: e.message })),

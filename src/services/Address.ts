@@ -55,19 +55,62 @@ export const normalizeHost = (host: string): string => {
 export const equals = (a: Address, b: Address): boolean =>
   a.port === b.port && normalizeHost(a.host) === normalizeHost(b.host)
 
-/** Loopback, private and link-local ranges (and names that commonly stand for them). */
+/**
+ * The bytes of an IP address (4 for IPv4, 16 for IPv6, after normalising; an IPv6 zone is
+ * ignored), undefined for anything else (host names included).
+ */
+export const ipBytes = (host: string): Uint8Array | undefined => {
+  const h = normalizeHost(host)
+  const version = isIP(h)
+  if (version === 4) return Uint8Array.from(h.split("."), Number)
+  if (version !== 6) return undefined
+  const bare = h.split("%")[0]!
+  const words = (part: string): Array<number> =>
+    part === ""
+      ? []
+      : part.split(":").flatMap((w) => {
+          if (!w.includes(".")) return [Number.parseInt(w, 16)]
+          const [a, b, c, d] = w.split(".").map(Number) as [number, number, number, number]
+          return [(a << 8) | b, (c << 8) | d]
+        })
+  const gap = bare.indexOf("::")
+  const head = words(gap < 0 ? bare : bare.slice(0, gap))
+  const tail = gap < 0 ? [] : words(bare.slice(gap + 2))
+  const all = [...head, ...new Array<number>(8 - head.length - tail.length).fill(0), ...tail]
+  const bytes = new Uint8Array(16)
+  all.forEach((w, i) => {
+    bytes[2 * i] = w >> 8
+    bytes[2 * i + 1] = w & 255
+  })
+  return bytes
+}
+
+/**
+ * Not a public Internet address: "localhost" (and names under ".localhost"), or an IP literal
+ * in a loopback, private, link-local, shared (carrier NAT) or unspecified range: 0.0.0.0/8,
+ * 10/8, 100.64/10, 127/8, 169.254/16, 172.16/12, 192.168/16, ::, ::1, fe80::/10 and fc00::/7.
+ * Other host names are not resolved: they count as public.
+ */
 export const isLocalHost = (host: string): boolean => {
   const h = normalizeHost(host)
+  if (h === "localhost" || h.endsWith(".localhost")) return true
+  const b = ipBytes(h)
+  if (b === undefined) return false
+  const [b0, b1] = [b[0]!, b[1]!]
+  if (b.length === 4)
+    return (
+      b0 === 0 ||
+      b0 === 10 ||
+      b0 === 127 ||
+      (b0 === 100 && (b1 & 0xc0) === 64) ||
+      (b0 === 169 && b1 === 254) ||
+      (b0 === 172 && (b1 & 0xf0) === 16) ||
+      (b0 === 192 && b1 === 168)
+    )
   return (
-    h === "::1" ||
-    h === "localhost" ||
-    h.startsWith("127.") ||
-    h.startsWith("10.") ||
-    h.startsWith("192.168.") ||
-    /^172\.(1[6-9]|2\d|3[01])\./.test(h) ||
-    h.startsWith("fe80:") ||
-    h.startsWith("fc") ||
-    h.startsWith("fd")
+    (b.subarray(0, 15).every((x) => x === 0) && b[15]! <= 1) ||
+    (b0 & 0xfe) === 0xfc ||
+    (b0 === 0xfe && (b1 & 0xc0) === 0x80)
   )
 }
 

@@ -23,11 +23,29 @@ export interface NodeContact {
 export const MAX_ADDRESSES = 5
 export const DEFAULT_BUCKET_LIMIT = 20
 
+/**
+ * The IP-diversity limit of the buckets: at most `maxPerGroup` nodes of one IP group in a
+ * bucket, a group being the `/ipv4Prefix` of a public IPv4 address or the `/ipv6Prefix` of
+ * a public IPv6 one (a node counts by its most recent address). Loopback, private,
+ * link-local and ULA addresses (`Address.isLocalHost`) are not limited. A host name counts
+ * by its last two labels (names are not resolved); a one-label name is not limited.
+ */
+export interface IpDiversity {
+  readonly maxPerGroup: number
+  readonly ipv4Prefix: number
+  readonly ipv6Prefix: number
+}
+
+/** The default: at most 2 nodes per /24 (IPv4) or /48 (IPv6) in a bucket. */
+export const DEFAULT_IP_DIVERSITY: IpDiversity = { maxPerGroup: 2, ipv4Prefix: 24, ipv6Prefix: 48 }
+
 export type SetNodeResult =
   | { readonly _tag: "Added"; readonly bucketIndex: number }
   | { readonly _tag: "Updated"; readonly bucketIndex: number }
   /** The bucket is full: nothing changed. Ping `leastRecentlySeen`; evict it only if it is dead. */
   | { readonly _tag: "BucketFull"; readonly bucketIndex: number; readonly leastRecentlySeen: NodeContact }
+  /** The bucket holds `maxPerGroup` nodes of the address's IP group already: nothing changed. */
+  | { readonly _tag: "IpGroupFull"; readonly bucketIndex: number; readonly group: string }
 
 /** Bad input to the NodeGraph. */
 export class NodeGraphInputError extends Data.TaggedError("NodeGraphInputError")<{
@@ -59,6 +77,8 @@ export interface NodeGraphService {
   readonly ownNodeId: NodeId
   /** Bucket limit k. */
   readonly k: number
+  /** The buckets' IP-diversity limit; undefined when it is off. */
+  readonly ipDiversity?: IpDiversity | undefined
   /**
    * Insert or refresh (the node becomes most-recently-seen, the address goes first). By default
    * it completes once the change is committed to the store. With `awaitCommit: false` it

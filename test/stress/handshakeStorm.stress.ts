@@ -2,16 +2,22 @@
  * 500 simultaneous inbound QUIC handshakes against one agent (a `quicmesh agent` child process;
  * run `npm run build` first). A few source processes (handshakeStormChild.ts) hold raw
  * `@matrixai/quic` clients, each with an Ed25519 certificate of its own — most well-formed, some
- * garbage (expired, broken signature) — and dial all at once. Meanwhile the agent's control API
- * is asked for its status and connections again and again. Checks:
- * - it stays responsive: every control answer within CONTROL_BOUND_MS;
- * - the handshake cap holds: the transport's high water of inbound handshakes in progress (from
- *   `status.transport`) never passes its `maxInboundHandshakes`, and the cap did refuse some;
- * - the garbage is refused (a TLS error), no valid client is; most valid clients get in
- *   (retransmitting past the cap), and the agent idles them all away;
+ * garbage (expired, broken signature) — and dial all at once; a client the agent refuses at its
+ * handshake cap (CONNECTION_REFUSED, "busy") asks again after a short back-off, as an honest
+ * client does. Meanwhile the agent's control API is asked for its status and connections again
+ * and again. The targets (issue #18):
+ * - every valid client gets in (and the agent idles them all away), none is refused for its
+ *   certificate; the p99 handshake time (from "go", refusals included) is under HANDSHAKE_P99_MS;
+ * - every garbage client is refused (a TLS error);
+ * - the control API stays responsive: no error, p99 answer under CONTROL_P99_MS;
+ * - the handshake cap holds (the high water from `status.transport` never passes
+ *   `maxInboundHandshakes`) and was reached (the agent refused some attempts explicitly);
  * - once the agent's idle timeout has closed every connection, its RSS (/proc/<pid>/status) is
- *   back within RSS_BOUND_MIB of the baseline taken after a warm-up storm.
- * Size: QUICMESH_STORM_VALID (default 450) + QUICMESH_STORM_GARBAGE (default 50).
+ *   back within RSS_BOUND_MIB of the baseline taken after a warm-up storm of the same size (the
+ *   agent's heap grows to its working size in the first storm and V8 keeps it; the check is
+ *   that a storm leaves nothing behind). The RSS before the warm-up is printed beside it.
+ * Size: QUICMESH_STORM_VALID (default 450) + QUICMESH_STORM_GARBAGE (default 50). The bounds
+ * are printed with the figures.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -26,9 +32,22 @@ const VALID = Number(process.env.QUICMESH_STORM_VALID ?? 450)
 const GARBAGE = Number(process.env.QUICMESH_STORM_GARBAGE ?? 50)
 const SOURCES = 2
 const IDLE_TIMEOUT = "4 seconds"
-const CONTROL_BOUND_MS = 5_000
-const RSS_BOUND_MIB = 30
+/**
+ * The bounds: the issue's targets unless QUICMESH_STORM_P99_MS, QUICMESH_STORM_CONTROL_P99_MS or
+ * QUICMESH_STORM_RSS_MIB say otherwise (bench/results/stress.md: what this machine meets).
+ */
+const HANDSHAKE_P99_MS = Number(process.env.QUICMESH_STORM_P99_MS ?? 5_000)
+const CONTROL_P99_MS = Number(process.env.QUICMESH_STORM_CONTROL_P99_MS ?? 500)
+const RSS_BOUND_MIB = Number(process.env.QUICMESH_STORM_RSS_MIB ?? 10)
 const CHILD = fileURLToPath(new URL("./handshakeStormChild.ts", import.meta.url))
+
+/** The `q` quantile (0..1) of `xs` (nearest rank); NaN for none. */
+const quantile = (xs: ReadonlyArray<number>, q: number) => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  return sorted.length === 0
+    ? Number.NaN
+    : sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!
+}
 
 /** The agent's resident set in MiB. */
 const rssMiB = (pid: number) => {
@@ -131,14 +150,16 @@ const storm = (agent: AgentProcess, valid: number, garbage: number, sources: num
       }
       return {
         validAccepted: sum((r) => r.validAccepted),
+        sourcesCpuSeconds: Math.round(sum((r) => r.cpuSeconds) * 10) / 10,
         validFailed: sum((r) => r.validFailed),
         validRefused: sum((r) => r.validRefused),
         validClosedEarly: sum((r) => r.validClosedEarly),
         garbageRejected: sum((r) => r.garbageRejected),
         garbageAccepted: sum((r) => r.garbageAccepted),
         stillOpen: sum((r) => r.stillOpen),
-        handshakeMsP50: Math.max(...results.map((r) => r.handshakeMsP50)),
-        handshakeMsMax: Math.max(...results.map((r) => r.handshakeMsMax)),
+        validHandshakeMs: results.flatMap((r) => r.validHandshakeMs),
+        refusals: sum((r) => r.refusals),
+        clientsRefused: sum((r) => r.clientsRefused),
         failures: merge((r) => r.failures),
         validCloseReasons: merge((r) => r.closeReasons.valid),
         garbageCloseReasons: merge((r) => r.closeReasons.garbage)
@@ -175,9 +196,14 @@ describe("a handshake storm against one agent", () => {
         })
         const pid = (yield* status(agent)).pid
 
-        // Warm-up: a small storm, then quiet; the baseline is taken after it.
+        // Warm-up: a small storm, then one of the full size, each followed by quiet; the
+        // baseline is taken after them.
         const warm = yield* storm(agent, 40, 8, 1)
         expect(warm.validAccepted).toBe(40)
+        yield* quiet(agent)
+        yield* Effect.sleep("2 seconds")
+        const beforeWarmStorm = rssMiB(pid)
+        const warmStorm = yield* storm(agent, VALID, GARBAGE, SOURCES)
         yield* quiet(agent)
         yield* Effect.sleep("2 seconds")
         const baseline = rssMiB(pid)
@@ -225,10 +251,16 @@ describe("a handshake storm against one agent", () => {
           after = rssMiB(pid)
         }
         const maxLatency = Math.round(Math.max(...latencies))
+        const controlP99 = Math.round(quantile(latencies, 0.99))
+        const { validHandshakeMs, ...counts } = result
+        const handshakeP99 = quantile(validHandshakeMs, 0.99)
         const figures = {
           handshakes: VALID + GARBAGE,
           stormSeconds: Math.round(stormMs / 100) / 10,
-          ...result,
+          ...counts,
+          handshakeMsP50: quantile(validHandshakeMs, 0.5),
+          handshakeMsP99: handshakeP99,
+          handshakeMsMax: quantile(validHandshakeMs, 1),
           peakConnections,
           handshakesHighWater: transport.handshakesHighWater,
           handshakesRefused: transport.handshakesRefused,
@@ -238,33 +270,42 @@ describe("a handshake storm against one agent", () => {
           agentCpuSeconds: agentCpu,
           controlAnswers: latencies.length,
           controlErrors,
+          controlP99Ms: controlP99,
+          boundHandshakeP99Ms: HANDSHAKE_P99_MS,
+          boundControlP99Ms: CONTROL_P99_MS,
+          boundRssMiB: RSS_BOUND_MIB,
           controlMaxMs: maxLatency,
+          receiveBufferRequested: transport.receiveBufferRequested,
+          receiveBufferGranted: transport.receiveBufferGranted,
+          rssBeforeWarmStormMiB: beforeWarmStorm,
+          warmStormValidAccepted: warmStorm.validAccepted,
           rssBaselineMiB: baseline,
           rssPeakMiB: peakRss,
           rssAfterMiB: after
         }
         console.log(`handshake storm ${JSON.stringify(figures)}`)
 
-        // Responsive: every control answer came, within the bound.
-        expect(latencies.length).toBeGreaterThanOrEqual(5)
-        expect(controlErrors).toBe(0)
-        expect(maxLatency).toBeLessThan(CONTROL_BOUND_MS)
-        // The cap held, and was reached (the storm was one).
-        expect(transport.handshakesHighWater).toBeLessThanOrEqual(transport.maxInboundHandshakes)
-        expect(transport.handshakesRefused).toBeGreaterThan(0)
-        // Garbage refused; valid clients got in, past the cap, and were idled away by the agent.
-        expect(result.garbageAccepted).toBe(0)
+        // Every valid client in, quickly; no valid client refused for its certificate; all idled away.
+        expect(result.validAccepted).toBe(VALID)
         expect(result.validRefused).toBe(0)
-        expect(result.garbageRejected).toBe(GARBAGE)
-        // Most valid clients get in. Not all: the burst overflows the agent's UDP receive buffer
-        // (agentSocketDrops), and each Initial lost there or dropped at the cap costs its client
-        // an exponential back-off, so some run out of their 60 s.
-        expect(result.validAccepted).toBeGreaterThanOrEqual(Math.floor(VALID * 0.5))
+        expect(handshakeP99).toBeLessThan(HANDSHAKE_P99_MS)
         expect(result.stillOpen).toBe(0)
         expect(end.connections).toBe(0)
+        // Every garbage client refused.
+        expect(result.garbageAccepted).toBe(0)
+        expect(result.garbageRejected).toBe(GARBAGE)
+        // Responsive: every control answer came, the p99 within the bound.
+        expect(latencies.length).toBeGreaterThanOrEqual(5)
+        expect(controlErrors).toBe(0)
+        expect(controlP99).toBeLessThan(CONTROL_P99_MS)
+        // The cap held, and was reached (the storm was one): attempts over it were refused
+        // explicitly, and the clients saw the refusals.
+        expect(transport.handshakesHighWater).toBeLessThanOrEqual(transport.maxInboundHandshakes)
+        expect(transport.handshakesRefused).toBeGreaterThan(0)
+        expect(result.refusals).toBeGreaterThan(0)
         // Memory back to the baseline.
         expect(after).toBeLessThanOrEqual(baseline + RSS_BOUND_MIB)
       }),
-    300_000
+    600_000
   )
 })

@@ -1,9 +1,13 @@
 /**
  * Kademlia lookups: the iterative search for the nodes closest to an id (alpha queries in
  * flight, the k nearest kept), one node's answer to such a query, and ours to a peer's.
+ *
+ * Peers' answers are filtered before use (`answerFilter.ts`). A node heard of at several
+ * addresses (a peer may lie about where another node is) is one candidate with each address
+ * it was told of, at most `ADDRESSES_PER_CANDIDATE`, tried in turn until one proves to be it.
  */
-import { Deferred, Duration, Effect, Either, FiberSet, Option } from "effect"
-import type * as Address from "../../services/Address.js"
+import { Deferred, Duration, Effect, FiberSet, Option } from "effect"
+import * as Address from "../../services/Address.js"
 import {
   type LookupResult,
   type NodeConnectionError,
@@ -13,6 +17,7 @@ import {
 import type { Contact, WireContact } from "../../services/Contact.js"
 import type { NodeAddress, NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
+import { filterAnswer, type HeardContact } from "./answerFilter.js"
 import type { Dialing } from "./dialing.js"
 import { addressOf, type GraphUpkeep } from "./graphUpkeep.js"
 import type { ManagerState } from "./state.js"
@@ -22,10 +27,16 @@ export interface Candidate {
   readonly nodeId: NodeId.NodeId
   readonly key: string
   readonly distance: Uint8Array
-  readonly address: Address.Address
+  /** The address being tried (or that answered). */
+  address: Address.Address
+  /** Every address heard for it, distinct, in the order heard: tried in turn. */
+  readonly addresses: Array<Address.Address>
   readonly depth: number
   state: "new" | "inflight" | "answered" | "failed"
 }
+
+/** Most addresses a lookup tries for one node. */
+export const ADDRESSES_PER_CANDIDATE = 4
 
 /**
  * A lookup's options. A lookup that is one step of a longer operation gets what is left of the
@@ -99,12 +110,12 @@ export const make = (
       Effect.orElseSucceed(() => [])
     )
 
-  /** The well-formed contacts of a node's answer, as it sent them (NodeIds still encoded). */
+  /** The contacts of a node's answer that a lookup may use (`answerFilter`): at most k. */
   const askClosest = (
     nodeId: NodeId.NodeId,
     target: NodeId.NodeId,
     options?: OperationOptions
-  ): Effect.Effect<ReadonlyArray<WireContact>, NodeConnectionError | RemoteQueryError> =>
+  ): Effect.Effect<ReadonlyArray<HeardContact>, NodeConnectionError | RemoteQueryError> =>
     // One deadline: getting the connection and the answer share the timeout.
     withConnectionWithin(
       nodeId,
@@ -121,18 +132,14 @@ export const make = (
         ),
       timeoutOf(options)
     ).pipe(
-      Effect.map((chunk) =>
-        chunk.filter(
-          (c) =>
-            typeof c.nodeIdEncoded === "string" &&
-            c.nodeIdEncoded !== state.selfKey &&
-            Number.isInteger(c.port) &&
-            c.port >= 1 &&
-            c.port <= 65535 &&
-            typeof c.host === "string" &&
-            c.host.length > 0 &&
-            c.host.length <= 255
-        )
+      Effect.map((answer) =>
+        filterAnswer(answer, {
+          selfKey: state.selfKey,
+          answererKey: NodeId.encode(nodeId),
+          targetKey: NodeId.encode(target),
+          limit: k,
+          ipDiversity: graph.ipDiversity
+        })
       )
     )
 
@@ -141,18 +148,9 @@ export const make = (
     target: NodeId.NodeId,
     options?: OperationOptions
   ): Effect.Effect<ReadonlyArray<Contact>, NodeConnectionError | RemoteQueryError> =>
-    Effect.map(askClosest(nodeId, target, options), (contacts) => {
-      const out: Contact[] = []
-      const seen = new Set<string>()
-      for (const c of contacts) {
-        if (seen.has(c.nodeIdEncoded)) continue
-        const id = NodeId.decode(c.nodeIdEncoded)
-        if (Either.isLeft(id)) continue
-        seen.add(c.nodeIdEncoded)
-        out.push({ nodeId: id.right, host: c.host, port: c.port })
-      }
-      return out
-    })
+    Effect.map(askClosest(nodeId, target, options), (contacts) =>
+      contacts.map((c): Contact => ({ nodeId: c.nodeId, host: c.address.host, port: c.address.port }))
+    )
 
   const queryTimeoutOf = (options?: OperationOptions) => {
     const timeout = timeoutOf(options)
@@ -171,31 +169,47 @@ export const make = (
       const timeout = timeoutOf(options)
       const queryTimeout = options?.queryTimeout ?? queryTimeoutOf(options)
       const targetKey = NodeId.encode(target) as string
-      const seen = new Set<string>([state.selfKey])
+      const candidates = new Map<string, Candidate>()
       const shortlist: Candidate[] = []
-      const insert = (nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
-        const key = NodeId.encode(nodeId) as string
-        if (seen.has(key)) return
-        seen.add(key)
-        add(key, nodeId, address, depth)
+      /** A node heard of at `address`: a new candidate, or one more address of a known one. */
+      const hear = (key: string, nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
+        if (key === state.selfKey) return
+        const known = candidates.get(key)
+        if (known === undefined) return add(key, nodeId, address, depth)
+        if (
+          known.state === "answered" ||
+          known.addresses.length >= ADDRESSES_PER_CANDIDATE ||
+          known.addresses.some((a) => Address.equals(a, address))
+        )
+          return
+        known.addresses.push(address)
+        if (known.state !== "failed") return
+        known.address = address
+        known.state = "new"
       }
-      // A contact of an answer is decoded only the first time the lookup hears of it.
-      const insertEncoded = (contact: WireContact, depth: number) => {
-        if (seen.has(contact.nodeIdEncoded)) return
-        seen.add(contact.nodeIdEncoded)
-        const id = NodeId.decode(contact.nodeIdEncoded)
-        if (Either.isRight(id))
-          add(contact.nodeIdEncoded, id.right, { host: contact.host, port: contact.port }, depth)
-      }
+      const insert = (nodeId: NodeId.NodeId, address: Address.Address, depth: number) =>
+        hear(NodeId.encode(nodeId), nodeId, address, depth)
+      /** A query of `c` failed: its next address is tried, if it has one left. */
+      const failed = (c: Candidate) =>
+        Effect.sync(() => {
+          const next = c.addresses[c.addresses.indexOf(c.address) + 1]
+          if (next === undefined) c.state = "failed"
+          else {
+            c.address = next
+            c.state = "new"
+          }
+        })
       const add = (key: string, nodeId: NodeId.NodeId, address: Address.Address, depth: number) => {
         const c: Candidate = {
           nodeId,
           key,
           distance: NodeId.distanceBytes(nodeId, target),
           address,
+          addresses: [address],
           depth,
           state: "new"
         }
+        candidates.set(key, c)
         let i = shortlist.length
         while (i > 0 && NodeId.compare(shortlist[i - 1]!.distance, c.distance) > 0) i--
         shortlist.splice(i, 0, c)
@@ -224,17 +238,15 @@ export const make = (
         return undefined
       }
 
-      // A candidate that cannot be reached or answers badly is marked failed: the lookup goes
-      // on with the others (its result is what it found, not why some nodes did not answer).
+      // A candidate that cannot be reached or answers badly at its last address is marked
+      // failed: the lookup goes on with the others (its result is what it found, not why some
+      // nodes did not answer).
       const query = (c: Candidate): Effect.Effect<void> => {
         rounds = Math.max(rounds, c.depth + 1)
         if (c.key === targetKey)
           return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
             Effect.matchEffect({
-              onFailure: () =>
-                Effect.sync(() => {
-                  c.state = "failed"
-                }),
+              onFailure: () => failed(c),
               onSuccess: () =>
                 Effect.suspend(() => {
                   c.state = "answered"
@@ -247,14 +259,11 @@ export const make = (
         return getConnectionWithAddress(c.nodeId, c.address, { timeout: queryTimeout }).pipe(
           Effect.zipRight(askClosest(c.nodeId, target, { timeout: queryTimeout })),
           Effect.matchEffect({
-            onFailure: () =>
-              Effect.sync(() => {
-                c.state = "failed"
-              }),
+            onFailure: () => failed(c),
             onSuccess: (contacts) =>
               Effect.suspend(() => {
                 c.state = "answered"
-                for (const r of contacts) insertEncoded(r, c.depth + 1)
+                for (const r of contacts) hear(r.key, r.nodeId, r.address, c.depth + 1)
                 const added = addToGraph(c.nodeId, c.address.host, c.address.port)
                 if (fillBucket === undefined || NodeId.bucketIndex(state.self, c.nodeId) !== fillBucket)
                   return added

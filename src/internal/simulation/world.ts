@@ -151,7 +151,12 @@ export const makeWorld = (
         return yield* Effect.gen(function* () {
           const keyRing = yield* KeyRingTest.make(node.keySeed)
           const nodeId = yield* keyRing.nodeId
-          const graph = yield* NodeGraphMemory.make(nodeId, options.k === undefined ? {} : { k: options.k })
+          // Simulated public hosts are numbered in sequence (hundreds per /24), which no real
+          // network is: the buckets' IP-diversity limit is off in a simulated world.
+          const graph = yield* NodeGraphMemory.make(nodeId, {
+            ipDiversity: false,
+            ...(options.k === undefined ? {} : { k: options.k })
+          })
           const transport = yield* sim.bind(
             {
               host: node.host,
