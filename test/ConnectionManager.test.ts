@@ -4,28 +4,39 @@
  */
 import * as Dgram from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
-import { Chunk, Clock, Duration, Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
+import { Chunk, Clock, Duration, Effect, Exit, Fiber, Option, Queue, Scope, Stream, TestClock } from "effect"
+import type { ConnectionEvent } from "../src/services/ConnectionManager.js"
 import * as Dns from "../src/services/Dns.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { ConnectionError } from "../src/services/QuicTransport.js"
-import { eventually, makeNode, nodeIdOf, seedOf } from "./fixtures/cmNode.js"
+import { eventually, makeNode, nodeIdOf, seedOf, type TestNode } from "./fixtures/cmNode.js"
 
 const deadAddress = { host: "127.0.0.1", port: 9 } // discard port: nothing answers QUIC there
+
+/** Binding a UDP socket to 127.0.0.1:`port` (closed at once): its error code, or undefined. */
+const bindError = (port: number) =>
+  Effect.async<string | undefined>((resume) => {
+    const socket = Dgram.createSocket("udp4")
+    socket.once("error", (e: NodeJS.ErrnoException) => {
+      socket.close()
+      resume(Effect.succeed(e.code ?? e.message))
+    })
+    socket.bind(port, "127.0.0.1", () => socket.close(() => resume(Effect.succeed(undefined))))
+  })
 
 describe("ConnectionManager lifecycle", () => {
   it.scopedLive("starts and stops repeatedly, reporting the bound address", () =>
     Effect.gen(function* () {
-      const ports = new Set<number>()
       for (let i = 0; i < 3; i++) {
         const scope = yield* Scope.make()
         const node = yield* makeNode("lifecycle").pipe(Scope.extend(scope))
         expect(node.address.host).toBe("127.0.0.1")
-        expect(node.address.port).toBeGreaterThan(0)
         expect(NodeId.equals(node.nodeId, nodeIdOf("lifecycle"))).toBe(true)
-        ports.add(node.address.port)
+        // The reported port is the one it holds while it runs, and lets go of when it stops.
+        expect(yield* bindError(node.address.port)).toBe("EADDRINUSE")
         yield* Scope.close(scope, Exit.void)
+        expect(yield* bindError(node.address.port)).toBe(undefined)
       }
-      expect(ports.size).toBeGreaterThanOrEqual(1)
     })
   )
 
@@ -102,12 +113,18 @@ describe("the connection map", () => {
     Effect.gen(function* () {
       const a = yield* makeNode("join-a")
       const b = yield* makeNode("join-b")
-      const events = yield* b.cm.events
-      const added = yield* events.pipe(
-        Stream.filter((e) => e._tag === "ConnectionAdded"),
-        Stream.runCollect,
-        Effect.fork
-      )
+      // What each side announces: one connection added, forward on a's side, reverse on b's.
+      const added = (node: TestNode) =>
+        Effect.gen(function* () {
+          const seen: Array<ConnectionEvent> = []
+          const events = yield* node.cm.events
+          yield* events.pipe(
+            Stream.runForEach((e) => Effect.sync(() => void (e._tag === "ConnectionAdded" && seen.push(e)))),
+            Effect.forkScoped
+          )
+          return seen
+        })
+      const [addedOnA, addedOnB] = [yield* added(a), yield* added(b)]
       // Using getConnectionWithAddress from 20 fibers at once.
       const handles = yield* Effect.forEach(
         Array.from({ length: 20 }, () => 0),
@@ -116,10 +133,34 @@ describe("the connection map", () => {
       )
       expect(new Set(handles.map((h) => h.connection.id)).size).toBe(1)
       expect(yield* a.cm.listConnections).toHaveLength(1)
+      yield* eventually(
+        Effect.sync(() => addedOnB.length),
+        (n) => n > 0
+      )
+      // Time for any second connection to show up on either side.
       yield* Effect.sleep("300 millis")
-      yield* Fiber.interrupt(added)
-      const inbound = yield* b.cm.listConnections
-      expect(inbound).toHaveLength(1)
+      expect(addedOnA).toEqual([
+        {
+          _tag: "ConnectionAdded",
+          nodeId: b.nodeId,
+          host: "127.0.0.1",
+          port: b.address.port,
+          direction: "forward"
+        }
+      ])
+      expect(addedOnB).toEqual([
+        {
+          _tag: "ConnectionAdded",
+          nodeId: a.nodeId,
+          host: "127.0.0.1",
+          port: a.address.port,
+          direction: "reverse"
+        }
+      ])
+      expect(yield* b.cm.listConnections).toHaveLength(1)
+      // One QUIC connection on the wire: not 20 dials of which 19 were dropped.
+      expect(yield* a.quicConnections).toBe(1)
+      expect(yield* b.quicConnections).toBe(1)
     })
   )
 
@@ -172,12 +213,20 @@ describe("ping", () => {
   it.scopedLive("a dead peer reads false within the ping timeout, not the keep-alive timeout", () =>
     Effect.gen(function* () {
       const a = yield* makeNode("dead-a")
-      const scope = yield* Scope.make()
-      const b = yield* makeNode("dead-b").pipe(Scope.extend(scope))
+      const b = yield* makeNode("dead-b")
       yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
-      // Kill b without a goodbye: close its transport's socket by closing the scope is graceful,
-      // so instead make it unreachable by interrupting… the graceful close is what we have here:
-      yield* Scope.close(scope, Exit.void)
+      // b dies as a killed process does, without a goodbye: from now on its socket reads
+      // nothing and sends nothing (no CONNECTION_CLOSE leaves it, nothing sent to it is answered).
+      const socket = (yield* b.internals).socket as unknown as {
+        socket: Dgram.Socket
+        socketSend: (...args: ReadonlyArray<unknown>) => Promise<number>
+      }
+      yield* Effect.sync(() => {
+        socket.socket.removeAllListeners("message")
+        socket.socketSend = () => Promise.resolve(0)
+      })
+      // a heard no goodbye: it still holds the connection.
+      expect(yield* a.cm.hasConnection(b.nodeId)).toBe(true)
       const started = Date.now()
       const alive = yield* a.cm.pingNode(b.nodeId, undefined, { timeout: "1 second" })
       expect(alive).toBe(false)
@@ -279,6 +328,55 @@ describe("idle timeout", () => {
         yield* TestClock.adjust("10 minutes")
         expect(yield* a.cm.hasConnection(s.nodeId)).toBe(true)
         expect((yield* a.cm.listConnections)[0]!.timeout).toBeUndefined()
+      })
+  )
+})
+
+describe("withConnectionStream", () => {
+  it.scoped(
+    "holds the connection's use while the stream runs (the idle timer does not close it), and lets go after",
+    () =>
+      Effect.gen(function* () {
+        // Only a's idle timer is under test: b (which sees no traffic while a's stream runs here)
+        // keeps idle connections for an hour.
+        const b = yield* makeNode("stream-b", { config: { connectionIdleTimeoutTime: Duration.hours(1) } })
+        const s = yield* makeNode("stream-seed")
+        const a = yield* makeNode("stream-a", {
+          config: { connectionIdleTimeoutTime: Duration.seconds(60), seedNodes: [seedOf(s)] }
+        })
+        // The seed first, as in the idle timeout test: dialling b then signals through it.
+        yield* a.cm.getConnectionWithAddress(s.nodeId, s.address)
+        yield* a.cm.getConnectionWithAddress(b.nodeId, b.address)
+        const usage = Effect.map(a.cm.listConnections, (l) =>
+          l.find((c) => c.nodeId === NodeId.encode(b.nodeId))
+        )
+        // A stream that answers once over the connection, then runs until we end it.
+        const items = yield* Queue.unbounded<Option.Option<string>>()
+        const running = yield* a.cm
+          .withConnectionStream(b.nodeId, (h) =>
+            Stream.fromEffect(h.client.ping.pipe(Effect.as("pong"))).pipe(
+              Stream.concat(
+                Stream.fromQueue(items).pipe(
+                  Stream.takeWhile(Option.isSome),
+                  Stream.map((x) => x.value)
+                )
+              )
+            )
+          )
+          .pipe(Stream.runCollect, Effect.fork)
+        yield* eventually(usage, (c) => c?.usageCount === 1).pipe(Effect.withClock(Clock.make()))
+        expect(yield* usage).toMatchObject({ usageCount: 1, timeout: undefined })
+        // Ten idle timeouts pass while the stream runs: the connection stays.
+        yield* TestClock.adjust("10 minutes")
+        expect(yield* usage).toMatchObject({ usageCount: 1, timeout: undefined })
+        yield* Queue.offerAll(items, [Option.some("last"), Option.none()])
+        expect(Chunk.toReadonlyArray(yield* Fiber.join(running))).toEqual(["pong", "last"])
+        // Ended: the use is released and the idle timer runs from now.
+        expect(yield* usage).toMatchObject({ usageCount: 0, timeout: 60_000 })
+        yield* TestClock.adjust("59 seconds")
+        expect(yield* a.cm.hasConnection(b.nodeId)).toBe(true)
+        yield* TestClock.adjust("2 seconds")
+        expect(yield* a.cm.hasConnection(b.nodeId)).toBe(false)
       })
   )
 })

@@ -113,6 +113,7 @@ describe("lookup", () => {
       Effect.gen(function* () {
         let inFlight = 0
         let maxInFlight = 0
+        let answered = 0
         const asked = new Map<string, number>()
         // The querying node's RPC client, counting closest-node queries in flight.
         const counting = Layer.effect(
@@ -134,6 +135,11 @@ describe("lookup", () => {
                       asked.set(key, (asked.get(key) ?? 0) + 1)
                       return client.closestNodesUpTo(target, limit, timeout)
                     }).pipe(
+                      Effect.tap(() =>
+                        Effect.sync(() => {
+                          answered++
+                        })
+                      ),
                       Effect.ensuring(
                         Effect.sync(() => {
                           inFlight--
@@ -164,7 +170,14 @@ describe("lookup", () => {
         expect(maxInFlight).toBeLessThanOrEqual(3)
         expect(maxInFlight).toBeGreaterThanOrEqual(2)
         for (const [, n] of asked) expect(n).toBe(1)
-        expect(result.stats.queries).toBeGreaterThanOrEqual(1)
+        // The figures count what happened: the target was heard of in the first answers and
+        // reached in the second round; contacted are the nodes that answered, and the target;
+        // queries are the nodes asked, the target's dial, and at most alpha - 1 more that the
+        // find cut short before they asked.
+        expect(result.stats.rounds).toBe(2)
+        expect(result.stats.contacted).toBe(answered + 1)
+        expect(result.stats.queries).toBeGreaterThanOrEqual(asked.size + 1)
+        expect(result.stats.queries).toBeLessThanOrEqual(asked.size + 3)
         // Live nodes it learned of are in its table now.
         expect(Option.isSome(yield* a.graph.getNode(target.nodeId))).toBe(true)
       }),
