@@ -26,6 +26,8 @@ export * as NodeId from "./services/NodeId.js"
 export * as AgentRpc from "./services/AgentRpc.js"
 /** Your own `@effect/rpc` groups over the node's connections: `AppRpc.make(group, { protocol })`, its `layer` and `withClient`. */
 export * as AppRpc from "./services/AppRpc.js"
+/** Which nodes may connect and be dialled: deny and allow lists by NodeId and CIDR, allow-only mode (`layer` in memory). */
+export * as ConnectionGater from "./services/ConnectionGater.js"
 /** Connections to other nodes keyed by NodeId, lookups, joining, hole-punch signalling. */
 export * as ConnectionManager from "./services/ConnectionManager.js"
 /** Every option of the connection manager with its default: `layer`, `layerDefaults`, `layerFromConfig`, `layerFromEnv`. */

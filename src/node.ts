@@ -7,6 +7,8 @@
  * made of them. The services these layers implement, and the rest of the library, are in "quicmesh".
  */
 
+/** `ConnectionGater` whose rules live in a JSON file (the agent's `<node-path>/gates.json`), written atomically. */
+export * as ConnectionGaterFile from "./layers/ConnectionGaterFile.js"
 /** `Dns` over the system resolver (`node:dns` lookup, every address). */
 export * as DnsNode from "./layers/DnsNode.js"
 /** `KeyRing` kept in a node path: an Ed25519 key file (0600), a self-signed X.509 chain, renewal. */

@@ -43,18 +43,20 @@ export const clientCrypto = {
 /** Decides, from the KeyRing's verdict on the peer's chain, whether the handshake goes on. */
 export interface CertificateCheck {
   readonly accept: (result: Exit.Exit<NodeId.NodeId, unknown>) => boolean
+  /** The TLS alert (as js-quic's crypto error) a refused chain gets; "bad_certificate" by default. */
+  readonly alertFor?: (result: Exit.Exit<NodeId.NodeId, unknown>) => native.CryptoError
 }
 
 /**
  * The TLS verify callback for one side of a connection: the chain is refused with the TLS
- * alert "bad_certificate" unless `check` accepts it. The callback returned is anonymous (no
- * per-connection function name) and holds only these three.
+ * alert "bad_certificate" (or the check's `alertFor`) unless `check` accepts it. The callback
+ * returned is anonymous (no per-connection function name) and holds only these three.
  */
 export const verifyCallback =
   (runtime: Runtime.Runtime<never>, keyRing: KeyRingService, check: CertificateCheck): TLSVerifyCallback =>
   async (certs) => {
     const exit = await Runtime.runPromiseExit(runtime)(keyRing.verifyCertChain(certs))
-    return check.accept(exit) ? undefined : native.CryptoError.BadCertificate
+    return check.accept(exit) ? undefined : (check.alertFor?.(exit) ?? native.CryptoError.BadCertificate)
   }
 
 /**

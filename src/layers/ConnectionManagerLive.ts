@@ -7,6 +7,7 @@
  */
 import { Context, Deferred, Effect, FiberSet, Layer, type Scope } from "effect"
 import * as Dialing from "../internal/connectionManager/dialing.js"
+import * as Gating from "../internal/connectionManager/gating.js"
 import * as GraphUpkeep from "../internal/connectionManager/graphUpkeep.js"
 import * as HolePunch from "../internal/connectionManager/holePunch.js"
 import * as Inbound from "../internal/connectionManager/inbound.js"
@@ -18,6 +19,7 @@ import * as Records from "../internal/connectionManager/records.js"
 import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
 import * as State from "../internal/connectionManager/state.js"
+import { ConnectionGater } from "../services/ConnectionGater.js"
 import {
   ConnectionManager,
   ConnectionManagerDiagnostics,
@@ -32,7 +34,14 @@ import { PeerRpc } from "../services/PeerRpc.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 
 /** Everything the manager stands on. */
-export type Dependencies = ConnectionManagerConfig | KeyRing | NodeGraph | QuicTransport | PeerRpc | Dns
+export type Dependencies =
+  | ConnectionManagerConfig
+  | KeyRing
+  | NodeGraph
+  | QuicTransport
+  | PeerRpc
+  | Dns
+  | ConnectionGater
 
 /** The manager and its diagnostics, running in the current scope. */
 export const makeWithDiagnostics: Effect.Effect<
@@ -47,6 +56,7 @@ export const makeWithDiagnostics: Effect.Effect<
   const rpc = yield* PeerRpc
   const dns = yield* Dns
   const state = yield* State.make(config, yield* keyRing.nodeId, graph.k)
+  const gating = Gating.make(state, yield* ConnectionGater)
 
   // The parts call each other in cycles (a dial adds its node to the graph, which may ping the
   // bucket's oldest node, which may dial; a dial of an unknown node looks it up, and a lookup
@@ -60,6 +70,7 @@ export const makeWithDiagnostics: Effect.Effect<
       closestNodes: (caller, target) => lookup.answerClosest(caller, target),
       holePunchSignal: (caller, message) => holePunch.handleHolePunchSignal(caller, message)
     },
+    gating,
     renewedFrom: (previous) => renewal.forgetPrevious(previous)
   })
   const { addToGraph } = GraphUpkeep.make(state, {
@@ -69,11 +80,12 @@ export const makeWithDiagnostics: Effect.Effect<
   const dialing = Dialing.make(state, {
     graph,
     records,
+    gating,
     addToGraph,
     slowDialSignal: (target, timeout) => holePunch.slowDialSignal(target, timeout),
     getClosestGlobalNodes: (target, options) => lookup.getClosestGlobalNodes(target, options)
   })
-  const holePunch = HolePunch.make(state, { transport, withConnection: dialing.withConnection })
+  const holePunch = HolePunch.make(state, { transport, gating, withConnection: dialing.withConnection })
   const multi = MultiConnection.make(state, { dns, dialRecord: records.dialRecord, addToGraph })
   const ping = Ping.make(state, { getEntry: dialing.getEntry, dialRecord: records.dialRecord })
   const lookup = Lookup.make(state, { graph, dialing, addToGraph })
@@ -83,10 +95,11 @@ export const makeWithDiagnostics: Effect.Effect<
     getConnectionWithAddress: dialing.getConnectionWithAddress,
     lookup
   })
-  const inbound = Inbound.make(state, { transport, records, addToGraph })
+  const inbound = Inbound.make(state, { transport, records, addToGraph, gating })
   const renewal = Renewal.make(state, { keyRing, graph, rejoin: Effect.suspend(() => join.syncNodeGraph()) })
 
   yield* renewal.follow
+  yield* gating.closeRefusedOnChange
   yield* inbound.serveIncoming
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure
@@ -148,7 +161,7 @@ export const make: Effect.Effect<ConnectionManagerService, never, Dependencies |
 export const layer: Layer.Layer<
   ConnectionManager | ConnectionManagerDiagnostics,
   never,
-  ConnectionManagerConfig | KeyRing | NodeGraph | QuicTransport | PeerRpc | Dns
+  Dependencies
 > = Layer.scopedContext(
   Effect.map(makeWithDiagnostics, ({ manager, diagnostics }) =>
     Context.make(ConnectionManager, manager).pipe(Context.add(ConnectionManagerDiagnostics, diagnostics))

@@ -4,11 +4,13 @@
  * one from "quicmesh/testing"), a Dns and the manager's options, whose shared options the
  * transport and the RPC follow (`NodeConfig`); it provides the ConnectionManager with every
  * service it stands on, and the node's `Protocols` registry (the application protocols its
- * connections serve: `handle` one there). `make` is the same node from services already made, with no layer
+ * connections serve: `handle` one there), and its `ConnectionGater` (no rules unless given; the
+ * transport and the manager enforce it). `make` is the same node from services already made, with no layer
  * graph: for programs that build nodes by the thousand (the simulation). `NodeLive.layer` is
  * `layerWith` on real QUIC.
  */
 import { Context, Effect, Layer, type Scope } from "effect"
+import * as ConnectionGater from "../services/ConnectionGater.js"
 import type {
   ConnectionManager,
   ConnectionManagerDiagnostics,
@@ -43,9 +45,10 @@ export type NodeServices =
   | PeerRpc
   | Dns
   | Protocols.Protocols
+  | ConnectionGater.ConnectionGater
 
 /** The manager over `transport` (QuicTransportLive or a simulated one), every part a layer. */
-export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never>(parts: {
+export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never, E6 = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
@@ -59,16 +62,24 @@ export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never>(parts: {
   readonly peerRpc?: Layer.Layer<PeerRpc | RpcServer, never, RpcConfig>
   /** The application protocols served on every connection; an empty registry by default. */
   readonly protocols?: Layer.Layer<Protocols.Protocols, E5>
+  /** Which nodes may connect and be dialled (`ConnectionGater`); no rules by default. */
+  readonly gater?: Layer.Layer<ConnectionGater.ConnectionGater, E6>
 }): Layer.Layer<
   NodeServices | NodeConfig.Services,
-  E1 | E2 | E3 | E4 | E5,
-  Exclude<Exclude<R3, KeyRing | Protocols.Protocols>, NodeConfig.Services>
+  E1 | E2 | E3 | E4 | E5 | E6,
+  Exclude<Exclude<R3, KeyRing | Protocols.Protocols | ConnectionGater.ConnectionGater>, NodeConfig.Services>
 > =>
   ConnectionManagerLive.layer.pipe(
     Layer.provideMerge(
       Layer.mergeAll(parts.transport, parts.nodeGraph, parts.dns, parts.peerRpc ?? PeerRpcLive.layer)
     ),
-    Layer.provideMerge(Layer.merge(parts.keyRing, parts.protocols ?? Protocols.layer)),
+    Layer.provideMerge(
+      Layer.mergeAll(
+        parts.keyRing,
+        parts.protocols ?? Protocols.layer,
+        parts.gater ?? ConnectionGater.layerAllowAll
+      )
+    ),
     Layer.provideMerge(NodeConfig.layerFrom(parts.config, parts.options))
   )
 
@@ -86,6 +97,8 @@ export interface Parts {
    * manager so the node's owner can `handle` protocols.
    */
   readonly protocols?: Protocols.ProtocolsService
+  /** The node's connection gate; no rules unless given (give the transport the same one). */
+  readonly gater?: ConnectionGater.ConnectionGaterService
 }
 
 /** The manager and its diagnostics over `parts`, running in the current scope. */
@@ -108,7 +121,8 @@ export const make = (
         Context.add(NodeGraph, parts.nodeGraph),
         Context.add(QuicTransport, parts.transport),
         Context.add(PeerRpc, parts.peerRpc),
-        Context.add(Dns, parts.dns)
+        Context.add(Dns, parts.dns),
+        Context.add(ConnectionGater.ConnectionGater, parts.gater ?? ConnectionGater.unsafeMake())
       )
     ),
     (made) => ({ ...made, protocols: parts.protocols })

@@ -3,9 +3,11 @@
  * the transport and the system resolver (DnsNode) for hostnames. Give it a KeyRing layer
  * (KeyRingLive), a NodeGraph layer (NodeGraphLmdb or NodeGraphMemory), the transport's options
  * (host, port, …; keep-alive and connect timeout follow the manager's options unless given)
- * and the manager's options; optionally the application protocols it serves (`Protocols`).
+ * and the manager's options; optionally the application protocols it serves (`Protocols`) and its
+ * connection gate (`ConnectionGater`: `ConnectionGater.layer(rules)`, `ConnectionGaterFile.layer`).
  */
 import type { Layer } from "effect"
+import type { ConnectionGater } from "../services/ConnectionGater.js"
 import type { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import type { Dns } from "../services/Dns.js"
 import type { KeyRing } from "../services/KeyRing.js"
@@ -16,7 +18,7 @@ import * as DnsNode from "./DnsNode.js"
 import * as Node from "./Node.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
 
-export const layer = <E1, E2, E5 = never>(parts: {
+export const layer = <E1, E2, E5 = never, E6 = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport?: Partial<QuicTransportOptions>
@@ -25,6 +27,8 @@ export const layer = <E1, E2, E5 = never>(parts: {
   readonly dns?: Layer.Layer<Dns>
   /** The application protocols served on every connection (an empty registry unless given). */
   readonly protocols?: Layer.Layer<Protocols, E5>
+  /** Which nodes may connect and be dialled; no rules unless given. */
+  readonly gater?: Layer.Layer<ConnectionGater, E6>
 }) =>
   Node.layerWith({
     keyRing: parts.keyRing,
@@ -33,5 +37,6 @@ export const layer = <E1, E2, E5 = never>(parts: {
     options: { transport: parts.transport ?? {} },
     config: parts.config,
     dns: parts.dns ?? DnsNode.layer,
-    ...(parts.protocols === undefined ? {} : { protocols: parts.protocols })
+    ...(parts.protocols === undefined ? {} : { protocols: parts.protocols }),
+    ...(parts.gater === undefined ? {} : { gater: parts.gater })
   })

@@ -21,9 +21,10 @@ import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Queue, Runtime, type
 import { type ConnectionContext, WrappedConnection } from "../internal/quicConnection.js"
 import { makeDial } from "../internal/quicDial.js"
 import { describe } from "../internal/quicErrors.js"
+import { inboundGate } from "../internal/quicGate.js"
 import { installHandshakeGate } from "../internal/quicHandshakeGate.js"
 import { quicConnectionCount, silentLogger, udpSocketOf } from "../internal/quicPatches.js"
-import { acceptValid, makeServerCrypto, verifyCallback } from "../internal/quicTls.js"
+import { makeServerCrypto, verifyCallback } from "../internal/quicTls.js"
 import { shortfallWarning, sizeReceiveBuffer } from "../internal/udpReceiveBuffer.js"
 import { KeyRing, type TlsConfig } from "../services/KeyRing.js"
 import {
@@ -109,6 +110,8 @@ export const makeWithInternals: Effect.Effect<
   // The server, sharing the socket.
   const timings = quicTimings(options)
   let serverTls = yield* keyRing.tlsConfig
+  // A ConnectionGater in context refuses peers in the TLS check and at `admit` (quicGate).
+  const gated = yield* inboundGate
   const server = new QUICServer({
     socket,
     crypto: makeServerCrypto(),
@@ -116,7 +119,7 @@ export const makeWithInternals: Effect.Effect<
       key: serverTls.keyPrivatePem,
       cert: serverTls.certChainPem,
       verifyPeer: true,
-      verifyCallback: verifyCallback(runtime, keyRing, acceptValid),
+      verifyCallback: verifyCallback(runtime, keyRing, gated.check),
       ...timings
     },
     // An inbound handshake gets as long as our dials do; one that stalls (its client gone
@@ -202,8 +205,9 @@ export const makeWithInternals: Effect.Effect<
   })
   const admit = (raw: QUICConnection) =>
     keyRing.verifyCertChain(raw.getRemoteCertsChain()).pipe(
+      Effect.flatMap((remoteNodeId) => gated.admit(remoteNodeId, raw.remoteHost)),
       Effect.matchEffect({
-        onFailure: () => Effect.promise(() => raw.stop({ isApp: false, errorCode: 1, force: true })),
+        onFailure: (e) => Effect.promise(() => raw.stop(gated.stopOptions(e))),
         onSuccess: (remoteNodeId) =>
           Effect.sync(() => new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined)).pipe(
             // A dialler that rejects our certificate closes right after the handshake.

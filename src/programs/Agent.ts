@@ -9,6 +9,7 @@ import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
 import { refreshPeriodically } from "../internal/bucketRefresh.js"
+import * as ConnectionGaterFile from "../layers/ConnectionGaterFile.js"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
 import * as NodeLive from "../layers/NodeLive.js"
@@ -19,9 +20,10 @@ import type { Contact } from "../services/Contact.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
+import { ControlError, ControlRpcs } from "./ControlApi.js"
+import { gateHandlers } from "./control/gates.js"
 import { identityHandlers } from "./control/identity.js"
 import { portMappingField } from "./control/portMapping.js"
-import { ControlError, ControlRpcs } from "./ControlApi.js"
 import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
 
@@ -56,7 +58,8 @@ export const nodeLayer = (options: AgentOptions, managerOptions: CMConfig.Connec
     keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
     nodeGraph: NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") }),
     transport: { host: options.host, port: options.port },
-    config: CMConfig.layer(managerOptions)
+    config: CMConfig.layer(managerOptions),
+    gater: ConnectionGaterFile.layer({ path: join(options.nodePath, ConnectionGaterFile.GATES_FILE) })
   })
 
 const handlers = (stop: Deferred.Deferred<void>) =>
@@ -85,8 +88,10 @@ const handlers = (stop: Deferred.Deferred<void>) =>
         bucketIndex: NodeId.bucketIndex(graph.ownNodeId, nodeId),
         lastUpdated: lastSeen
       })
+      const gates = yield* gateHandlers
       return {
         ...identity,
+        ...gates,
         status: () =>
           Effect.gen(function* () {
             const connections = yield* cm.listConnections

@@ -6,6 +6,9 @@ import { Args, Command, Options } from "@effect/cli"
 import { Config, Effect, Logger, LogLevel, Option } from "effect"
 import * as NodeId from "../services/NodeId.js"
 import { stopAgent } from "./cli/agentStop.js"
+import { gateCommands } from "./cli/gates.js"
+import { identityCommand } from "./cli/identity.js"
+import { checkPortMapping, portMappingOptions, portMappingText } from "./cli/portMapping.js"
 import {
   aboutNode,
   checkFormat,
@@ -32,8 +35,6 @@ import {
   UsageError
 } from "./Input.js"
 import { lockNodePath } from "./NodePath.js"
-import { identityCommand } from "./cli/identity.js"
-import { checkPortMapping, portMappingOptions, portMappingText } from "./cli/portMapping.js"
 import { simCommand } from "./SimCommand.js"
 
 export const VERSION = "0.1.0"
@@ -238,7 +239,15 @@ const nodesClosest = Command.make(
 
 const nodes = Command.make("nodes").pipe(
   Command.withDescription("Find, ping and list nodes through a running agent"),
-  Command.withSubcommands([nodesAdd, nodesFind, nodesPing, nodesConnections, nodesGetAll, nodesClosest])
+  Command.withSubcommands([
+    nodesAdd,
+    nodesFind,
+    nodesPing,
+    nodesConnections,
+    nodesGetAll,
+    nodesClosest,
+    ...gateCommands
+  ])
 )
 
 export const root = Command.make("quicmesh").pipe(

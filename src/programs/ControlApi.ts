@@ -6,6 +6,7 @@ import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
 
 import { ControlError } from "./control/error.js"
+import { GateRpcs } from "./control/gates.js"
 import { IdentityRpcs } from "./control/identity.js"
 import { PortMappingJson } from "./control/portMapping.js"
 
@@ -91,4 +92,4 @@ export class ControlRpcs extends RpcGroup.make(
     success: Schema.Array(NodeJson),
     error: ControlError
   })
-).merge(IdentityRpcs) {}
+).merge(IdentityRpcs, GateRpcs) {}

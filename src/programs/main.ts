@@ -28,7 +28,7 @@ export const oneLine = (text: string) =>
 /** The command tree, to name the word @effect/cli could not place. */
 const COMMANDS: Record<string, ReadonlyArray<string>> = {
   agent: ["start", "status", "stop"],
-  nodes: ["add", "find", "ping", "connections", "getall", "closest"],
+  nodes: ["add", "find", "ping", "connections", "getall", "closest", "deny", "allow", "gates"],
   identity: ["renew"],
   sim: []
 }

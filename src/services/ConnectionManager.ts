@@ -58,6 +58,8 @@ export class NodeConnectionError extends Data.TaggedError("NodeConnectionError")
     | "stopped"
     | "closed"
     | "invalid-address"
+    /** The connection gate refuses the node or its address (`ConnectionGater`); nothing was sent. */
+    | "denied"
   readonly detail: string
   /** What failed underneath, when something did (the transport's DialError, a PeerCallError). */
   readonly cause?: unknown

@@ -29,6 +29,7 @@ import * as NodeId from "../../services/NodeId.js"
 import * as Protocols from "../../services/Protocols.js"
 import type { DialError } from "../../services/QuicTransport.js"
 import * as Deadline from "./deadline.js"
+import type { Gating } from "./gating.js"
 import type { GraphUpkeep } from "./graphUpkeep.js"
 import type { DialSignal } from "./holePunch.js"
 import type { Records } from "./records.js"
@@ -103,6 +104,7 @@ export const make = (
   deps: {
     readonly graph: NodeGraphService
     readonly records: Records
+    readonly gating: Gating
     readonly addToGraph: GraphUpkeep["addToGraph"]
     readonly slowDialSignal: (target: NodeId.NodeId, timeout: Duration.Duration) => DialSignal
     readonly getClosestGlobalNodes: (
@@ -168,14 +170,16 @@ export const make = (
     const signal = punching ? slowDialSignal(nodeId, timeout) : undefined
     const attempt = (address: Address.Address) =>
       dialRecord([nodeId], address, timeout, undefined, signal?.whenSlow).pipe(
-        Effect.mapError((e) =>
-          fail(
-            nodeId,
-            dialReason(e),
-            e.reason === "timeout" && punching
-              ? `${e.message}; hole punching through ${seeds.length} seed(s) did not open a path either (both behind NATs that map each destination to a new port, e.g. symmetric NATs, cannot be traversed)`
-              : e.message,
-            e
+        Effect.catchTag("DialError", (e) =>
+          Effect.fail(
+            fail(
+              nodeId,
+              dialReason(e),
+              e.reason === "timeout" && punching
+                ? `${e.message}; hole punching through ${seeds.length} seed(s) did not open a path either (both behind NATs that map each destination to a new port, e.g. symmetric NATs, cannot be traversed)`
+                : e.message,
+              e
+            )
           )
         ),
         Effect.flatMap(map.adopt),
@@ -210,6 +214,8 @@ export const make = (
     Effect.suspend(() => {
       if (NodeId.equals(nodeId, state.self))
         return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const denied = deps.gating.refuseNode(nodeId)
+      if (denied) return Effect.fail(denied)
       const timeout = timeoutOf(options)
       return joinDial(nodeId, timeout, dialEntry(nodeId, [address], timeout)).pipe(Effect.map(handleOf))
     })
@@ -239,6 +245,8 @@ export const make = (
     Effect.suspend(() => {
       if (NodeId.equals(nodeId, state.self))
         return Effect.fail(fail(nodeId, "invalid-address", "that is our own NodeId"))
+      const denied = deps.gating.refuseNode(nodeId)
+      if (denied) return Effect.fail(denied)
       const existing = map.get(nodeId)
       if (existing) return Effect.succeed(existing)
       const timeout = timeoutOf(options)

@@ -15,6 +15,7 @@ import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import { type HolePunchMessage, HolePunchRefused, type PeerCallError } from "../../services/PeerRpc.js"
 import type { DialOptions, QuicTransportService } from "../../services/QuicTransport.js"
+import type { Gating } from "./gating.js"
 import type { ManagerState } from "./state.js"
 
 /**
@@ -85,6 +86,7 @@ export const make = (
   state: ManagerState,
   deps: {
     readonly transport: QuicTransportService
+    readonly gating: Gating
     readonly withConnection: <A, E>(
       nodeId: NodeId.NodeId,
       f: (handle: NodeConnectionHandle) => Effect.Effect<A, E>,
@@ -209,6 +211,9 @@ export const make = (
             reason: "no-address",
             detail: "relayed message without the source address"
           })
+        const refused = deps.gating.refusal(source.right, address.host)
+        if (refused)
+          return yield* Effect.logDebug(`no hole punching toward ${address.host}: ${refused.message}`)
         yield* Effect.logDebug(
           `hole punching toward ${NodeId.encode(source.right)} at ${address.host}:${address.port} (signal from ${NodeId.encode(caller.nodeId)})`
         )

@@ -1,12 +1,13 @@
 /**
  * Connections other nodes open to us, and the transport's failure. Each accepted connection is
  * set up in a background fiber of its own (at most `maxInboundPending` at once), enters the map
- * if there is room, and puts its node in the graph. When the transport fails, the manager
- * stops: every connection goes and `failure` fails.
+ * if the connection gate lets it and there is room, and puts its node in the graph. When the
+ * transport fails, the manager stops: every connection goes and `failure` fails.
  */
 import { Deferred, Effect, Either, Exit, FiberSet, PubSub, Scope, Stream } from "effect"
 import { ConnectionManagerStopped } from "../../services/ConnectionManager.js"
 import type { QuicConnection, QuicTransportService } from "../../services/QuicTransport.js"
+import { type Gating, gatedReason } from "./gating.js"
 import type { GraphUpkeep } from "./graphUpkeep.js"
 import type { Records } from "./records.js"
 import type { ManagerState } from "./state.js"
@@ -26,6 +27,7 @@ export const make = (
     readonly transport: QuicTransportService
     readonly records: Records
     readonly addToGraph: GraphUpkeep["addToGraph"]
+    readonly gating: Gating
   }
 ): Inbound => {
   const { config, map, background } = state
@@ -35,6 +37,7 @@ export const make = (
 
   const acceptInbound = (connection: QuicConnection): Effect.Effect<void> =>
     Effect.suspend(() => {
+      if (deps.gating.connectionRefusal(connection) !== undefined) return connection.close(gatedReason)
       if (inboundInProgress >= config.maxInboundPending)
         return connection.close("too many inbound handshakes")
       inboundInProgress++

@@ -3,7 +3,7 @@
  * served to the peer, the close handler), made for a dialled or an accepted connection, and
  * room for it under the connection limit.
  */
-import { type Duration, Effect, Exit, Scope } from "effect"
+import { type Duration, Effect, Exit, Predicate, Scope } from "effect"
 import type * as Address from "../../services/Address.js"
 import type { NodeConnectionError } from "../../services/ConnectionManager.js"
 import * as NodeId from "../../services/NodeId.js"
@@ -14,6 +14,7 @@ import type {
   QuicConnection,
   QuicTransportService
 } from "../../services/QuicTransport.js"
+import type { Gating } from "./gating.js"
 import type { ConnRecord, ManagerState } from "./state.js"
 
 // The functions a held record keeps (its close finalizer, its close handler) are made by
@@ -31,14 +32,17 @@ export interface Records {
     scope: Scope.CloseableScope,
     hostname?: string
   ) => Effect.Effect<ConnRecord, never, Scope.Scope>
-  /** Dials `address` expecting one of `expected`, and sets the connection up (not yet in the map). */
+  /**
+   * Dials `address` expecting one of `expected`, and sets the connection up (not yet in the
+   * map). What the connection gate refuses fails with reason "denied", before any packet.
+   */
   readonly dialRecord: (
     expected: ReadonlyArray<NodeId.NodeId>,
     address: Address.Address,
     timeout: Duration.Duration,
     hostname?: string,
     whenSlow?: DialOptions["whenSlow"]
-  ) => Effect.Effect<ConnRecord, DialError>
+  ) => Effect.Effect<ConnRecord, DialError | NodeConnectionError>
   /** Room for one more connection: prune idle non-seed connections (LRU) if at the limit. */
   readonly ensureCapacity: (nodeId: NodeId.NodeId) => Effect.Effect<void, NodeConnectionError>
 }
@@ -50,12 +54,13 @@ export const make = (
     readonly rpc: PeerRpcService
     /** What we answer the peer on every connection. */
     readonly handlers: AgentHandlers
+    readonly gating: Gating
     /** Told of the NodeId a peer renewed its key from (its chain shows it). */
     readonly renewedFrom: (previous: NodeId.NodeId) => void
   }
 ): Records => {
   const { config, map, pending, fail } = state
-  const { transport, rpc, handlers } = deps
+  const { transport, rpc, handlers, gating } = deps
 
   const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
     Effect.gen(function* () {
@@ -85,18 +90,24 @@ export const make = (
     timeout: Duration.Duration,
     hostname?: string,
     whenSlow?: DialOptions["whenSlow"]
-  ): Effect.Effect<ConnRecord, DialError> =>
+  ): Effect.Effect<ConnRecord, DialError | NodeConnectionError> =>
     Effect.gen(function* () {
+      const targets = gating.dialTargets(expected, address.host)
+      if (Predicate.isTagged(targets, "NodeConnectionError")) return yield* Effect.fail(targets)
       const scope = yield* Scope.make()
       const who = expected.length === 1 ? NodeId.encode(expected[0]!) : `one of ${expected.length} nodes`
       yield* Effect.logDebug(`dialling ${who} at ${address.host}:${address.port}`)
       return yield* transport
-        .dial({ host: address.host, port: address.port, expectedNodeIds: expected, timeout, whenSlow })
+        .dial({ host: address.host, port: address.port, expectedNodeIds: targets, timeout, whenSlow })
         .pipe(
           Effect.tapError((e) =>
             Effect.logDebug(`dial ${who} at ${address.host}:${address.port} failed: ${e.message}`)
           ),
-          Effect.flatMap((connection) => setupRecord(connection, scope, hostname)),
+          // Refused once made (a hostname that resolved into a denied range): closed unused.
+          Effect.flatMap((connection) => {
+            const refused = gating.refuseConnection(connection)
+            return refused === undefined ? setupRecord(connection, scope, hostname) : Effect.fail(refused)
+          }),
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
