@@ -30,8 +30,11 @@ const exitOf = (child: ChildProcess) =>
     child.once("exit", () => resume(Effect.void))
   })
 
-/** A stand-in agent in a fresh node path; its child process and server end with the scope. */
-const standIn = (onStop: OnStop) =>
+/**
+ * A stand-in agent in a fresh node path; its child process and server end with the scope. Its
+ * status reports the child's pid, or `reportPid` when given.
+ */
+const standIn = (onStop: OnStop, reportPid?: number) =>
   Effect.gen(function* () {
     const dir = yield* Effect.acquireRelease(
       Effect.sync(() => mkdtempSync(join(tmpdir(), "quicmesh-stop-"))),
@@ -53,7 +56,7 @@ const standIn = (onStop: OnStop) =>
           port: 1,
           connections: 0,
           nodes: 0,
-          pid: child.pid!
+          pid: reportPid ?? child.pid!
         }),
       stop: () => {
         switch (onStop) {
@@ -103,6 +106,24 @@ describe("agent stop", () => {
         expect(agent.child.exitCode !== null || agent.child.signalCode !== null).toBe(true)
       })
     )
+
+  it.scopedLive("an agent that exited but was never collected by its parent (a zombie) has stopped", () =>
+    Effect.gen(function* () {
+      // `true` exits at once; its parent execs `sleep`, which never collects it.
+      const parent = yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          spawn("sh", ["-c", "true & echo $!; exec sleep 60"], { stdio: ["ignore", "pipe", "ignore"] })
+        ),
+        (c) => Effect.sync(() => c.kill("SIGKILL")).pipe(Effect.zipRight(exitOf(c)))
+      )
+      const zombie = yield* Effect.async<number>((resume) => {
+        parent.stdout!.once("data", (d: Buffer) => resume(Effect.succeed(Number.parseInt(d.toString(), 10))))
+      })
+      const agent = yield* standIn("stays", zombie)
+      const exit = yield* stopAgent(agent.dir, { exitTimeout: "5 seconds" }).pipe(Effect.exit)
+      expect(exit).toEqual(Exit.void)
+    })
+  )
 
   it.scopedLive("an agent that does not exit: one line naming it, its pid and what its answer was", () =>
     Effect.gen(function* () {

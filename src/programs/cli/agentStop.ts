@@ -5,8 +5,10 @@
  * shutting down (its control server first) as soon as it has the request, so that answer
  * races the shutdown. It can arrive, be lost with the socket, or come back as an interruption
  * (the RPC server interrupts the calls still running when it stops). Whatever it is, or none
- * within `answerTimeout`, the command waits for the pid the agent reported in its status.
+ * within `answerTimeout`, the command waits for the pid the agent reported in its status to exit.
  */
+import { execFileSync } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { Cause, Duration, Effect, Exit, Schedule } from "effect"
 import { OperationError } from "../Input.js"
 import { pidAlive } from "../NodePath.js"
@@ -19,9 +21,31 @@ export interface StopOptions {
   readonly exitTimeout?: Duration.DurationInput
 }
 
+/** Whether `pid` is a zombie: exited, its exit status not yet collected by its parent. */
+const isZombie = (pid: number): boolean => {
+  try {
+    if (process.platform === "linux") {
+      // The state follows the command name, which is in parentheses.
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+      return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")
+    }
+    return execFileSync("ps", ["-o", "stat=", "-p", String(pid)], { encoding: "utf8" })
+      .trim()
+      .startsWith("Z")
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Whether the process `pid` has exited: gone, or a zombie (an agent started in the background
+ * by a parent that never collects its children stays one after it exits).
+ */
+export const processExited = (pid: number): boolean => !pidAlive(pid) || isZombie(pid)
+
 /** Whether the process `pid` exits within `within` (polled every 50 ms). */
 export const awaitExit = (pid: number, within: Duration.DurationInput): Effect.Effect<boolean> =>
-  Effect.sync(() => pidAlive(pid)).pipe(
+  Effect.sync(() => !processExited(pid)).pipe(
     Effect.repeat({ while: (alive) => alive, schedule: Schedule.spaced("50 millis") }),
     Effect.as(true),
     Effect.timeoutTo({ duration: within, onSuccess: (gone) => gone, onTimeout: () => false })
