@@ -87,7 +87,7 @@ describe("ConnectionGater at the QUIC transport", () => {
         const c = yield* transportNode("gate-c", scope)
         const a = yield* transportNode("gate-a", scope, { gate: rules({ deny: [NodeId.encode(b.nodeId)] }) })
         const seen = yield* refusalSeen(b.transport, a)
-        expect(seen).toMatch(/305/)
+        expect(seen).toMatch(/refused by the node's connection gate \(TLS access_denied\)$/)
         const stats = yield* a.transport.stats!
         expect(stats.connections).toBe(0)
         // The next connection A hands on is C's: B's never was.

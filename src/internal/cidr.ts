@@ -7,7 +7,8 @@
  * socket as `10.0.0.5` fall in the same ranges, and `::/0` covers every address. A range
  * inside `::ffff:0:0/96` is written back in IPv4 form (`10.0.0.0/8`).
  */
-import { isIPv4, isIPv6 } from "node:net"
+import { isIPv4 } from "node:net"
+import * as Address from "../services/Address.js"
 
 /** A range: its network address (host bits cleared) and prefix length over 128 bits. */
 export interface Cidr {
@@ -17,39 +18,14 @@ export interface Cidr {
 
 const mappedPrefix = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
 
-const ipv4Bytes = (text: string, into: Uint8Array, at: number) => {
-  const parts = text.split(".")
-  for (let i = 0; i < 4; i++) into[at + i] = Number(parts[i])
-}
-
 /** An IP address (IPv4, IPv6, IPv4-mapped IPv6; brackets and a zone id allowed) as 16 bytes, or undefined. */
 export const parseIp = (text: string): Uint8Array | undefined => {
-  let host = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text
-  const zone = host.indexOf("%")
-  if (zone >= 0) host = host.slice(0, zone)
-  const bytes = new Uint8Array(16)
-  if (isIPv4(host)) {
-    bytes.set(mappedPrefix)
-    ipv4Bytes(host, bytes, 12)
-    return bytes
-  }
-  if (!isIPv6(host)) return undefined
-  // A dotted IPv4 tail stands for the last two groups.
-  const dotted = host.includes(".") ? host.slice(host.lastIndexOf(":") + 1) : undefined
-  const groupsText = dotted === undefined ? host : host.slice(0, host.length - dotted.length)
-  const [head = "", tail] = groupsText.split("::")
-  const groups = (s: string) => s.split(":").filter((g) => g.length > 0)
-  const left = groups(head)
-  const right = tail === undefined ? [] : groups(tail)
-  const total = dotted === undefined ? 8 : 6
-  const all = [...left, ...Array<string>(total - left.length - right.length).fill("0"), ...right]
-  all.forEach((g, i) => {
-    const n = Number.parseInt(g, 16)
-    bytes[2 * i] = n >> 8
-    bytes[2 * i + 1] = n & 0xff
-  })
-  if (dotted !== undefined) ipv4Bytes(dotted, bytes, 12)
-  return bytes
+  const bytes = Address.ipBytes(text)
+  if (bytes === undefined || bytes.length === 16) return bytes
+  const mapped = new Uint8Array(16)
+  mapped.set(mappedPrefix)
+  mapped.set(bytes, 12)
+  return mapped
 }
 
 const isMapped = (bytes: Uint8Array) => mappedPrefix.every((b, i) => bytes[i] === b)

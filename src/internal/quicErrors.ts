@@ -2,7 +2,7 @@
  * quicErrors: js-quic's errors read as quicmesh's: a one-line description, the `CloseReason`
  * a connection error stands for, and the `DialError` a failed dial becomes.
  */
-import { errors as quicErrors } from "@matrixai/quic"
+import { native, errors as quicErrors } from "@matrixai/quic"
 import { Duration } from "effect"
 import { type CloseReason, DialError } from "../services/QuicTransport.js"
 
@@ -18,12 +18,24 @@ export const describe = (e: unknown): string => {
 
 const textDecoder = new TextDecoder()
 
+type ErrorData = { reason?: Uint8Array; errorCode?: number; isApp?: boolean } | undefined
+
+/**
+ * A connection gate's refusal (quicGate): the TLS alert access_denied as a QUIC crypto error,
+ * which js-quic reports with the bare code when the TLS check sends it.
+ */
+const gateRefusalOf = (data: ErrorData): string | undefined =>
+  data?.isApp !== true && data?.errorCode === native.CryptoError.AccessDenied
+    ? "refused by the node's connection gate (TLS access_denied)"
+    : undefined
+
 /** The reason a js-quic connection error stands for. */
 export const closeReasonOf = (error: unknown): CloseReason => {
-  const data = (error as { data?: { reason?: Uint8Array; errorCode?: number; isApp?: boolean } }).data
+  const data = (error as { data?: ErrorData }).data
   const reasonText = data?.reason && data.reason.byteLength > 0 ? textDecoder.decode(data.reason) : undefined
   const detail =
     reasonText ??
+    gateRefusalOf(data) ??
     (error instanceof Error && error.message !== "" ? error.message : (error as object).constructor.name)
   if (error instanceof quicErrors.ErrorQUICConnectionIdleTimeout) return { _tag: "IdleTimeout" }
   if (
@@ -81,7 +93,7 @@ export const dialErrorOf = (
     error instanceof quicErrors.ErrorQUICConnectionLocalTLS ||
     error instanceof quicErrors.ErrorQUICConnectionPeerTLS
   )
-    return fail("tls", describe(error))
+    return fail("tls", gateRefusalOf((error as { data?: ErrorData }).data) ?? describe(error))
   if (error instanceof quicErrors.ErrorQUICConnectionPeer)
     return fail("unreachable", `peer refused: ${describe(error)}`)
   return fail("unreachable", describe(error))
