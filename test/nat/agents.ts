@@ -32,6 +32,8 @@ export interface StartAgentOptions {
   readonly seeds?: ReadonlyArray<AgentInfo>
   /** Manager options as environment (e.g. `{ connectionIdleTimeoutTime: "5 seconds" }`). */
   readonly env?: Record<string, string>
+  /** The node path (the same identity across restarts); a fresh one removed with the scope unless given. */
+  readonly dir?: string
 }
 
 /** Starts an agent in lab node `name`, listening on the node's own address; stopped with the scope. */
@@ -41,7 +43,7 @@ export const startAgent = (
   options: StartAgentOptions = {}
 ): Effect.Effect<AgentInfo, unknown, Scope.Scope> =>
   Effect.gen(function* () {
-    const dir = yield* makeNodePath(`qm-nat-${name}-`)
+    const dir = options.dir ?? (yield* makeNodePath(`qm-nat-${name}-`))
     const node = lab.node(name)
     const seeds = (options.seeds ?? []).map((s) => `${s.nodeId}@${lab.node(s.name).publicIp}:${s.port}`)
     const proc = yield* lab.spawn(

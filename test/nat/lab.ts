@@ -11,6 +11,9 @@
  *                                      qm-<id>-a            qm-<id>-b         private LANs
  *                                      10.77.1.10           10.77.2.10
  *
+ * The public side's /24 is `publicPrefix` when given (a public-looking range for daemons that refuse
+ * reserved addresses; it too is only routed inside the lab's namespaces).
+ *
  * Each NAT router MASQUERADEs its LAN out of `wan` ("restricted": plain MASQUERADE, i.e. Linux
  * conntrack's endpoint-independent mapping with the source port kept when free, and
  * endpoint-dependent filtering; "symmetric": `MASQUERADE --random-fully`, a fresh random port per
@@ -44,6 +47,12 @@ export interface LabOptions {
   readonly nats?: ReadonlyArray<NatSpec>
   /** Hosts on the public side (default ["seed", "c"]). */
   readonly publicHosts?: ReadonlyArray<string>
+  /**
+   * The public side's /24 as its first three octets (default "203.0.113", TEST-NET-3). A daemon
+   * that refuses reserved external addresses (miniupnpd) needs a public-looking one; it is only
+   * ever routed inside the lab's namespaces, which have no link out of them.
+   */
+  readonly publicPrefix?: string
 }
 
 export type LabRole = "public" | "private" | "nat"
@@ -289,10 +298,11 @@ export const cleanupStaleLabs: Effect.Effect<ReadonlyArray<string>, LabError> = 
 // Topology
 
 const PUBLIC_PREFIX = "203.0.113"
-const PUBLIC_GATEWAY = `${PUBLIC_PREFIX}.1`
 const DEFAULT_LAN_HOSTS = ["a", "b", "d", "e", "f", "g", "h"]
 
 interface Plan {
+  /** The pub bridge's address: every public host's and router's default gateway. */
+  readonly publicGateway: string
   readonly nodes: Map<string, LabNode>
   readonly nats: ReadonlyArray<{ readonly node: LabNode; readonly spec: NatSpec; readonly index: number }>
   readonly lanHosts: ReadonlyArray<{
@@ -315,8 +325,11 @@ const plan = (id: string, options: LabOptions): Plan => {
     nodes.set(node.name, node)
     return node
   }
+  const prefix = options.publicPrefix ?? PUBLIC_PREFIX
+  if (!/^(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(prefix) || prefix.split(".").some((o) => Number(o) > 255))
+    throw new LabError({ message: `invalid public prefix ${JSON.stringify(prefix)} (three octets)` })
   const publicHosts = (options.publicHosts ?? ["seed", "c"]).map((name, i) => {
-    const address = `${PUBLIC_PREFIX}.${10 + i}`
+    const address = `${prefix}.${10 + i}`
     return add({ name, ns: nsName(name), role: "public", ip: address, publicIp: address })
   })
   const specs = options.nats ?? [{}, {}]
@@ -325,7 +338,7 @@ const plan = (id: string, options: LabOptions): Plan => {
   const lanHosts: Array<Plan["lanHosts"][number]> = []
   specs.forEach((spec, i) => {
     const index = i + 1
-    const wan = `${PUBLIC_PREFIX}.${100 + index}`
+    const wan = `${prefix}.${100 + index}`
     const kind = spec.kind ?? "restricted"
     const natName = `nat${index}`
     const node = add({
@@ -352,7 +365,7 @@ const plan = (id: string, options: LabOptions): Plan => {
       lanHosts.push({ node: host, natIndex: index, index: j })
     })
   })
-  return { nodes, nats, lanHosts, publicHosts }
+  return { publicGateway: `${prefix}.1`, nodes, nats, lanHosts, publicHosts }
 }
 
 const natRules = (kind: NatKind, index: number) =>
@@ -407,13 +420,13 @@ const buildScript = (
     cmd("ip", "-n", pubNs, "link", "set", pubPort, "master", "br0", "up")
     cmd("ip", "-n", ns, "addr", "add", `${address}/24`, "dev", ifName)
     cmd("ip", "-n", ns, "link", "set", ifName, "up")
-    cmd("ip", "-n", ns, "route", "add", "default", "via", PUBLIC_GATEWAY)
+    cmd("ip", "-n", ns, "route", "add", "default", "via", p.publicGateway)
   }
 
   // The "internet": a bridge in the pub namespace, which does not forward between networks.
   addNs(pubNs)
   cmd("ip", "-n", pubNs, "link", "add", "br0", "type", "bridge")
-  cmd("ip", "-n", pubNs, "addr", "add", `${PUBLIC_GATEWAY}/24`, "dev", "br0")
+  cmd("ip", "-n", pubNs, "addr", "add", `${p.publicGateway}/24`, "dev", "br0")
   cmd("ip", "-n", pubNs, "link", "set", "br0", "up")
   cmd("ip", "netns", "exec", pubNs, "sysctl", "-qw", "net.ipv4.ip_forward=0")
   for (const [i, host] of p.publicHosts.entries()) {
