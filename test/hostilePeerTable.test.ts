@@ -11,6 +11,7 @@ import { type AnswerContext, filterAnswer } from "../src/internal/connectionMana
 import * as IpDiversity from "../src/internal/ipDiversity.js"
 import * as NodeGraphLmdb from "../src/layers/NodeGraphLmdb.js"
 import * as NodeGraphMemory from "../src/layers/NodeGraphMemory.js"
+import { ipDiversityFromEnv } from "../src/programs/Agent.js"
 import * as Address from "../src/services/Address.js"
 import type { WireContact } from "../src/services/Contact.js"
 import {
@@ -199,6 +200,30 @@ describe("IP diversity in the lmdb store", () => {
       const hosts = (yield* graph.getBucket(250)).map((c) => c.addresses[0]!.host)
       expect(hosts.sort()).toEqual(["10.0.0.1", "203.0.113.3", "203.0.113.4"])
     })
+  )
+
+  it.effect(
+    "the agent reads the limit from QUICMESH_IP_DIVERSITY_*; 0 turns it off; a bad value is one line",
+    () =>
+      Effect.gen(function* () {
+        expect(yield* ipDiversityFromEnv({})).toEqual(DEFAULT_IP_DIVERSITY)
+        expect(yield* ipDiversityFromEnv({ QUICMESH_IP_DIVERSITY_MAX_PER_GROUP: "0" })).toBe(false)
+        expect(
+          yield* ipDiversityFromEnv({
+            QUICMESH_IP_DIVERSITY_MAX_PER_GROUP: "3",
+            QUICMESH_IP_DIVERSITY_IPV4_PREFIX: "16",
+            QUICMESH_IP_DIVERSITY_IPV6_PREFIX: "32"
+          })
+        ).toEqual({ maxPerGroup: 3, ipv4Prefix: 16, ipv6Prefix: 32 })
+        const bad = yield* Effect.flip(ipDiversityFromEnv({ QUICMESH_IP_DIVERSITY_IPV4_PREFIX: "40" }))
+        expect(bad.message).toBe("invalid QUICMESH_IP_DIVERSITY_IPV4_PREFIX: 40 is not in 1–32")
+        const notANumber = yield* Effect.flip(
+          ipDiversityFromEnv({ QUICMESH_IP_DIVERSITY_MAX_PER_GROUP: "two" })
+        )
+        expect(notANumber.message).toBe(
+          'invalid QUICMESH_IP_DIVERSITY_MAX_PER_GROUP: expected an integer value but received "two"'
+        )
+      })
   )
 
   it("an invalid limit is a RangeError naming the option", () => {

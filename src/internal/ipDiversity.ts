@@ -8,6 +8,7 @@
  * loopback, private, link-local, ULA) and one-label names belong to no group: labs and tests
  * on one host or one LAN are not limited.
  */
+import { Config, ConfigError, Either } from "effect"
 import * as Address from "../services/Address.js"
 import { DEFAULT_IP_DIVERSITY, type IpDiversity } from "../services/NodeGraph.js"
 
@@ -30,6 +31,40 @@ export const resolve = (option: IpDiversityOption | undefined): IpDiversity | un
     ipv6Prefix: checkInt("ipv6Prefix", d.ipv6Prefix, 1, 128)
   }
 }
+
+const CONFIG_RANGES = [
+  ["maxPerGroup", "ipDiversityMaxPerGroup", 0, Number.MAX_SAFE_INTEGER],
+  ["ipv4Prefix", "ipDiversityIpv4Prefix", 1, 32],
+  ["ipv6Prefix", "ipDiversityIpv6Prefix", 1, 128]
+] as const
+
+/**
+ * The limit from the current ConfigProvider: `ipDiversityMaxPerGroup` (0 turns it off),
+ * `ipDiversityIpv4Prefix`, `ipDiversityIpv6Prefix`, each defaulting to `DEFAULT_IP_DIVERSITY`
+ * (the agent reads them as QUICMESH_IP_DIVERSITY_MAX_PER_GROUP, …). A value out of range is
+ * refused with a message naming it.
+ */
+export const config: Config.Config<IpDiversityOption> = Config.all({
+  maxPerGroup: Config.integer("ipDiversityMaxPerGroup").pipe(
+    Config.withDefault(DEFAULT_IP_DIVERSITY.maxPerGroup)
+  ),
+  ipv4Prefix: Config.integer("ipDiversityIpv4Prefix").pipe(
+    Config.withDefault(DEFAULT_IP_DIVERSITY.ipv4Prefix)
+  ),
+  ipv6Prefix: Config.integer("ipDiversityIpv6Prefix").pipe(
+    Config.withDefault(DEFAULT_IP_DIVERSITY.ipv6Prefix)
+  )
+}).pipe(
+  Config.mapOrFail((o): Either.Either<IpDiversityOption, ConfigError.ConfigError> => {
+    if (o.maxPerGroup === 0) return Either.right(false)
+    for (const [key, name, min, max] of CONFIG_RANGES) {
+      const value = o[key]
+      if (value < min || value > max)
+        return Either.left(ConfigError.InvalidData([name], `${value} is not in ${min}–${max}`))
+    }
+    return Either.right(o)
+  })
+)
 
 /** The first `bits` bits of `bytes` as hex text (the rest zero). */
 const prefixText = (bytes: Uint8Array, bits: number): string => {

@@ -9,6 +9,7 @@ import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
 import { refreshPeriodically } from "../internal/bucketRefresh.js"
+import * as IpDiversity from "../internal/ipDiversity.js"
 import * as ConnectionGaterFile from "../layers/ConnectionGaterFile.js"
 import * as KeyRingLive from "../layers/KeyRingLive.js"
 import * as NodeGraphLmdb from "../layers/NodeGraphLmdb.js"
@@ -52,11 +53,30 @@ export const managerOptionsFromEnv = (
     Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
   )
 
+/**
+ * The buckets' IP-diversity limit from the environment: QUICMESH_IP_DIVERSITY_MAX_PER_GROUP
+ * (0 turns it off), QUICMESH_IP_DIVERSITY_IPV4_PREFIX, QUICMESH_IP_DIVERSITY_IPV6_PREFIX.
+ */
+export const ipDiversityFromEnv = (
+  env: Record<string, string | undefined> = process.env
+): Effect.Effect<IpDiversity.IpDiversityOption, UsageError> =>
+  IpDiversity.config.pipe(
+    Effect.withConfigProvider(CMConfig.envProvider(env)),
+    Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
+  )
+
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */
-export const nodeLayer = (options: AgentOptions, managerOptions: CMConfig.ConnectionManagerOptions) =>
+export const nodeLayer = (
+  options: AgentOptions,
+  managerOptions: CMConfig.ConnectionManagerOptions,
+  ipDiversity?: IpDiversity.IpDiversityOption
+) =>
   NodeLive.layer({
     keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
-    nodeGraph: NodeGraphLmdb.layer({ path: join(options.nodePath, "nodegraph") }),
+    nodeGraph: NodeGraphLmdb.layer({
+      path: join(options.nodePath, "nodegraph"),
+      ...(ipDiversity === undefined ? {} : { ipDiversity })
+    }),
     transport: { host: options.host, port: options.port },
     config: CMConfig.layer(managerOptions),
     gater: ConnectionGaterFile.layer({ path: join(options.nodePath, ConnectionGaterFile.GATES_FILE) })
@@ -208,6 +228,7 @@ export const run = (options: AgentOptions) =>
 export const runLocked = (options: AgentOptions) =>
   Effect.gen(function* () {
     const managerOptions = yield* managerOptionsFromEnv(options.seedNodes)
+    const ipDiversity = yield* ipDiversityFromEnv()
     const stop = yield* Deferred.make<void>()
     const program = Effect.gen(function* () {
       const cm = yield* ConnectionManager
@@ -237,7 +258,7 @@ export const runLocked = (options: AgentOptions) =>
       Effect.provide(
         controlServerLayer(options.nodePath, stop).pipe(
           Layer.provideMerge(PortMapperLive.layer(options.portMapping)),
-          Layer.provideMerge(nodeLayer(options, managerOptions))
+          Layer.provideMerge(nodeLayer(options, managerOptions, ipDiversity))
         )
       ),
       Effect.mapError((e) => new OperationError({ message: `agent failed: ${e.message}` }))

@@ -78,7 +78,12 @@ export const parseSeedNodes = (text: string): Effect.Effect<ReadonlyArray<Contac
 
 /** `connectionIdleTimeoutTime` → `QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME`. */
 export const envName = (key: string) =>
-  key.startsWith("QUICMESH_") ? key : `QUICMESH_${key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()}`
+  key.startsWith("QUICMESH_")
+    ? key
+    : // The env provider names a variable it could not read by its path: QUICMESH.MAX_CONNECTIONS.
+      key.startsWith("QUICMESH.")
+      ? `QUICMESH_${key.slice(9)}`
+      : `QUICMESH_${key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()}`
 
 /**
  * A ConfigError's text as one readable line naming the environment variable:
