@@ -25,23 +25,27 @@ export const oneLine = (text: string) =>
     .replace(/\s+/g, " ")
     .trim()
 
-/** The command tree, to name the word @effect/cli could not place. */
+/** The command tree, to name the word @effect/cli could not place ("nodes gates": a group in a group). */
 const COMMANDS: Record<string, ReadonlyArray<string>> = {
   agent: ["start", "status", "stop"],
   nodes: ["add", "find", "ping", "connections", "getall", "closest", "deny", "allow", "gates"],
+  "nodes gates": ["remove", "allow-only"],
   identity: ["renew"],
   sim: []
 }
+const TOP = Object.keys(COMMANDS).filter((k) => !k.includes(" "))
 
 /** "unknown command "frob"" / "unknown nodes command "--bogus"", from the words typed. */
 const unknownCommand = (argv: ReadonlyArray<string>): string | undefined => {
-  const [first, second] = argv
+  const [first, second, third] = argv
   if (first === undefined) return undefined
-  const subs = COMMANDS[first]
-  if (subs === undefined)
-    return `unknown command "${first}": expected one of ${Object.keys(COMMANDS).join(", ")}`
+  const subs = TOP.includes(first) ? COMMANDS[first] : undefined
+  if (subs === undefined) return `unknown command "${first}": expected one of ${TOP.join(", ")}`
   if (second !== undefined && subs.length > 0 && !subs.includes(second))
     return `unknown ${first} command "${second}": expected one of ${subs.join(", ")}`
+  const nested = COMMANDS[`${first} ${second}`]
+  if (nested !== undefined && third !== undefined && !third.startsWith("-") && !nested.includes(third))
+    return `unknown ${first} ${second} command "${third}": expected one of ${nested.join(", ")}`
   return undefined
 }
 

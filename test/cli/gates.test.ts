@@ -54,7 +54,11 @@ describe("quicmesh nodes deny|allow|gates", () => {
         ["nodes", "gates", "allow-only", "maybe"],
         'quicmesh: invalid allow-only mode "maybe": must be on or off'
       ],
-      [["nodes", "deny"], "quicmesh: Missing argument <NODEID|CIDR>"]
+      [["nodes", "deny"], "quicmesh: Missing argument <NODEID|CIDR>"],
+      [
+        ["nodes", "gates", "frob"],
+        'quicmesh: unknown nodes gates command "frob": expected one of remove, allow-only (see quicmesh --help)'
+      ]
     ]
     const results = await Promise.all(cases.map(([args]) => cli([...args, "--node-path", dir])))
     results.forEach((r, i) => {

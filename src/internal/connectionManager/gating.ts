@@ -46,8 +46,10 @@ export const make = (state: ManagerState, gater: ConnectionGaterService): Gating
   }
 
   const dialTargets = (expected: ReadonlyArray<NodeId.NodeId>, host: string) => {
-    // Nearly always every target may be dialled: no new array then.
-    if (expected.every((id) => gater.refusal(id, host) === undefined)) return expected
+    // Nearly always every target may be dialled: nothing is made then (it runs on every dial).
+    let refused = 0
+    for (const id of expected) if (gater.refusal(id, host) !== undefined) refused++
+    if (refused === 0) return expected
     const allowed = expected.filter((id) => gater.refusal(id, host) === undefined)
     return allowed.length > 0 ? allowed : denied(expected[0]!, gater.refusal(expected[0]!, host)!)
   }
