@@ -18,6 +18,7 @@ import type { Contact, WireContact } from "../../services/Contact.js"
 import type { NodeAddress, NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
 import { filterAnswer, type HeardContact } from "./answerFilter.js"
+import * as Deadline from "./deadline.js"
 import type { Dialing } from "./dialing.js"
 import { addressOf, type GraphUpkeep } from "./graphUpkeep.js"
 import type { ManagerState } from "./state.js"
@@ -325,19 +326,24 @@ export const make = (
       }
     }).pipe(Effect.scoped)
 
+  // One deadline: the lookup gets what reading the table left of the timeout (its queries a
+  // third of the whole, as any lookup of this timeout).
   const findNode = (
     nodeId: NodeId.NodeId,
     options?: OperationOptions
   ): Effect.Effect<Option.Option<NodeAddress>> =>
-    graph
-      .getNode(nodeId)
-      .pipe(
-        Effect.flatMap((contact) =>
-          Option.isSome(contact) && contact.value.addresses[0]
-            ? Effect.succeed(Option.some(contact.value.addresses[0]))
-            : Effect.map(getClosestGlobalNodes(nodeId, options), (r) => r.address)
-        )
-      )
+    Deadline.andThen(
+      timeoutOf(options),
+      graph.getNode(nodeId),
+      (contact, left) =>
+        Option.isSome(contact) && contact.value.addresses[0]
+          ? Effect.succeed(Option.some(contact.value.addresses[0]))
+          : Effect.map(
+              lookup(nodeId, { timeout: left, queryTimeout: queryTimeoutOf(options) }),
+              (r) => r.address
+            ),
+      () => Option.none<NodeAddress>()
+    ).pipe(Effect.merge)
 
   return { lookup, getClosestGlobalNodes, findNode, getRemoteNodeClosestNodes, answerClosest, queryTimeoutOf }
 }
