@@ -433,31 +433,33 @@ describe("QuicTransportLive", () => {
     })
   )
 
-  it.scopedLive("with maxInboundHandshakes 0 inbound dials are refused (busy), outgoing dials still work", () =>
-    Effect.gen(function* () {
-      const a = yield* makeNode("qt-cap0-a")
-      const b = yield* makeNode("qt-cap0-b", { maxInboundHandshakes: 0 })
-      const error = yield* a.transport
-        .dial({
-          host: "127.0.0.1",
-          port: b.transport.port,
-          expectedNodeIds: [b.nodeId],
-          timeout: "500 millis"
+  it.scopedLive(
+    "with maxInboundHandshakes 0 inbound dials are refused (busy), outgoing dials still work",
+    () =>
+      Effect.gen(function* () {
+        const a = yield* makeNode("qt-cap0-a")
+        const b = yield* makeNode("qt-cap0-b", { maxInboundHandshakes: 0 })
+        const error = yield* a.transport
+          .dial({
+            host: "127.0.0.1",
+            port: b.transport.port,
+            expectedNodeIds: [b.nodeId],
+            timeout: "500 millis"
+          })
+          .pipe(Effect.flip)
+        expect(error.reason).toBe("refused")
+        expect(error.detail).toContain("busy")
+        expect(yield* statsOf(b)).toMatchObject({
+          connections: 0,
+          handshakesInProgress: 0,
+          handshakesHighWater: 0
         })
-        .pipe(Effect.flip)
-      expect(error.reason).toBe("refused")
-      expect(error.detail).toContain("busy")
-      expect(yield* statsOf(b)).toMatchObject({
-        connections: 0,
-        handshakesInProgress: 0,
-        handshakesHighWater: 0
+        expect((yield* statsOf(b)).handshakesRefused).toBeGreaterThan(0)
+        const { forward: out, inbound } = yield* dialPair(b, a)
+        yield* serveEcho(yield* Fiber.join(inbound))
+        const payload = randomBytes(1000)
+        expect((yield* roundTrip(out, payload)).equals(payload)).toBe(true)
       })
-      expect((yield* statsOf(b)).handshakesRefused).toBeGreaterThan(0)
-      const { forward: out, inbound } = yield* dialPair(b, a)
-      yield* serveEcho(yield* Fiber.join(inbound))
-      const payload = randomBytes(1000)
-      expect((yield* roundTrip(out, payload)).equals(payload)).toBe(true)
-    })
   )
 
   it.scopedLive("a quiet connection closes with IdleTimeout on both sides after maxIdleTimeout", () =>
