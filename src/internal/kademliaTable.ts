@@ -235,15 +235,23 @@ export class KademliaTable {
       : { _tag: "Write", result: { _tag: "Updated", bucketIndex: index }, entry, previous }
   }
 
-  /** Puts the entry in its bucket as most recently seen (replacing any entry for the same node). */
-  apply(entry: TableEntry): void {
+  /**
+   * Takes any entry for `entry`'s node out of its bucket, counting `entry` in (size, groups,
+   * seq) in its place; returns the bucket, for the caller to put `entry` in.
+   */
+  #takeOut(entry: TableEntry): Map<string, TableEntry> {
     const index = this.bucketOf(entry.nodeId)
     const bucket = this.#write(index)
     const key = keyOf(entry.nodeId)
     this.#count(index, bucket.get(key), entry)
     if (!bucket.delete(key)) this.#size++
-    bucket.set(key, entry)
     this.#nextSeq = Math.max(this.#nextSeq, entry.seq + 1)
+    return bucket
+  }
+
+  /** Puts the entry in its bucket as most recently seen (replacing any entry for the same node). */
+  apply(entry: TableEntry): void {
+    this.#takeOut(entry).set(keyOf(entry.nodeId), entry)
   }
 
   /** Inserts or refreshes; validation is the caller's job (see `toService`). */
@@ -268,15 +276,10 @@ export class KademliaTable {
    * undo a change whose write failed. An entry for the same node is replaced.
    */
   restore(entry: TableEntry): void {
-    const index = this.bucketOf(entry.nodeId)
-    const bucket = this.#write(index)
-    const key = keyOf(entry.nodeId)
-    this.#count(index, bucket.get(key), entry)
-    if (!bucket.delete(key)) this.#size++
+    const bucket = this.#takeOut(entry)
     const ordered = [...bucket.values(), entry].sort(byRecency)
     bucket.clear()
     for (const e of ordered) bucket.set(keyOf(e.nodeId), e)
-    this.#nextSeq = Math.max(this.#nextSeq, entry.seq + 1)
   }
 
   /**
