@@ -6,6 +6,8 @@
 import { writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { control } from "../fixtures/agentProcess.js"
 import { type AgentProcess, cleanup, cli, cliJson, oneErrorLine, startAgent, tmpDir } from "./helpers.js"
 
 afterAll(cleanup, 30_000)
@@ -72,6 +74,15 @@ describe("quicmesh nodes deny|allow|gates", () => {
     timeout: 120_000
   }, async () => {
     const a = await startAgent()
+    // The control API checks entries too: one line, nothing changed.
+    const bad = await Effect.runPromise(
+      Effect.flip(control({ dir: a.nodePath }, (c) => c.gatesDeny({ entry: "10.0.0.0/99" })))
+    )
+    expect(bad).toMatchObject({
+      _tag: "ControlError",
+      message:
+        'invalid entry "10.0.0.0/99": not a CIDR: the prefix length must be a whole number from 0 to 32 (expected a NodeId, or a CIDR such as 203.0.113.0/24 or 2001:db8::/32)'
+    })
     const other = "vhu587grog4j76h4qrhqhoj6tnalaqllc1p7dn2p36njtfabn0ed0"
     const denied = await cliJson<Change>(["nodes", "deny", "10.1.2.3/8", ...at(a)])
     expect(denied.code).toBe(0)
