@@ -9,9 +9,10 @@
  *   it): the connection is closed at once with the same error code and a reason phrase,
  *   before any of its streams is served.
  *
- * The client reads either as the peer closing with TLS error 305 (0x131). In TLS 1.3 the
- * server checks the client's certificate after the client has finished its handshake, so a
- * dialler sees its connection made and then closed by the refusal.
+ * The client reads either as the peer closing with error 0x131 (quicmesh's dialler reports
+ * "refused by the node's connection gate"). In TLS 1.3 the server checks the client's
+ * certificate after the client has finished its handshake, so a dialler may see its
+ * connection made and then closed by the refusal.
  */
 import type { QUICConnection } from "@matrixai/quic"
 import { native } from "@matrixai/quic"
