@@ -26,8 +26,9 @@ export const TransportJson = Schema.Struct({
   handshakesHighWater: Schema.Number,
   handshakesRefused: Schema.Number,
   maxInboundHandshakes: Schema.Number,
-  receiveBufferRequested: Schema.Number,
-  receiveBufferGranted: Schema.Number
+  /** Optional: an agent started before these were counted leaves them out. */
+  receiveBufferRequested: Schema.optional(Schema.Number),
+  receiveBufferGranted: Schema.optional(Schema.Number)
 })
 
 export const StatusJson = Schema.Struct({
