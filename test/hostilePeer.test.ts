@@ -185,8 +185,8 @@ describe("a hostile peer's closest-nodes answers", () => {
       expect(answer.length).toBe(w.a.graph.k)
       expect(answer[0]).toBe(heardNode(w.p))
       // The query stops reading at k and the call ends: the hostile server stops sending soon
-      // after (what it produced is what was sent, or about to be).
-      expect(produced).toBeLessThan(1_000)
+      // after (what it produced is what was sent, or about to be; about 100 here, idle).
+      expect(produced).toBeLessThan(2_500)
       yield* lookupSucceedsAndGraphIsClean(w)
     })
   )
