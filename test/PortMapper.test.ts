@@ -5,6 +5,7 @@
  * parse as typed errors that leave the mapping held, and a silent gateway given up on after a
  * bounded number of requests.
  */
+import { createSocket } from "node:dgram"
 import { describe, expect, it } from "@effect/vitest"
 import {
   Chunk,
@@ -23,9 +24,11 @@ import { openGatewayChannel } from "../src/internal/gatewayChannel.js"
 import { parseDefaultGateway, parseGateway } from "../src/internal/gatewayRoute.js"
 import { natPmpProtocol } from "../src/internal/natPmp.js"
 import { pcpProtocol } from "../src/internal/pcp.js"
+import { upnpProtocol } from "../src/internal/upnp.js"
 import * as PortMapperLive from "../src/layers/PortMapperLive.js"
 import * as PortMapper from "../src/services/PortMapper.js"
 import { type Answer, type NatGateway, startNatGateway } from "./fixtures/natGateway.js"
+import { describeDevice, startUpnpGateway, type UpnpGateway } from "./fixtures/upnpGateway.js"
 
 const gatewayOf = (settings: Parameters<typeof startNatGateway>[0] = {}) =>
   Effect.acquireRelease(
@@ -54,7 +57,10 @@ const advance = (total: Duration.DurationInput, step: Duration.DurationInput = "
   })
 
 const mapperFor = (gw: NatGateway, options: Partial<PortMapperLive.PortMapperOptions> = {}) =>
-  PortMapperLive.make({ host: "127.0.0.1", port: 4321 }, { gateway: `127.0.0.1:${gw.port}`, ...options })
+  PortMapperLive.make(
+    { host: "127.0.0.1", port: 4321 },
+    { gateway: `127.0.0.1:${gw.port}`, protocols: ["pcp", "nat-pmp"], ...options }
+  )
 
 const nextMapping = (
   mapper: PortMapper.PortMapperService,
@@ -298,4 +304,128 @@ describe("gateway discovery and options", () => {
       expect(Chunk.toArray(yield* Stream.runCollect(mapper.changes))).toEqual([Option.none()])
     }).pipe(Effect.provide(PortMapper.layerNoop))
   )
+})
+
+/** A loopback UDP port nobody listens on (its PCP/NAT-PMP requests meet "port unreachable"). */
+const closedPort = Effect.promise(
+  () =>
+    new Promise<number>((resolve) => {
+      const s = createSocket("udp4")
+      s.bind(0, "127.0.0.1", () => {
+        const { port } = s.address()
+        s.close(() => resolve(port))
+      })
+    })
+)
+
+const upnpOf = Effect.acquireRelease(
+  Effect.promise(() => startUpnpGateway()),
+  (g) => Effect.promise(() => g.close())
+)
+
+describe("UPnP IGD (a gateway of our own on loopback, without PCP or NAT-PMP)", () => {
+  const upnpMapper = (igd: UpnpGateway, pcpPort: number) =>
+    PortMapperLive.make(
+      { host: "127.0.0.1", port: 4321 },
+      { gateway: `127.0.0.1:${pcpPort}`, ssdpPort: igd.ssdpPort, lifetime: Duration.hours(1) }
+    )
+
+  it.scoped("PCP and NAT-PMP unreachable: AddPortMapping through UPnP; closing deletes it", () =>
+    Effect.gen(function* () {
+      const igd = yield* upnpOf
+      const scope = yield* Scope.make()
+      const mapper = yield* Scope.extend(upnpMapper(igd, yield* closedPort), scope)
+      expect(yield* nextMapping(mapper)).toEqual({
+        host: "198.51.100.9",
+        port: 4321,
+        protocol: "upnp",
+        expiresAt: 3_600_000
+      })
+      expect(igd.calls.map((c) => c.action)).toEqual(["AddPortMapping", "GetExternalIPAddress"])
+      expect(igd.calls[0]!.args).toEqual({
+        NewRemoteHost: "",
+        NewExternalPort: "4321",
+        NewProtocol: "UDP",
+        NewInternalPort: "4321",
+        NewInternalClient: "127.0.0.1",
+        NewEnabled: "1",
+        NewPortMappingDescription: "quicmesh 4321",
+        NewLeaseDuration: "3600"
+      })
+      yield* Scope.close(scope, Exit.void)
+      expect(igd.calls.at(-1)).toEqual({
+        action: "DeletePortMapping",
+        args: { NewRemoteHost: "", NewExternalPort: "4321", NewProtocol: "UDP" }
+      })
+      expect(igd.mappings.size).toBe(0)
+    })
+  )
+
+  it.scoped("a gateway that takes only permanent leases (725) is asked again with lease 0", () =>
+    Effect.gen(function* () {
+      const igd = yield* upnpOf
+      igd.onlyPermanent = true
+      const mapper = yield* upnpMapper(igd, yield* closedPort)
+      expect(yield* nextMapping(mapper)).toMatchObject({ protocol: "upnp", port: 4321 })
+      expect(
+        igd.calls.filter((c) => c.action === "AddPortMapping").map((c) => c.args.NewLeaseDuration)
+      ).toEqual(["3600", "0"])
+    })
+  )
+
+  const upnpError = (change: (igd: UpnpGateway) => void) =>
+    Effect.gen(function* () {
+      const igd = yield* upnpOf
+      change(igd)
+      const ssdp = yield* openGatewayChannel({ host: "127.0.0.1", port: igd.ssdpPort })
+      const client = upnpProtocol(ssdp, "127.0.0.1", { attempts: 1, firstWait: Duration.seconds(1) }, 2000)
+      return yield* Effect.flip(client.map({ internalPort: 4321, suggestedPort: 0, lifetimeSeconds: 60 }))
+    })
+
+  const cases: ReadonlyArray<readonly [string, (igd: UpnpGateway) => void, object]> = [
+    [
+      "a LOCATION on another host",
+      (igd) => {
+        igd.location = `http://127.0.0.2:${igd.httpPort}/rootDesc.xml`
+      },
+      { _tag: "PortMapMalformedAnswer", reason: "mapping" }
+    ],
+    [
+      "a description without a WAN connection service",
+      (igd) => {
+        igd.description = igd.description.replaceAll("WANIPConnection", "WANFooConnection")
+      },
+      { _tag: "PortMapMalformedAnswer", reason: "mapping" }
+    ],
+    [
+      "a control URL on another host",
+      (igd) => {
+        igd.description = describeDevice("http://192.0.2.1/ctl")
+      },
+      { _tag: "PortMapMalformedAnswer", reason: "mapping" }
+    ],
+    [
+      "a 100 KiB description",
+      (igd) => {
+        igd.description = `${igd.description}${" ".repeat(100 * 1024)}`
+      },
+      { _tag: "PortMapMalformedAnswer", reason: "length" }
+    ],
+    [
+      "a SOAP fault (718 ConflictInMappingEntry)",
+      (igd) => {
+        igd.fault = 718
+      },
+      { _tag: "PortMapRefused", protocol: "upnp", resultCode: 718 }
+    ],
+    [
+      "an external address that is not one",
+      (igd) => {
+        igd.externalAddress = "<script>"
+      },
+      { _tag: "PortMapMalformedAnswer", reason: "mapping" }
+    ]
+  ]
+  for (const [name, change, expected] of cases)
+    it.scoped(`UPnP: ${name}`, () => Effect.map(upnpError(change), (e) => expect(e).toMatchObject(expected)))
 })

@@ -1,5 +1,6 @@
 /**
- * `PortMapper` on Node.js: PCP, then NAT-PMP, over UDP to the gateway (node:dgram).
+ * `PortMapper` on Node.js: PCP, then NAT-PMP, over UDP to the gateway (node:dgram), then UPnP IGD
+ * (SSDP to the gateway, SOAP over HTTP).
  *
  * The gateway is the default route's (Linux `/proc/net/route`) unless `gateway` names one
  * ("HOST" or "HOST:PORT", port 5351 unless given). With the default route's gateway the node
@@ -19,8 +20,15 @@ import { defaultGateway, GATEWAY_PORT, parseGateway } from "../internal/gatewayR
 import { natPmpProtocol } from "../internal/natPmp.js"
 import { pcpProtocol } from "../internal/pcp.js"
 import { runSession } from "../internal/portMapSession.js"
+import { upnpProtocol } from "../internal/upnp.js"
 import { isLocalHost } from "../services/Address.js"
-import { fromRef, PortMapper, type PortMapperService, type PortMapping } from "../services/PortMapper.js"
+import {
+  fromRef,
+  type PortMapProtocol,
+  PortMapper,
+  type PortMapperService,
+  type PortMapping
+} from "../services/PortMapper.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 
 export interface PortMapperOptions {
@@ -31,7 +39,11 @@ export interface PortMapperOptions {
   /** The lifetime asked for; the gateway may grant another. */
   readonly lifetime: Duration.Duration
   /** Tried in this order. */
-  readonly protocols: ReadonlyArray<"pcp" | "nat-pmp">
+  readonly protocols: ReadonlyArray<PortMapProtocol>
+  /** The gateway's SSDP port (UPnP discovery). */
+  readonly ssdpPort: number
+  /** The limit on each UPnP HTTP exchange. */
+  readonly httpTimeout: Duration.Duration
   /** Sends of one request before it times out; the wait for an answer doubles from `firstWait`. */
   readonly requestAttempts: number
   readonly firstWait: Duration.Duration
@@ -46,7 +58,9 @@ export const defaults: PortMapperOptions = {
   enabled: true,
   gateway: undefined,
   lifetime: Duration.hours(2),
-  protocols: ["pcp", "nat-pmp"],
+  protocols: ["pcp", "nat-pmp", "upnp"],
+  ssdpPort: 1900,
+  httpTimeout: Duration.seconds(2),
   requestAttempts: 4,
   firstWait: Duration.millis(250),
   rounds: 3,
@@ -79,8 +93,16 @@ const session = (
     )
       return yield* Effect.logDebug(`port mapping: nothing to map from ${channel.localAddress}`)
     const retry = { attempts: options.requestAttempts, firstWait: options.firstWait }
-    const protocols = options.protocols.map((p) =>
-      p === "pcp" ? pcpProtocol(channel, retry) : natPmpProtocol(channel, retry)
+    const bindHost = anyAddress ? {} : { bindHost: target.host }
+    const protocols = yield* Effect.forEach(options.protocols, (p) =>
+      p === "pcp"
+        ? Effect.succeed(pcpProtocol(channel, retry))
+        : p === "nat-pmp"
+          ? Effect.succeed(natPmpProtocol(channel, retry))
+          : Effect.map(
+              openGatewayChannel({ host: gateway.host, port: options.ssdpPort, ...bindHost }),
+              (ssdp) => upnpProtocol(ssdp, gateway.host, retry, Duration.toMillis(options.httpTimeout))
+            )
     )
     yield* runSession(protocols, ref, {
       internalPort: target.port,

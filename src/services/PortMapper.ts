@@ -4,7 +4,8 @@
  * When the node listens on a private address behind a gateway, the live layer
  * (`PortMapperLive` in "quicmesh/node") asks that gateway to forward an external UDP port to
  * the node's port with PCP (RFC 6887), falling back to NAT-PMP (RFC 6886) when the gateway
- * answers PCP with NAT-PMP's "unsupported version" or not at all. It renews the mapping at half
+ * answers PCP with NAT-PMP's "unsupported version" or not at all, and to UPnP IGD when it speaks
+ * neither. It renews the mapping at half
  * its lifetime, deletes it when its scope closes, and runs entirely in the background: a gateway
  * that does not answer is retried a bounded number of times with backoff, then left alone.
  *

@@ -38,13 +38,13 @@ const NFT_CHAINS = `table inet filter {
 }
 `
 
-const miniupnpdConf = (leaseFile: string) =>
+const miniupnpdConf = (leaseFile: string, upnp: boolean) =>
   [
     "ext_ifname=wan",
     "listening_ip=lan",
     "port=0",
-    "enable_natpmp=yes",
-    "enable_upnp=no",
+    `enable_natpmp=${upnp ? "no" : "yes"}`,
+    `enable_upnp=${upnp ? "yes" : "no"}`,
     "secure_mode=yes",
     "system_uptime=no",
     `lease_file=${leaseFile}`,
@@ -61,20 +61,20 @@ const forwardsTo = (lab: Lab, port: number) =>
     .pipe(Effect.map(({ stdout }) => stdout.includes(`10.77.1.10:${port}`)))
 
 /** Starts miniupnpd on nat1 for the life of the scope; resolves once it listens. */
-const startMiniupnpd = (lab: Lab) =>
+const startMiniupnpd = (lab: Lab, options: { readonly upnp: boolean } = { upnp: false }) =>
   Effect.gen(function* () {
     yield* Effect.tryPromise(() => execFileAsync("miniupnpd", ["--version"])).pipe(
       Effect.orElseFail(() => "miniupnpd is not installed (apt-get install miniupnpd-nftables; .ci/run does)")
     )
     const dir = mkdtempSync(join(tmpdir(), "qm-miniupnpd-"))
     const conf = join(dir, "miniupnpd.conf")
-    writeFileSync(conf, miniupnpdConf(join(dir, "leases")))
+    writeFileSync(conf, miniupnpdConf(join(dir, "leases"), options.upnp))
     writeFileSync(join(dir, "chains.nft"), NFT_CHAINS)
     yield* lab.exec("nat1", "nft", ["-f", join(dir, "chains.nft")])
     const daemon = yield* lab.spawn("nat1", "miniupnpd", ["-d", "-f", conf, "-P", join(dir, "pid")])
     yield* poll(
       Effect.sync(() => daemon.stderr()),
-      (log) => log.includes("Listening for NAT-PMP/PCP traffic"),
+      (log) => log.includes(options.upnp ? "HTTP listening on port" : "Listening for NAT-PMP/PCP traffic"),
       40
     )
     return daemon
@@ -186,6 +186,22 @@ describeLab("port mapping at the router (miniupnpd)", () => {
           expect(yield* forwardsTo(lab, 7901)).toBe(false)
           expect(daemon.stderr()).toContain("PCP: UDP port 7901 mapping removed")
         })
+    )
+
+    it.scoped("UPnP IGD where the router speaks neither PCP nor NAT-PMP (miniupnpd with UPnP only)", () =>
+      Effect.gen(function* () {
+        const lab = yield* NatLab
+        const daemon = yield* startMiniupnpd(lab, { upnp: true })
+        const c = yield* startAgent(lab, "c", { port: 7910 })
+        const a = yield* startAgent(lab, "a", { port: 7911 })
+        const mapped = yield* poll(status(a), (s) => s.portMapping !== undefined, 60)
+        expect(mapped.portMapping).toMatchObject({ host: ROUTER, port: 7911, protocol: "upnp" })
+        expect(yield* forwardsTo(lab, 7911)).toBe(true)
+        expect(yield* pingAt(c, a, 7911, 10_000)).toBe(true)
+        yield* cli(a, ["agent", "stop"])
+        expect(yield* forwardsTo(lab, 7911)).toBe(false)
+        expect(daemon.stderr()).toContain("AddPortMapping")
+      })
     )
   })
 })
