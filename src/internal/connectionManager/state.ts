@@ -4,6 +4,7 @@
  * background, its event hub, and the manager's own failure. Closing the manager's scope
  * removes every connection, then shuts the event hub.
  */
+
 import { Deferred, Duration, Effect, type Fiber, FiberSet, PubSub, Runtime, type Scope, Stream } from "effect"
 import {
   type ConnectionEvent,
@@ -16,6 +17,7 @@ import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { PeerClient } from "../../services/PeerRpc.js"
 import * as ConnectionMap from "../connectionMap.js"
+import { type SelfAddresses, unknown as unknownSelfAddresses } from "./selfAddresses.js"
 
 export type Entry = ConnectionMap.Entry<PeerClient>
 export type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
@@ -34,6 +36,8 @@ export interface ManagerState {
   self: NodeId.NodeId
   /** `self`, encoded. */
   selfKey: string
+  /** Our addresses as peers see them (`selfAddresses.ts`); knows nothing until something keeps them. */
+  selfAddresses: SelfAddresses
   /** The routing table's bucket size: how many contacts a lookup keeps and asks for. */
   readonly k: number
   /** Queries a lookup keeps in flight (`connectionFindConcurrencyLimit`, at least 1). */
@@ -126,6 +130,7 @@ export const make = (
       config,
       self,
       selfKey: NodeId.encode(self) as string,
+      selfAddresses: unknownSelfAddresses,
       k,
       alpha: Math.max(1, config.connectionFindConcurrencyLimit),
       connectTimeout,
