@@ -7,7 +7,7 @@ import { chmodSync, existsSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
+import { Config, Deferred, Duration, Effect, Either, Layer, Option, Predicate, Schedule } from "effect"
 import { refreshPeriodically } from "../internal/bucketRefresh.js"
 import * as IpDiversity from "../internal/ipDiversity.js"
 import * as ConnectionGaterFile from "../layers/ConnectionGaterFile.js"
@@ -65,11 +65,31 @@ export const ipDiversityFromEnv = (
     Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
   )
 
+/**
+ * The transport's UDP receive buffer from QUICMESH_RECEIVE_BUFFER_SIZE (bytes; 0 keeps the
+ * kernel's default); none when the variable is unset (the transport's default, 4 MiB).
+ */
+export const receiveBufferFromEnv = (
+  env: Record<string, string | undefined> = process.env
+): Effect.Effect<Option.Option<number>, UsageError> =>
+  Config.integer("receiveBufferSize").pipe(
+    Config.validate({ message: "must be a number of bytes, 0 or more", validation: (n) => n >= 0 }),
+    Config.option,
+    Effect.withConfigProvider(CMConfig.envProvider(env)),
+    Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
+  )
+
+/** What the agent reads from the environment besides the manager's options. */
+export interface NodeTuning {
+  readonly ipDiversity?: IpDiversity.IpDiversityOption | undefined
+  readonly receiveBufferSize?: number | undefined
+}
+
 /** The node's layers: identity, routing table, transport, RPC and the connection manager. */
 export const nodeLayer = (
   options: AgentOptions,
   managerOptions: CMConfig.ConnectionManagerOptions,
-  ipDiversity?: IpDiversity.IpDiversityOption
+  { ipDiversity, receiveBufferSize }: NodeTuning = {}
 ) =>
   NodeLive.layer({
     keyRing: KeyRingLive.layer({ nodePath: options.nodePath }),
@@ -77,7 +97,11 @@ export const nodeLayer = (
       path: join(options.nodePath, "nodegraph"),
       ...(ipDiversity === undefined ? {} : { ipDiversity })
     }),
-    transport: { host: options.host, port: options.port },
+    transport: {
+      host: options.host,
+      port: options.port,
+      ...(receiveBufferSize === undefined ? {} : { receiveBufferSize })
+    },
     config: CMConfig.layer(managerOptions),
     gater: ConnectionGaterFile.layer({ path: join(options.nodePath, ConnectionGaterFile.GATES_FILE) })
   })
@@ -229,6 +253,7 @@ export const runLocked = (options: AgentOptions) =>
   Effect.gen(function* () {
     const managerOptions = yield* managerOptionsFromEnv(options.seedNodes)
     const ipDiversity = yield* ipDiversityFromEnv()
+    const receiveBufferSize = Option.getOrUndefined(yield* receiveBufferFromEnv())
     const stop = yield* Deferred.make<void>()
     const program = Effect.gen(function* () {
       const cm = yield* ConnectionManager
@@ -258,7 +283,7 @@ export const runLocked = (options: AgentOptions) =>
       Effect.provide(
         controlServerLayer(options.nodePath, stop).pipe(
           Layer.provideMerge(PortMapperLive.layer(options.portMapping)),
-          Layer.provideMerge(nodeLayer(options, managerOptions, ipDiversity))
+          Layer.provideMerge(nodeLayer(options, managerOptions, { ipDiversity, receiveBufferSize }))
         )
       ),
       Effect.mapError((e) => new OperationError({ message: `agent failed: ${e.message}` }))

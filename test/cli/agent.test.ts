@@ -47,7 +47,8 @@ describe("quicmesh agent", () => {
         QUICMESH_NODE_PATH: dir,
         QUICMESH_HOST: "127.0.0.1",
         QUICMESH_FORMAT: "json",
-        QUICMESH_PORT: "not-a-port"
+        QUICMESH_PORT: "not-a-port",
+        QUICMESH_RECEIVE_BUFFER_SIZE: "262144"
       }
     })
     expect(x.ready.host).toBe("127.0.0.1")
@@ -67,7 +68,11 @@ describe("quicmesh agent", () => {
       cli(["agent", "status", "--format", "human"], { env }),
       cli(["identity"], { env })
     ])
-    expect(JSON.parse(asJson.stdout)).toMatchObject({ status: "LIVE", nodeId: x.ready.nodeId })
+    expect(JSON.parse(asJson.stdout)).toMatchObject({
+      status: "LIVE",
+      nodeId: x.ready.nodeId,
+      transport: { receiveBufferRequested: 262144 }
+    })
     expect(asHuman.stdout).toMatch(
       new RegExp(`^agent LIVE at ${dir}: node ${x.ready.nodeId} on 127\\.0\\.0\\.1:`)
     )

@@ -89,6 +89,12 @@ const cases: ReadonlyArray<Case> = [
     args: [...startOwn(), "--port", "0"],
     env: { QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME: "forever" },
     says: ["invalid QUICMESH_CONNECTION_IDLE_TIMEOUT_TIME", '"forever"']
+  },
+  {
+    name: "bad QUICMESH_RECEIVE_BUFFER_SIZE",
+    args: [...startOwn(), "--port", "0"],
+    env: { QUICMESH_RECEIVE_BUFFER_SIZE: "-1" },
+    says: ["invalid QUICMESH_RECEIVE_BUFFER_SIZE", "0 or more"]
   }
 ]
 
