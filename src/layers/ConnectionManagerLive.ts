@@ -158,12 +158,9 @@ export const make: Effect.Effect<ConnectionManagerService, never, Dependencies |
   ({ manager }) => manager
 )
 
-export const layer: Layer.Layer<
-  ConnectionManager | ConnectionManagerDiagnostics,
-  never,
-  Dependencies
-> = Layer.scopedContext(
-  Effect.map(makeWithDiagnostics, ({ manager, diagnostics }) =>
-    Context.make(ConnectionManager, manager).pipe(Context.add(ConnectionManagerDiagnostics, diagnostics))
+export const layer: Layer.Layer<ConnectionManager | ConnectionManagerDiagnostics, never, Dependencies> =
+  Layer.scopedContext(
+    Effect.map(makeWithDiagnostics, ({ manager, diagnostics }) =>
+      Context.make(ConnectionManager, manager).pipe(Context.add(ConnectionManagerDiagnostics, diagnostics))
+    )
   )
-)
