@@ -10,6 +10,7 @@ import * as PeerRpcLive from "../src/layers/PeerRpcLive.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { type PeerClient, PeerRpc } from "../src/services/PeerRpc.js"
 import { eventually, makeNode, nodeIdOf, seedOf, type TestNode } from "./fixtures/cmNode.js"
+import { signedRequest } from "./fixtures/holePunchRequest.js"
 
 const deadAddress = { host: "127.0.0.1", port: 9 }
 
@@ -230,18 +231,23 @@ describe("hole-punch signalling", () => {
       const target = yield* makeNode("punch2-target")
       yield* target.cm.getConnectionWithAddress(relay.nodeId, relay.address)
       yield* source.cm.getConnectionWithAddress(relay.nodeId, relay.address)
-      const call = (sourceId: NodeId.NodeId) =>
+      // Signed by the key of `seed`, vouching for the address the relay sees the source at.
+      const call = (seed: string) =>
         source.cm.withConnection(relay.nodeId, (h) =>
           h.client.holePunchSignal({
-            sourceNodeIdEncoded: NodeId.encode(sourceId),
-            targetNodeIdEncoded: NodeId.encode(target.nodeId)
+            request: signedRequest({
+              seed,
+              target: target.nodeId,
+              addresses: [{ host: "127.0.0.1", port: source.address.port }],
+              timestamp: Date.now()
+            })
           })
         )
-      const spoofed = yield* call(nodeIdOf("someone-else")).pipe(Effect.flip)
+      const spoofed = yield* call("someone-else").pipe(Effect.flip)
       expect(spoofed.message).toMatch(/source .* must be the calling node/)
       const results = yield* Effect.forEach(
         Array.from({ length: 6 }, () => 0),
-        () => Effect.either(call(source.nodeId))
+        () => Effect.either(call("punch2-source"))
       )
       const refused = results.filter((r) => r._tag === "Left")
       expect(refused.length).toBeGreaterThanOrEqual(3)

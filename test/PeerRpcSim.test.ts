@@ -4,6 +4,7 @@ import * as PeerRpcSim from "../src/layers/PeerRpcSim.js"
 import type { Contact, WireContact } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { type AgentHandlers, HolePunchRefused } from "../src/services/PeerRpc.js"
+import { signedRequest } from "./fixtures/holePunchRequest.js"
 import { idOf, simPair } from "./fixtures/simPair.js"
 
 const contact: WireContact = { nodeIdEncoded: NodeId.encode(idOf(9)), host: "1.0.0.9", port: 1314 }
@@ -48,7 +49,9 @@ describe("PeerRpcSim", () => {
           // The lookup's form: the first `limit` of them, in one round trip.
           expect(yield* client.closestNodesUpTo(idOf(9), 1, Duration.seconds(5))).toEqual([contact])
           const refused = yield* client
-            .holePunchSignal({ sourceNodeIdEncoded: "x", targetNodeIdEncoded: "y" })
+            .holePunchSignal({
+              request: signedRequest({ seed: 1, target: idOf(2), addresses: [], timestamp: 0 })
+            })
             .pipe(Effect.flip)
           expect(refused.reason).toBe("remote")
           expect(refused.detail).toContain("rate limited")

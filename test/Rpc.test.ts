@@ -22,9 +22,9 @@ import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
 import {
   AgentRpcs,
+  HolePunchRefused,
   NODES_CLOSEST_LIMIT,
   type NodesHolePunchSignal,
-  RpcHandlerError,
   RpcMalformedMessageError,
   RpcMessageTooLargeError,
   RpcStreamError,
@@ -34,6 +34,7 @@ import { Caller, type Contact, type WireContact } from "../src/services/Contact.
 import * as NodeId from "../src/services/NodeId.js"
 import type { QuicConnection } from "../src/services/QuicTransport.js"
 import { RpcConfig, type RpcOptions, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
+import { signedRequest } from "./fixtures/holePunchRequest.js"
 import { endpoint, makeConnectionPair } from "./fixtures/memoryConnection.js"
 import { connect, quicNode } from "./fixtures/quicNode.js"
 
@@ -47,7 +48,7 @@ interface HandlerOverrides {
   readonly nodesPing?: (nonce: string) => Effect.Effect<{ readonly nonce: string }, never, Caller>
   readonly nodesHolePunchSignal?: (
     payload: typeof NodesHolePunchSignal.payloadSchema.Type
-  ) => Effect.Effect<void, RpcHandlerError, Caller>
+  ) => Effect.Effect<void, HolePunchRefused, Caller>
 }
 
 const handlersLayer = (overrides: HandlerOverrides = {}) =>
@@ -146,17 +147,14 @@ for (const mode of ["per-call", "multiplexed"] as const) {
             Effect.flatMap(Caller, (caller) =>
               Ref.update(seen, (xs) => [
                 ...xs,
-                { caller, address: payload.address, source: payload.sourceNodeIdEncoded }
+                { caller, address: payload.observed, source: payload.request.source }
               ])
             )
         })
-        // The message claims to come from node 7 at a made-up address.
-        const claimed = NodeId.encode(endpoint(7).nodeId)
-        yield* client.nodesHolePunchSignal({
-          sourceNodeIdEncoded: claimed as never,
-          targetNodeIdEncoded: NodeId.encode(endpoint(3).nodeId) as never,
-          address: { host: "6.6.6.6", port: 666 }
-        })
+        // The message claims to come from another node at a made-up address.
+        const request = signedRequest({ seed: 7, target: endpoint(3).nodeId, addresses: [], timestamp: 0 })
+        const claimed = request.source
+        yield* client.nodesHolePunchSignal({ request, observed: { host: "6.6.6.6", port: 666 } })
         const [entry] = yield* Ref.get(seen)
         const a = endpoint(1)
         expect(NodeId.equals(entry!.caller.nodeId, a.nodeId)).toBe(true)
@@ -170,15 +168,12 @@ for (const mode of ["per-call", "multiplexed"] as const) {
       Effect.gen(function* () {
         const { client } = yield* setup(mode, {
           nodesHolePunchSignal: () =>
-            Effect.fail(new RpcHandlerError({ method: "nodesHolePunchSignal", detail: "target unknown" }))
+            Effect.fail(new HolePunchRefused({ reason: "stale", detail: "too old" }))
         })
-        const result = yield* Effect.either(
-          client.nodesHolePunchSignal({
-            sourceNodeIdEncoded: NodeId.encode(endpoint(1).nodeId) as never,
-            targetNodeIdEncoded: NodeId.encode(endpoint(3).nodeId) as never
-          })
-        )
-        expect(Either.isLeft(result) && result.left).toBeInstanceOf(RpcHandlerError)
+        const request = signedRequest({ seed: 1, target: endpoint(3).nodeId, addresses: [], timestamp: 0 })
+        const result = yield* Effect.either(client.nodesHolePunchSignal({ request }))
+        expect(Either.isLeft(result) && result.left).toBeInstanceOf(HolePunchRefused)
+        expect(Either.isLeft(result) && result.left).toMatchObject({ reason: "stale", detail: "too old" })
       })
     )
 
@@ -490,8 +485,7 @@ for (const mode of ["per-call", "multiplexed"] as const) {
         )
         expect(Chunk.size(got)).toBe(NODES_CLOSEST_LIMIT)
         yield* client.nodesHolePunchSignal({
-          sourceNodeIdEncoded: NodeId.encode(endpoint(7).nodeId) as never,
-          targetNodeIdEncoded: NodeId.encode(endpoint(3).nodeId) as never
+          request: signedRequest({ seed: 7, target: endpoint(3).nodeId, addresses: [], timestamp: 0 })
         })
         const caller = yield* Deferred.await(seen)
         expect(NodeId.equals(caller.nodeId, a.nodeId)).toBe(true)

@@ -19,6 +19,7 @@ import * as Dns from "../src/services/Dns.js"
 import * as NodeConfig from "../src/services/NodeConfig.js"
 import type { NodeGraphService } from "../src/services/NodeGraph.js"
 import * as Protocols from "../src/services/Protocols.js"
+import { signedRequest } from "./fixtures/holePunchRequest.js"
 
 const T = 1_000
 const timeout = { timeout: Duration.millis(T) }
@@ -179,9 +180,13 @@ describe("one deadline per operation (simulated network, virtual time)", () => {
         expect(yield* a.cm.pingNode(target.nodeId, addressOf(target), { timeout: "2 seconds" })).toBe(true)
         const relayed = yield* timed(
           w,
-          a.cm.relaySignalingMessage({ source: source.nodeId, target: target.nodeId }, addressOf(source), {
-            timeout: "200 millis"
-          })
+          a.cm.relaySignalingMessage(
+            signedRequest({ seed: "deadline-source", target: target.nodeId, addresses: [], timestamp: 0 }),
+            addressOf(source),
+            {
+              timeout: "200 millis"
+            }
+          )
         )
         expect(relayed.took).toBe(200)
         expect(failureOf(relayed.exit)).toMatchObject({ _tag: "NodeConnectionError", reason: "timeout" })

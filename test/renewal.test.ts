@@ -175,12 +175,7 @@ describe("a renewal on a running node (real QUIC on loopback)", () => {
         expect(Option.isNone(yield* a.graph.getNode(renewed))).toBe(true)
         expect(Option.isNone(yield* a.graph.getNode(old))).toBe(true)
         // A's hole-punch handler takes a signal for its new NodeId as its own: it punches toward B.
-        yield* b.cm.withConnection(renewed, (h) =>
-          h.client.holePunchSignal({
-            sourceNodeIdEncoded: NodeId.encode(b.nodeId),
-            targetNodeIdEncoded: NodeId.encode(renewed)
-          })
-        )
+        yield* b.cm.sendSignalingMessage(renewed, b.nodeId, renewed)
         yield* eventually(a.sentDatagrams, (sent) => sent.some((d) => d.port === b.address.port))
       })
   )

@@ -85,7 +85,12 @@ export const makeWithDiagnostics: Effect.Effect<
     slowDialSignal: (target, timeout) => holePunch.slowDialSignal(target, timeout),
     getClosestGlobalNodes: (target, options) => lookup.getClosestGlobalNodes(target, options)
   })
-  const holePunch = HolePunch.make(state, { transport, gating, withConnection: dialing.withConnection })
+  const holePunch = HolePunch.make(state, {
+    transport,
+    gating,
+    sign: keyRing.sign,
+    withConnection: dialing.withConnection
+  })
   const multi = MultiConnection.make(state, { dns, dialRecord: records.dialRecord, addToGraph })
   const ping = Ping.make(state, { getEntry: dialing.getEntry, dialRecord: records.dialRecord })
   const lookup = Lookup.make(state, { graph, dialing, addToGraph })

@@ -19,7 +19,7 @@ import {
   Scope,
   Stream
 } from "effect"
-import { AgentRpcs, RpcHandlerError } from "../services/AgentRpc.js"
+import { AgentRpcs, type HolePunchRefused } from "../services/AgentRpc.js"
 import { Caller, type WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
 import {
@@ -75,16 +75,13 @@ export const handlersLayer = AgentRpcs.toLayer({
       const caller = yield* Caller
       const h = yield* servedHandlers
       yield* h.touch(caller)
-      yield* h
-        .holePunchSignal(caller, payload)
-        .pipe(
-          Effect.mapError((e) => new RpcHandlerError({ method: "nodesHolePunchSignal", detail: e.detail }))
-        )
+      // The refusal crosses the wire as it is: the caller reads its reason.
+      yield* h.holePunchSignal(caller, payload)
     })
 })
 
 /** What a failed call reads as: timeouts and broken streams are ours, the rest the peer's. */
-const reasonOf = Match.type<AgentCallError | RpcHandlerError>().pipe(
+const reasonOf = Match.type<AgentCallError | HolePunchRefused>().pipe(
   Match.tags({
     RpcTimeoutError: () => "timeout" as const,
     RpcStreamError: () => "connection" as const
@@ -94,7 +91,7 @@ const reasonOf = Match.type<AgentCallError | RpcHandlerError>().pipe(
 
 const callError =
   (method: string) =>
-  (e: AgentCallError | RpcHandlerError): PeerCallError =>
+  (e: AgentCallError | HolePunchRefused): PeerCallError =>
     new PeerCallError({ method, reason: reasonOf(e), detail: e.message, cause: e })
 
 /**
@@ -148,11 +145,14 @@ const adapt = (client: AgentClient): PeerClient => {
       ),
     holePunchSignal: (message: HolePunchMessage) =>
       client
-        .nodesHolePunchSignal({
-          sourceNodeIdEncoded: message.sourceNodeIdEncoded as NodeId.NodeIdEncoded,
-          targetNodeIdEncoded: message.targetNodeIdEncoded as NodeId.NodeIdEncoded,
-          ...(message.address ? { address: message.address } : {})
-        })
+        .nodesHolePunchSignal(
+          message.observed
+            ? {
+                request: message.request,
+                observed: { host: message.observed.host, port: message.observed.port }
+              }
+            : { request: message.request }
+        )
         .pipe(
           Effect.mapError(callError("nodesHolePunchSignal")),
           Effect.catchAllCause(closedUnderneath("nodesHolePunchSignal"))

@@ -125,14 +125,76 @@ export const NodesClosestLocalNodesGet = Rpc.make("nodesClosestLocalNodesGet", {
   stream: true
 })
 
+/** At most this many addresses in a hole-punch request (the source's confirmed ones and one observed). */
+export const HOLE_PUNCH_MAX_ADDRESSES = 8
+
+const bytesOfLength = (n: number) =>
+  Schema.Uint8ArrayFromSelf.pipe(
+    Schema.filter((b) => b.length === n || `expected ${n} bytes, got ${b.length}`)
+  )
+
+/** Unknown fields are an invalid request (not silently dropped): nothing unsigned rides along. */
+const strict = { parseOptions: { onExcessProperty: "error" } } as const
+
+/**
+ * A hole-punch request as its source signed it (`internal/holePunchSignature.ts` holds the
+ * canonical bytes): who asks, whom, the addresses the source vouches for, when (ms since the
+ * epoch) and a random nonce, with the source's Ed25519 signature over all of it.
+ */
+export const SignedHolePunchRequest = Schema.Struct({
+  source: NodeIdEncodedSchema,
+  target: NodeIdEncodedSchema,
+  addresses: Schema.Array(
+    Schema.Struct({
+      host: Schema.String.pipe(Schema.maxLength(255)),
+      port: WireAddress.fields.port
+    }).annotations(strict)
+  ).pipe(Schema.maxItems(HOLE_PUNCH_MAX_ADDRESSES)),
+  timestamp: Schema.Int.pipe(Schema.nonNegative()),
+  nonce: bytesOfLength(16),
+  signature: bytesOfLength(64)
+}).annotations(strict)
+export type SignedHolePunchRequest = typeof SignedHolePunchRequest.Type
+
+/** Why a node would not act on a hole-punch request (what the caller gets back, typed). */
+export const HolePunchRefusalReason = Schema.Literal(
+  "bad-source",
+  "bad-target",
+  "rate-limited",
+  "not-the-source",
+  "bad-signature",
+  "stale",
+  "future",
+  "replayed",
+  "address-unsigned",
+  "not-relayed"
+)
+
+/**
+ * A hole-punch request refused: by the relay or by the target, never followed by a punch.
+ * With reason "address-unsigned", `observed` is the source address the refusing node saw
+ * (the source may sign it and ask again).
+ */
+export class HolePunchRefused extends Schema.TaggedError<HolePunchRefused>()("HolePunchRefused", {
+  reason: HolePunchRefusalReason,
+  detail: Schema.String,
+  observed: Schema.optional(WireAddress)
+}) {
+  override get message() {
+    return this.detail
+  }
+}
+
+/**
+ * A signed hole-punch request; `observed` is set by a relay passing it on: the address it
+ * observed for the source. An unsigned request of the old form is an invalid request.
+ */
 export const NodesHolePunchSignal = Rpc.make("nodesHolePunchSignal", {
-  payload: {
-    sourceNodeIdEncoded: NodeIdEncodedSchema,
-    targetNodeIdEncoded: NodeIdEncodedSchema,
-    /** Only meaningful when a relay forwards the request: the address it observed for the source. */
-    address: Schema.optional(WireAddress)
-  },
-  error: RpcHandlerError
+  payload: Schema.Struct({
+    request: SignedHolePunchRequest,
+    observed: Schema.optional(WireAddress)
+  }).annotations(strict),
+  error: HolePunchRefused
 })
 
 export const NodesPing = Rpc.make("nodesPing", {

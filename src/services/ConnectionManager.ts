@@ -6,6 +6,7 @@
 import type { Socket } from "@effect/platform"
 import { Context, Data, type Duration, type Effect, type Option, type Scope, type Stream } from "effect"
 import type { Address } from "./Address.js"
+import type { SignedHolePunchRequest } from "./AgentRpc.js"
 import type { Contact } from "./Contact.js"
 import type { NodeAddress } from "./NodeGraph.js"
 import type { NodeId, NodeIdEncoded } from "./NodeId.js"
@@ -221,8 +222,11 @@ export interface ConnectionManagerService {
   /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
   readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
   /**
-   * Asks `relay` to pass a hole-punch request for `target` on (to ourselves: nothing is sent).
-   * Fails when the relay cannot be reached or refuses (a PeerCallError carrying its reason).
+   * Asks `relay` to pass a hole-punch request for `target` on (to ourselves: nothing is sent),
+   * signed with our node key: `source` must be our own NodeId (else "mismatch"); `address`, if
+   * given, is signed beside what the relay observed for us and our confirmed addresses. Fails
+   * when the relay cannot be reached or refuses (a PeerCallError whose cause is the relay's
+   * `HolePunchRefused`).
    */
   readonly sendSignalingMessage: (
     relay: NodeId,
@@ -232,12 +236,13 @@ export interface ConnectionManagerService {
     options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
   /**
-   * Passes a hole-punch request on to its target with the source's observed address, over a
-   * connection we already hold (never dials: without one it fails with "not-found"); fails
-   * with "timeout" when the target does not answer within the timeout.
+   * Passes a signed hole-punch request on to its target with the source's observed address,
+   * over a connection we already hold (never dials: without one it fails with "not-found");
+   * fails with "timeout" when the target does not answer within the timeout, and with the
+   * target's `HolePunchRefused` (as a PeerCallError's cause) when it refuses.
    */
   readonly relaySignalingMessage: (
-    message: { readonly source: NodeId; readonly target: NodeId },
+    request: SignedHolePunchRequest,
     sourceAddress: Address,
     options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>

@@ -6,26 +6,23 @@
  */
 import { Context, Data, type Duration, type Effect, type Scope, type Stream } from "effect"
 import type { Address } from "./Address.js"
+import { HolePunchRefused, type SignedHolePunchRequest } from "./AgentRpc.js"
 import type { Contact, WireContact } from "./Contact.js"
 import type { NodeId } from "./NodeId.js"
 import type { QuicConnection } from "./QuicTransport.js"
 
+/**
+ * A hole-punch signal: the source's signed request and, once a relay passes it on, the
+ * address the relay observed for the source.
+ */
 export interface HolePunchMessage {
-  readonly sourceNodeIdEncoded: string
-  readonly targetNodeIdEncoded: string
+  readonly request: SignedHolePunchRequest
   /** Set by the relay: the address it observed for the source. */
-  readonly address?: Address | undefined
+  readonly observed?: Address | undefined
 }
 
-/** A hole-punch signal the node would not act on; its `detail` goes back to the caller. */
-export class HolePunchRefused extends Data.TaggedError("HolePunchRefused")<{
-  readonly reason: "bad-source" | "bad-target" | "rate-limited" | "no-address" | "not-the-source"
-  readonly detail: string
-}> {
-  override get message() {
-    return this.detail
-  }
-}
+/** A hole-punch signal the node would not act on: the typed error the caller gets back. */
+export { HolePunchRefused }
 
 /** A call to a peer failed: transport, timeout, or the peer's typed error. */
 export class PeerCallError extends Data.TaggedError("PeerCallError")<{

@@ -12,10 +12,10 @@
  */
 import { Context, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
+  HolePunchRefused,
   NodesClosestLocalNodesGet,
   NodesHolePunchSignal,
   NodesPing,
-  RpcHandlerError,
   RpcWireError
 } from "./AgentRpc.js"
 import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
@@ -62,7 +62,7 @@ export interface AgentClient {
   ) => Stream.Stream<WireContact, AgentCallError>
   readonly nodesHolePunchSignal: (
     payload: typeof NodesHolePunchSignal.payloadSchema.Type
-  ) => Effect.Effect<void, RpcHandlerError | AgentCallError>
+  ) => Effect.Effect<void, HolePunchRefused | AgentCallError>
 }
 
 export interface RpcServerService {

@@ -1,11 +1,23 @@
 /**
  * Hole-punch signalling. A node dialling a peer that may be behind a NAT asks the seeds to
- * relay a request to it; a relay passes the request on (over a connection it already holds,
- * rate-limited per caller) with the source's observed address; the target then sends packets
- * toward the source so that its NAT lets the source's handshake in.
+ * relay a request to it, signed with its node key (`holePunchSignature.ts`): who asks, whom,
+ * the addresses it vouches for (what the relay observed for it, if it knows, and its
+ * confirmed external addresses), a timestamp and a nonce. A relay passes the request on (over
+ * a connection it already holds, rate-limited per caller) with the source address it observed,
+ * once it has checked the signature and that the source signed that address. The target checks
+ * again (signature, at most 30 s old and 5 s ahead, nonce never seen) and punches, sending
+ * packets toward the source so that its NAT lets the source's handshake in, only toward the
+ * address the relay observed, and only if the source signed it. A source that did not sign
+ * the address its relay sees is told which it is, signs it, and asks once more. Every refusal
+ * is a typed `HolePunchRefused` back to the caller and a debug log line, never a punch.
  */
-import { Duration, Effect, Either, Fiber, FiberSet, Option, Random } from "effect"
-import type * as Address from "../../services/Address.js"
+import { Clock, Duration, Effect, Either, Fiber, FiberSet, Option, Predicate, Random } from "effect"
+import * as Address from "../../services/Address.js"
+import {
+  HOLE_PUNCH_MAX_ADDRESSES,
+  HolePunchRefused,
+  type SignedHolePunchRequest
+} from "../../services/AgentRpc.js"
 import type {
   NodeConnectionError,
   NodeConnectionHandle,
@@ -13,10 +25,18 @@ import type {
 } from "../../services/ConnectionManager.js"
 import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
-import { type HolePunchMessage, HolePunchRefused, type PeerCallError } from "../../services/PeerRpc.js"
+import type { HolePunchMessage, PeerCallError } from "../../services/PeerRpc.js"
 import type { DialOptions, QuicTransportService } from "../../services/QuicTransport.js"
+import * as Signature from "../holePunchSignature.js"
+import { RateWindows } from "../rateWindows.js"
+import { ReplayCache } from "../replayCache.js"
 import type { Gating } from "./gating.js"
 import type { ManagerState } from "./state.js"
+
+/** Callers whose rate windows a node keeps at most (the oldest window goes first). */
+export const RATE_WINDOWS_CAPACITY = 10_000
+/** Nonces a target remembers at most (see `ReplayCache` for what a full cache refuses). */
+export const REPLAY_CACHE_CAPACITY = 16_384
 
 /**
  * How long a direct dial runs alone before the seeds are asked to signal the target. Below
@@ -57,6 +77,7 @@ export interface DialSignal {
 export interface HolePunch {
   /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
   readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
+  /** Asks `relay` to pass our signed request for `target` on (`source` must be us; `address` is signed too). */
   readonly sendSignalingMessage: (
     relay: NodeId.NodeId,
     source: NodeId.NodeId,
@@ -64,8 +85,9 @@ export interface HolePunch {
     address?: Address.Address,
     options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
+  /** Passes a signed request on to its target (over a connection we hold) with the source's observed address. */
   readonly relaySignalingMessage: (
-    message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
+    request: SignedHolePunchRequest,
     sourceAddress: Address.Address,
     options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
@@ -87,6 +109,8 @@ export const make = (
   deps: {
     readonly transport: QuicTransportService
     readonly gating: Gating
+    /** Signs with our node key (the KeyRing's `sign`). */
+    readonly sign: (data: Uint8Array) => Effect.Effect<Uint8Array>
     readonly withConnection: <A, E>(
       nodeId: NodeId.NodeId,
       f: (handle: NodeConnectionHandle) => Effect.Effect<A, E>,
@@ -96,6 +120,30 @@ export const make = (
 ): HolePunch => {
   const { config, seeds, map, background, timeoutOf, fail } = state
   const { transport, withConnection } = deps
+  const relayWindows = new RateWindows(
+    config.relayRateLimit,
+    Duration.toMillis(config.relayRateWindow),
+    RATE_WINDOWS_CAPACITY
+  )
+  // A record is kept while its request could still be fresh: signed up to the skew ahead, accepted until 30 s old.
+  const replays = new ReplayCache(REPLAY_CACHE_CAPACITY, Signature.MAX_AGE_MS)
+
+  const refuse = (
+    caller: Contact,
+    reason: HolePunchRefused["reason"],
+    detail: string,
+    observed?: Address.Address
+  ): Effect.Effect<never, HolePunchRefused> => {
+    const error = new HolePunchRefused(
+      observed === undefined ? { reason, detail } : { reason, detail, observed }
+    )
+    return Effect.zipRight(
+      Effect.logDebug(
+        `hole-punch request from ${NodeId.encode(caller.nodeId)} refused: ${reason}: ${detail}`
+      ),
+      Effect.fail(error)
+    )
+  }
 
   const holePunchReverse = (host: string, port: number, options?: OperationOptions): Effect.Effect<void> =>
     Effect.gen(function* () {
@@ -111,6 +159,44 @@ export const make = (
       // Punching ends with its timeout: that is its normal end, not a failure.
     }).pipe(Effect.timeout(timeoutOf(options)), Effect.ignore)
 
+  /** A request for `target`, signed by us, vouching for `addresses` (at most the first eight). */
+  const signedRequest = (target: NodeId.NodeId, addresses: ReadonlyArray<Address.Address>) =>
+    Effect.gen(function* () {
+      const nonce = new Uint8Array(Signature.NONCE_BYTES)
+      for (let i = 0; i < nonce.length; i++) nonce[i] = yield* Random.nextIntBetween(0, 256)
+      const fields: Signature.HolePunchRequestFields = {
+        source: state.self,
+        target,
+        addresses: addresses.slice(0, HOLE_PUNCH_MAX_ADDRESSES),
+        timestamp: yield* Clock.currentTimeMillis,
+        nonce
+      }
+      const bytes = Signature.canonicalBytes(fields)
+      return bytes === undefined ? undefined : Signature.assemble(fields, yield* deps.sign(bytes))
+    })
+
+  /** Our addresses as peers confirmed them, what `peer` observed for us, and `extra`: each once. */
+  const vouchedFor = (peer: NodeId.NodeId, extra: ReadonlyArray<Address.Address>) => {
+    const out: Array<Address.Address> = []
+    const observed = state.selfAddresses.observedBy(peer)
+    for (const a of [...(observed ? [observed] : []), ...extra, ...state.selfAddresses.confirmed()])
+      if (!out.some((b) => Address.equals(a, b))) out.push({ host: a.host, port: a.port })
+    return out
+  }
+
+  /** The observed address a refusal names when it is one we did not sign (we may sign it and ask again). */
+  const unsignedObservation = (
+    e: NodeConnectionError | PeerCallError,
+    signed: ReadonlyArray<Address.Address>
+  ) =>
+    Predicate.isTagged(e, "PeerCallError") &&
+    Predicate.isTagged(e.cause, "HolePunchRefused") &&
+    (e.cause as HolePunchRefused).reason === "address-unsigned"
+      ? Option.fromNullable((e.cause as HolePunchRefused).observed).pipe(
+          Option.filter((o) => !signed.some((a) => Address.equals(a, o)))
+        )
+      : Option.none()
+
   const sendSignalingMessage = (
     relay: NodeId.NodeId,
     source: NodeId.NodeId,
@@ -120,13 +206,27 @@ export const make = (
   ): Effect.Effect<void, NodeConnectionError | PeerCallError> =>
     Effect.suspend(() => {
       if (NodeId.equals(relay, state.self) || NodeId.equals(target, state.self)) return Effect.void
-      const message: HolePunchMessage = {
-        sourceNodeIdEncoded: NodeId.encode(source),
-        targetNodeIdEncoded: NodeId.encode(target),
-        address
-      }
+      if (!NodeId.equals(source, state.self))
+        return Effect.fail(
+          fail(source, "mismatch", "a hole-punch request is signed by its source: only our own")
+        )
       const timeout = timeoutOf(options)
-      return withConnection(relay, (h) => h.client.holePunchSignal(message), options).pipe(
+      const ask = (addresses: ReadonlyArray<Address.Address>) =>
+        Effect.flatMap(signedRequest(target, addresses), (request) =>
+          request === undefined
+            ? Effect.fail(fail(target, "invalid-address", "an address we would sign is out of range"))
+            : withConnection(relay, (h) => h.client.holePunchSignal({ request }), options)
+        )
+      const signed = vouchedFor(relay, address ? [address] : [])
+      // A relay that saw us at an address we did not sign says which: we sign it and ask once more
+      // (what it saw is what the target will punch toward, and only if we signed it).
+      return ask(signed).pipe(
+        Effect.catchAll((e) =>
+          Option.match(unsignedObservation(e, signed), {
+            onNone: () => Effect.fail(e),
+            onSome: (observed) => ask([observed, ...signed])
+          })
+        ),
         Effect.timeoutFail({
           duration: timeout,
           onTimeout: () =>
@@ -136,107 +236,97 @@ export const make = (
     })
 
   const relaySignalingMessage = (
-    message: { readonly source: NodeId.NodeId; readonly target: NodeId.NodeId },
+    request: SignedHolePunchRequest,
     sourceAddress: Address.Address,
     options?: OperationOptions
   ): Effect.Effect<void, NodeConnectionError | PeerCallError> =>
     Effect.suspend(() => {
-      if (NodeId.equals(message.target, state.self)) return Effect.void
+      const target = NodeId.decode(request.target)
+      if (Either.isLeft(target)) return Effect.fail(fail(state.self, "invalid-address", target.left.message))
+      if (NodeId.equals(target.right, state.self)) return Effect.void
       // Relay only over a connection we already hold: a request never makes us dial anybody.
-      if (!map.get(message.target))
-        return Effect.fail(fail(message.target, "not-found", "no connection to the target to relay on"))
+      if (!map.get(target.right))
+        return Effect.fail(fail(target.right, "not-found", "no connection to the target to relay on"))
       const timeout = timeoutOf(options)
-      return withConnection(message.target, (h) =>
+      return withConnection(target.right, (h) =>
         h.client.holePunchSignal({
-          sourceNodeIdEncoded: NodeId.encode(message.source),
-          targetNodeIdEncoded: NodeId.encode(message.target),
-          address: { host: sourceAddress.host, port: sourceAddress.port }
+          request,
+          observed: { host: sourceAddress.host, port: sourceAddress.port }
         })
       ).pipe(
         Effect.timeoutFail({
           duration: timeout,
           onTimeout: () =>
-            fail(message.target, "timeout", `the target did not answer within ${Duration.format(timeout)}`)
+            fail(target.right, "timeout", `the target did not answer within ${Duration.format(timeout)}`)
         })
       )
     })
-
-  const relayWindows = new Map<string, { start: number; count: number }>()
-  const rateLimited = (key: string) =>
-    Effect.map(
-      Effect.clockWith((c) => c.currentTimeMillis),
-      (now) => {
-        const window = relayWindows.get(key)
-        if (!window || now - window.start >= Duration.toMillis(config.relayRateWindow)) {
-          relayWindows.set(key, { start: now, count: 1 })
-          if (relayWindows.size > 10_000) relayWindows.clear()
-          return false
-        }
-        window.count++
-        return window.count > config.relayRateLimit
-      }
-    )
 
   const handleHolePunchSignal = (
     caller: Contact,
     message: HolePunchMessage
   ): Effect.Effect<void, HolePunchRefused> =>
-    Effect.gen(function* () {
-      const source = NodeId.decode(message.sourceNodeIdEncoded)
-      const target = NodeId.decode(message.targetNodeIdEncoded)
-      if (Either.isLeft(source))
-        return yield* new HolePunchRefused({
-          reason: "bad-source",
-          detail: `bad source: ${source.left.message}`
-        })
-      if (Either.isLeft(target))
-        return yield* new HolePunchRefused({
-          reason: "bad-target",
-          detail: `bad target: ${target.left.message}`
-        })
-      const callerKey = NodeId.encode(caller.nodeId) as string
-      if (yield* rateLimited(callerKey))
-        return yield* new HolePunchRefused({
-          reason: "rate-limited",
-          detail: "rate limited: too many hole-punch requests"
-        })
-      if (NodeId.equals(target.right, state.self)) {
-        if (NodeId.equals(source.right, state.self)) return
-        // For us: punch toward the source. Directly from the source, its own observed address;
-        // through a relay, the address the relay observed.
-        const direct = NodeId.equals(caller.nodeId, source.right)
-        const address = direct ? { host: caller.host, port: caller.port } : message.address
-        if (!address)
-          return yield* new HolePunchRefused({
-            reason: "no-address",
-            detail: "relayed message without the source address"
-          })
-        const refused = deps.gating.refusal(source.right, address.host)
-        if (refused)
-          return yield* Effect.logDebug(`no hole punching toward ${address.host}: ${refused.message}`)
-        yield* Effect.logDebug(
-          `hole punching toward ${NodeId.encode(source.right)} at ${address.host}:${address.port} (signal from ${NodeId.encode(caller.nodeId)})`
-        )
-        yield* holePunchReverse(address.host, address.port).pipe(
-          Effect.interruptible,
-          FiberSet.run(background)
-        )
-        return
+    Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      const callerAddress = { host: caller.host, port: caller.port }
+      if (relayWindows.exceeded(NodeId.encode(caller.nodeId), now))
+        return refuse(caller, "rate-limited", "rate limited: too many hole-punch requests")
+      const checked = Signature.verify(message.request, now)
+      if (Either.isLeft(checked)) return refuse(caller, checked.left.reason, checked.left.detail)
+      const request = checked.right
+      const fromSource = NodeId.equals(caller.nodeId, request.source)
+      if (NodeId.equals(request.target, state.self)) {
+        if (NodeId.equals(request.source, state.self)) return Effect.void
+        // Directly from the source: what we observe is its address; through a relay, what the relay observed.
+        if (!fromSource && message.observed === undefined)
+          return refuse(caller, "not-the-source", "a direct request must come from its source's connection")
+        const observation = fromSource ? callerAddress : message.observed!
+        if (!replays.admit(Signature.replayKey(message.request), request.timestamp, now))
+          return refuse(caller, "replayed", "a request with this nonce was seen already")
+        return punchToward(caller, request, observation)
       }
-      if (!NodeId.equals(source.right, caller.nodeId))
-        return yield* new HolePunchRefused({
-          reason: "not-the-source",
-          detail: "the source of a relay request must be the calling node"
-        })
-      yield* relaySignalingMessage(
-        { source: source.right, target: target.right },
-        { host: caller.host, port: caller.port }
-      ).pipe(
+      if (!fromSource)
+        return refuse(caller, "not-the-source", "the source of a relay request must be the calling node")
+      if (!request.addresses.some((a) => Address.equals(a, callerAddress)))
+        return refuse(
+          caller,
+          "address-unsigned",
+          "the source did not sign the address we observe",
+          callerAddress
+        )
+      return relaySignalingMessage(message.request, callerAddress).pipe(
         // The source is not told how the relay went: it dials the target anyway, and a punch
         // that never comes looks the same to it as a relay that could not pass the request on.
         Effect.catchAll((e) => Effect.logDebug(`hole-punch relay: ${e.message}`))
       )
     })
+
+  /** Punches toward `observation` if the source signed it (else refuses), and the gate lets us. */
+  const punchToward = (
+    caller: Contact,
+    request: Signature.VerifiedRequest,
+    observation: Address.Address
+  ): Effect.Effect<void, HolePunchRefused> => {
+    if (!request.addresses.some((a) => Address.equals(a, observation)))
+      return refuse(
+        caller,
+        "address-unsigned",
+        `the source did not sign the address it was observed at (${Address.format(observation)})`,
+        { host: observation.host, port: observation.port }
+      )
+    const refused = deps.gating.refusal(request.source, observation.host)
+    if (refused) return Effect.logDebug(`no hole punching toward ${observation.host}: ${refused.message}`)
+    return Effect.zipRight(
+      Effect.logDebug(
+        `hole punching toward ${NodeId.encode(request.source)} at ${Address.format(observation)} (signal from ${NodeId.encode(caller.nodeId)})`
+      ),
+      Effect.asVoid(
+        holePunchReverse(observation.host, observation.port).pipe(
+          Effect.interruptible,
+          FiberSet.run(background)
+        )
+      )
+    )
+  }
 
   /**
    * Ask every seed to relay a hole-punch request to `target`. The direct dial gets a short
