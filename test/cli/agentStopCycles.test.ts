@@ -10,9 +10,12 @@ import { type AgentProcess, cleanup, cli, limited, startAgent, tmpDir } from "./
 
 afterAll(cleanup, 30_000)
 
-/** Resolves once the agent has logged that it joined the network through its seeds. */
+/**
+ * Resolves once the agent has logged that it joined the network through its seeds (a join
+ * takes a few seconds, longer beside the rest of the suite on two cores: up to 60 s here).
+ */
 const joined = async (agent: AgentProcess) => {
-  for (let i = 0; i < 200 && !agent.stderr().includes("joined the network"); i++)
+  for (let i = 0; i < 1200 && !agent.stderr().includes("joined the network"); i++)
     await new Promise((res) => setTimeout(res, 50))
   expect(agent.stderr()).toContain("joined the network")
 }
