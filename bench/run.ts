@@ -21,7 +21,15 @@ const root = (() => {
 })()
 
 /** Suites in run order; each is `bench/<name>.ts` exporting `suite: BenchSuite`. */
-const suiteNames = ["nodeGraph", "transport", "rpc", "connectionManager", "appProtocols", "simulation"]
+const suiteNames = [
+  "nodeGraph",
+  "transport",
+  "rpc",
+  "holePunch",
+  "connectionManager",
+  "appProtocols",
+  "simulation"
+]
 const load = (name: string): Promise<{ suite: BenchSuite }> => import(`./${name}.js`)
 
 const wanted = process.argv.slice(2)
