@@ -5,14 +5,19 @@
  * answers a payload it does not decode with `RpcInvalidRequestError`).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Either, Schema } from "effect"
+import { Effect, Either, Layer, Schema } from "effect"
 import * as Signature from "../src/internal/holePunchSignature.js"
 import { RateWindows } from "../src/internal/rateWindows.js"
 import { ReplayCache } from "../src/internal/replayCache.js"
+import { encodeFrame, readMessages } from "../src/internal/rpcWire.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
+import * as PeerRpcLive from "../src/layers/PeerRpcLive.js"
+import * as RpcServerLive from "../src/layers/RpcServerLive.js"
 import { NodesHolePunchSignal } from "../src/services/AgentRpc.js"
 import * as NodeId from "../src/services/NodeId.js"
+import { RpcConfig, RpcServer } from "../src/services/RpcServer.js"
 import { signedRequest } from "./fixtures/holePunchRequest.js"
+import { makeConnectionPair } from "./fixtures/memoryConnection.js"
 
 const target = KeyRingTest.nodeIdOf("sig/target")
 const S = { host: "198.51.100.7", port: 4000 }
@@ -147,6 +152,46 @@ describe("the wire refuses malformed requests before the handler", () => {
     expect(Either.isRight(decode({ request: r }))).toBe(true)
     expect(Either.isRight(decode({ request: r, observed: S }))).toBe(true)
   })
+  it.scoped("a node answers such a request with a typed RpcInvalidRequestError", () =>
+    Effect.gen(function* () {
+      const { a, b } = yield* makeConnectionPair()
+      const context = yield* Layer.build(
+        RpcServerLive.layer.pipe(
+          Layer.provide(PeerRpcLive.handlersLayer),
+          Layer.provide(RpcConfig.layerDefaults)
+        )
+      )
+      yield* (context.unsafeMap.get(RpcServer.key) as RpcServer["Type"]).serve(b)
+      const answer = (payload: unknown) =>
+        Effect.scoped(
+          Effect.gen(function* () {
+            const socket = yield* a.openStream
+            const frame = encodeFrame({
+              _tag: "Request",
+              id: "1",
+              tag: "nodesHolePunchSignal",
+              payload,
+              headers: []
+            })
+            yield* Effect.scoped(Effect.flatMap(socket.writer, (write) => write(frame.frame)))
+            const messages: Array<Record<string, unknown>> = []
+            yield* readMessages(socket, RpcConfig.defaults.rpcParserBufferSize, (m) =>
+              Effect.succeed(messages.push(m) > 0)
+            )
+            return (messages[0] as { exit?: { cause?: { error?: unknown } } } | undefined)?.exit?.cause?.error
+          })
+        )
+      const invalid = { _tag: "RpcInvalidRequestError", method: "nodesHolePunchSignal" }
+      expect(yield* answer({ request: { ...r, signature: new Uint8Array(63) } })).toMatchObject(invalid)
+      expect(yield* answer({ request: { ...r, extra: 1 } })).toMatchObject(invalid)
+      expect(
+        yield* answer({ request: { ...r, addresses: Array.from({ length: 9 }, () => S) } })
+      ).toMatchObject(invalid)
+      expect(
+        yield* answer({ sourceNodeIdEncoded: r.source, targetNodeIdEncoded: r.target, address: S })
+      ).toMatchObject(invalid)
+    })
+  )
   it("refuses wrong-length signatures and nonces, unknown fields, oversized address lists, the old unsigned form", () => {
     const bad: ReadonlyArray<unknown> = [
       { request: { ...r, signature: new Uint8Array(63) } },
