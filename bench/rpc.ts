@@ -41,7 +41,11 @@ const node = (seed: string) =>
 const handlers = AgentRpcs.toLayer({
   nodesPing: ({ nonce }) => Effect.succeed({ nonce }),
   nodesHolePunchSignal: () => Effect.void,
-  nodesClosestLocalNodesGet: () => Stream.empty
+  nodesClosestLocalNodesGet: () => Stream.empty,
+  nodesIdentify: () => Effect.succeed({ observed: { host: "127.0.0.1", port: 1 }, confirmed: [] }),
+  nodesDialBackRequest: () => Effect.void,
+  nodesDialBack: () => Effect.void,
+  nodesDialBackProof: () => Effect.void
 })
 
 const program = Effect.gen(function* () {

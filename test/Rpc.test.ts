@@ -56,6 +56,11 @@ const handlersLayer = (overrides: HandlerOverrides = {}) =>
     nodesPing: ({ nonce }) => (overrides.nodesPing ? overrides.nodesPing(nonce) : Effect.succeed({ nonce })),
     nodesHolePunchSignal: (payload) =>
       overrides.nodesHolePunchSignal ? overrides.nodesHolePunchSignal(payload) : Effect.void,
+    nodesIdentify: () =>
+      Effect.map(Caller, (c) => ({ observed: { host: c.host, port: c.port }, confirmed: [] })),
+    nodesDialBackRequest: () => Effect.void,
+    nodesDialBack: () => Effect.void,
+    nodesDialBackProof: () => Effect.void,
     // The k closest known contacts, never the caller itself.
     nodesClosestLocalNodesGet: () =>
       overrides.nodesClosestLocalNodesGet?.() ??

@@ -15,6 +15,7 @@ import * as Join from "../internal/connectionManager/join.js"
 import * as Lookup from "../internal/connectionManager/lookup.js"
 import * as MultiConnection from "../internal/connectionManager/multiConnection.js"
 import * as Ping from "../internal/connectionManager/ping.js"
+import * as Reachability from "../internal/connectionManager/reachability/index.js"
 import * as Records from "../internal/connectionManager/records.js"
 import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
@@ -57,6 +58,7 @@ export const makeWithDiagnostics: Effect.Effect<
   const dns = yield* Dns
   const state = yield* State.make(config, yield* keyRing.nodeId, graph.k)
   const gating = Gating.make(state, yield* ConnectionGater)
+  const reachability = yield* Reachability.make(state, () => records.dialRecord)
 
   // The parts call each other in cycles (a dial adds its node to the graph, which may ping the
   // bucket's oldest node, which may dial; a dial of an unknown node looks it up, and a lookup
@@ -67,11 +69,13 @@ export const makeWithDiagnostics: Effect.Effect<
     rpc,
     handlers: {
       touch: (caller) => state.map.touch(caller.nodeId),
+      reachability: reachability.handlers,
       closestNodes: (caller, target) => lookup.answerClosest(caller, target),
       holePunchSignal: (caller, message) => holePunch.handleHolePunchSignal(caller, message)
     },
     gating,
-    renewedFrom: (previous) => renewal.forgetPrevious(previous)
+    renewedFrom: (previous) => renewal.forgetPrevious(previous),
+    identifyDialled: reachability.identifyDialled
   })
   const { addToGraph } = GraphUpkeep.make(state, {
     graph,
@@ -108,6 +112,7 @@ export const makeWithDiagnostics: Effect.Effect<
   yield* inbound.serveIncoming
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure
+  yield* reachability.start
 
   const { map, pending, background } = state
   const manager: ConnectionManagerService = {
@@ -138,6 +143,7 @@ export const makeWithDiagnostics: Effect.Effect<
     holePunchReverse: holePunch.holePunchReverse,
     sendSignalingMessage: holePunch.sendSignalingMessage,
     relaySignalingMessage: holePunch.relaySignalingMessage,
+    reachability: reachability.current,
     events: state.subscribe,
     failure: Deferred.await(state.stopped)
   }

@@ -19,6 +19,7 @@ import {
   Scope,
   Stream
 } from "effect"
+import { wireCalls, wireHandlers } from "../internal/connectionManager/reachability/wire.js"
 import { AgentRpcs, type HolePunchRefused } from "../services/AgentRpc.js"
 import { Caller, type WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
@@ -30,6 +31,7 @@ import {
   PeerRpc
 } from "../services/PeerRpc.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
+import type { DialBackOrder, DialBackRequest, IdentifyMessage } from "../services/Reachability.js"
 import {
   type AgentCallError,
   type AgentClient,
@@ -52,6 +54,7 @@ const servedHandlers = Effect.orDieWith(
 
 /** The agent RPC handlers, delegating to the ones served on the call's connection. */
 export const handlersLayer = AgentRpcs.toLayer({
+  ...wireHandlers(servedHandlers),
   nodesPing: ({ nonce }) =>
     Effect.gen(function* () {
       const h = yield* servedHandlers
@@ -115,6 +118,7 @@ const adapt = (client: AgentClient): PeerClient => {
       Stream.catchAllCause((cause) => Stream.fromEffect(closedUnderneath("nodesClosestLocalNodesGet")(cause)))
     ) as Stream.Stream<WireContact, PeerCallError>
   return {
+    ...wireCalls(client, closedUnderneath),
     ping: Effect.suspend(() => {
       const nonce = `${++nonceCounter}`
       return client.nodesPing({ nonce }).pipe(
@@ -292,6 +296,18 @@ class LazyClient implements PeerClient {
     timeout: Duration.Duration
   ): Effect.Effect<ReadonlyArray<WireContact>, PeerCallError> {
     return this.call((c) => c.closestNodesUpTo(target, limit, timeout))
+  }
+  identify(message: IdentifyMessage): Effect.Effect<IdentifyMessage, PeerCallError> {
+    return this.call((c) => c.identify!(message))
+  }
+  dialBackRequest(request: DialBackRequest): Effect.Effect<void, PeerCallError> {
+    return this.call((c) => c.dialBackRequest!(request))
+  }
+  dialBack(order: DialBackOrder): Effect.Effect<void, PeerCallError> {
+    return this.call((c) => c.dialBack!(order))
+  }
+  dialBackProof(nonce: string): Effect.Effect<void, PeerCallError> {
+    return this.call((c) => c.dialBackProof!(nonce))
   }
   holePunchSignal(message: HolePunchMessage): Effect.Effect<void, PeerCallError> {
     return this.call((c) => c.holePunchSignal(message))

@@ -32,6 +32,13 @@ import {
 } from "../services/PeerRpc.js"
 import { Protocols, type ProtocolsService } from "../services/Protocols.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
+import type {
+  DialBackOrder,
+  DialBackRefused,
+  DialBackRequest,
+  IdentifyMessage,
+  ReachabilityHandlers
+} from "../services/Reachability.js"
 import { RpcConfig } from "../services/RpcServer.js"
 import { type SimChannel, SimNetwork, type SimNetworkService } from "../services/SimNetwork.js"
 
@@ -86,11 +93,19 @@ const servedOf = (channel: SimChannel): Served => {
 
 const touchOnly = (h: AgentHandlers, caller: Contact) => h.touch(caller)
 
+/** Runs a reachability handler as the wire server would: touch, then the handler (else "unknown method"). */
+const reachable =
+  <A>(f: (r: ReachabilityHandlers, caller: Contact) => Effect.Effect<A, DialBackRefused>) =>
+  (h: AgentHandlers, caller: Contact): Effect.Effect<A, DialBackRefused> =>
+    h.reachability === undefined
+      ? Effect.dieMessage("unknown method: this node keeps no reachability")
+      : Effect.zipRight(h.touch(caller), f(h.reachability, caller))
+
 const callError = (method: string, reason: PeerCallError["reason"], detail: string) =>
   new PeerCallError({ method, reason, detail })
 
 /** A handler's typed refusal reads as its detail, as on the wire; anything else in full. */
-const describe = (cause: Cause.Cause<HolePunchRefused>) =>
+const describe = (cause: Cause.Cause<HolePunchRefused | DialBackRefused>) =>
   Cause.isFailType(cause) ? cause.error.detail : Cause.pretty(cause)
 
 /**
@@ -110,7 +125,7 @@ export const make = (
   const call = <A>(
     connection: QuicConnection,
     method: string,
-    f: (handlers: AgentHandlers, caller: Contact) => Effect.Effect<A, HolePunchRefused>,
+    f: (handlers: AgentHandlers, caller: Contact) => Effect.Effect<A, HolePunchRefused | DialBackRefused>,
     timeout: Duration.Duration = callTimeout
   ): Effect.Effect<A, PeerCallError> =>
     Effect.async<A, PeerCallError>((resume) => {
@@ -191,6 +206,13 @@ export const make = (
       timeout
     )
 
+  /** A reachability call: `f` runs at the peer end with its reachability handlers. */
+  const reach = <A>(
+    connection: QuicConnection,
+    method: string,
+    f: (r: ReachabilityHandlers, caller: Contact) => Effect.Effect<A, DialBackRefused>
+  ) => call(connection, method, reachable(f))
+
   // A class, not an object of closures: a simulated world holds a client per connection end.
   class Client implements PeerClient {
     constructor(readonly connection: QuicConnection) {}
@@ -204,6 +226,18 @@ export const make = (
     }
     closestNodesUpTo(target: NodeId, limit: number, timeout?: Duration.Duration) {
       return closestNodes(this.connection, target, limit, timeout)
+    }
+    identify(m: IdentifyMessage) {
+      return reach(this.connection, "nodesIdentify", (r, c) => r.identify(c, m))
+    }
+    dialBackRequest(m: DialBackRequest) {
+      return reach(this.connection, "nodesDialBackRequest", (r, c) => r.dialBackRequest(c, m))
+    }
+    dialBack(m: DialBackOrder) {
+      return reach(this.connection, "nodesDialBack", (r, c) => r.dialBack(c, m))
+    }
+    dialBackProof(nonce: string) {
+      return reach(this.connection, "nodesDialBackProof", (r, c) => r.dialBackProof(c, nonce))
     }
     holePunchSignal(message: HolePunchMessage) {
       return call(this.connection, "nodesHolePunchSignal", (h, caller) =>

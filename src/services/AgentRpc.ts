@@ -16,6 +16,7 @@ import { Schema } from "effect"
 import { WireAddress } from "./Address.js"
 import { Caller, WireContact } from "./Contact.js"
 import { NodeIdEncodedSchema } from "./NodeId.js"
+import { DialBackOrder, DialBackRequest, IdentifyMessage } from "./Reachability.js"
 
 /** At most this many contacts answer `nodesClosestLocalNodesGet` (Kademlia k). */
 export const NODES_CLOSEST_LIMIT = 20
@@ -202,10 +203,34 @@ export const NodesPing = Rpc.make("nodesPing", {
   success: Schema.Struct({ nonce: Schema.String })
 })
 
+/**
+ * The identify exchange: the dialler sends what it observes for the peer (the address it
+ * dialled) and its confirmed addresses; the answer is the same from the other side.
+ */
+export const NodesIdentify = Rpc.make("nodesIdentify", { payload: IdentifyMessage, success: IdentifyMessage })
+
+/** Asks the peer to have a node we never contacted dial us back at our observed IP (`Reachability`). */
+export const NodesDialBackRequest = Rpc.make("nodesDialBackRequest", {
+  payload: DialBackRequest,
+  error: RpcHandlerError
+})
+
+/** The relay of a dial-back request asks its helper to dial the requester and prove the nonce. */
+export const NodesDialBack = Rpc.make("nodesDialBack", { payload: DialBackOrder, error: RpcHandlerError })
+
+/** The helper, on its new connection to the requester: the nonce of the request it answers. */
+export const NodesDialBackProof = Rpc.make("nodesDialBackProof", {
+  payload: { nonce: Schema.String.pipe(Schema.maxLength(64)) }
+})
+
 export class AgentRpcs extends RpcGroup.make(
   NodesClosestLocalNodesGet,
   NodesHolePunchSignal,
-  NodesPing
+  NodesPing,
+  NodesIdentify,
+  NodesDialBackRequest,
+  NodesDialBack,
+  NodesDialBackProof
 ).middleware(WireMiddleware) {}
 
 export type AgentRpc = RpcGroup.Rpcs<typeof AgentRpcs>

@@ -13,6 +13,7 @@ import type { NodeId, NodeIdEncoded } from "./NodeId.js"
 import type { PeerCallError, PeerClient } from "./PeerRpc.js"
 import type { ProtocolId, UnsupportedProtocolError } from "./Protocols.js"
 import type { ConnectionError, QuicConnection } from "./QuicTransport.js"
+import type { Reachability } from "./Reachability.js"
 
 /**
  * Options every operation takes. `timeout` (default `connectionConnectTimeoutTime`) is the
@@ -46,6 +47,8 @@ export type ConnectionEvent =
     }
   | { readonly _tag: "ConnectionRemoved"; readonly nodeId: NodeId; readonly reason: string }
   | { readonly _tag: "ManagerError"; readonly error: ConnectionManagerStopped }
+  /** Our NAT class or our confirmed external addresses changed (`reachability`). */
+  | { readonly _tag: "ReachabilityChanged"; readonly reachability: Reachability }
 
 /** A connection could not be had. */
 export class NodeConnectionError extends Data.TaggedError("NodeConnectionError")<{
@@ -246,7 +249,13 @@ export interface ConnectionManagerService {
     sourceAddress: Address,
     options?: OperationOptions
   ) => Effect.Effect<void, NodeConnectionError | PeerCallError>
-  /** Connection added/removed and manager errors; subscribe within a scope. */
+  /**
+   * How the world sees us now: the NAT class (`public` once a node we never contacted reached
+   * us, `cone`/`symmetric` from what peers on different IPs observe, else `unknown`) and our
+   * external addresses confirmed by peers on two different IPs. Kept current by the manager.
+   */
+  readonly reachability: Effect.Effect<Reachability>
+  /** Connection added/removed, reachability changes and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>
   /** Fails when the transport or RPC server stops unexpectedly. */
   readonly failure: Effect.Effect<never, ConnectionManagerStopped>

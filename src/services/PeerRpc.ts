@@ -10,6 +10,7 @@ import { HolePunchRefused, type SignedHolePunchRequest } from "./AgentRpc.js"
 import type { Contact, WireContact } from "./Contact.js"
 import type { NodeId } from "./NodeId.js"
 import type { QuicConnection } from "./QuicTransport.js"
+import type { ReachabilityCalls, ReachabilityHandlers } from "./Reachability.js"
 
 /**
  * A hole-punch signal: the source's signed request and, once a relay passes it on, the
@@ -37,8 +38,8 @@ export class PeerCallError extends Data.TaggedError("PeerCallError")<{
   }
 }
 
-/** Typed calls on one connection. */
-export interface PeerClient {
+/** Typed calls on one connection (the reachability calls optional: a stand-in may leave them out). */
+export interface PeerClient extends Partial<ReachabilityCalls> {
   readonly ping: Effect.Effect<void, PeerCallError>
   readonly closestNodes: (target: NodeId) => Stream.Stream<WireContact, PeerCallError>
   /**
@@ -56,6 +57,8 @@ export interface PeerClient {
 
 /** What the node answers; the manager provides these. */
 export interface AgentHandlers {
+  /** The reachability methods (`Reachability`); without them, identify answers only what it sees. */
+  readonly reachability?: ReachabilityHandlers
   /** Every call the peer makes counts as use of the connection (restarts its idle timer). */
   readonly touch: (caller: Contact) => Effect.Effect<void>
   readonly closestNodes: (caller: Contact, target: NodeId) => Effect.Effect<ReadonlyArray<WireContact>>

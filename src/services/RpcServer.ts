@@ -14,8 +14,13 @@ import { Context, type Duration, type Effect, Layer, type Scope, type Stream } f
 import type {
   HolePunchRefused,
   NodesClosestLocalNodesGet,
+  NodesDialBack,
+  NodesDialBackProof,
+  NodesDialBackRequest,
   NodesHolePunchSignal,
+  NodesIdentify,
   NodesPing,
+  RpcHandlerError,
   RpcWireError
 } from "./AgentRpc.js"
 import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
@@ -53,6 +58,18 @@ export type AgentCallError = RpcWireError
  * with `RpcTimeoutError`); a broken stream or connection fails with `RpcStreamError`.
  */
 export interface AgentClient {
+  readonly nodesIdentify: (
+    payload: typeof NodesIdentify.payloadSchema.Type
+  ) => Effect.Effect<typeof NodesIdentify.successSchema.Type, AgentCallError>
+  readonly nodesDialBackRequest: (
+    payload: typeof NodesDialBackRequest.payloadSchema.Type
+  ) => Effect.Effect<void, RpcHandlerError | AgentCallError>
+  readonly nodesDialBack: (
+    payload: typeof NodesDialBack.payloadSchema.Type
+  ) => Effect.Effect<void, RpcHandlerError | AgentCallError>
+  readonly nodesDialBackProof: (
+    payload: typeof NodesDialBackProof.payloadSchema.Type
+  ) => Effect.Effect<void, AgentCallError>
   readonly nodesPing: (
     payload: typeof NodesPing.payloadSchema.Type
   ) => Effect.Effect<typeof NodesPing.successSchema.Type, AgentCallError>

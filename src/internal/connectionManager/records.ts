@@ -7,7 +7,7 @@ import { type Duration, Effect, Exit, Predicate, Scope } from "effect"
 import type * as Address from "../../services/Address.js"
 import type { NodeConnectionError } from "../../services/ConnectionManager.js"
 import * as NodeId from "../../services/NodeId.js"
-import type { AgentHandlers, PeerRpcService } from "../../services/PeerRpc.js"
+import type { AgentHandlers, PeerClient, PeerRpcService } from "../../services/PeerRpc.js"
 import type {
   DialError,
   DialOptions,
@@ -57,6 +57,11 @@ export const make = (
     readonly gating: Gating
     /** Told of the NodeId a peer renewed its key from (its chain shows it). */
     readonly renewedFrom: (previous: NodeId.NodeId) => void
+    /** Starts the identify exchange on a connection we dialled (`reachability/`). */
+    readonly identifyDialled?: (
+      connection: QuicConnection,
+      client: PeerClient
+    ) => Effect.Effect<void, never, Scope.Scope>
   }
 ): Records => {
   const { config, map, pending, fail } = state
@@ -80,6 +85,8 @@ export const make = (
       if (previous !== undefined) deps.renewedFrom(previous)
       // No fiber waits on an idle connection: calls and the close each start one when they come.
       yield* rpc.serve(connection, handlers)
+      if (connection.direction === "forward" && deps.identifyDialled)
+        yield* deps.identifyDialled(connection, client)
       yield* connection.whenClosed(closedHandler(map, record))
       return record
     })
