@@ -167,8 +167,7 @@ export const HolePunchRefusalReason = Schema.Literal(
   "stale",
   "future",
   "replayed",
-  "address-unsigned",
-  "not-relayed"
+  "address-unsigned"
 )
 
 /**
