@@ -25,6 +25,7 @@ import { ControlError, ControlRpcs } from "./ControlApi.js"
 import { gateHandlers } from "./control/gates.js"
 import { identityHandlers } from "./control/identity.js"
 import { portMappingField } from "./control/portMapping.js"
+import { reachabilityField } from "./control/reachability.js"
 import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
 
@@ -114,6 +115,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
       const transport = yield* QuicTransport
       const identity = yield* identityHandlers
       const portMapping = yield* portMappingField
+      const reachability = yield* reachabilityField
       const decode = (text: string): Effect.Effect<NodeId.NodeId, ControlError> => {
         const r = NodeId.decode(text)
         return Either.isLeft(r)
@@ -150,7 +152,8 @@ const handlers = (stop: Deferred.Deferred<void>) =>
               nodes,
               pid: process.pid,
               ...(counts === undefined ? {} : { transport: counts }),
-              ...(yield* portMapping)
+              ...(yield* portMapping),
+              ...(yield* reachability)
             }
           }),
         stop: () => Deferred.succeed(stop, undefined).pipe(Effect.asVoid),

@@ -9,6 +9,7 @@ import { stopAgent } from "./cli/agentStop.js"
 import { gateCommands } from "./cli/gates.js"
 import { identityCommand } from "./cli/identity.js"
 import { checkPortMapping, portMappingOptions, portMappingText } from "./cli/portMapping.js"
+import { reachabilityText } from "./cli/reachability.js"
 import {
   aboutNode,
   checkFormat,
@@ -105,7 +106,7 @@ const agentStatus = Command.make("status", { nodePath, format }, (o) =>
     yield* print(
       fmt,
       status,
-      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)${portMappingText(status)}`
+      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)${portMappingText(status)}${reachabilityText(status)}`
     )
   })
 ).pipe(Command.withDescription("Show whether an agent runs at the node path, and its figures"))

@@ -9,6 +9,7 @@ import { ControlError } from "./control/error.js"
 import { GateRpcs } from "./control/gates.js"
 import { IdentityRpcs } from "./control/identity.js"
 import { PortMappingJson } from "./control/portMapping.js"
+import { ReachabilityJson } from "./control/reachability.js"
 
 export { ControlError }
 
@@ -42,7 +43,9 @@ export const StatusJson = Schema.Struct({
   /** Absent when the transport keeps no counts (not the live QUIC transport). */
   transport: Schema.optional(TransportJson),
   /** Present while the gateway grants a mapping of the node's port. */
-  portMapping: Schema.optional(PortMappingJson)
+  portMapping: Schema.optional(PortMappingJson),
+  /** How the world sees the node (absent from an agent that does not tell). */
+  reachability: Schema.optional(ReachabilityJson)
 })
 
 export const ConnectionJson = Schema.Struct({
