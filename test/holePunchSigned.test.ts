@@ -225,4 +225,27 @@ describe("signed hole-punch signalling (simulated network)", () => {
       )
     )
   })
+
+  it.effect("a source that knows what its relay observes signs it: one request, no refusal, a punch", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      if (logLevel === LogLevel.Debug) lines.push(String(message))
+    })
+    return simulate((ctx) =>
+      Effect.gen(function* () {
+        const { w, relay, target } = yield* setup(ctx)
+        const source = yield* w.addNode()
+        // Dialling the relay runs the identify exchange: the source learns what the relay sees.
+        yield* source.cm.getConnectionWithAddress(relay.nodeId, { host: relay.host, port: relay.port })
+        yield* Effect.sleep("1 second")
+        yield* source.cm.sendSignalingMessage(relay.nodeId, source.nodeId, target.nodeId)
+        yield* Effect.sleep("50 millis")
+        expect(target.sent).toContain(`${source.host}:${source.port}`)
+        expect(lines.filter((l) => /refused/.test(l))).toEqual([])
+      }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger)),
+        Logger.withMinimumLogLevel(LogLevel.Debug)
+      )
+    )
+  })
 })
