@@ -85,7 +85,7 @@ export class RpcStreamError extends Schema.TaggedError<RpcStreamError>()("RpcStr
   }
 }
 
-/** A handler refused the request (e.g. a relay that cannot reach the hole-punch target). */
+/** A handler refused the request (e.g. a dial-back request the node will not serve). */
 export class RpcHandlerError extends Schema.TaggedError<RpcHandlerError>()("RpcHandlerError", {
   method: Schema.String,
   detail: Schema.String
