@@ -4,7 +4,7 @@
  * confirmed addresses peers announce for themselves, and the NAT class — worked out when
  * the observations change (once they settle), and again periodically with jitter; a dial-back
  * (`dialBack.ts`) tells `public`. A change of class or confirmed addresses is published as a
- * `ReachabilityChanged` event.
+ * `ReachabilityChanged` event. A dial-back that found no helper to try is tried again sooner.
  */
 import { Clock, Duration, Effect, Option, Queue, Random, type Scope } from "effect"
 import * as Address from "../../../services/Address.js"
@@ -33,6 +33,8 @@ const STALE_AFTER = Duration.minutes(30)
 const SETTLE = Duration.seconds(1)
 /** The periodic check, ±20% jitter. */
 const RECHECK = Duration.minutes(5)
+/** After a dial-back no helper could try (too few nodes yet), the next check, ±20% jitter. */
+const RETRY = Duration.seconds(15)
 
 /** Peers we dialled lately (encoded NodeIds, at most `PEERS_KEPT`, the latest last). */
 export class Dialled {
@@ -106,6 +108,8 @@ export const make = (
   let proved: Address.Address | undefined
   /** What the observations showed at the last classification (`pictureOf`): a change starts another. */
   let seen = ""
+  /** The last dial-back found no helper to try: check again after `RETRY`, not `RECHECK`. */
+  let retrySoon = false
   /** The Clock's time when we last looked (what `observedBy`, which cannot read it, goes by). */
   let clockNow = 0
 
@@ -217,6 +221,7 @@ export const make = (
     if (!stillPublic) proved = undefined
     yield* update(picture(stillPublic ? "public" : base, now))
     let inconclusive = false
+    retrySoon = false
     for (const port of ports) {
       const result = yield* deps.dialBack.check(port)
       if (result === "reachable") {
@@ -227,12 +232,15 @@ export const make = (
       if (result === "inconclusive") inconclusive = true
     }
     // No helper could try: a public node stays public until one finds it unreachable.
+    retrySoon = inconclusive
     if (stillPublic && inconclusive) return
     proved = undefined
     yield* update(picture(base, yield* Clock.currentTimeMillis))
   })
 
-  const jittered = Effect.flatMap(Random.nextRange(0.8, 1.2), (f) => Effect.sleep(Duration.times(RECHECK, f)))
+  const jittered = Effect.flatMap(Random.nextRange(0.8, 1.2), (f) =>
+    Effect.sleep(Duration.times(retrySoon ? RETRY : RECHECK, f))
+  )
 
   const start = Effect.asVoid(
     Effect.forkScoped(
