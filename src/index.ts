@@ -48,6 +48,8 @@ export * as PortMapper from "./services/PortMapper.js"
 export * as Protocols from "./services/Protocols.js"
 /** One UDP port with a QUIC server and every dial, authenticated by NodeId (live layer in "quicmesh/node"). */
 export * as QuicTransport from "./services/QuicTransport.js"
+/** How the world sees a node: observed addresses, confirmed external addresses, its NAT class (`ConnectionManager.reachability`). */
+export * as Reachability from "./services/Reachability.js"
 /** Serving the agent RPC on a connection's streams, and `RpcConfig`, its limits. */
 export * as RpcServer from "./services/RpcServer.js"
 

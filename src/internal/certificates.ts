@@ -17,6 +17,7 @@ import * as x509 from "@peculiar/x509"
 import { Effect, Either } from "effect"
 import { CertificateError } from "../services/KeyRing.js"
 import { encode, type NodeId, type NodeIdEncoded } from "../services/NodeId.js"
+import { base64url, publicKeyObject } from "./ed25519Key.js"
 
 x509.cryptoProvider.set(nodeCrypto.webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0])
 
@@ -54,9 +55,6 @@ const toPem = (label: string, der: Uint8Array): string => {
   for (let i = 0; i < b64.length; i += 64) body += `${b64.slice(i, i + 64)}\n`
   return `-----BEGIN ${label}-----\n${body}-----END ${label}-----\n`
 }
-
-const base64url = (bytes: Uint8Array): string =>
-  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64url")
 
 /** Private key material lives in `#` fields, which `util.inspect`, JSON and logs do not show. */
 class KeyPair implements Ed25519KeyPair {
@@ -148,10 +146,6 @@ export const verifySignature = (nodeId: Uint8Array, data: Uint8Array, signature:
     return false
   }
 }
-
-/** A public KeyObject for a raw Ed25519 key (JWK import: much cheaper than SPKI DER). */
-export const publicKeyObject = (raw: Uint8Array): nodeCrypto.KeyObject =>
-  nodeCrypto.createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: base64url(raw) }, format: "jwk" })
 
 // ---------------------------------------------------------------------------------------------
 // Certificate generation

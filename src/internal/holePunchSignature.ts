@@ -16,7 +16,7 @@ import { Either } from "effect"
 import type { Address } from "../services/Address.js"
 import { HOLE_PUNCH_MAX_ADDRESSES, type SignedHolePunchRequest } from "../services/AgentRpc.js"
 import * as NodeId from "../services/NodeId.js"
-import { publicKeyObject } from "./certificates.js"
+import { publicKeyObject } from "./ed25519Key.js"
 
 const DOMAIN = new TextEncoder().encode("quicmesh/hole-punch-request/v1\0")
 export const NONCE_BYTES = 16
