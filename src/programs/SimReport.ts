@@ -2,6 +2,7 @@
  * Presenting a simulation report: plain text for the terminal, and a self-contained HTML page
  * (inline SVG charts, no scripts, no external resources) for `quicmesh sim --report FILE`.
  */
+import { reachabilityLine } from "../internal/simulation/reachability.js"
 import { NAT_TYPES, type NatPairFigure, punchable, type SimReport, type Summary } from "./Simulation.js"
 
 const pct = (x: number) => `${(x * 100).toFixed(x === 1 ? 0 : 2)}%`
@@ -23,6 +24,7 @@ export const renderText = (r: SimReport, replay: string): string => {
     `RPC queries:   ${summaryLine(r.queries)}`,
     `lookup time:   ${summaryLine(r.lookupVirtualMs, ms)} (virtual; ${r.alreadyConnected} lookup(s) of an already connected target left out, 0 ms each)`,
     `connections:   ${summaryLine(r.connectionsPerNode)} per live node`,
+    ...(r.reachability !== undefined && r.reachability.length > 0 ? [reachabilityLine(r.reachability)] : []),
     `virtual time:  build ${ms(r.virtualMs.build)}, lookups ${ms(r.virtualMs.lookups)}`,
     `wall time:     build ${ms(r.wallMs.build)}, lookups ${ms(r.wallMs.lookups)}, total ${ms(r.wallMs.total)}; peak RSS ${r.peakRssMiB} MiB`,
     `trace:         ${r.network.traceEvents} events, sha256 ${r.traceHash}`

@@ -1,6 +1,8 @@
 /** The figures a scenario reports: summaries, lookup outcomes, NAT pairs, the report and its verdict. */
+
 import type { NatType, SimNetworkStats } from "../../services/SimNetwork.js"
 import type { RpcMode } from "./options.js"
+import type { ReachabilityFigure } from "./reachability.js"
 
 export interface Summary {
   readonly count: number
@@ -93,4 +95,6 @@ export interface SimReport {
   readonly network: SimNetworkStats
   readonly traceHash: string
   readonly failedSamples: ReadonlyArray<LookupOutcome>
+  /** How the live nodes classified themselves, by NAT model (`reachability.ts`). */
+  readonly reachability?: ReadonlyArray<ReachabilityFigure>
 }

@@ -12,6 +12,7 @@ import {
   RPC_MODES,
   type ScenarioOptions
 } from "./options.js"
+import { reachabilityFigures } from "./reachability.js"
 import { makeWorld, type SimNode } from "./world.js"
 
 /** A scenario that could not run at all (bad options). */
@@ -207,7 +208,8 @@ export const scenario = (ctx: SimContext, o: ScenarioOptions) =>
       peakRssMiB: Math.round(peakRss / 2 ** 20),
       network: yield* world.sim.stats,
       traceHash: yield* world.sim.traceHash,
-      failedSamples: outcomes.filter((x) => !x.found).slice(0, 20)
+      failedSamples: outcomes.filter((x) => !x.found).slice(0, 20),
+      reachability: yield* reachabilityFigures(world.nodes)
     }
     // Every node goes now: the network stops first, so that no node's close is delivered to
     // peers that are closing anyway.

@@ -36,7 +36,7 @@ const RECHECK = Duration.minutes(5)
 /** After a dial-back no helper could try (too few nodes yet), the next check, ±20% jitter. */
 const RETRY = Duration.seconds(15)
 
-/** Peers we dialled lately (encoded NodeIds, at most `PEERS_KEPT`, the latest last). */
+/** Peers we were in touch with lately, either way (encoded NodeIds, at most `PEERS_KEPT`, the latest last). */
 export class Dialled {
   readonly #keys = new Set<string>()
   add(key: string) {
@@ -152,8 +152,10 @@ export const make = (
   const ours = (): IdentifyMessage["confirmed"] => current.addresses.slice(0, 5).map(wire)
 
   const handlers: ReachabilityHandlers = {
+    // A peer that dialled us got answers through our NAT: it counts as contacted too.
     identify: (caller: Contact, message) =>
-      learn(caller.nodeId, caller.host, message).pipe(
+      Effect.sync(() => deps.dialled.add(NodeId.encode(caller.nodeId))).pipe(
+        Effect.zipRight(learn(caller.nodeId, caller.host, message)),
         Effect.catchTag("IdentifyAnswerInvalid", (e) => Effect.logDebug(e.message)),
         Effect.as({ observed: { host: caller.host, port: caller.port }, confirmed: ours() })
       ),
