@@ -5,7 +5,8 @@
  * a peer's bad identify answers are typed errors that change nothing.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Duration, Effect, Either } from "effect"
+import * as NodeId from "../src/services/NodeId.js"
 import { eventually, makeNode, type TestNode } from "./fixtures/cmNode.js"
 import { makeLyingNode } from "./fixtures/lyingIdentify.js"
 
@@ -45,6 +46,21 @@ describe("Reachability over QUIC", () => {
         expect(r.addresses).toEqual([a.address])
         yield* Effect.sleep("3 seconds")
         expect((yield* a.cm.reachability).nat).toBe("cone")
+        // D dials A: A's identify answer tells D its confirmed address, and D's closest-nodes
+        // answers carry it for A (C's answer knows of A only what its connection showed).
+        const d = yield* makeNode("reach2/d", { host: "127.0.0.4" })
+        yield* dial(d, a)
+        const aSeenByD = yield* dial(b, d).pipe(
+          Effect.flatMap((h) => h.client.closestNodesUpTo(a.nodeId, 20, Duration.seconds(5))),
+          Effect.map((contacts) => contacts.find((x) => x.nodeIdEncoded === NodeId.encode(a.nodeId)))
+        )
+        expect(aSeenByD).toMatchObject({ host: "127.0.0.1", port: a.address.port, addresses: [a.address] })
+        const aSeenByC = yield* dial(b, c).pipe(
+          Effect.flatMap((h) => h.client.closestNodesUpTo(a.nodeId, 20, Duration.seconds(5))),
+          Effect.map((contacts) => contacts.find((x) => x.nodeIdEncoded === NodeId.encode(a.nodeId)))
+        )
+        expect(aSeenByC).toBeDefined()
+        expect(aSeenByC!.addresses).toBeUndefined()
       }),
     30_000
   )

@@ -97,7 +97,7 @@ export const makeWithDiagnostics: Effect.Effect<
   })
   const multi = MultiConnection.make(state, { dns, dialRecord: records.dialRecord, addToGraph })
   const ping = Ping.make(state, { getEntry: dialing.getEntry, dialRecord: records.dialRecord })
-  const lookup = Lookup.make(state, { graph, dialing, addToGraph })
+  const lookup = Lookup.make(state, { graph, dialing, addToGraph, announced: reachability.announced })
   const join = Join.make(state, {
     graph,
     getMultiConnection: multi.getMultiConnection,

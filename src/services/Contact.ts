@@ -5,7 +5,7 @@
  * its addresses and when it was last seen, is `NodeGraph.NodeContact`.
  */
 import { Context, Schema } from "effect"
-import type { Address } from "./Address.js"
+import { type Address, WireAddress } from "./Address.js"
 import * as NodeId from "./NodeId.js"
 
 export interface Contact extends Address {
@@ -15,7 +15,9 @@ export interface Contact extends Address {
 export const WireContact = Schema.Struct({
   nodeIdEncoded: NodeId.NodeIdEncodedSchema,
   host: Schema.String,
-  port: Schema.Int.pipe(Schema.between(0, 65535))
+  port: Schema.Int.pipe(Schema.between(0, 65535)),
+  /** The node's external addresses confirmed by peers on two IPs, as it told the answering node (at most 5). */
+  addresses: Schema.optional(Schema.Array(WireAddress).pipe(Schema.maxItems(5)))
 })
 export type WireContact = typeof WireContact.Type
 

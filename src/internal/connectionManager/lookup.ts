@@ -87,6 +87,8 @@ export const make = (
     readonly graph: NodeGraphService
     readonly dialing: Dialing
     readonly addToGraph: GraphUpkeep["addToGraph"]
+    /** The confirmed addresses a node announced for itself (`reachability/`), carried in our answers. */
+    readonly announced?: (nodeId: NodeId.NodeId) => ReadonlyArray<Address.Address> | undefined
   }
 ): Lookup => {
   const { k, alpha, seeds, timeoutOf } = state
@@ -99,13 +101,15 @@ export const make = (
         contacts
           .filter((c) => !NodeId.equals(c.nodeId, caller.nodeId) && c.addresses.length > 0)
           .slice(0, k)
-          .map(
-            (c): WireContact => ({
+          .map((c): WireContact => {
+            const announced = deps.announced?.(c.nodeId)
+            const contact = {
               nodeIdEncoded: NodeId.encode(c.nodeId),
               host: c.addresses[0]!.host,
               port: c.addresses[0]!.port
-            })
-          )
+            }
+            return announced === undefined ? contact : { ...contact, addresses: announced.slice(0, 5) }
+          })
       ),
       // k + 1 is a valid limit, so this cannot fail; if it did, the peer would learn nothing.
       Effect.orElseSucceed(() => [])
