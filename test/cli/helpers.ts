@@ -105,12 +105,14 @@ export interface AgentProcess {
 }
 
 /**
- * Starts `quicmesh agent start --node-path DIR --host 127.0.0.1 --port 0 --format json …`
- * and resolves on its ready line (rejects if it exits first or is not ready in time).
+ * Starts `quicmesh agent start --node-path DIR --host HOST --port 0 --format json …` (HOST
+ * 127.0.0.1 unless given) and resolves on its ready line (rejects if it exits first or is not
+ * ready in time).
  */
 export const startAgent = (
   options: {
     readonly nodePath?: string
+    readonly host?: string
     readonly seeds?: ReadonlyArray<string>
     readonly args?: ReadonlyArray<string>
     readonly env?: Record<string, string>
@@ -124,7 +126,7 @@ export const startAgent = (
     "--node-path",
     nodePath,
     "--host",
-    "127.0.0.1",
+    options.host ?? "127.0.0.1",
     "--port",
     "0",
     "--format",

@@ -7,7 +7,7 @@
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
 import { type NatGateway, startNatGateway } from "../fixtures/natGateway.js"
-import { cleanup, cli, cliJson, oneErrorLine, startAgentWith, tmpDir } from "./helpers.js"
+import { cleanup, cli, cliJson, oneErrorLine, startAgent, tmpDir } from "./helpers.js"
 
 afterAll(cleanup, 30_000)
 
@@ -21,26 +21,12 @@ const startWith = (
   name: string,
   extra: ReadonlyArray<string>,
   env: Record<string, string> = {}
-) => {
-  const dir = join(tmpDir(), name)
-  return startAgentWith(
-    [
-      "agent",
-      "start",
-      "--node-path",
-      dir,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--format",
-      "json",
-      ...extra
-    ],
-    dir,
-    { env: { QUICMESH_PORT_MAPPING_GATEWAY: `127.0.0.1:${gw.port}`, ...env } }
-  )
-}
+) =>
+  startAgent({
+    nodePath: join(tmpDir(), name),
+    args: extra,
+    env: { QUICMESH_PORT_MAPPING_GATEWAY: `127.0.0.1:${gw.port}`, ...env }
+  })
 
 const status = async (dir: string) =>
   (await cliJson<StatusJson>(["agent", "status", "--node-path", dir])).json

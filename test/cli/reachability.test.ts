@@ -5,7 +5,7 @@
  */
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "@effect/vitest"
-import { type AgentProcess, cleanup, cli, cliJson, startAgentWith, tmpDir } from "./helpers.js"
+import { type AgentProcess, cleanup, cli, cliJson, startAgent, tmpDir } from "./helpers.js"
 
 afterAll(cleanup, 30_000)
 
@@ -18,26 +18,12 @@ interface StatusJson {
   }
 }
 
-const agentOn = (host: string, name: string, seeds: ReadonlyArray<AgentProcess> = []) => {
-  const dir = join(tmpDir(), name)
-  const seedNodes = seeds.map((s) => `${s.ready.nodeId}@${s.ready.host}:${s.ready.port}`)
-  return startAgentWith(
-    [
-      "agent",
-      "start",
-      "--node-path",
-      dir,
-      "--host",
-      host,
-      "--port",
-      "0",
-      "--format",
-      "json",
-      ...(seedNodes.length > 0 ? ["--seed-nodes", seedNodes.join(";")] : [])
-    ],
-    dir
-  )
-}
+const agentOn = (host: string, name: string, seeds: ReadonlyArray<AgentProcess> = []) =>
+  startAgent({
+    nodePath: join(tmpDir(), name),
+    host,
+    seeds: seeds.map((s) => `${s.ready.nodeId}@${s.ready.host}:${s.ready.port}`)
+  })
 
 describe("quicmesh agent status: reachability", () => {
   it("peers on two IPs confirm the agent's address: status shows cone and the address", {
