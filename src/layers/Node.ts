@@ -25,6 +25,7 @@ import { KeyRing, type KeyRingService } from "../services/KeyRing.js"
 import * as NodeConfig from "../services/NodeConfig.js"
 import { NodeGraph, type NodeGraphService } from "../services/NodeGraph.js"
 import { PeerRpc, type PeerRpcService } from "../services/PeerRpc.js"
+import type { PortMapper } from "../services/PortMapper.js"
 import * as Protocols from "../services/Protocols.js"
 import {
   QuicTransport,
@@ -48,7 +49,16 @@ export type NodeServices =
   | ConnectionGater.ConnectionGater
 
 /** The manager over `transport` (QuicTransportLive or a simulated one), every part a layer. */
-export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never, E6 = never>(parts: {
+export const layerWith = <
+  E1,
+  E2,
+  E3,
+  R3,
+  E4 = never,
+  E5 = never,
+  E6 = never,
+  P extends PortMapper = never
+>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport: Layer.Layer<QuicTransport, E3, R3 | KeyRing | QuicTransportConfig>
@@ -64,12 +74,20 @@ export const layerWith = <E1, E2, E3, R3, E4 = never, E5 = never, E6 = never>(pa
   readonly protocols?: Layer.Layer<Protocols.Protocols, E5>
   /** Which nodes may connect and be dialled (`ConnectionGater`); no rules by default. */
   readonly gater?: Layer.Layer<ConnectionGater.ConnectionGater, E6>
+  /**
+   * The gateway's port mapping of the node's port (`PortMapperLive.layer(…)`), provided to the
+   * manager and beside it: its reachability checks the mapped address with a dial-back like a
+   * confirmed one. None by default.
+   */
+  readonly portMapper?: Layer.Layer<P, never, QuicTransport>
 }): Layer.Layer<
-  NodeServices | NodeConfig.Services,
+  NodeServices | NodeConfig.Services | P,
   E1 | E2 | E3 | E4 | E5 | E6,
   Exclude<Exclude<R3, KeyRing | Protocols.Protocols | ConnectionGater.ConnectionGater>, NodeConfig.Services>
 > =>
   ConnectionManagerLive.layer.pipe(
+    // No PortMapper in the context unless given (P is never then).
+    Layer.provideMerge(parts.portMapper ?? (Layer.empty as unknown as Layer.Layer<P, never, QuicTransport>)),
     Layer.provideMerge(
       Layer.mergeAll(parts.transport, parts.nodeGraph, parts.dns, parts.peerRpc ?? PeerRpcLive.layer)
     ),

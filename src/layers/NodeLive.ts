@@ -4,7 +4,8 @@
  * (KeyRingLive), a NodeGraph layer (NodeGraphLmdb or NodeGraphMemory), the transport's options
  * (host, port, …; keep-alive and connect timeout follow the manager's options unless given)
  * and the manager's options; optionally the application protocols it serves (`Protocols`) and its
- * connection gate (`ConnectionGater`: `ConnectionGater.layer(rules)`, `ConnectionGaterFile.layer`).
+ * connection gate (`ConnectionGater`: `ConnectionGater.layer(rules)`, `ConnectionGaterFile.layer`)
+ * and its gateway's port mapping (`PortMapperLive.layer(options)`).
  */
 import type { Layer } from "effect"
 import type { ConnectionGater } from "../services/ConnectionGater.js"
@@ -12,13 +13,14 @@ import type { ConnectionManagerConfig } from "../services/ConnectionManagerConfi
 import type { Dns } from "../services/Dns.js"
 import type { KeyRing } from "../services/KeyRing.js"
 import type { NodeGraph } from "../services/NodeGraph.js"
+import type { PortMapper } from "../services/PortMapper.js"
 import type { Protocols } from "../services/Protocols.js"
-import type { QuicTransportOptions } from "../services/QuicTransport.js"
+import type { QuicTransport, QuicTransportOptions } from "../services/QuicTransport.js"
 import * as DnsNode from "./DnsNode.js"
 import * as Node from "./Node.js"
 import * as QuicTransportLive from "./QuicTransportLive.js"
 
-export const layer = <E1, E2, E5 = never, E6 = never>(parts: {
+export const layer = <E1, E2, E5 = never, E6 = never, P extends PortMapper = never>(parts: {
   readonly keyRing: Layer.Layer<KeyRing, E1>
   readonly nodeGraph: Layer.Layer<NodeGraph, E2, KeyRing>
   readonly transport?: Partial<QuicTransportOptions>
@@ -29,6 +31,8 @@ export const layer = <E1, E2, E5 = never, E6 = never>(parts: {
   readonly protocols?: Layer.Layer<Protocols, E5>
   /** Which nodes may connect and be dialled; no rules unless given. */
   readonly gater?: Layer.Layer<ConnectionGater, E6>
+  /** The gateway's port mapping (`PortMapperLive.layer(…)`), which the manager's reachability checks; none unless given. */
+  readonly portMapper?: Layer.Layer<P, never, QuicTransport>
 }) =>
   Node.layerWith({
     keyRing: parts.keyRing,
@@ -38,5 +42,6 @@ export const layer = <E1, E2, E5 = never, E6 = never>(parts: {
     config: parts.config,
     dns: parts.dns ?? DnsNode.layer,
     ...(parts.protocols === undefined ? {} : { protocols: parts.protocols }),
-    ...(parts.gater === undefined ? {} : { gater: parts.gater })
+    ...(parts.gater === undefined ? {} : { gater: parts.gater }),
+    ...(parts.portMapper === undefined ? {} : { portMapper: parts.portMapper })
   })

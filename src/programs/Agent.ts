@@ -86,7 +86,7 @@ export interface NodeTuning {
   readonly receiveBufferSize?: number | undefined
 }
 
-/** The node's layers: identity, routing table, transport, RPC and the connection manager. */
+/** The node's layers: identity, routing table, transport, RPC, the connection manager and the port mapping it checks. */
 export const nodeLayer = (
   options: AgentOptions,
   managerOptions: CMConfig.ConnectionManagerOptions,
@@ -104,7 +104,9 @@ export const nodeLayer = (
       ...(receiveBufferSize === undefined ? {} : { receiveBufferSize })
     },
     config: CMConfig.layer(managerOptions),
-    gater: ConnectionGaterFile.layer({ path: join(options.nodePath, ConnectionGaterFile.GATES_FILE) })
+    gater: ConnectionGaterFile.layer({ path: join(options.nodePath, ConnectionGaterFile.GATES_FILE) }),
+    // Below the manager: its reachability checks the mapped address with a dial-back.
+    portMapper: PortMapperLive.layer(options.portMapping)
   })
 
 const handlers = (stop: Deferred.Deferred<void>) =>
@@ -285,7 +287,6 @@ export const runLocked = (options: AgentOptions) =>
     yield* program.pipe(
       Effect.provide(
         controlServerLayer(options.nodePath, stop).pipe(
-          Layer.provideMerge(PortMapperLive.layer(options.portMapping)),
           Layer.provideMerge(nodeLayer(options, managerOptions, { ipDiversity, receiveBufferSize }))
         )
       ),

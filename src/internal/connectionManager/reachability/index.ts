@@ -1,6 +1,7 @@
 /**
  * The manager's reachability part: the dial-back (`dialBack.ts`) and the keeper of the class
- * (`keeper.ts`), over the port mapping of a `PortMapper` when one runs beside the manager.
+ * (`keeper.ts`), over the port mapping of a `PortMapper` when one is in the manager's context
+ * (`Node.layerWith`'s `portMapper`).
  * Making it replaces the state's `selfAddresses` with what the keeper knows.
  */
 import { Effect, Option } from "effect"
@@ -25,7 +26,8 @@ export const make = (
       portMapping: Option.match(mapper, {
         onNone: () => Effect.succeed(Option.none()),
         onSome: (m) => m.current
-      })
+      }),
+      ...Option.match(mapper, { onNone: () => ({}), onSome: (m) => ({ portMappingChanges: m.changes }) })
     })
     state.selfAddresses = keeper.selfAddresses
     return keeper

@@ -5,8 +5,9 @@
  * the observations change (once they settle), and again periodically with jitter; a dial-back
  * (`dialBack.ts`) tells `public`. A change of class or confirmed addresses is published as a
  * `ReachabilityChanged` event. A dial-back that found no helper to try is tried again sooner.
+ * A new port-mapped address starts a classification too (its dial-back decides `public`).
  */
-import { Clock, Duration, Effect, Option, Queue, Random, type Scope } from "effect"
+import { Clock, Duration, Effect, Option, Queue, Random, type Scope, Stream } from "effect"
 import * as Address from "../../../services/Address.js"
 import type { Contact } from "../../../services/Contact.js"
 import * as NodeId from "../../../services/NodeId.js"
@@ -97,6 +98,8 @@ export const make = (
     readonly dialBack: DialBack.DialBack
     /** The gateway's port mapping, when a PortMapper runs: a candidate external address. */
     readonly portMapping: Effect.Effect<Option.Option<PortMapping>>
+    /** The mapping now, then each change of it (when a PortMapper runs): a new mapped address starts a classification. */
+    readonly portMappingChanges?: Stream.Stream<Option.Option<PortMapping>>
   }
 ): Keeper => {
   const staleAfter = Duration.toMillis(STALE_AFTER)
@@ -244,18 +247,32 @@ export const make = (
     Effect.sleep(Duration.times(retrySoon ? RETRY : RECHECK, f))
   )
 
+  /** Offers to `changed` when the mapped address (not its lifetime) changes after the first. */
+  const mappedAddressChanges = (changes: Stream.Stream<Option.Option<PortMapping>>) =>
+    changes.pipe(
+      Stream.map(Option.match({ onNone: () => "", onSome: (m) => `${m.host}:${m.port}` })),
+      Stream.changes,
+      Stream.drop(1),
+      Stream.runForEach(() => Queue.offer(changed, undefined))
+    )
+
   const start = Effect.asVoid(
-    Effect.forkScoped(
-      Effect.forever(
-        classify.pipe(
-          Effect.zipRight(
-            Effect.raceFirst(
-              jittered,
-              changed.take.pipe(Effect.zipRight(Effect.sleep(SETTLE)), Effect.zipRight(Queue.poll(changed)))
+    Effect.zipRight(
+      deps.portMappingChanges === undefined
+        ? Effect.void
+        : Effect.forkScoped(mappedAddressChanges(deps.portMappingChanges)),
+      Effect.forkScoped(
+        Effect.forever(
+          classify.pipe(
+            Effect.zipRight(
+              Effect.raceFirst(
+                jittered,
+                changed.take.pipe(Effect.zipRight(Effect.sleep(SETTLE)), Effect.zipRight(Queue.poll(changed)))
+              )
             )
           )
-        )
-      ).pipe(Effect.interruptible)
+        ).pipe(Effect.interruptible)
+      )
     )
   )
 
