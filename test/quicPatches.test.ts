@@ -19,6 +19,7 @@ import { Effect } from "effect"
 import {
   type AcceptConnection,
   connectionError,
+  dropSendsWhenStopped,
   existingStreams,
   initialPacketType,
   isOurRetryToken,
@@ -168,6 +169,21 @@ describe("the js-quic internals quicPatches relies on", () => {
     // The client's first Initial is packet 0; after the Retry it goes on counting (RFC 9000 §17.2.5.3).
     expect(initials.map((c) => c.packetNumber)).toEqual(initials.map((_, i) => i))
     for (const c of initials) expect(c.version).toBe(quicVersion1)
+  })
+
+  it("QUICSocket.send_: fails once the socket stopped; dropSendsWhenStopped makes it drop instead", async () => {
+    const send = (socket: QUICSocket) =>
+      (
+        socket as unknown as { send_: (msg: Uint8Array, port: number, host: string) => Promise<unknown> }
+      ).send_(new Uint8Array([1]), serverSocket.port, "127.0.0.1")
+    const plain = new QUICSocket({ logger: silentLogger })
+    const patched = new QUICSocket({ logger: silentLogger })
+    dropSendsWhenStopped(patched)
+    for (const socket of [plain, patched]) await socket.start({ host: "127.0.0.1" })
+    await expect(send(patched)).resolves.toBe(1) // the bytes sent
+    for (const socket of [plain, patched]) await socket.stop({ force: true })
+    await expect(send(plain)).rejects.toBeInstanceOf(quicErrors.ErrorQUICSocketNotRunning)
+    await expect(send(patched)).resolves.toBeUndefined()
   })
 
   it("QUICSocket.socket: the bound node dgram socket under it", () => {

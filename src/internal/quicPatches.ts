@@ -11,7 +11,8 @@ import {
   type QUICConnection,
   type QUICServer,
   type QUICSocket,
-  type QUICStream
+  type QUICStream,
+  errors as quicErrors
 } from "@matrixai/quic"
 
 /**
@@ -108,6 +109,23 @@ export const isOurRetryToken = async (
     validateToken: (token: Buffer, host: string) => Promise<unknown>
   }
   return (await internal.validateToken(Buffer.from(token), host)) !== undefined
+}
+
+/**
+ * Makes `socket` drop what its connections send once it has stopped, instead of failing: a
+ * js-quic client checks that its socket runs, then calls `send_` (a member not in js-quic's
+ * typings), which fails with `ErrorQUICSocketNotRunning` if the socket stopped in between; the
+ * client turns that into an internal error that it throws from an event handler, an uncaught
+ * exception that would end the process. A stopped socket sends nothing, as UDP would; its
+ * connections then end as they do when the socket stops.
+ */
+export const dropSendsWhenStopped = (socket: QUICSocket): void => {
+  const target = socket as unknown as { send_: (...params: ReadonlyArray<unknown>) => Promise<unknown> }
+  const send = target.send_.bind(socket)
+  target.send_ = (...params) =>
+    send(...params).catch((error: unknown) => {
+      if (!(error instanceof quicErrors.ErrorQUICSocketNotRunning)) throw error
+    })
 }
 
 /**

@@ -23,7 +23,12 @@ import { makeDial } from "../internal/quicDial.js"
 import { describe } from "../internal/quicErrors.js"
 import { inboundGate } from "../internal/quicGate.js"
 import { installHandshakeGate } from "../internal/quicHandshakeGate.js"
-import { quicConnectionCount, silentLogger, udpSocketOf } from "../internal/quicPatches.js"
+import {
+  dropSendsWhenStopped,
+  quicConnectionCount,
+  silentLogger,
+  udpSocketOf
+} from "../internal/quicPatches.js"
 import { makeServerCrypto, verifyCallback } from "../internal/quicTls.js"
 import { shortfallWarning, sizeReceiveBuffer } from "../internal/udpReceiveBuffer.js"
 import { KeyRing, type TlsConfig } from "../services/KeyRing.js"
@@ -84,6 +89,7 @@ export const makeWithInternals: Effect.Effect<
 
   // The socket, first in, last out.
   const socket = new QUICSocket({ logger: silentLogger })
+  dropSendsWhenStopped(socket)
   yield* Effect.acquireRelease(
     Effect.tryPromise({
       try: () =>
