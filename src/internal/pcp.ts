@@ -12,6 +12,7 @@
  */
 import { randomBytes } from "node:crypto"
 import { Effect, Either } from "effect"
+import * as Address from "../services/Address.js"
 import {
   PortMapMalformedAnswer,
   type PortMapRefused,
@@ -49,9 +50,8 @@ const mapped = (ipv4: string): Uint8Array => {
   const bytes = new Uint8Array(16)
   bytes[10] = 0xff
   bytes[11] = 0xff
-  ipv4.split(".").forEach((part, i) => {
-    bytes[12 + i] = Number(part)
-  })
+  const v4 = Address.ipBytes(ipv4)
+  if (v4?.length === 4) bytes.set(v4, 12)
   return bytes
 }
 
