@@ -33,6 +33,12 @@ export interface QuicConnection {
    */
   readonly remoteRenewedFrom?: NodeId | undefined
   /**
+   * The relay whose circuit carries this connection's packets (`dialCircuit` / `acceptCircuit`);
+   * undefined for a direct connection. `remoteHost`/`remotePort` of a relayed connection are the
+   * circuit's local end, not the peer's address.
+   */
+  readonly relay?: NodeId | undefined
+  /**
    * Opens a bidirectional stream. Closing the scope ends our side of it.
    */
   readonly openStream: Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope>
@@ -72,6 +78,18 @@ export interface DialOptions {
    * starts then, with no fiber waiting beside every dial.
    */
   readonly whenSlow?: { readonly after: Duration.DurationInput; readonly run: () => void } | undefined
+}
+
+/**
+ * A byte stream to one peer through a relay (the relay splices our stream to it with one to the
+ * peer): a path for a QUIC connection whose packets travel as frames on the stream. The
+ * relay sees only those packets, encrypted end to end by the two nodes' own TLS; each side
+ * still proves its NodeId in the handshake. Closing the stream ends the connection over it.
+ */
+export interface Circuit {
+  readonly socket: Socket.Socket
+  /** The relay's NodeId (the connection's `relay`). */
+  readonly relay: NodeId
 }
 
 /** Dialling failed. A `mismatch` names both NodeIds. */
@@ -124,6 +142,23 @@ export interface QuicTransportService {
   readonly dial: (options: DialOptions) => Effect.Effect<QuicConnection, DialError, Scope.Scope>
   /** Authenticated inbound connections. Single consumer; the transport closes them when it stops. */
   readonly incoming: Stream.Stream<QuicConnection>
+  /**
+   * Dials a peer over a relayed circuit (the dialling side): a QUIC connection, mutually
+   * authenticated as `dial`'s, whose packets travel on `circuit.socket`; its `relay` is the
+   * circuit's. The connection closes when the scope closes or the circuit's stream ends.
+   * Optional: a transport without it cannot use relays.
+   */
+  readonly dialCircuit?: (
+    circuit: Circuit,
+    options: { readonly expectedNodeIds: ReadonlyArray<NodeId>; readonly timeout?: Duration.DurationInput }
+  ) => Effect.Effect<QuicConnection, DialError, Scope.Scope>
+  /**
+   * Serves the accepting side of a relayed circuit for as long as it lasts: the connection the
+   * peer makes over it arrives on `incoming` (authenticated like any other, `relay` set). Ends
+   * when the circuit's stream ends, the connection over it closes, or no handshake completed
+   * within the connect timeout; ending (or interrupting) it closes that connection.
+   */
+  readonly acceptCircuit?: (circuit: Circuit) => Effect.Effect<void>
   /** Raw datagram over the shared socket (hole punching). */
   readonly sendDatagram: (host: string, port: number, data: Uint8Array) => Effect.Effect<void, TransportError>
   /** Fails when the socket or server stops without being asked to; never succeeds. */
