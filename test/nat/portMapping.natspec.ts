@@ -1,6 +1,9 @@
 /**
  * Port mapping with a real miniupnpd (Debian's miniupnpd-nftables 2.3.1, NAT-PMP and PCP on, UPnP
- * off) on the restricted router nat1, and real agents (the built program).
+ * off) on the restricted router nat1, and real agents (the built program). Agent a joins the
+ * reachability world (test/nat/world.ts: two seeds, a helper a never contacts): without miniupnpd
+ * it classifies itself cone and stays so (the helper's dial-back is filtered), with it public at
+ * the mapped address (the helper's dial-back comes in through the mapping).
  *
  * miniupnpd refuses to forward ports when its external address is reserved or private, which
  * TEST-NET-3 (the lab's default public side) is. This lab gives its public side a public-looking
@@ -20,6 +23,7 @@ import { makeNodePath } from "../fixtures/agentProcess.js"
 import { type AgentInfo, cli, connections, control, poll, startAgent } from "./agents.js"
 import { describeLab } from "./describeLab.js"
 import { type Lab, NatLab } from "./lab.js"
+import { joinWorld, status, WORLD_HOSTS, world } from "./world.js"
 
 const execFileAsync = promisify(execFile)
 
@@ -80,12 +84,6 @@ const startMiniupnpd = (lab: Lab, options: { readonly upnp: boolean } = { upnp: 
     return daemon
   })
 
-interface Status {
-  readonly portMapping?: { host: string; port: number; protocol: string; expiresAt: number }
-}
-
-const status = (agent: AgentInfo) => cli<Status>(agent, ["agent", "status"])
-
 const pingAt = (from: AgentInfo, to: AgentInfo, port: number, timeout: number) =>
   control(from, (c) => c.nodesPing({ nodeId: to.nodeId, address: { host: ROUTER, port }, timeout })).pipe(
     Effect.map((r) => r.success)
@@ -95,7 +93,7 @@ describeLab("port mapping at the router (miniupnpd)", () => {
   layer(
     NatLab.layer({
       nats: [{ kind: "restricted", hosts: ["a"] }],
-      publicHosts: ["seed", "c"],
+      publicHosts: ["seed", "c", ...WORLD_HOSTS],
       publicPrefix: PREFIX
     }),
     { timeout: "150 seconds", excludeTestServices: true }
@@ -128,7 +126,7 @@ describeLab("port mapping at the router (miniupnpd)", () => {
     )
 
     it.scoped(
-      "a gets a mapping from miniupnpd, c reaches a there unsolicited, agent stop removes it; none without miniupnpd",
+      "a gets a mapping from miniupnpd and is public, c reaches a there unsolicited, agent stop removes it; without miniupnpd none, and a is cone",
       () =>
         Effect.gen(function* () {
           const lab = yield* NatLab
@@ -149,26 +147,44 @@ describeLab("port mapping at the router (miniupnpd)", () => {
           ])
           const c = yield* startAgent(lab, "c", { port: 7900 })
           const aDir = yield* makeNodePath("qm-nat-a-")
-          const startA = startAgent(lab, "a", { port: 7901, dir: aDir })
+          // a (the same node path each time) joined to a fresh world of seeds and helper on `base`..
+          const joinA = (base: number) =>
+            world(lab, base).pipe(Effect.flatMap((w) => joinWorld(lab, "a", w, { port: 7901, dir: aDir })))
 
           // Without miniupnpd: the router answers 5351 with "port unreachable"; a gives up, unmapped.
-          const bare = yield* startA
-          yield* poll(
-            Effect.sync(() => bare.proc.stderr()),
-            (log) => log.includes("not trying again"),
-            120
+          const bareId = yield* Effect.scoped(
+            Effect.gen(function* () {
+              const bare = yield* joinA(7920)
+              const touched = Date.now()
+              yield* poll(status(bare), (s) => s.reachability?.nat === "cone", 60)
+              yield* poll(
+                Effect.sync(() => bare.proc.stderr()),
+                (log) => log.includes("not trying again"),
+                120
+              )
+              expect((yield* status(bare)).portMapping).toBeUndefined()
+              expect(yield* pingAt(c, bare, 7901, 3000)).toBe(false)
+              // The helper's dial-back (5 s) is filtered at the router: a stays cone.
+              yield* Effect.sleep(Math.max(0, touched + 12_000 - Date.now()))
+              expect((yield* status(bare)).reachability).toMatchObject({
+                nat: "cone",
+                addresses: [{ host: ROUTER, port: 7901 }]
+              })
+              yield* cli(bare, ["agent", "stop"])
+              return bare.nodeId
+            })
           )
-          expect((yield* status(bare)).portMapping).toBeUndefined()
-          expect(yield* pingAt(c, bare, 7901, 3000)).toBe(false)
-          yield* cli(bare, ["agent", "stop"])
 
           // With miniupnpd: a PCP mapping of a's port at the router's address.
           const daemon = yield* startMiniupnpd(lab)
-          const a = yield* startA
-          expect(a.nodeId).toBe(bare.nodeId) // the same node
+          const a = yield* joinA(7930)
+          expect(a.nodeId).toBe(bareId) // the same node
           const mapped = yield* poll(status(a), (s) => s.portMapping !== undefined, 60)
           expect(mapped.portMapping).toMatchObject({ host: ROUTER, port: 7901, protocol: "pcp" })
           expect(yield* forwardsTo(lab, 7901)).toBe(true)
+          // The helper, which a never contacted, dialled a at the mapping: a is public there.
+          const reached = yield* poll(status(a), (s) => s.reachability?.nat === "public", 60)
+          expect(reached.reachability!.addresses).toContainEqual({ host: ROUTER, port: 7901 })
           // c never sent a a packet, and knows no seed that could relay a hole punch: it connects directly.
           expect((yield* connections(a)).some((x) => x.nodeId === c.nodeId)).toBe(false)
           expect(yield* pingAt(c, a, 7901, 10_000)).toBe(true)
@@ -185,7 +201,8 @@ describeLab("port mapping at the router (miniupnpd)", () => {
           yield* cli(a, ["agent", "stop"])
           expect(yield* forwardsTo(lab, 7901)).toBe(false)
           expect(daemon.stderr()).toContain("PCP: UDP port 7901 mapping removed")
-        })
+        }),
+      150_000
     )
 
     it.scoped("UPnP IGD where the router speaks neither PCP nor NAT-PMP (miniupnpd with UPnP only)", () =>

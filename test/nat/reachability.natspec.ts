@@ -10,56 +10,9 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
-import { type AgentInfo, cli, control, poll, startAgent } from "./agents.js"
 import { describeLab } from "./describeLab.js"
-import { type Lab, NatLab } from "./lab.js"
-
-interface StatusJson {
-  readonly reachability?: {
-    readonly nat: string
-    readonly addresses: ReadonlyArray<{ readonly host: string; readonly port: number }>
-    readonly observers: number
-  }
-}
-
-const status = (agent: AgentInfo) => cli<StatusJson>(agent, ["agent", "status"])
-
-/**
- * Two seeds and a helper: the helper has no seeds and is in touch with seed 1 alone (added and
- * pinged through its control API), so no node under test ever learns of it or contacts it.
- */
-const world = (lab: Lab, base: number) =>
-  Effect.gen(function* () {
-    const s1 = yield* startAgent(lab, "s1", { port: base })
-    const s2 = yield* startAgent(lab, "s2", { port: base + 1 })
-    const helper = yield* startAgent(lab, "h", { port: base + 2 })
-    const inTouch = () =>
-      control(helper, (c) =>
-        c
-          .nodesAdd({ nodeId: s1.nodeId, host: lab.node("s1").ip, port: s1.port })
-          .pipe(Effect.zipRight(c.nodesPing({ nodeId: s1.nodeId, timeout: 5000 })))
-      )
-    return { seeds: [s1, s2], inTouch }
-  })
-
-/** Starts `name` joined to the seeds, then the helper's touch; polls its status until `nat`. */
-const classify = (lab: Lab, name: string, base: number, nat: string) =>
-  Effect.gen(function* () {
-    const { seeds, inTouch } = yield* world(lab, base)
-    const started = Date.now()
-    const node = yield* startAgent(lab, name, { port: base + 3, seeds })
-    // Only once the node has joined (its lookup must not meet the helper).
-    yield* poll(
-      Effect.sync(() => node.proc.stderr()),
-      (log) => log.includes("joined the network"),
-      120
-    )
-    expect((yield* inTouch()).success).toBe(true)
-    const json = yield* poll(status(node), (s) => s.reachability?.nat === nat, 240)
-    const seconds = (Date.now() - started) / 1000
-    console.log(`reachability ${name}: ${nat} ${seconds.toFixed(1)} s after start`)
-    return { node, json }
-  })
+import { NatLab } from "./lab.js"
+import { classify, status, WORLD_HOSTS } from "./world.js"
 
 describeLab("Reachability (agents)", () => {
   layer(
@@ -68,7 +21,7 @@ describeLab("Reachability (agents)", () => {
         { kind: "restricted", hosts: ["r"] },
         { kind: "symmetric", hosts: ["y"] }
       ],
-      publicHosts: ["s1", "s2", "h", "p"]
+      publicHosts: [...WORLD_HOSTS, "p"]
     }),
     { timeout: "150 seconds", excludeTestServices: true }
   )((it) => {
