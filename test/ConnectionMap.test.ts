@@ -52,6 +52,7 @@ const record = (id: string, direction: ConnectionDirection, log: Log) =>
       client: id,
       scope,
       hostname: undefined,
+      path: "direct",
       users: 0,
       retired: false,
       closing: false

@@ -6,9 +6,12 @@
  * Simultaneous open: when two connections join the same pair of nodes, both sides keep
  * the one initiated by the smaller NodeId. The larger node closes the connection it
  * initiated once nothing uses it; the smaller node keeps serving it until then.
+ * Before that rule, a direct connection is kept over a relayed one (both sides see the same
+ * paths, so they agree): a relayed connection upgraded to a direct one serves its calls in
+ * flight, then its initiator closes it.
  */
 import { type Clock, Duration, Effect, Exit, Fiber, Queue, Scope } from "effect"
-import type { ConnectionEvent, ConnectionInfo } from "../services/ConnectionManager.js"
+import type { ConnectionEvent, ConnectionInfo, ConnectionPath } from "../services/ConnectionManager.js"
 import * as NodeId from "../services/NodeId.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { type Timed, TimedHeap } from "./timedHeap.js"
@@ -20,6 +23,8 @@ export interface ConnectionRecord<Client> {
   /** Closing it closes the connection and stops everything started for it. */
   readonly scope: Scope.CloseableScope
   readonly hostname: string | undefined
+  /** How its packets travel (`relayed` when the connection names a relay). */
+  readonly path: ConnectionPath
   /** Handles given out on this record and not yet released. */
   users: number
   retired: boolean
@@ -52,6 +57,9 @@ export const keyOf = (nodeId: NodeId.NodeId) => NodeId.encode(nodeId) as string
  * True when `connection` is the one the simultaneous-open rule keeps: the connection
  * initiated by the smaller of the two NodeIds.
  */
+/** 1 for a relayed connection, 0 for a direct one: lower is kept. */
+const rank = (connection: QuicConnection) => (connection.relay === undefined ? 0 : 1)
+
 export const isPreferred = (self: NodeId.NodeId, connection: QuicConnection): boolean => {
   const selfIsSmaller = NodeId.compare(self, connection.remoteNodeId) < 0
   return connection.direction === "forward" ? selfIsSmaller : !selfIsSmaller
@@ -232,13 +240,17 @@ export const make = <Client>(options: ConnectionMapOptions) => {
           .pipe(Effect.zipRight(startIdle(entry)), Effect.as(entry))
       }
       if (existing.record === record) return Effect.succeed(existing)
-      const newPreferred = isPreferred(options.self, conn)
-      const oldPreferred = isPreferred(options.self, existing.record.connection)
+      const byPath = rank(conn) - rank(existing.record.connection)
+      const newPreferred = byPath === 0 ? isPreferred(options.self, conn) : byPath < 0
+      const oldPreferred = byPath === 0 ? isPreferred(options.self, existing.record.connection) : byPath > 0
       if (newPreferred && !oldPreferred) {
         const old = existing.record
         existing.record = record
         standbyOf(existing).add(old)
-        return retire(old, "superseded by simultaneous open").pipe(Effect.as(existing))
+        return retire(
+          old,
+          byPath === 0 ? "superseded by simultaneous open" : "upgraded to a direct path"
+        ).pipe(Effect.as(existing))
       }
       if (!newPreferred && oldPreferred) {
         standbyOf(existing).add(record)
@@ -317,7 +329,9 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       hostname: entry.record.hostname,
       usageCount: entry.usageCount,
       timeout: entry.idleDeadline === undefined ? undefined : Math.max(0, entry.idleDeadline - now()),
-      direction: c.direction
+      direction: c.direction,
+      path: entry.record.path,
+      relay: c.relay === undefined ? undefined : NodeId.encode(c.relay)
     }
   }
 

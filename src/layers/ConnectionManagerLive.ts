@@ -17,8 +17,10 @@ import * as MultiConnection from "../internal/connectionManager/multiConnection.
 import * as Ping from "../internal/connectionManager/ping.js"
 import * as Reachability from "../internal/connectionManager/reachability/index.js"
 import * as Records from "../internal/connectionManager/records.js"
+import * as Relaying from "../internal/connectionManager/relaying.js"
 import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
+import { mayBeUnreachable } from "../internal/connectionManager/selfAddresses.js"
 import * as State from "../internal/connectionManager/state.js"
 import { ConnectionGater } from "../services/ConnectionGater.js"
 import {
@@ -32,6 +34,7 @@ import { KeyRing } from "../services/KeyRing.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import type * as NodeId from "../services/NodeId.js"
 import { PeerRpc } from "../services/PeerRpc.js"
+import { Protocols } from "../services/Protocols.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 
 /** Everything the manager stands on. */
@@ -59,13 +62,15 @@ export const makeWithDiagnostics: Effect.Effect<
   const state = yield* State.make(config, yield* keyRing.nodeId, graph.k)
   const gating = Gating.make(state, yield* ConnectionGater)
   const reachability = yield* Reachability.make(state, () => records.dialRecord)
+  // Dials and hole punches go through it: whom we sent packets to cannot prove us reachable.
+  const sending = reachability.watchSends(transport)
 
   // The parts call each other in cycles (a dial adds its node to the graph, which may ping the
   // bucket's oldest node, which may dial; a dial of an unknown node looks it up, and a lookup
   // dials; every connection answers the peer's lookups and hole-punch signals). The arrows
   // below reach parts made further down: they run only once everything is made.
   const records = Records.make(state, {
-    transport,
+    transport: sending,
     rpc,
     handlers: {
       touch: (caller) => state.map.touch(caller.nodeId),
@@ -87,13 +92,25 @@ export const makeWithDiagnostics: Effect.Effect<
     gating,
     addToGraph,
     slowDialSignal: (target, timeout) => holePunch.slowDialSignal(target, timeout),
-    getClosestGlobalNodes: (target, options) => lookup.getClosestGlobalNodes(target, options)
+    getClosestGlobalNodes: (target, options) => lookup.getClosestGlobalNodes(target, options),
+    relaying: () => relaying
+  })
+  const relaying = Relaying.make(state, {
+    transport,
+    protocols: yield* Effect.serviceOption(Protocols),
+    gating,
+    records,
+    dialing: () => dialing
   })
   const holePunch = HolePunch.make(state, {
-    transport,
+    transport: sending,
     gating,
     sign: keyRing.sign,
-    withConnection: dialing.withConnection
+    withConnection: dialing.withConnection,
+    dialBack: {
+      wanted: () => mayBeUnreachable(state.selfAddresses),
+      dial: (source, address) => Effect.ignore(dialing.getConnectionWithAddress(source, address))
+    }
   })
   const multi = MultiConnection.make(state, { dns, dialRecord: records.dialRecord, addToGraph })
   const ping = Ping.make(state, { getEntry: dialing.getEntry, dialRecord: records.dialRecord })
@@ -110,6 +127,7 @@ export const makeWithDiagnostics: Effect.Effect<
   yield* renewal.follow
   yield* gating.closeRefusedOnChange
   yield* inbound.serveIncoming
+  yield* relaying.start
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure
   yield* reachability.start
@@ -144,6 +162,7 @@ export const makeWithDiagnostics: Effect.Effect<
     sendSignalingMessage: holePunch.sendSignalingMessage,
     relaySignalingMessage: holePunch.relaySignalingMessage,
     reachability: reachability.current,
+    relays: relaying.status,
     events: state.subscribe,
     failure: Deferred.await(state.stopped)
   }

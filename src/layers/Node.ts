@@ -140,7 +140,9 @@ export const make = (
         Context.add(QuicTransport, parts.transport),
         Context.add(PeerRpc, parts.peerRpc),
         Context.add(Dns, parts.dns),
-        Context.add(ConnectionGater.ConnectionGater, parts.gater ?? ConnectionGater.unsafeMake())
+        Context.add(ConnectionGater.ConnectionGater, parts.gater ?? ConnectionGater.unsafeMake()),
+        // The relay protocols are served from the same registry (`Relay`).
+        (context) => (parts.protocols ? Context.add(context, Protocols.Protocols, parts.protocols) : context)
       )
     ),
     (made) => ({ ...made, protocols: parts.protocols })

@@ -196,7 +196,12 @@ const handlers = (stop: Deferred.Deferred<void>) =>
         nodesConnections: () =>
           cm.listConnections.pipe(
             Effect.map((list) =>
-              list.map((c) => ({ ...c, hostname: c.hostname ?? null, timeout: c.timeout ?? null }))
+              list.map((c) => ({
+                ...c,
+                hostname: c.hostname ?? null,
+                timeout: c.timeout ?? null,
+                relay: c.relay ?? null
+              }))
             )
           ),
         nodesGetAll: () =>

@@ -204,7 +204,8 @@ const nodesConnections = Command.make("connections", { nodePath, format }, (o) =
           ["HOSTNAME", (r) => r.hostname ?? "-"],
           ["IN USE", (r) => String(r.usageCount)],
           ["IDLE TIMEOUT", (r) => (r.timeout === null ? "-" : `${(r.timeout / 1000).toFixed(1)} s`)],
-          ["DIRECTION", (r) => (r.direction === "forward" ? "outbound" : "inbound")]
+          ["DIRECTION", (r) => (r.direction === "forward" ? "outbound" : "inbound")],
+          ["PATH", (r) => (r.path === "relayed" ? `relayed via ${r.relay ?? "?"}` : (r.path ?? "direct"))]
         ],
         "no connections"
       )

@@ -55,7 +55,11 @@ export const ConnectionJson = Schema.Struct({
   hostname: Schema.NullOr(Schema.String),
   usageCount: Schema.Number,
   timeout: Schema.NullOr(Schema.Number),
-  direction: Schema.String
+  direction: Schema.String,
+  /** "direct", "punched" or "relayed" (absent from agents older than relays). */
+  path: Schema.optional(Schema.String),
+  /** The relay's NodeId for a relayed connection. */
+  relay: Schema.optional(Schema.NullOr(Schema.String))
 })
 
 export const NodeJson = Schema.Struct({

@@ -14,6 +14,7 @@ import type { PeerCallError, PeerClient } from "./PeerRpc.js"
 import type { ProtocolId, UnsupportedProtocolError } from "./Protocols.js"
 import type { ConnectionError, QuicConnection } from "./QuicTransport.js"
 import type { Reachability } from "./Reachability.js"
+import type { RelayStats } from "./Relay.js"
 
 /**
  * Options every operation takes. `timeout` (default `connectionConnectTimeoutTime`) is the
@@ -35,6 +36,26 @@ export interface ConnectionInfo {
   /** Milliseconds left before the idle timer destroys it; undefined while in use or for seeds. */
   readonly timeout: number | undefined
   readonly direction: "forward" | "reverse"
+  /**
+   * How the connection's packets travel: `direct` (dialled or accepted at the peer's address),
+   * `punched` (a hole punch opened the way: we dialled while the peer was signalled, or it came
+   * in from an address we were punching toward) or `relayed` (through `relay`'s circuit).
+   */
+  readonly path: ConnectionPath
+  /** The relay carrying a `relayed` connection. */
+  readonly relay: NodeIdEncoded | undefined
+}
+
+export type ConnectionPath = "direct" | "punched" | "relayed"
+
+/** The node's relaying now (`ConnectionManager.relays`). */
+export interface RelayStatus {
+  /** The relays we hold reservations with (announced as "reachable via relay R"). */
+  readonly reservations: ReadonlyArray<NodeIdEncoded>
+  /** Our connections that run through a relay. */
+  readonly relayedConnections: number
+  /** Our relay's figures when we serve as one (`relay` option), else undefined. */
+  readonly server: RelayStats | undefined
 }
 
 export type ConnectionEvent =
@@ -64,6 +85,8 @@ export class NodeConnectionError extends Data.TaggedError("NodeConnectionError")
     | "invalid-address"
     /** The connection gate refuses the node or its address (`ConnectionGater`); nothing was sent. */
     | "denied"
+    /** Every relay the node is reachable through refused the circuit (limits, no reservation). */
+    | "relay-refused"
   readonly detail: string
   /** What failed underneath, when something did (the transport's DialError, a PeerCallError). */
   readonly cause?: unknown
@@ -255,6 +278,8 @@ export interface ConnectionManagerService {
    * external addresses confirmed by peers on two different IPs. Kept current by the manager.
    */
   readonly reachability: Effect.Effect<Reachability>
+  /** Our relay reservations and relayed connections, and our relay's figures when we serve as one. */
+  readonly relays: Effect.Effect<RelayStatus>
   /** Connection added/removed, reachability changes and manager errors; subscribe within a scope. */
   readonly events: Effect.Effect<Stream.Stream<ConnectionEvent>, never, Scope.Scope>
   /** Fails when the transport or RPC server stops unexpectedly. */

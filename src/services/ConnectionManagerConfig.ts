@@ -32,6 +32,23 @@ export interface ConnectionManagerOptions {
   readonly relayRateWindow: Duration.Duration
   /** Buckets not looked up for this long are refreshed (with jitter). */
   readonly bucketRefreshInterval: Duration.Duration
+  /**
+   * Serve as a relay (`Relay`): other nodes reserve with us and we splice circuits to them,
+   * within the `relayMax…` limits.
+   */
+  readonly relay: boolean
+  /** How many relays a node that may be unreachable (`Reachability`: not public, not cone) reserves with. */
+  readonly relayReservationsKept: number
+  /** Serving as a relay: nodes holding a reservation at once. */
+  readonly relayMaxReservations: number
+  /** Serving as a relay: circuits open at once. */
+  readonly relayMaxCircuits: number
+  /** Serving as a relay: a circuit with no byte either way for this long is ended. */
+  readonly relayCircuitIdleTimeout: Duration.Duration
+  /** Serving as a relay: the byte rate of one circuit, both directions together. */
+  readonly relayCircuitBytesPerSecond: number
+  /** Serving as a relay: how long a reservation lasts before the node must reserve again. */
+  readonly relayReservationDuration: Duration.Duration
 }
 
 export const defaults: ConnectionManagerOptions = {
@@ -48,7 +65,14 @@ export const defaults: ConnectionManagerOptions = {
   maxInboundPending: 64,
   relayRateLimit: 10,
   relayRateWindow: Duration.seconds(1),
-  bucketRefreshInterval: Duration.hours(1)
+  bucketRefreshInterval: Duration.hours(1),
+  relay: false,
+  relayReservationsKept: 2,
+  relayMaxReservations: 128,
+  relayMaxCircuits: 256,
+  relayCircuitIdleTimeout: Duration.seconds(60),
+  relayCircuitBytesPerSecond: 1024 * 1024,
+  relayReservationDuration: Duration.hours(1)
 }
 
 export class ConnectionManagerConfig extends Context.Tag("quicmesh/ConnectionManagerConfig")<
@@ -93,7 +117,14 @@ const options: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Conf
   maxInboundPending: intOr("maxInboundPending", defaults.maxInboundPending),
   relayRateLimit: intOr("relayRateLimit", defaults.relayRateLimit),
   relayRateWindow: durationOr("relayRateWindow", defaults.relayRateWindow),
-  bucketRefreshInterval: durationOr("bucketRefreshInterval", defaults.bucketRefreshInterval)
+  bucketRefreshInterval: durationOr("bucketRefreshInterval", defaults.bucketRefreshInterval),
+  relay: Config.boolean("relay").pipe(Config.withDefault(defaults.relay)),
+  relayReservationsKept: intOr("relayReservationsKept", defaults.relayReservationsKept),
+  relayMaxReservations: intOr("relayMaxReservations", defaults.relayMaxReservations),
+  relayMaxCircuits: intOr("relayMaxCircuits", defaults.relayMaxCircuits),
+  relayCircuitIdleTimeout: durationOr("relayCircuitIdleTimeout", defaults.relayCircuitIdleTimeout),
+  relayCircuitBytesPerSecond: intOr("relayCircuitBytesPerSecond", defaults.relayCircuitBytesPerSecond),
+  relayReservationDuration: durationOr("relayReservationDuration", defaults.relayReservationDuration)
 })
 
 /**

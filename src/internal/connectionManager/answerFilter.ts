@@ -12,16 +12,21 @@
  */
 import { Either } from "effect"
 import * as Address from "../../services/Address.js"
-import type { WireContact } from "../../services/Contact.js"
+import type { Contact, WireContact } from "../../services/Contact.js"
 import type { IpDiversity } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
 import { groupOf } from "../ipDiversity.js"
+import * as RelayHints from "./relayHints.js"
 
 /** A contact taken from an answer: its NodeId in both forms and its (normalised) address. */
 export interface HeardContact {
   readonly key: string
   readonly nodeId: NodeId.NodeId
   readonly address: Address.Address
+  /** The relays the answer says the node is reachable through (`relayHints.fromWire`). */
+  readonly relays: ReadonlyArray<Contact>
+  /** The answer named relays and no confirmed address of the node's own. */
+  readonly relayOnly: boolean
 }
 
 export interface AnswerContext {
@@ -79,7 +84,9 @@ export const filterAnswer = (
       }
     }
     taken.add(key)
-    out.push({ key, nodeId: id.right, address: { host, port: c.port } })
+    const relays = RelayHints.fromWire(c.relays, selfKey, key)
+    const relayOnly = relays.length > 0 && (c.addresses?.length ?? 0) === 0
+    out.push({ key, nodeId: id.right, address: { host, port: c.port }, relays, relayOnly })
   }
   return out
 }

@@ -24,6 +24,7 @@ import type {
   NodeConnectionHandle,
   OperationOptions
 } from "../../services/ConnectionManager.js"
+import type { Contact } from "../../services/Contact.js"
 import type { NodeGraphService } from "../../services/NodeGraph.js"
 import * as NodeId from "../../services/NodeId.js"
 import * as Protocols from "../../services/Protocols.js"
@@ -61,6 +62,21 @@ const dialReason = (e: DialError): NodeConnectionError["reason"] => {
 }
 
 type GetOptions = OperationOptions & { readonly address?: Address.Address }
+
+/** What a dial needs of the relays (`relaying.ts`). */
+export interface RelayFallback {
+  /** A connection to `nodeId` through one of `relays` (in turn), within `timeout`; in the map. */
+  readonly dialVia: (
+    nodeId: NodeId.NodeId,
+    relays: ReadonlyArray<Contact>,
+    timeout: Duration.Duration
+  ) => Effect.Effect<Entry, NodeConnectionError>
+  /** True when our own address is reachable from anywhere (a relay-only peer may dial us back). */
+  readonly selfReachable: () => boolean
+}
+
+/** How long a relay-only target gets to dial us back (when it can) before its relay is used. */
+const DIAL_BACK_HEAD_START = Duration.seconds(3)
 
 export interface Dialing {
   /** A handle on `record` (by default the entry's current one). */
@@ -111,6 +127,8 @@ export const make = (
       target: NodeId.NodeId,
       options?: OperationOptions
     ) => Effect.Effect<LookupResult>
+    /** The relay fallback (`relaying.ts`); without it a dial tries direct paths only. */
+    readonly relaying?: () => RelayFallback
   }
 ): Dialing => {
   const { seeds, isSeedNode, map, pending, timeoutOf, fail } = state
@@ -185,14 +203,68 @@ export const make = (
         Effect.flatMap(map.adopt),
         Effect.tap(() => addToGraph(nodeId, address.host, address.port))
       )
-    const direct =
+    const dialled =
       addresses.length === 0
         ? Effect.fail(fail(nodeId, "not-found", "no address known"))
         : addresses.length === 1
           ? attempt(addresses[0]!)
           : Effect.raceAll(addresses.map(attempt))
-    return ensureCapacity(nodeId).pipe(
-      Effect.zipRight(signal ? Effect.ensuring(direct, signal.stop) : direct)
+    // A signalled target may dial us back (it cannot be reached, we can): its connection ends the dial.
+    const dial = punching ? pending.get(NodeId.encode(nodeId)) : undefined
+    const direct =
+      dial === undefined
+        ? dialled
+        : Effect.raceFirst(
+            dialled,
+            Deferred.await((dial.arrived ??= Deferred.unsafeMake<Entry>(FiberId.none)))
+          )
+    const directPhase = signal ? Effect.ensuring(direct, signal.stop) : direct
+    return ensureCapacity(nodeId).pipe(Effect.zipRight(withRelayFallback(nodeId, timeout, directPhase)))
+  }
+
+  /**
+   * The direct attempt, then the node's relays (if it named any): a node reachable only through
+   * relays goes to them at once (after a short head start for its dial-back when we are
+   * reachable ourselves); one with addresses of its own gets half the timeout to connect directly.
+   */
+  const withRelayFallback = (
+    nodeId: NodeId.NodeId,
+    timeout: Duration.Duration,
+    directPhase: Effect.Effect<Entry, NodeConnectionError>
+  ): Effect.Effect<Entry, NodeConnectionError> => {
+    const hint = state.relayHints.of(nodeId)
+    const relaying = deps.relaying?.()
+    if (hint === undefined || relaying === undefined) return directPhase
+    const viaRelay = (left: Duration.Duration, directError?: NodeConnectionError) =>
+      relaying
+        .dialVia(nodeId, hint.relays, left)
+        .pipe(
+          Effect.mapError((e) =>
+            directError === undefined
+              ? e
+              : fail(nodeId, e.reason, `${directError.detail}; then through its relays: ${e.detail}`, e)
+          )
+        )
+    if (hint.relayOnly && !relaying.selfReachable()) return viaRelay(timeout)
+    const budget = hint.relayOnly
+      ? Duration.min(DIAL_BACK_HEAD_START, timeout)
+      : Duration.divide(timeout, 2).pipe(Option.getOrElse(() => timeout))
+    return Effect.flatMap(Deadline.after(timeout), (deadline) =>
+      directPhase.pipe(
+        Effect.timeoutFail({
+          duration: budget,
+          onTimeout: () => fail(nodeId, "timeout", `no direct path within ${Duration.format(budget)}`)
+        }),
+        Effect.catchAll((e) =>
+          e.reason === "denied" || e.reason === "limit" || e.reason === "stopped"
+            ? Effect.fail(e)
+            : Deadline.withLeft(
+                deadline,
+                (left) => viaRelay(left, e),
+                () => e
+              )
+        )
+      )
     )
   }
 

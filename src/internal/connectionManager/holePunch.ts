@@ -116,6 +116,15 @@ export const make = (
       f: (handle: NodeConnectionHandle) => Effect.Effect<A, E>,
       options?: OperationOptions
     ) => Effect.Effect<A, E | NodeConnectionError>
+    /**
+     * Connection reversal: when our own address may be unreachable (a NAT that maps each
+     * destination to a new port defeats the source's punch), we also dial the source at the
+     * address it signed, and the source's dial ends with our connection. Absent: punch only.
+     */
+    readonly dialBack?: {
+      readonly wanted: () => boolean
+      readonly dial: (source: NodeId.NodeId, address: Address.Address) => Effect.Effect<void>
+    }
   }
 ): HolePunch => {
   const { config, seeds, map, background, timeoutOf, fail } = state
@@ -315,15 +324,20 @@ export const make = (
       )
     const refused = deps.gating.refusal(request.source, observation.host)
     if (refused) return Effect.logDebug(`no hole punching toward ${observation.host}: ${refused.message}`)
+    const dialBack = deps.dialBack?.wanted() ? deps.dialBack : undefined
     return Effect.zipRight(
       Effect.logDebug(
-        `hole punching toward ${NodeId.encode(request.source)} at ${Address.format(observation)} (signal from ${NodeId.encode(caller.nodeId)})`
+        `hole punching toward ${NodeId.encode(request.source)} at ${Address.format(observation)} (signal from ${NodeId.encode(caller.nodeId)})${dialBack ? ", dialling it back" : ""}`
       ),
       Effect.asVoid(
-        holePunchReverse(observation.host, observation.port).pipe(
-          Effect.interruptible,
-          FiberSet.run(background)
-        )
+        (dialBack === undefined
+          ? holePunchReverse(observation.host, observation.port)
+          : Effect.zip(
+              holePunchReverse(observation.host, observation.port),
+              dialBack.dial(request.source, observation),
+              { concurrent: true }
+            )
+        ).pipe(Effect.interruptible, FiberSet.run(background))
       )
     )
   }

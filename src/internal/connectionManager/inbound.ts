@@ -52,7 +52,10 @@ export const make = (
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
         )
-        yield* map.adopt(record)
+        const entry = yield* map.adopt(record)
+        // A dial of ours to the node that signalled it ends with this connection (it dialled back).
+        const dial = state.pending.get(entry.key)
+        if (dial?.arrived !== undefined) yield* Deferred.succeed(dial.arrived, entry)
         yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
       }).pipe(
         // Nobody waits on an inbound set-up: a connection that closed meanwhile is only logged.

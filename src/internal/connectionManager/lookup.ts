@@ -21,6 +21,7 @@ import { filterAnswer, type HeardContact } from "./answerFilter.js"
 import * as Deadline from "./deadline.js"
 import type { Dialing } from "./dialing.js"
 import { addressOf, type GraphUpkeep } from "./graphUpkeep.js"
+import * as RelayHints from "./relayHints.js"
 import type { ManagerState } from "./state.js"
 
 /** A node a lookup has heard of, and how far it got with it. */
@@ -103,12 +104,15 @@ export const make = (
           .slice(0, k)
           .map((c): WireContact => {
             const announced = deps.announced?.(c.nodeId)
-            const contact = {
+            const hint = state.relayHints.of(c.nodeId)
+            const contact: WireContact = {
               nodeIdEncoded: NodeId.encode(c.nodeId),
               host: c.addresses[0]!.host,
-              port: c.addresses[0]!.port
+              port: c.addresses[0]!.port,
+              ...(announced === undefined ? {} : { addresses: announced.slice(0, 5) }),
+              ...(hint === undefined ? {} : { relays: RelayHints.toWire(hint.relays) })
             }
-            return announced === undefined ? contact : { ...contact, addresses: announced.slice(0, 5) }
+            return contact
           })
       ),
       // k + 1 is a valid limit, so this cannot fail; if it did, the peer would learn nothing.
@@ -137,15 +141,20 @@ export const make = (
         ),
       timeoutOf(options)
     ).pipe(
-      Effect.map((answer) =>
-        filterAnswer(answer, {
+      Effect.map((answer) => {
+        const heard = filterAnswer(answer, {
           selfKey: state.selfKey,
           answererKey: NodeId.encode(nodeId),
           targetKey: NodeId.encode(target),
           limit: k,
           ipDiversity: graph.ipDiversity
         })
-      )
+        // Relays heard of are kept for the dials that may need them (a node we know better keeps ours).
+        for (const c of heard)
+          if (c.relays.length > 0 && state.relayHints.of(c.nodeId) === undefined)
+            state.relayHints.learn(c.nodeId, c.relays, c.relayOnly)
+        return heard
+      })
     )
 
   const getRemoteNodeClosestNodes = (

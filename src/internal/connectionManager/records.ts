@@ -5,7 +5,7 @@
  */
 import { type Duration, Effect, Exit, Predicate, Scope } from "effect"
 import type * as Address from "../../services/Address.js"
-import type { NodeConnectionError } from "../../services/ConnectionManager.js"
+import type { ConnectionPath, NodeConnectionError } from "../../services/ConnectionManager.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { AgentHandlers, PeerClient, PeerRpcService } from "../../services/PeerRpc.js"
 import type {
@@ -30,7 +30,8 @@ export interface Records {
   readonly setupRecord: (
     connection: QuicConnection,
     scope: Scope.CloseableScope,
-    hostname?: string
+    hostname?: string,
+    path?: ConnectionPath
   ) => Effect.Effect<ConnRecord, never, Scope.Scope>
   /**
    * Dials `address` expecting one of `expected`, and sets the connection up (not yet in the
@@ -67,7 +68,12 @@ export const make = (
   const { config, map, pending, fail } = state
   const { transport, rpc, handlers, gating } = deps
 
-  const setupRecord = (connection: QuicConnection, scope: Scope.CloseableScope, hostname?: string) =>
+  const setupRecord = (
+    connection: QuicConnection,
+    scope: Scope.CloseableScope,
+    hostname?: string,
+    path?: ConnectionPath
+  ) =>
     Effect.gen(function* () {
       // A dialled connection is already closed with this scope (the dial's contract).
       if (connection.direction === "reverse") yield* Scope.addFinalizerExit(scope, closeOnRelease(connection))
@@ -77,6 +83,7 @@ export const make = (
         client,
         scope,
         hostname,
+        path: connection.relay !== undefined ? "relayed" : (path ?? "direct"),
         users: 0,
         retired: false,
         closing: false

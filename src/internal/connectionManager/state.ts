@@ -17,6 +17,7 @@ import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { PeerClient } from "../../services/PeerRpc.js"
 import * as ConnectionMap from "../connectionMap.js"
+import { RelayHints } from "./relayHints.js"
 import { type SelfAddresses, unknown as unknownSelfAddresses } from "./selfAddresses.js"
 
 export type Entry = ConnectionMap.Entry<PeerClient>
@@ -25,6 +26,11 @@ export type ConnRecord = ConnectionMap.ConnectionRecord<PeerClient>
 export interface PendingDial {
   /** Made by the first caller that joins the dial (most dials have none). */
   deferred: Deferred.Deferred<Entry, NodeConnectionError> | undefined
+  /**
+   * Made by a dial that signals the target (hole punching): completed when the target's own
+   * connection to us arrives first (it dialled us back), which ends the dial with it.
+   */
+  arrived?: Deferred.Deferred<Entry> | undefined
 }
 
 export interface ManagerState {
@@ -38,6 +44,8 @@ export interface ManagerState {
   selfKey: string
   /** Our addresses as peers see them (`selfAddresses.ts`); knows nothing until something keeps them. */
   selfAddresses: SelfAddresses
+  /** The relays other nodes said they are reachable through (`relayHints.ts`). */
+  readonly relayHints: RelayHints
   /** The routing table's bucket size: how many contacts a lookup keeps and asks for. */
   readonly k: number
   /** Queries a lookup keeps in flight (`connectionFindConcurrencyLimit`, at least 1). */
@@ -131,6 +139,7 @@ export const make = (
       self,
       selfKey: NodeId.encode(self) as string,
       selfAddresses: unknownSelfAddresses,
+      relayHints: new RelayHints(),
       k,
       alpha: Math.max(1, config.connectionFindConcurrencyLimit),
       connectTimeout,

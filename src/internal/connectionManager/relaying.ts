@@ -1,0 +1,306 @@
+/**
+ * Relays, the manager's part (`Relay` has the protocol):
+ *
+ * - Every node serves STOP: a relay brings it a circuit from a source, which the connection
+ *   gate may refuse; the source's QUIC connection then runs over the circuit
+ *   (`QuicTransport.acceptCircuit`) and arrives as any inbound connection does.
+ * - A node started as a relay (`relay`) serves HOP (`makeRelayServer`): reservations and
+ *   circuits, on connections it already holds (it never dials for them).
+ * - A node that may be unreachable (its class is neither public nor cone) keeps reservations
+ *   with `relayReservationsKept` relays, its seeds first, then relays other nodes use; it
+ *   reserves again when one ends, and announces them (`reserved`) as "reachable via relay R".
+ * - `dialVia` is the fallback a dial takes (`dialing.ts`): a circuit through each of the
+ *   target's relays in turn, and the target's own connection over it (`dialCircuit`), which
+ *   enters the map like a dialled one. The relay's connection is held while the circuit lasts.
+ */
+
+import type { Socket } from "@effect/platform"
+import { Clock, Duration, Effect, Exit, FiberMap, Option, Predicate, Schedule, Scope } from "effect"
+import { NodeConnectionError, type RelayStatus } from "../../services/ConnectionManager.js"
+import type { Contact } from "../../services/Contact.js"
+import * as NodeId from "../../services/NodeId.js"
+import type { ProtocolsService } from "../../services/Protocols.js"
+import * as Protocols from "../../services/Protocols.js"
+import { DialError, type QuicTransportService } from "../../services/QuicTransport.js"
+import { type RelayHost, RelayRefused, type RelayStats } from "../../services/Relay.js"
+import * as RelayClient from "../relay/client.js"
+import { makeRelayServer } from "../relay/server.js"
+import * as Wire from "../relay/wire.js"
+import * as Deadline from "./deadline.js"
+import type { Dialing, RelayFallback } from "./dialing.js"
+import type { Gating } from "./gating.js"
+import type { Records } from "./records.js"
+import { mayBeUnreachable } from "./selfAddresses.js"
+import type { ConnRecord, Entry, ManagerState } from "./state.js"
+
+/** How often the keeper looks whether reservations are wanted, ±20% jitter. */
+const KEEPER_INTERVAL = Duration.seconds(5)
+/** A node whose class is still unknown this long after start reserves as if unreachable. */
+const UNKNOWN_GRACE = Duration.seconds(30)
+/** A relay that refused or failed is not asked again for this long. */
+const COOLDOWN = Duration.minutes(1)
+
+export interface Relaying extends RelayFallback {
+  /** Serves STOP (and HOP as a relay) and keeps the reservations, in the scope. */
+  readonly start: Effect.Effect<void, never, Scope.Scope>
+  /** The relays we hold reservations with now: what we announce. */
+  readonly reserved: () => ReadonlyArray<Contact>
+  /** Runs `f` whenever the reservations change (the announcement of them). */
+  readonly onReservationsChanged: (f: () => Effect.Effect<void>) => void
+  readonly status: Effect.Effect<RelayStatus>
+}
+
+export const make = (
+  state: ManagerState,
+  deps: {
+    readonly transport: QuicTransportService
+    readonly protocols: Option.Option<ProtocolsService>
+    readonly gating: Gating
+    readonly records: Records
+    readonly dialing: () => Pick<Dialing, "getConnectionWithAddress">
+    /** Sees every chunk our relay forwards (a test hook). */
+    readonly tap?: ((bytes: Uint8Array) => void) | undefined
+  }
+): Relaying => {
+  const { config, map, fail, seeds } = state
+  const { transport, gating, records } = deps
+  const reservations = new Map<string, Contact>()
+  const cooldown = new Map<string, number>()
+  let server: { readonly stats: Effect.Effect<RelayStats> } | undefined
+  let changed: () => Effect.Effect<void> = () => Effect.void
+
+  /** A use of the connection we hold to `nodeId` while the scope is open; fails without one (never dials). */
+  const holdExisting = (nodeId: NodeId.NodeId): Effect.Effect<ConnRecord, string, Scope.Scope> =>
+    Effect.suspend(() => {
+      const entry = map.get(nodeId)
+      if (entry === undefined) return Effect.fail(`no connection to ${NodeId.encode(nodeId)}`)
+      return Effect.acquireRelease(map.acquire(entry), (record) => map.release(entry, record, false))
+    })
+
+  const host: RelayHost = {
+    openStream: (nodeId, protocol) =>
+      Effect.flatMap(holdExisting(nodeId), (record) => Protocols.open(record.connection, protocol)),
+    hold: (nodeId) => Effect.asVoid(holdExisting(nodeId))
+  }
+
+  // --- the target's side: circuits a relay brings us ---
+
+  const decide = (source: NodeId.NodeId) =>
+    Effect.sync(() => {
+      if (transport.acceptCircuit === undefined)
+        return new RelayRefused({
+          reason: "target-refused",
+          detail: "this node takes no relayed connections"
+        })
+      const denied = gating.refuseNode(source)
+      return denied === undefined ? undefined : new RelayRefused({ reason: "denied", detail: denied.detail })
+    })
+
+  const runCircuit = (_source: NodeId.NodeId, socket: Socket.Socket, relay: NodeId.NodeId) =>
+    Effect.scoped(
+      Effect.zipRight(
+        Effect.ignore(holdExisting(relay)),
+        transport.acceptCircuit === undefined ? Effect.void : transport.acceptCircuit({ socket, relay })
+      )
+    )
+
+  // --- the source's side: a connection through a relay ---
+
+  const relayFailure = (nodeId: NodeId.NodeId, relay: Contact, e: unknown): NodeConnectionError => {
+    const via = `through relay ${NodeId.encode(relay.nodeId)}`
+    if (e instanceof RelayRefused) return fail(nodeId, "relay-refused", `${via}: ${e.message}`, e)
+    if (e instanceof DialError)
+      return fail(
+        nodeId,
+        e.reason === "mismatch" || e.reason === "timeout" ? e.reason : "unreachable",
+        `${via}: ${e.message}`,
+        e
+      )
+    if (e instanceof NodeConnectionError)
+      return fail(nodeId, e.reason === "timeout" ? "timeout" : "unreachable", `${via}: ${e.message}`, e)
+    const detail = Predicate.hasProperty(e, "message") ? String(e.message) : String(e)
+    return fail(nodeId, "unreachable", `${via}: ${detail}`, e)
+  }
+
+  /** One circuit through `relay`, and the target's connection over it, set up and in the map. */
+  const viaOne = (nodeId: NodeId.NodeId, relay: Contact, timeout: Duration.Duration) =>
+    Effect.gen(function* () {
+      const dialCircuit = transport.dialCircuit
+      if (dialCircuit === undefined)
+        return yield* Effect.fail("the transport cannot carry relayed connections")
+      const scope = yield* Scope.make()
+      const record = yield* Effect.gen(function* () {
+        yield* deps.dialing().getConnectionWithAddress(relay.nodeId, relay, { timeout })
+        const held = yield* holdExisting(relay.nodeId)
+        const socket = yield* RelayClient.connect(held.connection, nodeId, timeout)
+        const connection = yield* dialCircuit(
+          { socket, relay: relay.nodeId },
+          { expectedNodeIds: [nodeId], timeout }
+        )
+        return yield* records.setupRecord(connection, scope)
+      }).pipe(
+        Scope.extend(scope),
+        Effect.onError(() => Scope.close(scope, Exit.void))
+      )
+      yield* Effect.logDebug(
+        `relayed connection to ${NodeId.encode(nodeId)} via ${NodeId.encode(relay.nodeId)}`
+      )
+      return yield* map.adopt(record)
+    }).pipe(Effect.mapError((e) => relayFailure(nodeId, relay, e)))
+
+  const dialVia = (
+    nodeId: NodeId.NodeId,
+    relays: ReadonlyArray<Contact>,
+    timeout: Duration.Duration
+  ): Effect.Effect<Entry, NodeConnectionError> =>
+    Effect.flatMap(Deadline.after(timeout), (deadline) => {
+      const errors: Array<NodeConnectionError> = []
+      const tryFrom = (i: number): Effect.Effect<Entry, NodeConnectionError> => {
+        if (i >= relays.length) {
+          const refused = errors.find((e) => e.reason === "relay-refused")
+          const last = refused ?? errors[errors.length - 1]
+          return Effect.fail(
+            last === undefined
+              ? fail(nodeId, "unreachable", "no relay known")
+              : fail(nodeId, last.reason, errors.map((e) => e.detail).join("; "), last)
+          )
+        }
+        return Deadline.withLeft(
+          deadline,
+          (left) =>
+            viaOne(nodeId, relays[i]!, left).pipe(
+              Effect.catchAll((e) => {
+                errors.push(e)
+                return tryFrom(i + 1)
+              })
+            ),
+          () =>
+            fail(
+              nodeId,
+              "timeout",
+              `no relayed connection within ${Duration.format(timeout)}${errors.length > 0 ? `: ${errors.map((e) => e.detail).join("; ")}` : ""}`
+            )
+        )
+      }
+      return tryFrom(0)
+    })
+
+  // --- reservations ---
+
+  const candidates = (now: number): ReadonlyArray<Contact> => {
+    const out: Array<Contact> = []
+    const seen = new Set<string>([state.selfKey, ...reservations.keys()])
+    const consider = (c: Contact) => {
+      const key = NodeId.encode(c.nodeId) as string
+      if (seen.has(key) || (cooldown.get(key) ?? 0) > now) return
+      seen.add(key)
+      out.push(c)
+    }
+    for (const s of seeds) consider(s)
+    for (const hint of state.relayHints.values()) for (const r of hint.relays) consider(r)
+    return out
+  }
+
+  /** Holds a reservation with `relay` until it ends (then forgets it), announcing each change. */
+  const reserveWith = (relay: Contact): Effect.Effect<void> => {
+    const key = NodeId.encode(relay.nodeId) as string
+    return Effect.gen(function* () {
+      yield* deps.dialing().getConnectionWithAddress(relay.nodeId, relay)
+      const held = yield* holdExisting(relay.nodeId)
+      const reservation = yield* RelayClient.reserve(held.connection)
+      reservations.set(key, relay)
+      yield* Effect.logDebug(`reserved with relay ${key}`)
+      yield* changed()
+      yield* reservation.held
+    }).pipe(
+      Effect.scoped,
+      Effect.catchAll((e) =>
+        Effect.logDebug(
+          `no reservation with relay ${key}: ${Predicate.hasProperty(e, "message") ? String(e.message) : String(e)}`
+        )
+      ),
+      Effect.ensuring(
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.suspend(() => {
+            cooldown.set(key, now + Duration.toMillis(COOLDOWN))
+            if (cooldown.size > 1024) cooldown.delete(cooldown.keys().next().value as string)
+            return reservations.delete(key) ? changed() : Effect.void
+          })
+        )
+      )
+    )
+  }
+
+  const keeper = Effect.gen(function* () {
+    const running = yield* FiberMap.make<string>()
+    const started = yield* Clock.currentTimeMillis
+    const check = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const nat = state.selfAddresses.nat()
+      const wanted =
+        mayBeUnreachable(state.selfAddresses) &&
+        (nat === "symmetric" || now - started >= Duration.toMillis(UNKNOWN_GRACE))
+      if (!wanted) {
+        if ((yield* FiberMap.size(running)) > 0) yield* FiberMap.clear(running)
+        return
+      }
+      let attempts = config.relayReservationsKept - (yield* FiberMap.size(running))
+      for (const relay of candidates(now)) {
+        if (attempts <= 0) break
+        const key = NodeId.encode(relay.nodeId) as string
+        if (yield* FiberMap.has(running, key)) continue
+        attempts--
+        yield* FiberMap.run(running, key, reserveWith(relay))
+      }
+    })
+    const jittered = Schedule.spaced(KEEPER_INTERVAL).pipe(Schedule.jittered)
+    yield* Effect.repeat(check, jittered)
+  })
+
+  const start = Effect.gen(function* () {
+    if (Option.isNone(deps.protocols)) return
+    const protocols = deps.protocols.value
+    yield* protocols.handle(Wire.STOP_PROTOCOL, (socket, caller) =>
+      RelayClient.serveStop(socket, caller, decide, runCircuit)
+    )
+    if (config.relay) {
+      const relay = yield* makeRelayServer(
+        {
+          maxReservations: config.relayMaxReservations,
+          maxCircuits: config.relayMaxCircuits,
+          circuitIdleTimeout: config.relayCircuitIdleTimeout,
+          circuitBytesPerSecond: config.relayCircuitBytesPerSecond,
+          reservationDuration: config.relayReservationDuration,
+          tap: deps.tap
+        },
+        host
+      )
+      server = relay
+      yield* protocols.handle(Wire.HOP_PROTOCOL, relay.handleHop)
+    }
+    if (transport.acceptCircuit !== undefined && config.relayReservationsKept > 0)
+      yield* keeper.pipe(Effect.interruptible, Effect.forkScoped)
+  })
+
+  return {
+    start,
+    dialVia,
+    selfReachable: () => !mayBeUnreachable(state.selfAddresses),
+    reserved: () => [...reservations.values()],
+    onReservationsChanged: (f) => {
+      changed = f
+    },
+    status: Effect.suspend((): Effect.Effect<RelayStatus> => {
+      let relayed = 0
+      for (const entry of map.entries.values()) if (entry.record.connection.relay !== undefined) relayed++
+      const reservationKeys = [...reservations.keys()] as Array<NodeId.NodeIdEncoded>
+      return server === undefined
+        ? Effect.succeed({ reservations: reservationKeys, relayedConnections: relayed, server: undefined })
+        : Effect.map(server.stats, (stats) => ({
+            reservations: reservationKeys,
+            relayedConnections: relayed,
+            server: stats
+          }))
+    })
+  }
+}
