@@ -5,7 +5,8 @@
  * The world's machinery is in `src/internal/simNetwork/`: `scheduler.ts` (the discrete-event
  * clock), `world.ts` (hosts, links and connections), `hosts.ts`, `links.ts` (latency, loss,
  * partitions), `nat.ts` and `packets.ts`, `dial.ts` (handshakes), `connection.ts` and
- * `streams.ts`, `endpoint.ts` (a node's transport), `trace.ts` and `prng.ts`.
+ * `streams.ts`, `circuit.ts` and `circuitWire.ts` (connections over relay circuits),
+ * `endpoint.ts` (a node's transport), `trace.ts` and `prng.ts`.
  */
 import { Effect, FiberSet, Layer, type Scope } from "effect"
 import { SimConnection } from "../internal/simNetwork/connection.js"

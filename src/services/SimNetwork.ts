@@ -67,6 +67,8 @@ export type TraceKind =
   | "partition"
   | "heal"
   | "link"
+  /** A connection over a relay circuit: its handshake, connect, refusal and each side's stop. */
+  | "circuit"
 
 export interface TraceEvent {
   /** Milliseconds of virtual time since the world was created. */

@@ -10,6 +10,7 @@ import * as NodeId from "../../services/NodeId.js"
 import { type CloseReason, ConnectionError, type QuicConnection } from "../../services/QuicTransport.js"
 import type { SimChannel } from "../../services/SimNetwork.js"
 import { Dispatch } from "../connectionDispatch.js"
+import type { CircuitPath } from "./circuit.js"
 import type { Endpoint } from "./endpoint.js"
 import { inspect, type SimStream } from "./streams.js"
 import type { World } from "./world.js"
@@ -19,8 +20,10 @@ export interface Pair {
   readonly id: number
   a: SimConnection
   b: SimConnection
-  /** Set while the two hosts are partitioned: the time the cut started. */
+  /** Set while the two hosts are partitioned: the time the cut started (never for a relayed pair). */
   blockedSince: number | undefined
+  /** The relay circuit carrying the connection; undefined for a direct one. */
+  readonly circuit: CircuitPath | undefined
 }
 
 /** Closed by this side, with the detail given if any. */
@@ -69,6 +72,10 @@ export class SimConnection implements QuicConnection, SimChannel {
   get localHost() {
     return this.ep.host.host
   }
+  /** The relay of this end's circuit, for a relayed connection. */
+  get relay(): NodeId.NodeId | undefined {
+    return this.pair.circuit?.sideOf(this).relay
+  }
   /** A compact form for logs and test output (the object graph behind is the whole world). */
   toJSON() {
     return {
@@ -78,6 +85,7 @@ export class SimConnection implements QuicConnection, SimChannel {
       local: `${this.localHost}:${this.localPort}`,
       remote: `${this.remoteHost}:${this.remotePort}`,
       remoteNodeId: NodeId.encode(this.remoteNodeId),
+      ...(this.pair.circuit === undefined ? {} : { relay: NodeId.encode(this.relay!) }),
       closed: this.reason === undefined ? false : describeReason(this.reason)
     }
   }

@@ -11,6 +11,7 @@ import { Exit } from "effect"
 import type { Address } from "../../services/Address.js"
 import * as NodeId from "../../services/NodeId.js"
 import { DialError } from "../../services/QuicTransport.js"
+import type { CircuitPath } from "./circuit.js"
 import { localReason, type Pair, SimConnection } from "./connection.js"
 import type { Endpoint } from "./endpoint.js"
 import { sendPacket } from "./packets.js"
@@ -38,14 +39,7 @@ const INITIAL_PTO_MS = 1000
 export const startDial = (world: World, p: PendingDial, timeoutMs: number) => {
   const ep = p.ep
   const to = `${p.host}:${p.port}`
-  world.pendingDials++
-  ep.pending.add(p)
-  world.log.add("dial", ep.label, to)
-  world.scheduler.schedule(timeoutMs, () => {
-    if (p.done) return
-    world.log.add("timeout", ep.label, to)
-    failDial(world, p, "timeout", `no handshake within ${timeoutMs} ms`)
-  })
+  registerDial(world, p, timeoutMs)
   const send = (pto: number) => {
     sendPacket(world, "handshake", ep, p.host, p.port, (dst, port, src) => {
       const listener = dst.bindings.get(port)
@@ -58,36 +52,12 @@ export const startDial = (world: World, p: PendingDial, timeoutMs: number) => {
       if (world.links.lost(dst, ep.host))
         return world.log.add("drop", listener.label, ep.label, "handshake reply: lost")
       world.scheduler.schedule(world.links.delay(dst, ep.host), () => {
-        if (p.done || ep.stopped) return
-        if (!p.expected.some((id) => NodeId.equals(id, listener.nodeId))) {
-          const expected = p.expected.map(NodeId.encode).join(", ")
-          world.log.add("mismatch", ep.label, to, listener.nodeKey)
-          failDial(
-            world,
-            p,
-            "mismatch",
-            `expected ${expected === "" ? "(none)" : expected}, the peer is ${listener.nodeKey}`
-          )
-          return
-        }
-        const pair = makePair(world, p, listener, src)
+        if (p.done || ep.stopped || !expectedPeer(world, p, listener)) return
+        const pair = makePair(world, p, listener, src, undefined)
         p.end = pair.a
         world.log.add("connect", ep.label, to, pair.a.id)
         settleDial(world, p, Exit.succeed(pair.a))
-        // The client's Finished: the listener now has the connection.
-        world.sendOnConnection(pair.a, () => {
-          const b = pair.b
-          if (b.reason !== undefined) return
-          if (listener.stopped) {
-            // Nobody answers any more: the dialer finds out by its idle timeout.
-            world.closeConnection(b, { _tag: "Error", detail: "listener gone" }, "idle")
-            return
-          }
-          b.registered = true
-          listener.ends.add(b)
-          listener.incoming.unsafeOffer(b)
-          world.log.add("accept", listener.label, `${src.host}:${src.port}`, b.id)
-        })
+        finished(world, pair, listener)
       })
     })
     // No answer yet: QUIC retransmits the Initial on its probe timeout, doubling each time.
@@ -99,6 +69,50 @@ export const startDial = (world: World, p: PendingDial, timeoutMs: number) => {
   }
   send(INITIAL_PTO_MS)
 }
+
+/** Counts the dial as pending at its endpoint and fails it at its timeout (`detail`: the trace's). */
+export const registerDial = (world: World, p: PendingDial, timeoutMs: number, detail = "") => {
+  const ep = p.ep
+  const to = `${p.host}:${p.port}`
+  world.pendingDials++
+  ep.pending.add(p)
+  world.log.add("dial", ep.label, to, detail)
+  world.scheduler.schedule(timeoutMs, () => {
+    if (p.done) return
+    world.log.add("timeout", ep.label, to)
+    failDial(world, p, "timeout", `no handshake within ${timeoutMs} ms`)
+  })
+}
+
+/** Whether the peer is one the dial expects; if not, the dial fails with `mismatch` naming both. */
+export const expectedPeer = (world: World, p: PendingDial, peer: Endpoint): boolean => {
+  if (p.expected.some((id) => NodeId.equals(id, peer.nodeId))) return true
+  const expected = p.expected.map(NodeId.encode).join(", ")
+  world.log.add("mismatch", p.ep.label, `${p.host}:${p.port}`, peer.nodeKey)
+  failDial(
+    world,
+    p,
+    "mismatch",
+    `expected ${expected === "" ? "(none)" : expected}, the peer is ${peer.nodeKey}`
+  )
+  return false
+}
+
+/** The client's Finished, sent on the new connection: on arrival the listener has its end. */
+export const finished = (world: World, pair: Pair, listener: Endpoint) =>
+  world.sendOnConnection(pair.a, () => {
+    const b = pair.b
+    if (b.reason !== undefined) return
+    if (listener.stopped) {
+      // Nobody answers any more: the dialer finds out by its idle timeout.
+      world.closeConnection(b, { _tag: "Error", detail: "listener gone" }, "idle")
+      return
+    }
+    b.registered = true
+    listener.ends.add(b)
+    listener.incoming.unsafeOffer(b)
+    world.log.add("accept", listener.label, `${b.remoteHost}:${b.remotePort}`, b.id)
+  })
 
 const finishDial = (world: World, p: PendingDial) => {
   if (p.done) return
@@ -125,11 +139,21 @@ export const cancelDial = (world: World, p: PendingDial) => {
   if (p.end !== undefined) world.closeConnection(p.end, localReason("dial cancelled"), "peer")
 }
 
-/** The connection a dial made: the dialler's end registered at once, the listener's once accepted. */
-const makePair = (world: World, p: PendingDial, listener: Endpoint, observed: Address): Pair => {
+/**
+ * The connection a dial made: the dialler's end registered at once, the listener's once
+ * accepted. `observed`: the dialler's address as the listener sees it; `circuit`: the relay
+ * circuit carrying it, if any.
+ */
+export const makePair = (
+  world: World,
+  p: PendingDial,
+  listener: Endpoint,
+  observed: Address,
+  circuit: CircuitPath | undefined
+): Pair => {
   const ep = p.ep
   const id = ++world.pairCounter
-  const pair: Pair = { id, a: undefined as never, b: undefined as never, blockedSince: undefined }
+  const pair: Pair = { id, a: undefined as never, b: undefined as never, blockedSince: undefined, circuit }
   const a = new SimConnection(world, pair, ep, `sim${id}f`, "forward", listener.nodeId, p.host, p.port)
   const b = new SimConnection(
     world,
@@ -149,6 +173,7 @@ const makePair = (world: World, p: PendingDial, listener: Endpoint, observed: Ad
   ep.ends.add(a)
   world.pairs.add(pair)
   world.openEnds += 2
-  if (world.links.blocked(ep.host, listener.host)) pair.blockedSince = world.scheduler.now()
+  if (circuit === undefined && world.links.blocked(ep.host, listener.host))
+    pair.blockedSince = world.scheduler.now()
   return pair
 }

@@ -1,6 +1,7 @@
 /**
  * A node's transport in the simulated world: `bind` puts an endpoint on a host (a
- * `QuicTransportService` whose dials, connections and datagrams are events of the world),
+ * `QuicTransportService` whose dials, connections over relay circuits (`circuit.ts`) and
+ * datagrams are events of the world),
  * and `stopEndpoint` takes it off again, gracefully or by a crash.
  */
 import { Deferred, Effect, Exit, type Fiber, Mailbox, Runtime, Scope } from "effect"
@@ -14,6 +15,7 @@ import {
   TransportError
 } from "../../services/QuicTransport.js"
 import type { SimTransportOptions } from "../../services/SimNetwork.js"
+import { acceptCircuit, dialCircuit } from "./circuit.js"
 import { localReason, type SimConnection } from "./connection.js"
 import { cancelDial, failDial, type PendingDial, startDial } from "./dial.js"
 import { type HostState, isSimHostAddress } from "./hosts.js"
@@ -175,6 +177,8 @@ export const bind = (
       host: ep.host.host,
       port: ep.port,
       dial,
+      dialCircuit: dialCircuit(world, ep),
+      acceptCircuit: acceptCircuit(world, ep),
       incoming: Mailbox.toStream(incoming),
       sendDatagram,
       failure: Deferred.await(failure)

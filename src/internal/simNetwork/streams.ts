@@ -146,11 +146,15 @@ export class SimSocket implements Socket.Socket, QuicStreamSocket.ChunkReader {
       if (this.writeEnded) return Effect.fail(QuicStreamSocket.writeSideClosed())
       const bytes = typeof chunk === "string" ? encoder.encode(chunk) : Uint8Array.from(chunk)
       const pipe = this.writePipe
-      this.world.sendOnConnection(this.end, () => {
-        if (pipe.done || pipe.stopped) return
-        pipe.chunks.push(bytes)
-        pipe.notify()
-      })
+      this.world.sendOnConnection(
+        this.end,
+        () => {
+          if (pipe.done || pipe.stopped) return
+          pipe.chunks.push(bytes)
+          pipe.notify()
+        },
+        bytes.length
+      )
       return Effect.void
     })
 

@@ -6,12 +6,15 @@
  * timeout closes with IdleTimeout on each side.
  *
  * The other parts of the world: `dial.ts` (handshakes), `packets.ts` and `nat.ts` (packets
- * and NATs), `endpoint.ts` (a node's transport), `streams.ts` and `connection.ts`.
+ * and NATs), `endpoint.ts` (a node's transport), `streams.ts` and `connection.ts`, and
+ * `circuit.ts` (connections over relay circuits, which no partition or NAT between their two
+ * hosts affects: their packets travel on the circuit's stream).
  */
 import { Socket } from "@effect/platform"
 import type { Clock, Effect } from "effect"
 import type { CloseReason } from "../../services/QuicTransport.js"
 import type { SimNetworkOptions, SimNetworkStats } from "../../services/SimNetwork.js"
+import type { CircuitDial } from "./circuit.js"
 import { describeReason, type Pair, peerReason, type SimConnection } from "./connection.js"
 import { type HostState, Hosts } from "./hosts.js"
 import { Links } from "./links.js"
@@ -30,6 +33,9 @@ export class World {
   pendingDials = 0
   pairCounter = 0
   readonly pairs = new Set<Pair>()
+  /** Relay circuit dials whose hello may still arrive, by token (`circuit.ts`). */
+  readonly circuitDials = new Map<number, CircuitDial>()
+  circuitCounter = 0
   /** Ends holding what they sent while their link is cut. */
   private readonly stalled = new Set<SimConnection>()
 
@@ -55,7 +61,12 @@ export class World {
     const id = this.links.partition(a, b)
     const now = this.scheduler.now()
     for (const pair of this.pairs) {
-      if (pair.blockedSince !== undefined || !this.links.blocked(pair.a.ep.host, pair.b.ep.host)) continue
+      if (
+        pair.blockedSince !== undefined ||
+        pair.circuit !== undefined ||
+        !this.links.blocked(pair.a.ep.host, pair.b.ep.host)
+      )
+        continue
       pair.blockedSince = now
       for (const end of [pair.a, pair.b]) {
         if (end.reason !== undefined) continue
@@ -83,8 +94,13 @@ export class World {
     }
   }
 
-  /** Sends something to the peer end: in order, after the latency, held while the link is cut. */
-  sendOnConnection(from: SimConnection, run: () => void) {
+  /**
+   * Sends something to the peer end: in order, after the latency, held while the link is cut;
+   * on a relayed connection, as a packet of `size` bytes through its circuit.
+   */
+  sendOnConnection(from: SimConnection, run: () => void, size = 0) {
+    const circuit = from.pair.circuit
+    if (circuit !== undefined) return circuit.sideOf(from).send(run, size)
     if (from.held !== undefined) {
       from.held.push(run)
       return
@@ -162,6 +178,7 @@ export class World {
     if (peer.reason !== undefined) {
       this.pairs.delete(end.pair)
     }
+    end.pair.circuit?.sideOf(end).stop()
   }
 
   stats(): SimNetworkStats {
