@@ -26,6 +26,7 @@ const suiteNames = [
   "transport",
   "rpc",
   "holePunch",
+  "reachability",
   "connectionManager",
   "appProtocols",
   "simulation"
