@@ -100,7 +100,10 @@ export const makeWithDiagnostics: Effect.Effect<
     protocols: yield* Effect.serviceOption(Protocols),
     gating,
     records,
-    dialing: () => dialing
+    dialing: () => dialing,
+    signalOver: (nodeId, timeout) =>
+      Effect.ignore(holePunch.sendSignalingMessage(nodeId, state.self, nodeId, undefined, { timeout })),
+    announced: (nodeId) => reachability.announced(nodeId)
   })
   const holePunch = HolePunch.make(state, {
     transport: sending,
@@ -121,7 +124,13 @@ export const makeWithDiagnostics: Effect.Effect<
     getConnectionWithAddress: dialing.getConnectionWithAddress,
     lookup
   })
-  const inbound = Inbound.make(state, { transport, records, addToGraph, gating })
+  const inbound = Inbound.make(state, {
+    transport,
+    records,
+    addToGraph,
+    gating,
+    isPunching: (host, port) => holePunch.isPunching(host, port)
+  })
   const renewal = Renewal.make(state, { keyRing, graph, rejoin: Effect.suspend(() => join.syncNodeGraph()) })
 
   yield* renewal.follow

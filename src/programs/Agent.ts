@@ -26,6 +26,7 @@ import { gateHandlers } from "./control/gates.js"
 import { identityHandlers } from "./control/identity.js"
 import { portMappingField } from "./control/portMapping.js"
 import { reachabilityField } from "./control/reachability.js"
+import { relayField } from "./control/relay.js"
 import { configErrorText, OperationError, UsageError } from "./Input.js"
 import { lockNodePath, socketPath } from "./NodePath.js"
 
@@ -39,6 +40,8 @@ export interface AgentOptions {
   readonly format: "human" | "json"
   /** Port mapping at the gateway: on unless `enabled: false`; the default route's gateway unless `gateway`. */
   readonly portMapping?: Partial<PortMapperLive.PortMapperOptions>
+  /** Serve as a relay (`--relay`); QUICMESH_RELAY=true does too. */
+  readonly relay?: boolean
 }
 
 /**
@@ -118,6 +121,7 @@ const handlers = (stop: Deferred.Deferred<void>) =>
       const identity = yield* identityHandlers
       const portMapping = yield* portMappingField
       const reachability = yield* reachabilityField
+      const relay = yield* relayField
       const decode = (text: string): Effect.Effect<NodeId.NodeId, ControlError> => {
         const r = NodeId.decode(text)
         return Either.isLeft(r)
@@ -155,7 +159,8 @@ const handlers = (stop: Deferred.Deferred<void>) =>
               pid: process.pid,
               ...(counts === undefined ? {} : { transport: counts }),
               ...(yield* portMapping),
-              ...(yield* reachability)
+              ...(yield* reachability),
+              ...(yield* relay)
             }
           }),
         stop: () => Deferred.succeed(stop, undefined).pipe(Effect.asVoid),
@@ -261,7 +266,8 @@ export const run = (options: AgentOptions) =>
 /** `run` for a caller that already holds the node path's lock (`lockNodePath`). */
 export const runLocked = (options: AgentOptions) =>
   Effect.gen(function* () {
-    const managerOptions = yield* managerOptionsFromEnv(options.seedNodes)
+    const fromEnv = yield* managerOptionsFromEnv(options.seedNodes)
+    const managerOptions = options.relay === true ? { ...fromEnv, relay: true } : fromEnv
     const ipDiversity = yield* ipDiversityFromEnv()
     const receiveBufferSize = Option.getOrUndefined(yield* receiveBufferFromEnv())
     const stop = yield* Deferred.make<void>()

@@ -10,6 +10,7 @@ import { gateCommands } from "./cli/gates.js"
 import { identityCommand } from "./cli/identity.js"
 import { checkPortMapping, portMappingOptions, portMappingText } from "./cli/portMapping.js"
 import { reachabilityText } from "./cli/reachability.js"
+import { relayOptions, relayText } from "./cli/relay.js"
 import {
   aboutNode,
   checkFormat,
@@ -63,6 +64,7 @@ const agentStart = Command.make(
     ),
     format,
     ...portMappingOptions,
+    ...relayOptions,
     verbose: Options.boolean("verbose").pipe(
       Options.withDescription("Debug logging on stderr"),
       Options.withFallbackConfig(Config.boolean("QUICMESH_VERBOSE"))
@@ -92,7 +94,7 @@ const agentStart = Command.make(
       // only here, so the client commands start quickly.
       yield* lockNodePath(dir)
       const Agent = yield* Effect.promise(() => import("./Agent.js"))
-      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt, portMapping }).pipe(
+      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt, portMapping, relay: o.relay }).pipe(
         Logger.withMinimumLogLevel(o.verbose ? LogLevel.Debug : LogLevel.Info)
       )
     }).pipe(Effect.scoped)
@@ -106,7 +108,7 @@ const agentStatus = Command.make("status", { nodePath, format }, (o) =>
     yield* print(
       fmt,
       status,
-      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)${portMappingText(status)}${reachabilityText(status)}`
+      `agent LIVE at ${dir}: node ${status.nodeId} on ${hostPort(status.host, status.port)}, pid ${status.pid}, ${status.connections} connection(s), ${status.nodes} known node(s)${portMappingText(status)}${reachabilityText(status)}${relayText(status)}`
     )
   })
 ).pipe(Command.withDescription("Show whether an agent runs at the node path, and its figures"))

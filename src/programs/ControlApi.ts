@@ -10,6 +10,7 @@ import { GateRpcs } from "./control/gates.js"
 import { IdentityRpcs } from "./control/identity.js"
 import { PortMappingJson } from "./control/portMapping.js"
 import { ReachabilityJson } from "./control/reachability.js"
+import { RelayJson } from "./control/relay.js"
 
 export { ControlError }
 
@@ -45,7 +46,9 @@ export const StatusJson = Schema.Struct({
   /** Present while the gateway grants a mapping of the node's port. */
   portMapping: Schema.optional(PortMappingJson),
   /** How the world sees the node (absent from an agent that does not tell). */
-  reachability: Schema.optional(ReachabilityJson)
+  reachability: Schema.optional(ReachabilityJson),
+  /** Relay reservations, relayed connections, and the relay's figures when it serves as one. */
+  relay: Schema.optional(RelayJson)
 })
 
 export const ConnectionJson = Schema.Struct({

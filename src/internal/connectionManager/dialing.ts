@@ -75,6 +75,9 @@ export interface RelayFallback {
   readonly selfReachable: () => boolean
 }
 
+const punchedIfSignalled = (signal: DialSignal) => (): "punched" | "direct" =>
+  signal.signalled() ? "punched" : "direct"
+
 /** How long a relay-only target gets to dial us back (when it can) before its relay is used. */
 const DIAL_BACK_HEAD_START = Duration.seconds(3)
 
@@ -187,7 +190,14 @@ export const make = (
     // One signalling for all addresses: started by the first slow dial, stopped after the last.
     const signal = punching ? slowDialSignal(nodeId, timeout) : undefined
     const attempt = (address: Address.Address) =>
-      dialRecord([nodeId], address, timeout, undefined, signal?.whenSlow).pipe(
+      dialRecord(
+        [nodeId],
+        address,
+        timeout,
+        undefined,
+        signal?.whenSlow,
+        signal && punchedIfSignalled(signal)
+      ).pipe(
         Effect.catchTag("DialError", (e) =>
           Effect.fail(
             fail(

@@ -55,8 +55,13 @@ class SlowDialSignal {
     private readonly run: (effect: Effect.Effect<void>) => Fiber.RuntimeFiber<void>,
     private readonly signal: Effect.Effect<void>
   ) {}
+  /** True once the signalling started (the dial was slow: the target was asked to punch). */
+  started = false
   start() {
-    if (!this.ended && this.fiber === undefined) this.fiber = this.run(this.signal)
+    if (!this.ended && this.fiber === undefined) {
+      this.started = true
+      this.fiber = this.run(this.signal)
+    }
   }
   get stop(): Effect.Effect<void> {
     return Effect.suspend(() => {
@@ -72,9 +77,13 @@ class SlowDialSignal {
 export interface DialSignal {
   readonly whenSlow: NonNullable<DialOptions["whenSlow"]>
   readonly stop: Effect.Effect<void>
+  /** True once the target was signalled (a connection made then is a punched one). */
+  readonly signalled: () => boolean
 }
 
 export interface HolePunch {
+  /** True while we punch toward host:port (a connection from there is a punched one). */
+  readonly isPunching: (host: string, port: number) => boolean
   /** 32 random bytes to host:port, waiting the punch interval, doubling, until timeout/interruption. */
   readonly holePunchReverse: (host: string, port: number, options?: OperationOptions) => Effect.Effect<void>
   /** Asks `relay` to pass our signed request for `target` on (`source` must be us; `address` is signed too). */
@@ -154,8 +163,28 @@ export const make = (
     )
   }
 
+  // Where we punch now ("host port" → punches running): a connection coming in from there was punched.
+  const punching = new Map<string, number>()
+  const punchKey = (host: string, port: number) => `${Address.normalizeHost(host)} ${port}`
+  const isPunching = (host: string, port: number) => punching.has(punchKey(host, port))
+  const punchingTo = (host: string, port: number) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const key = punchKey(host, port)
+        punching.set(key, (punching.get(key) ?? 0) + 1)
+        return key
+      }),
+      (key) =>
+        Effect.sync(() => {
+          const n = (punching.get(key) ?? 1) - 1
+          if (n <= 0) punching.delete(key)
+          else punching.set(key, n)
+        })
+    )
+
   const holePunchReverse = (host: string, port: number, options?: OperationOptions): Effect.Effect<void> =>
     Effect.gen(function* () {
+      yield* punchingTo(host, port)
       let delay = config.connectionHolePunchIntervalTime
       while (true) {
         const bytes = new Uint8Array(32)
@@ -166,7 +195,7 @@ export const make = (
         delay = Duration.times(delay, 2)
       }
       // Punching ends with its timeout: that is its normal end, not a failure.
-    }).pipe(Effect.timeout(timeoutOf(options)), Effect.ignore)
+    }).pipe(Effect.timeout(timeoutOf(options)), Effect.ignore, Effect.scoped)
 
   /** A request for `target`, signed by us, vouching for `addresses` (at most the first eight). */
   const signedRequest = (target: NodeId.NodeId, addresses: ReadonlyArray<Address.Address>) =>
@@ -365,10 +394,11 @@ export const make = (
       ),
       run: () => signal.start()
     }
-    return { whenSlow, stop: signal.stop }
+    return { whenSlow, stop: signal.stop, signalled: () => signal.started }
   }
 
   return {
+    isPunching,
     holePunchReverse,
     sendSignalingMessage,
     relaySignalingMessage,

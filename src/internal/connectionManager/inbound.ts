@@ -28,6 +28,8 @@ export const make = (
     readonly records: Records
     readonly addToGraph: GraphUpkeep["addToGraph"]
     readonly gating: Gating
+    /** True while we punch toward host:port: a connection from there is a punched one. */
+    readonly isPunching?: (host: string, port: number) => boolean
   }
 ): Inbound => {
   const { config, map, background } = state
@@ -48,7 +50,8 @@ export const make = (
           return
         }
         const scope = yield* Scope.make()
-        const record = yield* setupRecord(connection, scope).pipe(
+        const punched = deps.isPunching?.(connection.remoteHost, connection.remotePort) === true
+        const record = yield* setupRecord(connection, scope, undefined, punched ? "punched" : "direct").pipe(
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))
         )

@@ -42,7 +42,9 @@ export interface Records {
     address: Address.Address,
     timeout: Duration.Duration,
     hostname?: string,
-    whenSlow?: DialOptions["whenSlow"]
+    whenSlow?: DialOptions["whenSlow"],
+    /** How the connection came about, asked once it is made (default "direct"). */
+    pathOf?: () => ConnectionPath
   ) => Effect.Effect<ConnRecord, DialError | NodeConnectionError>
   /** Room for one more connection: prune idle non-seed connections (LRU) if at the limit. */
   readonly ensureCapacity: (nodeId: NodeId.NodeId) => Effect.Effect<void, NodeConnectionError>
@@ -103,7 +105,8 @@ export const make = (
     address: Address.Address,
     timeout: Duration.Duration,
     hostname?: string,
-    whenSlow?: DialOptions["whenSlow"]
+    whenSlow?: DialOptions["whenSlow"],
+    pathOf?: () => ConnectionPath
   ): Effect.Effect<ConnRecord, DialError | NodeConnectionError> =>
     Effect.gen(function* () {
       const targets = gating.dialTargets(expected, address.host)
@@ -120,7 +123,9 @@ export const make = (
           // Refused once made (a hostname that resolved into a denied range): closed unused.
           Effect.flatMap((connection) => {
             const refused = gating.refuseConnection(connection)
-            return refused === undefined ? setupRecord(connection, scope, hostname) : Effect.fail(refused)
+            return refused === undefined
+              ? setupRecord(connection, scope, hostname, pathOf?.())
+              : Effect.fail(refused)
           }),
           Scope.extend(scope),
           Effect.onError(() => Scope.close(scope, Exit.void))

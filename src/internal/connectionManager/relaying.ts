@@ -15,7 +15,8 @@
  */
 
 import type { Socket } from "@effect/platform"
-import { Clock, Duration, Effect, Exit, FiberMap, Option, Predicate, Schedule, Scope } from "effect"
+import { Clock, Duration, Effect, Exit, FiberMap, FiberSet, Option, Predicate, Schedule, Scope } from "effect"
+import * as Address from "../../services/Address.js"
 import { NodeConnectionError, type RelayStatus } from "../../services/ConnectionManager.js"
 import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
@@ -58,6 +59,10 @@ export const make = (
     readonly gating: Gating
     readonly records: Records
     readonly dialing: () => Pick<Dialing, "getConnectionWithAddress">
+    /** The upgrade's signal: our signed hole-punch request to the target over the relayed connection. */
+    readonly signalOver: (nodeId: NodeId.NodeId, timeout: Duration.Duration) => Effect.Effect<void>
+    /** The confirmed addresses `nodeId` announced for itself, if it did. */
+    readonly announced: (nodeId: NodeId.NodeId) => ReadonlyArray<Address.Address> | undefined
     /** Sees every chunk our relay forwards (a test hook). */
     readonly tap?: ((bytes: Uint8Array) => void) | undefined
   }
@@ -145,8 +150,47 @@ export const make = (
       yield* Effect.logDebug(
         `relayed connection to ${NodeId.encode(nodeId)} via ${NodeId.encode(relay.nodeId)}`
       )
-      return yield* map.adopt(record)
+      const entry = yield* map.adopt(record)
+      if (entry.record === record) yield* FiberSet.run(state.background, upgrade(nodeId, record))
+      return entry
     }).pipe(Effect.mapError((e) => relayFailure(nodeId, relay, e)))
+
+  /**
+   * The upgrade (DCUtR-like): over the relayed connection we ask the target to punch toward
+   * us (and dial us back, if it may be unreachable itself), and dial it at once at the address
+   * its relay observed and the addresses it announced. A direct connection, whichever side
+   * made it, replaces the relayed one in the map (`connectionMap.ts`); calls in flight on the
+   * relayed one finish there. Skipped when both sides look unreachable (symmetric NATs: no
+   * direct path opens between them).
+   */
+  const upgrade = (nodeId: NodeId.NodeId, relayed: ConnRecord): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      const hint = state.relayHints.of(nodeId)
+      if (state.selfAddresses.nat() === "symmetric" && hint?.relayOnly === true) return Effect.void
+      const targets: Array<Address.Address> = []
+      const add = (a: Address.Address) => {
+        if (Address.isPort(a.port) && !targets.some((b) => Address.equals(a, b)))
+          targets.push({ host: a.host, port: a.port })
+      }
+      add({ host: relayed.connection.remoteHost, port: relayed.connection.remotePort })
+      for (const a of deps.announced(nodeId) ?? []) add(a)
+      if (targets.length === 0) return Effect.void
+      const timeout = state.connectTimeout
+      const dial = (address: Address.Address) =>
+        records
+          .dialRecord([nodeId], address, timeout, undefined, undefined, () => "punched")
+          .pipe(Effect.flatMap(map.adopt))
+      return Effect.zip(deps.signalOver(nodeId, timeout), Effect.raceAll(targets.map(dial)), {
+        concurrent: true
+      }).pipe(
+        Effect.tap(() =>
+          Effect.logDebug(`relayed connection to ${NodeId.encode(nodeId)} upgraded to a direct one`)
+        ),
+        Effect.catchAll((e) =>
+          Effect.logDebug(`no direct path to ${NodeId.encode(nodeId)} (staying relayed): ${e.message}`)
+        )
+      )
+    })
 
   const dialVia = (
     nodeId: NodeId.NodeId,
