@@ -46,15 +46,19 @@ const serveProtocol = (
   protocols: ProtocolsService,
   id: string
 ): Effect.Effect<void> => {
-  if (!ProtocolId.is(id))
+  // Looked up first: the node's own protocols ("quicmesh/…", registered internally) are served
+  // though they are not valid application ids.
+  const handler = protocols.lookup(id)
+  if (Option.isNone(handler))
     return endWith(
       socket,
       finished,
-      ProtocolWire.encodeRefusal(`"${id.slice(0, 80)}" is not a valid protocol id`)
+      ProtocolWire.encodeRefusal(
+        ProtocolId.is(id)
+          ? `protocol "${id}" is not served`
+          : `"${id.slice(0, 80)}" is not a valid protocol id`
+      )
     )
-  const handler = protocols.lookup(id)
-  if (Option.isNone(handler))
-    return endWith(socket, finished, ProtocolWire.encodeRefusal(`protocol "${id}" is not served`))
   const serve = handler.value
   return Effect.scoped(
     Effect.flatMap(socket.writer, (write) =>

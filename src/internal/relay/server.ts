@@ -1,0 +1,195 @@
+/**
+ * The relay's side: `handleHop` serves the HOP streams nodes open to it.
+ *
+ * - RESERVE: within `maxReservations` (a node that holds one already renews it), the relay
+ *   holds the caller's connection, answers OK with the reservation's end, and keeps the stream
+ *   open. The reservation ends at `reservationDuration`, when the node ends the stream (or sends
+ *   anything more on it), when the node reserves again on another stream, or when the relay
+ *   stops; the relay then ends the stream.
+ * - CONNECT target: refused for the caller itself, a target without a reservation, or over
+ *   `maxCircuits`; else the relay opens STOP on its connection to the target, names the caller
+ *   (as its connection proved it), waits for the target's status (at most `messageTimeout`),
+ *   answers the caller, and splices the two streams (`splice.ts`).
+ *
+ * Every refusal is a STATUS with its code, then the end of the stream, counted by reason.
+ */
+import { Clock, Deferred, Duration, Effect, Either, Predicate, type Scope } from "effect"
+import type { Contact } from "../../services/Contact.js"
+import * as NodeId from "../../services/NodeId.js"
+import type { StreamHandler } from "../../services/Protocols.js"
+import {
+  defaults,
+  type RelayHost,
+  type RelayOptions,
+  RelayRefused,
+  type RelayRefusedReason,
+  type RelayStats,
+  refusedReasons
+} from "../../services/Relay.js"
+import type { ChunkReader } from "../quicStreamSocket.js"
+import { type SpliceEnd, splice } from "./splice.js"
+import * as Wire from "./wire.js"
+
+export interface RelayServer {
+  /** The HOP handler: serve it as `Wire.HOP_PROTOCOL` on the node's streams. */
+  readonly handleHop: StreamHandler
+  readonly stats: Effect.Effect<RelayStats>
+}
+
+type Writer = SpliceEnd["write"]
+
+/** One reservation; `ended` completes when a newer one of the same node replaces it. */
+interface Held {
+  readonly ended: Deferred.Deferred<void>
+}
+
+const detailOf = (cause: unknown): string =>
+  Predicate.hasProperty(cause, "message") ? String(cause.message) : String(cause)
+
+/** The relay, serving until the scope closes (which ends its reservations and circuits). */
+export const makeRelayServer = (
+  options: Partial<RelayOptions>,
+  host: RelayHost
+): Effect.Effect<RelayServer, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const config: RelayOptions = { ...defaults, ...options }
+    const reservationMs = Duration.toMillis(config.reservationDuration)
+    const stopped = yield* Deferred.make<void>()
+    yield* Effect.addFinalizer(() => Deferred.succeed(stopped, undefined))
+    const reservations = new Map<NodeId.NodeIdEncoded, Held>()
+    const counters = { circuits: 0, bytesForwarded: 0 }
+    const refused = Object.fromEntries(refusedReasons.map((reason) => [reason, 0])) as Record<
+      RelayRefusedReason,
+      number
+    >
+
+    const refuse = (write: Writer, reason: RelayRefusedReason, detail: string) =>
+      Effect.suspend(() => {
+        refused[reason]++
+        return Effect.ignore(write(Wire.encodeStatus({ _tag: "Refused", reason, detail })))
+      })
+
+    /** Until the node ends its reservation's stream: "ended", or "bytes" if it sent any. */
+    const awaitEnd = (reader: ChunkReader) =>
+      Effect.matchEffect(reader.readChunk, {
+        onFailure: () => Effect.succeed("ended" as const),
+        onSuccess: (chunk) => Effect.succeed(chunk === undefined ? ("ended" as const) : ("bytes" as const))
+      })
+
+    const reserve = (reader: ChunkReader, write: Writer, caller: Contact) =>
+      Effect.gen(function* () {
+        const key = NodeId.encode(caller.nodeId)
+        const mine: Held = { ended: yield* Deferred.make<void>() }
+        const previous = reservations.get(key)
+        if (previous === undefined && reservations.size >= config.maxReservations)
+          return yield* refuse(
+            write,
+            "reservation-limit",
+            `the relay holds its maximum of ${config.maxReservations} reservations`
+          )
+        reservations.set(key, mine)
+        if (previous !== undefined) yield* Deferred.succeed(previous.ended, undefined)
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            if (reservations.get(key) === mine) reservations.delete(key)
+          })
+        )
+        yield* Effect.ignore(host.hold(caller.nodeId))
+        const until = (yield* Clock.currentTimeMillis) + reservationMs
+        yield* write(Wire.encodeStatus({ _tag: "Ok", until }))
+        const end = yield* awaitEnd(reader).pipe(
+          Effect.raceFirst(Effect.as(Effect.sleep(reservationMs), "expired" as const)),
+          Effect.raceFirst(Effect.as(Deferred.await(mine.ended), "renewed" as const)),
+          Effect.raceFirst(Effect.as(Deferred.await(stopped), "stopped" as const))
+        )
+        if (end === "bytes") yield* refuse(write, "malformed", "bytes after RESERVE")
+      })
+
+    /** The target's STOP stream, accepted for `source`, or the refusal to answer the source. */
+    const openStop = (target: NodeId.NodeId, source: NodeId.NodeId) =>
+      Effect.gen(function* () {
+        const unreachable = (detail: string) =>
+          new RelayRefused({
+            reason: "target-unreachable",
+            detail: `node ${NodeId.encode(target)}: ${detail}`
+          })
+        const socket = yield* host.openStream(target, Wire.STOP_PROTOCOL).pipe(
+          Effect.timeoutFail({ duration: config.messageTimeout, onTimeout: () => "no stream in time" }),
+          Effect.mapError((cause) => unreachable(detailOf(cause)))
+        )
+        const reader = yield* Wire.chunkReader(socket)
+        const write = yield* socket.writer
+        yield* Effect.mapError(write(Wire.encodeConnectFrom(source)), (cause) => unreachable(detailOf(cause)))
+        const status = yield* Wire.readMessage(reader, Wire.parseStatus, config.messageTimeout).pipe(
+          Effect.mapError((cause) => unreachable(`no valid answer: ${detailOf(cause)}`))
+        )
+        if (Predicate.isTagged(status, "Refused"))
+          return yield* new RelayRefused({ reason: "target-refused", detail: status.detail })
+        return { reader, write } satisfies SpliceEnd
+      })
+
+    const connect = (reader: ChunkReader, write: Writer, caller: Contact, target: NodeId.NodeId) =>
+      Effect.gen(function* () {
+        if (NodeId.equals(target, caller.nodeId))
+          return yield* refuse(write, "denied", "a circuit to the requester itself")
+        if (!reservations.has(NodeId.encode(target)))
+          return yield* refuse(
+            write,
+            "no-reservation",
+            `node ${NodeId.encode(target)} holds no reservation here`
+          )
+        if (counters.circuits >= config.maxCircuits)
+          return yield* refuse(
+            write,
+            "circuit-limit",
+            `the relay has its maximum of ${config.maxCircuits} circuits`
+          )
+        counters.circuits++
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            counters.circuits--
+          })
+        )
+        const stop = yield* Effect.either(openStop(target, caller.nodeId))
+        if (Either.isLeft(stop)) return yield* refuse(write, stop.left.reason, stop.left.detail)
+        yield* Effect.ignore(host.hold(caller.nodeId))
+        yield* Effect.ignore(host.hold(target))
+        yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0 }))
+        yield* splice({ reader, write }, stop.right, {
+          idleMs: Duration.toMillis(config.circuitIdleTimeout),
+          bytesPerSecond: config.circuitBytesPerSecond,
+          tap: config.tap,
+          stop: Deferred.await(stopped),
+          counters
+        })
+      })
+
+    const handleHop: StreamHandler = (socket, caller) =>
+      Effect.gen(function* () {
+        const reader = yield* Wire.chunkReader(socket)
+        const write = yield* socket.writer
+        if (yield* Deferred.isDone(stopped))
+          return yield* refuse(write, "not-a-relay", "the relay has stopped")
+        const request = yield* Effect.either(
+          Wire.readMessage(reader, Wire.parseHopRequest, config.messageTimeout)
+        )
+        if (Either.isLeft(request))
+          return Predicate.isTagged(request.left, "RelayRefused")
+            ? yield* refuse(write, request.left.reason, request.left.detail)
+            : undefined
+        const asked = request.right
+        return Predicate.isTagged(asked, "Connect")
+          ? yield* connect(reader, write, caller, asked.target)
+          : yield* reserve(reader, write, caller)
+      }).pipe(Effect.scoped, Effect.ignore)
+
+    const stats = Effect.sync(
+      (): RelayStats => ({
+        reservations: reservations.size,
+        circuits: counters.circuits,
+        bytesForwarded: counters.bytesForwarded,
+        refused: { ...refused }
+      })
+    )
+    return { handleHop, stats }
+  })
