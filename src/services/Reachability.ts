@@ -7,7 +7,7 @@
  */
 import { Data, type Effect, Schema } from "effect"
 import { type Address, WireAddress } from "./Address.js"
-import type { Contact } from "./Contact.js"
+import { type Contact, RELAYS_ANNOUNCED, WireRelay } from "./Contact.js"
 import { NodeIdEncodedSchema } from "./NodeId.js"
 import type { PeerCallError } from "./PeerRpc.js"
 
@@ -42,7 +42,12 @@ const Addresses = Schema.Array(WireAddress).pipe(Schema.maxItems(IDENTIFY_ADDRES
  * One side's half of the identify exchange: the address it observes for the other side on
  * this connection, and its own confirmed external addresses.
  */
-export const IdentifyMessage = Schema.Struct({ observed: WireAddress, confirmed: Addresses })
+export const IdentifyMessage = Schema.Struct({
+  observed: WireAddress,
+  confirmed: Addresses,
+  /** The relays the sender holds reservations with: it is reachable through them (at most 3). */
+  relays: Schema.optional(Schema.Array(WireRelay).pipe(Schema.maxItems(RELAYS_ANNOUNCED)))
+})
 export type IdentifyMessage = typeof IdentifyMessage.Type
 
 /** At most this many nodes a dial-back requester names as contacted (the relay picks no helper among them). */

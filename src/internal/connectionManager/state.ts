@@ -46,6 +46,8 @@ export interface ManagerState {
   selfAddresses: SelfAddresses
   /** The relays other nodes said they are reachable through (`relayHints.ts`). */
   readonly relayHints: RelayHints
+  /** The relays we hold reservations with, announced (`relaying.ts` keeps them). */
+  ownRelays: () => ReadonlyArray<Contact>
   /** The routing table's bucket size: how many contacts a lookup keeps and asks for. */
   readonly k: number
   /** Queries a lookup keeps in flight (`connectionFindConcurrencyLimit`, at least 1). */
@@ -140,6 +142,7 @@ export const make = (
       selfKey: NodeId.encode(self) as string,
       selfAddresses: unknownSelfAddresses,
       relayHints: new RelayHints(),
+      ownRelays: () => [],
       k,
       alpha: Math.max(1, config.connectionFindConcurrencyLimit),
       connectTimeout,

@@ -2,16 +2,31 @@
  * The dial-back check (AutoNAT-style), in three roles:
  *
  * - requester: asks a connected peer (the relay) to have our address dialled by a node we
- *   never contacted, naming the nodes we are connected to (`exclude`) and a fresh nonce;
- *   the address counts as reachable only when a connection from such a node reaches us and
- *   proves the nonce (`dialBackProof`) — the relay's word alone proves nothing;
+ *   never contacted, naming the nodes we are in touch with (`exclude`) and a fresh nonce;
+ *   the address counts as reachable only when a connection from a node, and an IP, we never
+ *   sent a packet to (`contacts.ts`: checked when the proof comes) reaches us and proves the
+ *   nonce (`dialBackProof`) — the relay's word alone proves nothing. A proof from a node we
+ *   contacted proves nothing either way: the next relay is asked;
  * - relay: takes the requester's IP from its own connection (never from the request: it
- *   cannot make anyone dial another IP), picks a helper among its connections (not the
- *   requester, none of `exclude`) and asks it to dial; rate-limited per requester and overall;
+ *   cannot make anyone dial another IP), picks helpers at random among its connections (not
+ *   the requester, none of `exclude`) and asks them in turn to dial; rate-limited per
+ *   requester and overall;
  * - helper: dials the requester at that address (its TLS identity checked), proves the
  *   nonce, closes; rate-limited per relay and overall.
  */
-import { Clock, Deferred, Duration, Effect, Either, Exit, Option, Predicate, Random, Scope } from "effect"
+import {
+  Chunk,
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Option,
+  Predicate,
+  Random,
+  Scope
+} from "effect"
 import * as Address from "../../../services/Address.js"
 import type { Contact } from "../../../services/Contact.js"
 import * as NodeId from "../../../services/NodeId.js"
@@ -24,6 +39,7 @@ import {
 import { RateWindows } from "../../rateWindows.js"
 import type { Records } from "../records.js"
 import type { Entry, ManagerState } from "../state.js"
+import type { Contacts } from "./contacts.js"
 
 /** How long the helper's dial may take (at most the manager's connect timeout). */
 export const DIAL_BACK_TIMEOUT = Duration.seconds(5)
@@ -41,15 +57,15 @@ export type CheckResult = "reachable" | "unreachable" | "inconclusive"
 
 interface PendingCheck {
   readonly proved: Deferred.Deferred<void>
-  /** NodeIds (encoded) we were connected to when we asked: their dial-back proves nothing. */
-  readonly contacted: ReadonlySet<string>
+  /** A node we sent packets to proved the nonce (to the relay asked last): ignored. */
+  ignored: boolean
 }
 
 export interface DialBack {
   /**
    * Whether a node we never contacted reaches us at our observed IP and `port`: asks up to
-   * `LIMITS.relays` connected peers in turn. "inconclusive" when no relay found a helper to try
-   * (or none answered). Never fails.
+   * `LIMITS.relays` connected peers in turn. "inconclusive" when no relay found a helper to try,
+   * none answered, or only nodes we contacted reached us. Never fails.
    */
   readonly check: (port: number) => Effect.Effect<CheckResult>
   readonly handleRequest: (caller: Contact, request: DialBackRequest) => Effect.Effect<void, DialBackRefused>
@@ -66,8 +82,8 @@ export const make = (
   state: ManagerState,
   deps: {
     readonly dialRecord: () => Records["dialRecord"]
-    /** NodeIds (encoded) we dialled lately, the latest last: their NAT mappings may still let them in. */
-    readonly dialled: () => ReadonlyArray<string>
+    /** Whom we sent packets to: their dial-back proves nothing. */
+    readonly contacts: Contacts
   }
 ): DialBack => {
   const { map } = state
@@ -82,42 +98,51 @@ export const make = (
 
   const connected = (): Array<Entry> => [...map.entries.values()]
 
+  /** Up to `n` of `xs` in a random order. */
+  const someOf = <A>(xs: ReadonlyArray<A>, n: number) =>
+    Effect.map(Random.shuffle(xs), (c) => Chunk.toReadonlyArray(c).slice(0, n))
+
   const check = (port: number): Effect.Effect<CheckResult> =>
     Effect.gen(function* () {
       const nonce = `${yield* Random.nextIntBetween(0, 2 ** 31)}-${yield* Random.nextIntBetween(0, 2 ** 31)}`
       const entries = connected()
-      const contacted = new Set([...entries.map((e) => e.key), ...deps.dialled()])
       const proved = yield* Deferred.make<void>()
-      pending.set(nonce, { proved, contacted })
-      // The connected nodes, then the ones dialled latest.
-      const exclude = [...new Set([...entries.map((e) => e.key), ...[...deps.dialled()].reverse()])]
+      const pendingCheck: PendingCheck = { proved, ignored: false }
+      pending.set(nonce, pendingCheck)
+      // The nodes we sent packets to latest.
+      const exclude = deps.contacts
+        .latest()
         .slice(0, DIAL_BACK_EXCLUDE_LIMIT)
         .map((key) => key as NodeId.NodeIdEncoded)
+      // The oldest connections first (the seeds, usually: connected to many, so with helpers to pick).
       const relays = entries
         .filter((e) => e.record.client.dialBackRequest !== undefined)
         .slice(0, LIMITS.relays)
-      let tried = false
+      let unreached = false
       for (const relay of relays) {
+        pendingCheck.ignored = false
         const answer = yield* relay.record.client.dialBackRequest!({ port, nonce, exclude }).pipe(
           Effect.timeout(requestTimeout),
           Effect.either
         )
-        if (yield* Deferred.isDone(proved)) break
-        if (Either.isRight(answer)) {
+        if (Either.isRight(answer) && !pendingCheck.ignored)
           // The relay's helper dialled: its proof travels on another connection; give it a moment.
           yield* Deferred.await(proved).pipe(Effect.timeout(Duration.seconds(1)), Effect.ignore)
-          tried = true
-          break
-        }
-        // A helper tried and could not reach us: that is the answer (other refusals try another relay).
-        if (Predicate.isTagged(answer.left, "PeerCallError") && unreachable(answer.left.detail)) {
-          tried = true
+        if (yield* Deferred.isDone(proved)) break
+        // A helper tried and could not reach us: that is the answer. Other refusals, and a
+        // helper we contacted reaching us (which proves nothing), try another relay.
+        if (
+          Either.isLeft(answer) &&
+          Predicate.isTagged(answer.left, "PeerCallError") &&
+          unreachable(answer.left.detail)
+        ) {
+          unreached = true
           break
         }
       }
       pending.delete(nonce)
       if (yield* Deferred.isDone(proved)) return "reachable"
-      return tried ? "unreachable" : "inconclusive"
+      return unreached ? "unreachable" : "inconclusive"
     })
 
   const handleRequest = (caller: Contact, request: DialBackRequest): Effect.Effect<void, DialBackRefused> =>
@@ -126,14 +151,16 @@ export const make = (
       if (relayTotal.exceeded(TOTAL, now) || relayWindows.exceeded(NodeId.encode(caller.nodeId), now))
         return yield* refused("rate-limited", "too many dial-back requests: try again later")
       const excluded = new Set<string>(request.exclude)
-      const helpers = connected()
-        .filter(
+      // At random: a requester cannot name every node it contacted, and the next request gets other helpers.
+      const helpers = yield* someOf(
+        connected().filter(
           (e) =>
             !NodeId.equals(e.nodeId, caller.nodeId) &&
             !excluded.has(e.key) &&
             e.record.client.dialBack !== undefined
-        )
-        .slice(0, LIMITS.helpers)
+        ),
+        LIMITS.helpers
+      )
       // The requester's IP as our connection observed it: the helper dials nothing else.
       const order: DialBackOrder = {
         targetNodeIdEncoded: NodeId.encode(caller.nodeId),
@@ -189,10 +216,13 @@ export const make = (
     Effect.suspend(() => {
       const check = pending.get(nonce)
       if (check === undefined) return Effect.void
-      if (check.contacted.has(NodeId.encode(caller.nodeId)))
+      const key = NodeId.encode(caller.nodeId)
+      if (deps.contacts.contacted(key, caller.host)) {
+        check.ignored = true
         return Effect.logDebug(
-          `dial-back proof from ${NodeId.encode(caller.nodeId)}, a node we contacted: ignored`
+          `dial-back proof from ${key} at ${caller.host}, a node or IP we sent packets to: ignored`
         )
+      }
       return Deferred.succeed(check.proved, undefined)
     })
 

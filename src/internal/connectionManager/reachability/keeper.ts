@@ -4,10 +4,13 @@
  * confirmed addresses peers announce for themselves, and the NAT class — worked out when
  * the observations change (once they settle), and again periodically with jitter; a dial-back
  * (`dialBack.ts`) tells `public`. A change of class or confirmed addresses is published as a
- * `ReachabilityChanged` event. A dial-back that found no helper to try is tried again sooner.
+ * `ReachabilityChanged` event, and a change of the confirmed addresses is told to every peer
+ * we hold a connection to (the identify exchange again, once per change), so that the
+ * closest-nodes answers they give about us carry the new addresses. A dial-back that found
+ * no helper to try (or only helpers we had contacted) is tried again sooner, backing off.
  * A new port-mapped address starts a classification too (its dial-back decides `public`).
  */
-import { Clock, Duration, Effect, Option, Queue, Random, type Scope, Stream } from "effect"
+import { Clock, Duration, Effect, Fiber, FiberSet, Option, Queue, Random, type Scope, Stream } from "effect"
 import * as Address from "../../../services/Address.js"
 import type { Contact } from "../../../services/Contact.js"
 import * as NodeId from "../../../services/NodeId.js"
@@ -21,8 +24,10 @@ import {
   type Reachability,
   type ReachabilityHandlers
 } from "../../../services/Reachability.js"
+import * as RelayHints from "../relayHints.js"
 import type { SelfAddresses } from "../selfAddresses.js"
 import type { ManagerState } from "../state.js"
+import type { Contacts } from "./contacts.js"
 import * as DialBack from "./dialBack.js"
 import { ObservedAddresses } from "./observed.js"
 
@@ -34,21 +39,14 @@ const STALE_AFTER = Duration.minutes(30)
 const SETTLE = Duration.seconds(1)
 /** The periodic check, ±20% jitter. */
 const RECHECK = Duration.minutes(5)
-/** After a dial-back no helper could try (too few nodes yet), the next check, ±20% jitter. */
+/**
+ * After a dial-back that proved nothing (no helper could try, too few nodes yet, or only
+ * helpers we had contacted reached us), the next check, doubling after each such check up to
+ * `RECHECK`; ±20% jitter.
+ */
 const RETRY = Duration.seconds(15)
-
-/** Peers we were in touch with lately, either way (encoded NodeIds, at most `PEERS_KEPT`, the latest last). */
-export class Dialled {
-  readonly #keys = new Set<string>()
-  add(key: string) {
-    this.#keys.delete(key)
-    this.#keys.add(key)
-    if (this.#keys.size > PEERS_KEPT) this.#keys.delete(this.#keys.values().next().value as string)
-  }
-  list(): ReadonlyArray<string> {
-    return [...this.#keys]
-  }
-}
+/** Peers told our new confirmed addresses at a time. */
+const ANNOUNCE_CONCURRENCY = 8
 
 export interface Keeper {
   readonly selfAddresses: SelfAddresses
@@ -63,6 +61,8 @@ export interface Keeper {
   readonly announced: (nodeId: NodeId.NodeId) => ReadonlyArray<Address.Address> | undefined
   /** Keeps the class current from now on, in a fiber of the scope. */
   readonly start: Effect.Effect<void, never, Scope.Scope>
+  /** Tells the connected peers (not through relays) what we announce again: our addresses and relays changed. */
+  readonly announce: Effect.Effect<void>
 }
 
 const wire = (a: Address.Address) => ({ host: a.host, port: a.port })
@@ -94,7 +94,7 @@ export const checkIdentify = (
 export const make = (
   state: ManagerState,
   deps: {
-    readonly dialled: Dialled
+    readonly contacts: Contacts
     readonly dialBack: DialBack.DialBack
     /** The gateway's port mapping, when a PortMapper runs: a candidate external address. */
     readonly portMapping: Effect.Effect<Option.Option<PortMapping>>
@@ -111,8 +111,10 @@ export const make = (
   let proved: Address.Address | undefined
   /** What the observations showed at the last classification (`pictureOf`): a change starts another. */
   let seen = ""
-  /** The last dial-back found no helper to try: check again after `RETRY`, not `RECHECK`. */
-  let retrySoon = false
+  /** The last dial-backs proved nothing: check again after this, not `RECHECK`. */
+  let retryAfter: Duration.Duration | undefined
+  /** Our confirmed addresses told to the connected peers, while it runs. */
+  let announcing: Fiber.RuntimeFiber<void> | undefined
   /** The Clock's time when we last looked (what `observedBy`, which cannot read it, goes by). */
   let clockNow = 0
 
@@ -129,7 +131,8 @@ export const make = (
 
   const selfAddresses: SelfAddresses = {
     observedBy: (peer) => observed.observedBy(NodeId.encode(peer), clockNow),
-    confirmed: () => current.addresses
+    confirmed: () => current.addresses,
+    nat: () => current.nat
   }
 
   /** What `peer` on `peerIp` told us: an observation of us and its own confirmed addresses. */
@@ -145,6 +148,9 @@ export const make = (
         pictureOf(now) !== seen
       )
         yield* Queue.offer(changed, undefined)
+      // The relays it is reachable through: only through them when it confirmed no address.
+      const relays = RelayHints.fromWire(message.relays, state.selfKey, key)
+      state.relayHints.learn(peer, relays, checked.confirmed.length === 0)
       announcedBy.delete(key)
       if (checked.confirmed.length > 0) {
         announcedBy.set(key, checked.confirmed)
@@ -153,49 +159,91 @@ export const make = (
     })
 
   const ours = (): IdentifyMessage["confirmed"] => current.addresses.slice(0, 5).map(wire)
+  /** Our relays, announced beside our confirmed addresses (none: the field is left out). */
+  const ourRelays = (): Pick<IdentifyMessage, "relays"> => {
+    const relays = state.ownRelays()
+    return relays.length === 0 ? {} : { relays: RelayHints.toWire(relays) }
+  }
 
   const handlers: ReachabilityHandlers = {
-    // A peer that dialled us got answers through our NAT: it counts as contacted too.
     identify: (caller: Contact, message) =>
-      Effect.sync(() => deps.dialled.add(NodeId.encode(caller.nodeId))).pipe(
-        Effect.zipRight(learn(caller.nodeId, caller.host, message)),
+      learn(caller.nodeId, caller.host, message).pipe(
         Effect.catchTag("IdentifyAnswerInvalid", (e) => Effect.logDebug(e.message)),
-        Effect.as({ observed: { host: caller.host, port: caller.port }, confirmed: ours() })
+        Effect.as({ observed: { host: caller.host, port: caller.port }, confirmed: ours(), ...ourRelays() })
       ),
     dialBackRequest: deps.dialBack.handleRequest,
     dialBack: deps.dialBack.handleOrder,
     dialBackProof: deps.dialBack.handleProof
   }
 
+  /** The identify exchange on `connection`: what we observe of the peer and our confirmed addresses, for its answer. */
+  const exchange = (connection: QuicConnection, client: PeerClient): Effect.Effect<void> => {
+    const peer = connection.remoteNodeId
+    if (client.identify === undefined) return Effect.void
+    return client
+      .identify({
+        observed: { host: connection.remoteHost, port: connection.remotePort },
+        confirmed: ours(),
+        ...ourRelays()
+      })
+      .pipe(
+        Effect.flatMap((answer) => learn(peer, connection.remoteHost, answer)),
+        Effect.catchAll((e) => Effect.logDebug(`identify with ${NodeId.encode(peer)}: ${e.message}`))
+      )
+  }
+
   const identifyDialled = (connection: QuicConnection, client: PeerClient) =>
     Effect.suspend(() => {
-      const peer = connection.remoteNodeId
-      deps.dialled.add(NodeId.encode(peer))
-      if (client.identify === undefined) return Effect.void
-      const ask = client.identify({
-        observed: { host: connection.remoteHost, port: connection.remotePort },
-        confirmed: ours()
-      })
-      return ask.pipe(
-        Effect.flatMap((answer) => learn(peer, connection.remoteHost, answer)),
-        Effect.catchAll((e) => Effect.logDebug(`identify with ${NodeId.encode(peer)}: ${e.message}`)),
-        Effect.forkScoped,
-        Effect.asVoid
-      )
+      // Through a relay the peer would only repeat the relay's observation of us (and its IP is
+      // not the peer's): no exchange, nothing counted.
+      if (connection.relay !== undefined) return Effect.void
+      deps.contacts.sent([connection.remoteNodeId], connection.remoteHost)
+      return Effect.asVoid(Effect.forkScoped(exchange(connection, client)))
     })
 
-  /** Makes `next` current; publishes it when the class or the addresses changed. */
+  /**
+   * Tells every peer we hold a connection to our confirmed addresses (`ANNOUNCE_CONCURRENCY`
+   * at a time, each call within the RPC's timeout), in the background; a round still running
+   * when the addresses change again is replaced.
+   */
+  const announce = Effect.suspend(() => {
+    const previous = announcing
+    // Not through relays: there the peer would only repeat the relay's observation (see identifyDialled).
+    const peers = [...state.map.entries.values()].filter((e) => e.record.connection.relay === undefined)
+    return Effect.zipRight(
+      previous === undefined ? Effect.void : Fiber.interrupt(previous),
+      Effect.flatMap(
+        FiberSet.run(
+          state.background,
+          Effect.forEach(peers, (e) => exchange(e.record.connection, e.record.client), {
+            concurrency: ANNOUNCE_CONCURRENCY,
+            discard: true
+          })
+        ),
+        (fiber) =>
+          Effect.sync(() => {
+            announcing = fiber
+          })
+      )
+    )
+  })
+
+  /**
+   * Makes `next` current; publishes it when the class or the addresses changed, and tells the
+   * connected peers when the addresses did.
+   */
   const update = (next: Reachability) =>
     Effect.suspend(() => {
-      const same =
-        next.nat === current.nat &&
+      const sameAddresses =
         next.addresses.length === current.addresses.length &&
         next.addresses.every((a, i) => Address.equals(a, current.addresses[i]!))
+      const same = sameAddresses && next.nat === current.nat
       current = next
       if (same) return Effect.void
       const where = next.addresses.map(Address.format).join(", ") || "no confirmed address"
       return Effect.logDebug(`reachability: ${next.nat} (${where})`).pipe(
-        Effect.zipRight(state.publish({ _tag: "ReachabilityChanged", reachability: next }))
+        Effect.zipRight(state.publish({ _tag: "ReachabilityChanged", reachability: next })),
+        Effect.zipRight(sameAddresses ? Effect.void : announce)
       )
     })
 
@@ -226,25 +274,29 @@ export const make = (
     if (!stillPublic) proved = undefined
     yield* update(picture(stillPublic ? "public" : base, now))
     let inconclusive = false
-    retrySoon = false
     for (const port of ports) {
       const result = yield* deps.dialBack.check(port)
       if (result === "reachable") {
+        retryAfter = undefined
         const mapped = Option.getOrUndefined(mapping)
         proved = mapped !== undefined && mapped.port === port ? mapped : undefined
         return yield* update(picture("public", yield* Clock.currentTimeMillis))
       }
       if (result === "inconclusive") inconclusive = true
     }
-    // No helper could try: a public node stays public until one finds it unreachable.
-    retrySoon = inconclusive
+    retryAfter = !inconclusive
+      ? undefined
+      : retryAfter === undefined
+        ? RETRY
+        : Duration.min(Duration.times(retryAfter, 2), RECHECK)
+    // Nothing proved either way: a public node stays public until a helper finds it unreachable.
     if (stillPublic && inconclusive) return
     proved = undefined
     yield* update(picture(base, yield* Clock.currentTimeMillis))
   })
 
   const jittered = Effect.flatMap(Random.nextRange(0.8, 1.2), (f) =>
-    Effect.sleep(Duration.times(retrySoon ? RETRY : RECHECK, f))
+    Effect.sleep(Duration.times(retryAfter ?? RECHECK, f))
   )
 
   /** Offers to `changed` when the mapped address (not its lifetime) changes after the first. */
@@ -285,6 +337,7 @@ export const make = (
       ...current,
       observers: observed.observers(now)
     })),
+    announce,
     announced: (nodeId) => announcedBy.get(NodeId.encode(nodeId)),
     start
   }
