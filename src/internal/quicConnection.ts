@@ -17,7 +17,7 @@ import { connectionError, existingStreams } from "./quicPatches.js"
 import * as QuicStreamSocket from "./quicStreamSocket.js"
 
 /** "::ffff:1.2.3.4" → "1.2.3.4": a dual-stack socket reports IPv4 peers as mapped. */
-const unmapHost = (host: string): string => {
+export const unmapHost = (host: string): string => {
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host)
   return m ? m[1]! : host
 }
@@ -59,13 +59,16 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
   /**
    * @param client The dial's QUICClient (a forward connection), destroyed to close it; a
    *   reverse connection is stopped itself.
+   * @param relay The relay whose circuit carries the connection (quicCircuit); undefined for a
+   *   direct one.
    */
   constructor(
     private readonly ctx: ConnectionContext,
     private readonly raw: QUICConnection,
     readonly direction: QuicConnection["direction"],
     readonly remoteNodeId: NodeId.NodeId,
-    private readonly client: QUICClient | undefined
+    private readonly client: QUICClient | undefined,
+    readonly relay: NodeId.NodeId | undefined = undefined
   ) {
     this.number = ctx.nextNumber()
     this.dispatch = new Dispatch(ctx.fork)
@@ -176,12 +179,21 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
 
   // A method, not a per-connection closure.
   close(text?: string): Effect.Effect<void> {
+    return this.closeFor(text ?? "", { _tag: "Local", ...(text !== undefined ? { detail: text } : {}) })
+  }
+
+  /**
+   * Closes because what carries the connection failed (its relay circuit ended): the reason is
+   * `Error` with `detail`, unless the connection had closed already. Completes once it is closed.
+   */
+  closeWithError(detail: string): Effect.Effect<void> {
+    return this.closeFor(detail, { _tag: "Error", detail })
+  }
+
+  private closeFor(text: string, reason: CloseReason): Effect.Effect<void> {
     return Effect.suspend(() => {
-      this.reason ??= this.closingReason() ?? {
-        _tag: "Local",
-        ...(text !== undefined ? { detail: text } : {})
-      }
-      return Effect.promise(() => this.closeNow(text ?? ""))
+      this.reason ??= this.closingReason() ?? reason
+      return Effect.promise(() => this.closeNow(text))
     }).pipe(Effect.zipRight(this.closed), Effect.asVoid)
   }
 

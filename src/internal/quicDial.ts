@@ -9,11 +9,19 @@ import { isIPv4, isIPv6 } from "node:net"
 import { QUICClient, type QUICSocket } from "@matrixai/quic"
 import { Duration, Effect, type Runtime, type Scope } from "effect"
 import type { KeyRingService, TlsConfig } from "../services/KeyRing.js"
-import { DialError, type DialOptions, type QuicConnection } from "../services/QuicTransport.js"
+import type { NodeId } from "../services/NodeId.js"
+import { DialError, type DialOptions } from "../services/QuicTransport.js"
 import { type ConnectionContext, closeWithScope, WrappedConnection } from "./quicConnection.js"
 import { dialErrorOf, refusalOf } from "./quicErrors.js"
 import { silentLogger } from "./quicPatches.js"
 import { clientCrypto, DialCheck, verifyCallback } from "./quicTls.js"
+
+/**
+ * A connection over a relayed circuit sends packets of at most 1200 bytes (QUIC's minimum),
+ * both ways (the peer's sends are bounded by our advertised max_udp_payload_size): framed, each
+ * fits in one packet of the relay's connection, where a full-size one would take two.
+ */
+const circuitPacketSizes = { maxSendUdpPayloadSize: 1200, maxRecvUdpPayloadSize: 1200 }
 
 /** The shortest time worth a new handshake attempt after a refusal. */
 const minAttemptMs = 100
@@ -39,10 +47,21 @@ export interface DialContext {
   readonly isStopping: () => boolean
 }
 
-/** The transport's `dial`. */
+/**
+ * A dial through a relayed circuit (quicCircuit): the address is the circuit's local end.
+ * When `ended` aborts (the circuit has ended), the dial fails at once: with the peer's
+ * rejection if its certificate was already refused, otherwise `unreachable` with the abort's
+ * reason (a string) as its detail.
+ */
+export interface DialVia {
+  readonly relay: NodeId
+  readonly ended: AbortSignal
+}
+
+/** The transport's `dial`; `via` for a dial through a relayed circuit. */
 export const makeDial =
   (dc: DialContext) =>
-  (dialOptions: DialOptions): Effect.Effect<QuicConnection, DialError, Scope.Scope> => {
+  (dialOptions: DialOptions, via?: DialVia): Effect.Effect<WrappedConnection, DialError, Scope.Scope> => {
     const { host, port, expectedNodeIds } = dialOptions
     const fail = (reason: DialError["reason"], detail: string) =>
       new DialError({ host, port, reason, detail })
@@ -71,6 +90,7 @@ export const makeDial =
         const finish = () => {
           clearTimeout(slowTimer)
           check.expected = undefined
+          if (onCircuitEnd !== undefined) via!.ended.removeEventListener("abort", onCircuitEnd)
         }
         const onClient = (client: QUICClient) => {
           finish()
@@ -114,18 +134,41 @@ export const makeDial =
                 cert: current.certChainPem,
                 verifyPeer: true,
                 verifyCallback: verifyCallback(dc.runtime, dc.keyRing, check),
-                ...dc.timings
+                ...dc.timings,
+                ...(via === undefined ? undefined : circuitPacketSizes)
               },
               logger: silentLogger
             },
             { signal: controller.signal, timer: Math.max(1, deadline - performance.now()) }
           ).then(onClient, onError)
         }
+        const onCircuitEnd =
+          via === undefined
+            ? undefined
+            : () => {
+                if (abandoned) return
+                abandoned = true
+                clearTimeout(retryTimer)
+                finish()
+                const ended = String(via.ended.reason)
+                controller.abort(new Error(ended))
+                const rejection = check.rejection
+                resume(
+                  Effect.fail(
+                    rejection ? fail(rejection.reason, rejection.detail) : fail("unreachable", ended)
+                  )
+                )
+              }
+        if (via?.ended.aborted) {
+          onCircuitEnd!()
+          return
+        }
+        via?.ended.addEventListener("abort", onCircuitEnd!)
         start()
         return Effect.promise(() => {
           abandoned = true
-          clearTimeout(slowTimer)
           clearTimeout(retryTimer)
+          finish()
           controller.abort(new Error("dial interrupted"))
           return settled
         })
@@ -144,7 +187,15 @@ export const makeDial =
       ).pipe(
         Effect.flatMap(({ client, remoteNodeId }) =>
           Effect.sync(
-            () => new WrappedConnection(dc.connections, client.connection, "forward", remoteNodeId, client)
+            () =>
+              new WrappedConnection(
+                dc.connections,
+                client.connection,
+                "forward",
+                remoteNodeId,
+                client,
+                via?.relay
+              )
           )
         ),
         Effect.tap(closeWithScope)

@@ -11,13 +11,15 @@
  * its errors become `DialError` / `ConnectionError` / `TransportError`. The machinery lives in
  * `src/internal/`: the connection (`quicConnection`), dialling (`quicDial`), certificates and
  * crypto (`quicTls`), the inbound handshake cap and its refusals (`quicHandshakeGate`,
- * `quicRefusal`), the socket's receive buffer (`udpReceiveBuffer`), error mapping
+ * `quicRefusal`), connections over relayed circuits (`quicCircuit`, `circuitShim`,
+ * `circuitFrames`), the socket's receive buffer (`udpReceiveBuffer`), error mapping
  * (`quicErrors`) and every use of js-quic's private members (`quicPatches`).
  */
 
 import type { QUICConnection } from "@matrixai/quic"
 import { QUICServer, QUICSocket, errors as quicErrors, events as quicEvents } from "@matrixai/quic"
 import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Queue, Runtime, type Scope, Stream } from "effect"
+import { Circuits } from "../internal/quicCircuit.js"
 import { type ConnectionContext, WrappedConnection } from "../internal/quicConnection.js"
 import { makeDial } from "../internal/quicDial.js"
 import { describe } from "../internal/quicErrors.js"
@@ -58,6 +60,8 @@ const listen = <A>(target: Evented, type: string, listener: (evt: A) => void) =>
 export interface TransportInternals {
   readonly socket: QUICSocket
   readonly server: QUICServer
+  /** The transport's relayed circuits (`shims`: how many are open). */
+  readonly circuits: Circuits
 }
 
 /**
@@ -203,6 +207,18 @@ export const makeWithInternals: Effect.Effect<
     localPort: socket.port
   }
 
+  const isStopping = () => stopping
+  const dial = makeDial({
+    socket,
+    keyRing,
+    runtime,
+    connections: ctx,
+    connectTimeout: options.connectTimeout,
+    timings,
+    isStopping
+  })
+  const circuits = new Circuits({ socket, dial, connectTimeout: options.connectTimeout, isStopping })
+
   // Inbound: wrap at once (streams must not be missed), then authenticate and offer.
   const incoming = yield* Queue.unbounded<QuicConnection>()
   const handshaken = yield* Queue.unbounded<QUICConnection>()
@@ -215,10 +231,17 @@ export const makeWithInternals: Effect.Effect<
       Effect.matchEffect({
         onFailure: (e) => Effect.promise(() => raw.stop(gated.stopOptions(e))),
         onSuccess: (remoteNodeId) =>
-          Effect.sync(() => new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined)).pipe(
-            // A dialler that rejects our certificate closes right after the handshake.
+          Effect.sync(
+            () => new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined, circuits.relayOf(raw))
+          ).pipe(
+            // A dialler that rejects our certificate closes right after the handshake. A relayed
+            // connection goes to its circuit, which carries only one.
             Effect.flatMap((connection) =>
-              connection.isClosing() ? Effect.void : Queue.offer(incoming, connection)
+              connection.isClosing()
+                ? Effect.void
+                : circuits.attach(connection)
+                  ? Queue.offer(incoming, connection)
+                  : connection.close("a relay circuit carries one connection")
             )
           )
       }),
@@ -247,16 +270,6 @@ export const makeWithInternals: Effect.Effect<
     })
   )
 
-  const dial = makeDial({
-    socket,
-    keyRing,
-    runtime,
-    connections: ctx,
-    connectTimeout: options.connectTimeout,
-    timings,
-    isStopping: () => stopping
-  })
-
   const sendDatagram = (host: string, port: number, data: Uint8Array) =>
     Effect.tryPromise({
       try: () => socket.send(data, port, host),
@@ -271,8 +284,11 @@ export const makeWithInternals: Effect.Effect<
   const service: QuicTransportService = {
     host: socket.host,
     port: socket.port,
-    dial,
+    // (Not `dial` itself, whose second parameter is the circuits'.)
+    dial: (dialOptions) => dial(dialOptions),
     incoming: Stream.fromQueue(incoming),
+    dialCircuit: circuits.dialCircuit,
+    acceptCircuit: circuits.acceptCircuit,
     sendDatagram,
     failure: Deferred.await(failure),
     stats: Effect.sync(() => ({
@@ -286,7 +302,7 @@ export const makeWithInternals: Effect.Effect<
       receiveBufferGranted: receiveBuffer.granted
     }))
   }
-  return { transport: service, internals: { socket, server } }
+  return { transport: service, internals: { socket, server, circuits } }
 })
 
 export const make: Effect.Effect<
