@@ -45,6 +45,8 @@ type Reader = Socket.Socket & ChunkReader
 interface Arrival {
   readonly source: NodeId.NodeId
   readonly relay: NodeId.NodeId
+  /** The source's address as the relay told it. */
+  readonly peer: { readonly host: string; readonly port: number } | undefined
   readonly socket: Reader
   readonly done: Deferred.Deferred<void>
 }
@@ -119,10 +121,16 @@ const relayWorld = (
     )
     const arrivals = yield* Queue.unbounded<Arrival>()
     const serveStop: Protocols.StreamHandler = (socket, caller) =>
-      RelayClient.serveStop(socket, caller, decide, (source, circuit, relayNode) =>
+      RelayClient.serveStop(socket, caller, decide, (source, circuit) =>
         Effect.gen(function* () {
           const done = yield* Deferred.make<void>()
-          yield* Queue.offer(arrivals, { source, relay: relayNode, socket: asReader(circuit), done })
+          yield* Queue.offer(arrivals, {
+            source,
+            relay: circuit.relay,
+            peer: circuit.peer,
+            socket: asReader(circuit.socket),
+            done
+          })
           yield* Deferred.await(done)
         })
       )
@@ -140,9 +148,9 @@ type World = Effect.Effect.Success<ReturnType<typeof relayWorld>>
 const circuit = (w: World) =>
   Effect.gen(function* () {
     const reservation = yield* RelayClient.reserve(w.b)
-    const socket = asReader(yield* RelayClient.connect(w.a, bId, "5 seconds"))
+    const made = yield* RelayClient.connect(w.a, bId, "5 seconds")
     const arrival = yield* Queue.take(w.arrivals)
-    return { reservation, a: socket, arrival }
+    return { reservation, a: asReader(made.socket), aPeer: made.peer, arrival }
   })
 
 const refusalOf = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>) =>
@@ -194,8 +202,15 @@ describe("Relay", () => {
     (w) =>
       Effect.gen(function* () {
         const start = yield* now
-        const { reservation, a, arrival } = yield* circuit(w)
+        const { reservation, a, aPeer, arrival } = yield* circuit(w)
         expect(NodeId.equals(reservation.relay, relayId)).toBe(true)
+        // Each end learns the other's address as the relay's connection to it shows it.
+        const seen = (id: NodeId.NodeId) => {
+          const c = w.atRelay.get(NodeId.encode(id))!
+          return { host: c.remoteHost, port: c.remotePort }
+        }
+        expect(arrival.peer).toEqual(seen(aId))
+        expect(aPeer).toEqual(seen(bId))
         expect(reservation.until - start).toBeGreaterThanOrEqual(Duration.toMillis("1 hour"))
         expect(reservation.until - start).toBeLessThan(Duration.toMillis("1 hour") + 1000)
         expect(NodeId.equals(arrival.source, aId)).toBe(true)
@@ -222,7 +237,7 @@ describe("Relay", () => {
       yield* (yield* writerOf(first.a))(new Socket.CloseEvent(1000))
       expect(yield* readEnd(first.arrival.socket)).toBe("fin")
       yield* Deferred.succeed(first.arrival.done, undefined)
-      const socket = asReader(yield* RelayClient.connect(w.a, bId, "5 seconds"))
+      const socket = asReader((yield* RelayClient.connect(w.a, bId, "5 seconds")).socket)
       const arrival = yield* Queue.take(w.arrivals)
       yield* Deferred.succeed(arrival.done, undefined)
       expect(yield* readEnd(socket)).toBe("fin")

@@ -99,6 +99,7 @@ describe("Simulation", () => {
       latency: 50,
       nat: Option.some("none:1,symmetric:1"),
       rpc: "direct",
+      noRelays: false,
       format: "json",
       report: Option.none<string>()
     }
@@ -107,6 +108,7 @@ describe("Simulation", () => {
       expect(replayCommand(parsed)).toBe(
         "quicmesh sim --nodes 6 --lookups 4 --seed 5 --alpha 3 -k 20 --crash 0 --loss 0.9 --latency 50 --nat none:1,symmetric:1 --rpc direct"
       )
+      expect(replayCommand({ ...parsed, noRelays: true })).toMatch(/ --no-relays$/)
     })
 
     it("NAT mixes parse, and bad ones are refused with a reason", () => {

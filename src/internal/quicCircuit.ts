@@ -8,7 +8,7 @@
  *
  * The shims live on the transport's host, or on loopback when it binds a wildcard address, so
  * their packets never leave the machine. An inbound connection from an accepting shim's address
- * is that circuit's (`relayOf`, `attach`); a circuit carries one connection.
+ * is that circuit's (`circuitOf`, `attach`); a circuit carries one connection.
  */
 import { Socket } from "@effect/platform"
 import type { QUICConnection, QUICSocket } from "@matrixai/quic"
@@ -33,6 +33,7 @@ export interface CircuitContext {
 /** An accepting circuit: the connection that came over it, once one has. */
 interface Accepting {
   readonly relay: NodeId.NodeId
+  readonly peer: Circuit["peer"]
   readonly arrived: Deferred.Deferred<WrappedConnection>
   connection: WrappedConnection | undefined
 }
@@ -62,11 +63,11 @@ export class Circuits {
     this.host = shimHostOf(cc.socket)
   }
 
-  /** The relay whose accepting circuit `raw` came over; undefined for a direct connection. */
-  relayOf(raw: QUICConnection): NodeId.NodeId | undefined {
+  /** The accepting circuit `raw` came over (its relay and peer); undefined for a direct connection. */
+  circuitOf(raw: QUICConnection): Pick<Accepting, "relay" | "peer"> | undefined {
     if (this.accepting.size === 0) return undefined
     const entry = this.accepting.get(raw.remotePort)
-    return entry !== undefined && unmapHost(raw.remoteHost) === this.host ? entry.relay : undefined
+    return entry !== undefined && unmapHost(raw.remoteHost) === this.host ? entry : undefined
   }
 
   /**
@@ -75,7 +76,7 @@ export class Circuits {
    */
   attach(connection: WrappedConnection): boolean {
     if (connection.relay === undefined) return true
-    const entry = this.accepting.get(connection.remotePort)
+    const entry = this.accepting.get(connection.pathPort)
     if (entry === undefined || entry.connection !== undefined) return false
     entry.connection = connection
     Deferred.unsafeDone(entry.arrived, Exit.succeed(connection))
@@ -131,7 +132,11 @@ export class Circuits {
           expectedNodeIds: options.expectedNodeIds,
           ...(options.timeout !== undefined ? { timeout: options.timeout } : {})
         }
-        const connection = yield* this.cc.dial(dialOptions, { relay: circuit.relay, ended: ended.signal })
+        const connection = yield* this.cc.dial(dialOptions, {
+          relay: circuit.relay,
+          ended: ended.signal,
+          peer: circuit.peer
+        })
         carried = connection
         const why = shim.endReason()
         if (why !== undefined) yield* connection.closeWithError(circuitClosed(why))
@@ -157,6 +162,7 @@ export class Circuits {
         const shim = yield* this.openShim(circuit)
         const entry: Accepting = {
           relay: circuit.relay,
+          peer: circuit.peer,
           arrived: yield* Deferred.make<WrappedConnection>(),
           connection: undefined
         }

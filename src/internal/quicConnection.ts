@@ -61,6 +61,8 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
    *   reverse connection is stopped itself.
    * @param relay The relay whose circuit carries the connection (quicCircuit); undefined for a
    *   direct one.
+   * @param peer A relayed connection's peer address as the relay observes it (`Circuit.peer`):
+   *   its remoteHost/remotePort instead of the circuit's local end.
    */
   constructor(
     private readonly ctx: ConnectionContext,
@@ -68,12 +70,13 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
     readonly direction: QuicConnection["direction"],
     readonly remoteNodeId: NodeId.NodeId,
     private readonly client: QUICClient | undefined,
-    readonly relay: NodeId.NodeId | undefined = undefined
+    readonly relay: NodeId.NodeId | undefined = undefined,
+    peer: { readonly host: string; readonly port: number } | undefined = undefined
   ) {
     this.number = ctx.nextNumber()
     this.dispatch = new Dispatch(ctx.fork)
-    this.remoteHost = unmapHost(raw.remoteHost)
-    this.remotePort = raw.remotePort
+    this.remoteHost = peer === undefined ? unmapHost(raw.remoteHost) : peer.host
+    this.remotePort = peer === undefined ? raw.remotePort : peer.port
     for (const stream of existingStreams(raw)) this.onStream(stream)
     // The connection itself listens (`handleEvent`): no closures per connection.
     raw.addEventListener(quicEvents.EventQUICConnectionStream.name, this)
@@ -103,6 +106,11 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
     this.ctx.live.delete(this)
     const reason: CloseReason = this.closingReason() ?? { _tag: "Error", detail: "connection closed" }
     this.dispatch.close(reason)
+  }
+
+  /** The port the packets come from: the remote port, or a relayed connection's local circuit end. */
+  get pathPort(): number {
+    return this.raw.remotePort
   }
 
   /** Read from the peer's (verified) chain at each call. */

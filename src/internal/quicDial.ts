@@ -56,6 +56,8 @@ export interface DialContext {
 export interface DialVia {
   readonly relay: NodeId
   readonly ended: AbortSignal
+  /** The peer's address as the relay observes it (the connection's remoteHost/remotePort). */
+  readonly peer?: { readonly host: string; readonly port: number } | undefined
 }
 
 /** The transport's `dial`; `via` for a dial through a relayed circuit. */
@@ -194,7 +196,8 @@ export const makeDial =
                 "forward",
                 remoteNodeId,
                 client,
-                via?.relay
+                via?.relay,
+                via?.peer
               )
           )
         ),

@@ -32,7 +32,7 @@ import { ConnectionManagerConfig } from "../services/ConnectionManagerConfig.js"
 import { Dns } from "../services/Dns.js"
 import { KeyRing } from "../services/KeyRing.js"
 import { NodeGraph } from "../services/NodeGraph.js"
-import type * as NodeId from "../services/NodeId.js"
+import * as NodeId from "../services/NodeId.js"
 import { PeerRpc } from "../services/PeerRpc.js"
 import { Protocols } from "../services/Protocols.js"
 import { QuicTransport } from "../services/QuicTransport.js"
@@ -112,7 +112,16 @@ export const makeWithDiagnostics: Effect.Effect<
     withConnection: dialing.withConnection,
     dialBack: {
       wanted: () => mayBeUnreachable(state.selfAddresses),
-      dial: (source, address) => Effect.ignore(dialing.getConnectionWithAddress(source, address))
+      // A plain dial (no signalling of its own, or the two sides would signal each other on and
+      // on), unless we hold or are making a connection to the source already.
+      dial: (source, address) =>
+        Effect.suspend(() =>
+          state.map.get(source) !== undefined || state.pending.has(NodeId.encode(source))
+            ? Effect.void
+            : records
+                .dialRecord([source], address, state.connectTimeout, undefined, undefined, () => "punched")
+                .pipe(Effect.flatMap(state.map.adopt), Effect.ignore)
+        )
     }
   })
   const multi = MultiConnection.make(state, { dns, dialRecord: records.dialRecord, addToGraph })
@@ -136,6 +145,7 @@ export const makeWithDiagnostics: Effect.Effect<
   yield* renewal.follow
   yield* gating.closeRefusedOnChange
   yield* inbound.serveIncoming
+  relaying.onReservationsChanged(() => reachability.announce)
   yield* relaying.start
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure

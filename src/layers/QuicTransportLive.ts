@@ -231,9 +231,10 @@ export const makeWithInternals: Effect.Effect<
       Effect.matchEffect({
         onFailure: (e) => Effect.promise(() => raw.stop(gated.stopOptions(e))),
         onSuccess: (remoteNodeId) =>
-          Effect.sync(
-            () => new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined, circuits.relayOf(raw))
-          ).pipe(
+          Effect.sync(() => {
+            const via = circuits.circuitOf(raw)
+            return new WrappedConnection(ctx, raw, "reverse", remoteNodeId, undefined, via?.relay, via?.peer)
+          }).pipe(
             // A dialler that rejects our certificate closes right after the handshake. A relayed
             // connection goes to its circuit, which carries only one.
             Effect.flatMap((connection) =>

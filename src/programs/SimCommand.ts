@@ -56,6 +56,10 @@ const options = {
     Options.text("rpc"),
     "Agent RPC: direct (calls as messages on the simulated connections) or wire (the real RPC framing as bytes; far slower)"
   ).pipe(Options.withDefault("direct")),
+  noRelays: described(
+    Options.boolean("no-relays"),
+    "Seeds do not serve as relays (by default they do, and nodes nobody reaches directly are connected through them)"
+  ),
   format: described(Options.text("format"), "Output format: human or json").pipe(
     Options.withDefault("human")
   ),
@@ -75,6 +79,7 @@ type Parsed = {
   readonly latency: number
   readonly nat: Option.Option<string>
   readonly rpc: string
+  readonly noRelays: boolean
   readonly format: string
   readonly report: Option.Option<string>
 }
@@ -94,6 +99,7 @@ export const replayCommand = (p: Parsed) => {
   ]
   if (Option.isSome(p.nat)) parts.push(`--nat ${p.nat.value}`)
   parts.push(`--rpc ${p.rpc}`)
+  if (p.noRelays) parts.push("--no-relays")
   return parts.join(" ")
 }
 
@@ -182,6 +188,7 @@ export const run = (p: Parsed) =>
       loss: p.loss,
       latency: p.latency,
       rpc: p.rpc as RpcMode,
+      relays: !p.noRelays,
       ...(nat === undefined ? {} : { nat }),
       onProgress: progressReporter()
     }

@@ -35,7 +35,7 @@ export interface QuicConnection {
   /**
    * The relay whose circuit carries this connection's packets (`dialCircuit` / `acceptCircuit`);
    * undefined for a direct connection. `remoteHost`/`remotePort` of a relayed connection are the
-   * circuit's local end, not the peer's address.
+   * peer's address as the relay observes it (`Circuit.peer`), else the circuit's local end.
    */
   readonly relay?: NodeId | undefined
   /**
@@ -90,6 +90,11 @@ export interface Circuit {
   readonly socket: Socket.Socket
   /** The relay's NodeId (the connection's `relay`). */
   readonly relay: NodeId
+  /**
+   * The peer's address as the relay observes it (its connection to the relay): the relayed
+   * connection's `remoteHost`/`remotePort` when given (else the circuit's local end).
+   */
+  readonly peer?: { readonly host: string; readonly port: number } | undefined
 }
 
 /** Dialling failed. A `mismatch` names both NodeIds. */

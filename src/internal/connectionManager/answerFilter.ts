@@ -84,7 +84,7 @@ export const filterAnswer = (
       }
     }
     taken.add(key)
-    const relays = RelayHints.fromWire(c.relays, selfKey, key)
+    const relays = RelayHints.fromWire(c.relays, key)
     const relayOnly = relays.length > 0 && (c.addresses?.length ?? 0) === 0
     out.push({ key, nodeId: id.right, address: { host, port: c.port }, relays, relayOnly })
   }

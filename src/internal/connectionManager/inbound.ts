@@ -59,7 +59,9 @@ export const make = (
         // A dial of ours to the node that signalled it ends with this connection (it dialled back).
         const dial = state.pending.get(entry.key)
         if (dial?.arrived !== undefined) yield* Deferred.succeed(dial.arrived, entry)
-        yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
+        // A relayed peer's address is where the relay sees it, not where we could reach it.
+        if (connection.relay === undefined)
+          yield* addToGraph(connection.remoteNodeId, connection.remoteHost, connection.remotePort)
       }).pipe(
         // Nobody waits on an inbound set-up: a connection that closed meanwhile is only logged.
         Effect.catchAllCause((cause) => Effect.logDebug("inbound connection setup failed", cause)),

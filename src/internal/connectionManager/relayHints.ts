@@ -19,17 +19,19 @@ export interface RelayHint {
   readonly relayOnly: boolean
 }
 
-/** The relays of `wire` worth keeping: well formed, not `self`, not the node itself, each once, at most 3. */
+/**
+ * The relays of `wire` worth keeping: well formed, not the node itself, each once, at most 3.
+ * We may be one of them (the node reserved with us): we keep it, to pass it on in our answers.
+ */
 export const fromWire = (
   wire: ReadonlyArray<WireRelay> | undefined,
-  selfKey: string,
   nodeKey: string
 ): ReadonlyArray<Contact> => {
   if (wire === undefined) return []
   const out: Array<Contact> = []
   for (const r of wire) {
     if (out.length >= RELAYS_ANNOUNCED) break
-    if (r.nodeIdEncoded === selfKey || r.nodeIdEncoded === nodeKey) continue
+    if (r.nodeIdEncoded === nodeKey) continue
     const id = NodeId.decode(r.nodeIdEncoded)
     if (Either.isLeft(id) || out.some((c) => NodeId.equals(c.nodeId, id.right))) continue
     const host = Address.normalizeHost(r.host)

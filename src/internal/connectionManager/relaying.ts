@@ -14,7 +14,6 @@
  *   enters the map like a dialled one. The relay's connection is held while the circuit lasts.
  */
 
-import type { Socket } from "@effect/platform"
 import { Clock, Duration, Effect, Exit, FiberMap, FiberSet, Option, Predicate, Schedule, Scope } from "effect"
 import * as Address from "../../services/Address.js"
 import { NodeConnectionError, type RelayStatus } from "../../services/ConnectionManager.js"
@@ -22,7 +21,7 @@ import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { ProtocolsService } from "../../services/Protocols.js"
 import * as Protocols from "../../services/Protocols.js"
-import { DialError, type QuicTransportService } from "../../services/QuicTransport.js"
+import { type Circuit, DialError, type QuicTransportService } from "../../services/QuicTransport.js"
 import { type RelayHost, RelayRefused, type RelayStats } from "../../services/Relay.js"
 import * as RelayClient from "../relay/client.js"
 import { makeRelayServer } from "../relay/server.js"
@@ -101,11 +100,11 @@ export const make = (
       return denied === undefined ? undefined : new RelayRefused({ reason: "denied", detail: denied.detail })
     })
 
-  const runCircuit = (_source: NodeId.NodeId, socket: Socket.Socket, relay: NodeId.NodeId) =>
+  const runCircuit = (_source: NodeId.NodeId, circuit: Circuit) =>
     Effect.scoped(
       Effect.zipRight(
-        Effect.ignore(holdExisting(relay)),
-        transport.acceptCircuit === undefined ? Effect.void : transport.acceptCircuit({ socket, relay })
+        Effect.ignore(holdExisting(circuit.relay)),
+        transport.acceptCircuit === undefined ? Effect.void : transport.acceptCircuit(circuit)
       )
     )
 
@@ -137,11 +136,8 @@ export const make = (
       const record = yield* Effect.gen(function* () {
         yield* deps.dialing().getConnectionWithAddress(relay.nodeId, relay, { timeout })
         const held = yield* holdExisting(relay.nodeId)
-        const socket = yield* RelayClient.connect(held.connection, nodeId, timeout)
-        const connection = yield* dialCircuit(
-          { socket, relay: relay.nodeId },
-          { expectedNodeIds: [nodeId], timeout }
-        )
+        const circuit = yield* RelayClient.connect(held.connection, nodeId, timeout)
+        const connection = yield* dialCircuit(circuit, { expectedNodeIds: [nodeId], timeout })
         return yield* records.setupRecord(connection, scope)
       }).pipe(
         Scope.extend(scope),
@@ -194,10 +190,12 @@ export const make = (
 
   const dialVia = (
     nodeId: NodeId.NodeId,
-    relays: ReadonlyArray<Contact>,
+    named: ReadonlyArray<Contact>,
     timeout: Duration.Duration
   ): Effect.Effect<Entry, NodeConnectionError> =>
     Effect.flatMap(Deadline.after(timeout), (deadline) => {
+      // We may be one of its relays ourselves: it holds a connection to us then, not through us.
+      const relays = named.filter((r) => !NodeId.equals(r.nodeId, state.self))
       const errors: Array<NodeConnectionError> = []
       const tryFrom = (i: number): Effect.Effect<Entry, NodeConnectionError> => {
         if (i >= relays.length) {
@@ -325,6 +323,8 @@ export const make = (
     if (transport.acceptCircuit !== undefined && config.relayReservationsKept > 0)
       yield* keeper.pipe(Effect.interruptible, Effect.forkScoped)
   })
+
+  state.ownRelays = () => [...reservations.values()]
 
   return {
     start,

@@ -18,7 +18,7 @@ import { Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Option, Predi
 import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import * as Protocols from "../../services/Protocols.js"
-import { ConnectionError, type QuicConnection } from "../../services/QuicTransport.js"
+import { type Circuit, ConnectionError, type QuicConnection } from "../../services/QuicTransport.js"
 import { RelayRefused } from "../../services/Relay.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
 import * as Wire from "./wire.js"
@@ -71,7 +71,7 @@ const ask = (connection: QuicConnection, message: Uint8Array, timeout: Duration.
     )
     if (Predicate.isTagged(status, "Refused"))
       return yield* new RelayRefused({ reason: status.reason, detail: status.detail, relay })
-    return { socket, reader, until: status.until }
+    return { socket, reader, until: status.until, observed: status.observed }
   })
 
 /** Reads `reader` until its stream ends or fails. */
@@ -101,9 +101,12 @@ export const connect = (
   connection: QuicConnection,
   target: NodeId.NodeId,
   timeout: Duration.DurationInput
-): Effect.Effect<Socket.Socket, RelayRefused | ConnectionError, Scope.Scope> =>
+): Effect.Effect<Circuit, RelayRefused | ConnectionError, Scope.Scope> =>
   keptOnSuccess(
-    Effect.map(ask(connection, Wire.encodeConnect(target), timeout), (asked) => asked.socket).pipe(
+    Effect.map(
+      ask(connection, Wire.encodeConnect(target), timeout),
+      (asked): Circuit => ({ socket: asked.socket, relay: connection.remoteNodeId, peer: asked.observed })
+    ).pipe(
       Effect.timeoutFail({
         duration: timeout,
         onTimeout: () =>
@@ -125,7 +128,7 @@ export const serveStop = (
   socket: Socket.Socket,
   caller: Contact,
   decide: (source: NodeId.NodeId) => Effect.Effect<RelayRefused | undefined>,
-  run: (source: NodeId.NodeId, socket: Socket.Socket, relay: NodeId.NodeId) => Effect.Effect<void>,
+  run: (source: NodeId.NodeId, circuit: Circuit) => Effect.Effect<void>,
   options?: { readonly timeout?: Duration.DurationInput }
 ): Effect.Effect<void> =>
   Effect.gen(function* () {
@@ -139,11 +142,11 @@ export const serveStop = (
         yield* write(Wire.encodeStatus({ _tag: "Refused", reason: "malformed", detail: source.left.detail }))
       return
     }
-    const refusal = Option.fromNullable(yield* decide(source.right))
+    const refusal = Option.fromNullable(yield* decide(source.right.source))
     if (Option.isSome(refusal)) {
       const { reason, detail } = refusal.value
       return yield* write(Wire.encodeStatus({ _tag: "Refused", reason, detail }))
     }
     yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0 }))
-    yield* run(source.right, socket, caller.nodeId)
+    yield* run(source.right.source, { socket, relay: caller.nodeId, peer: source.right.observed })
   }).pipe(Effect.scoped, Effect.ignore)

@@ -38,9 +38,13 @@ export interface RelayServer {
 
 type Writer = SpliceEnd["write"]
 
-/** One reservation; `ended` completes when a newer one of the same node replaces it. */
+/**
+ * One reservation; `ended` completes when a newer one of the same node replaces it. `at` is
+ * the node's address as its connection shows it, told to the sources of its circuits.
+ */
 interface Held {
   readonly ended: Deferred.Deferred<void>
+  readonly at: { readonly host: string; readonly port: number }
 }
 
 const detailOf = (cause: unknown): string =>
@@ -79,7 +83,10 @@ export const makeRelayServer = (
     const reserve = (reader: ChunkReader, write: Writer, caller: Contact) =>
       Effect.gen(function* () {
         const key = NodeId.encode(caller.nodeId)
-        const mine: Held = { ended: yield* Deferred.make<void>() }
+        const mine: Held = {
+          ended: yield* Deferred.make<void>(),
+          at: { host: caller.host, port: caller.port }
+        }
         const previous = reservations.get(key)
         if (previous === undefined && reservations.size >= config.maxReservations)
           return yield* refuse(
@@ -106,7 +113,7 @@ export const makeRelayServer = (
       })
 
     /** The target's STOP stream, accepted for `source`, or the refusal to answer the source. */
-    const openStop = (target: NodeId.NodeId, source: NodeId.NodeId) =>
+    const openStop = (target: NodeId.NodeId, source: Contact) =>
       Effect.gen(function* () {
         const unreachable = (detail: string) =>
           new RelayRefused({
@@ -119,7 +126,10 @@ export const makeRelayServer = (
         )
         const reader = yield* Wire.chunkReader(socket)
         const write = yield* socket.writer
-        yield* Effect.mapError(write(Wire.encodeConnectFrom(source)), (cause) => unreachable(detailOf(cause)))
+        yield* Effect.mapError(
+          write(Wire.encodeConnectFrom(source.nodeId, { host: source.host, port: source.port })),
+          (cause) => unreachable(detailOf(cause))
+        )
         const status = yield* Wire.readMessage(reader, Wire.parseStatus, config.messageTimeout).pipe(
           Effect.mapError((cause) => unreachable(`no valid answer: ${detailOf(cause)}`))
         )
@@ -132,7 +142,8 @@ export const makeRelayServer = (
       Effect.gen(function* () {
         if (NodeId.equals(target, caller.nodeId))
           return yield* refuse(write, "denied", "a circuit to the requester itself")
-        if (!reservations.has(NodeId.encode(target)))
+        const reservation = reservations.get(NodeId.encode(target))
+        if (reservation === undefined)
           return yield* refuse(
             write,
             "no-reservation",
@@ -150,11 +161,11 @@ export const makeRelayServer = (
             counters.circuits--
           })
         )
-        const stop = yield* Effect.either(openStop(target, caller.nodeId))
+        const stop = yield* Effect.either(openStop(target, caller))
         if (Either.isLeft(stop)) return yield* refuse(write, stop.left.reason, stop.left.detail)
         yield* Effect.ignore(host.hold(caller.nodeId))
         yield* Effect.ignore(host.hold(target))
-        yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0 }))
+        yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: reservation.at }))
         yield* splice({ reader, write }, stop.right, {
           idleMs: Duration.toMillis(config.circuitIdleTimeout),
           bytesPerSecond: config.circuitBytesPerSecond,

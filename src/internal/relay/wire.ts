@@ -6,16 +6,19 @@
  * the type:
  * - RESERVE, node → relay on HOP: `[0x01]`.
  * - CONNECT, node → relay on HOP: `[0x02][target NodeId: 32 bytes]`.
- * - CONNECT-FROM, relay → target on STOP: `[0x03][source NodeId: 32 bytes]`.
+ * - CONNECT-FROM, relay → target on STOP: `[0x03][source NodeId: 32 bytes][observed: UTF-8]`,
+ *   `observed` (optional) the source's address as the relay's connection to it sees it, "HOST:PORT".
  * - STATUS, the answer on either: `[0x04][code][until: u64 BE, ms since 1970, 0 for none]
  *   [detail: UTF-8, at most 200 bytes]`. Code 0 is OK; the others name a `RelayRefusedReason`.
+ *   An OK to a CONNECT carries, as its detail, the target's address as the relay sees it ("HOST:PORT").
  *
  * A message is read with `readMessage`: bounded by its size and a deadline, the bytes after it
  * put back for whoever reads the stream next. Anything else (another type, a wrong size, an
  * unknown code, bad UTF-8, too long, too late) is a `RelayRefused` "malformed".
  */
 import type { Socket } from "@effect/platform"
-import { Duration, Effect, Predicate } from "effect"
+import { Duration, Effect, Either, Predicate } from "effect"
+import * as Address from "../../services/Address.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { ProtocolId } from "../../services/Protocols.js"
 import { RelayRefused, type RelayRefusedReason, refusedReasons } from "../../services/Relay.js"
@@ -44,7 +47,12 @@ export type HopRequest =
   | { readonly _tag: "Connect"; readonly target: NodeId.NodeId }
 
 export type Status =
-  | { readonly _tag: "Ok"; readonly until: number }
+  | {
+      readonly _tag: "Ok"
+      readonly until: number
+      /** An OK to a CONNECT: the target's address as the relay observes it. */
+      readonly observed?: Address.Address | undefined
+    }
   | { readonly _tag: "Refused"; readonly reason: RelayRefusedReason; readonly detail: string }
 
 const encoder = new TextEncoder()
@@ -67,7 +75,36 @@ const withNodeId = (type: number, nodeId: NodeId.NodeId): Uint8Array => {
 
 export const reserve: Uint8Array = frame(new Uint8Array([RESERVE]))
 export const encodeConnect = (target: NodeId.NodeId): Uint8Array => withNodeId(CONNECT, target)
-export const encodeConnectFrom = (source: NodeId.NodeId): Uint8Array => withNodeId(CONNECT_FROM, source)
+export const encodeConnectFrom = (source: NodeId.NodeId, observed?: Address.Address): Uint8Array => {
+  if (observed === undefined) return withNodeId(CONNECT_FROM, source)
+  const text = encoder.encode(Address.format(observed))
+  const body = new Uint8Array(1 + NodeId.NODE_ID_BYTES + text.length)
+  body[0] = CONNECT_FROM
+  body.set(source, 1)
+  body.set(text, 1 + NodeId.NODE_ID_BYTES)
+  return frame(body)
+}
+
+/** The source a relay brings on STOP, and its address as the relay observes it (when the relay says). */
+export interface ConnectFrom {
+  readonly source: NodeId.NodeId
+  readonly observed: Address.Address | undefined
+}
+
+/** "HOST:PORT" bytes as an address; undefined when absent; a string when it is not one. */
+const observedOf = (bytes: Uint8Array): Address.Address | undefined | string => {
+  if (bytes.length === 0) return undefined
+  let text: string
+  try {
+    text = decoder.decode(bytes)
+  } catch {
+    return "an observed address that is not UTF-8"
+  }
+  const parsed = Address.parse(text)
+  return Either.isLeft(parsed)
+    ? `an observed address that is not HOST:PORT (${text.slice(0, 64)})`
+    : parsed.right
+}
 
 /** `text` as UTF-8, its first `MAX_DETAIL_BYTES` at most (whole characters only). */
 const boundedDetail = (text: string): Uint8Array => {
@@ -77,7 +114,11 @@ const boundedDetail = (text: string): Uint8Array => {
 
 export const encodeStatus = (status: Status): Uint8Array => {
   const ok = Predicate.isTagged(status, "Ok")
-  const detail = ok ? new Uint8Array(0) : boundedDetail(status.detail)
+  const detail = ok
+    ? status.observed === undefined
+      ? new Uint8Array(0)
+      : boundedDetail(Address.format(status.observed))
+    : boundedDetail(status.detail)
   const body = new Uint8Array(STATUS_HEAD + detail.length)
   body[0] = STATUS
   body[1] = ok ? 0 : codes.indexOf(status.reason)
@@ -130,10 +171,15 @@ export const parseHopRequest = parseFrame((body): HopRequest | string => {
   }
 })
 
-/** The source a relay names on STOP. */
-export const parseConnectFrom = parseFrame((body): NodeId.NodeId | string =>
-  body[0] === CONNECT_FROM ? nodeIdOf(body, CONNECT_FROM) : unexpected(body, "CONNECT-FROM")
-)
+/** The source a relay names on STOP, with its observed address. */
+export const parseConnectFrom = parseFrame((body): ConnectFrom | string => {
+  if (body[0] !== CONNECT_FROM) return unexpected(body, "CONNECT-FROM")
+  if (body.length < 1 + NodeId.NODE_ID_BYTES)
+    return `CONNECT-FROM of ${body.length} bytes (at least ${1 + NodeId.NODE_ID_BYTES} expected)`
+  const observed = observedOf(body.subarray(1 + NodeId.NODE_ID_BYTES))
+  if (typeof observed === "string") return observed
+  return { source: NodeId.canonical(body.subarray(1, 1 + NodeId.NODE_ID_BYTES)), observed }
+})
 
 /** An answer on either protocol. */
 export const parseStatus = parseFrame((body): Status | string => {
@@ -144,7 +190,9 @@ export const parseStatus = parseFrame((body): Status | string => {
   if (code === undefined) return `unknown status code ${body[1]}`
   if (code === "ok") {
     const view = new DataView(body.buffer, body.byteOffset, body.byteLength)
-    return { _tag: "Ok", until: view.getUint32(2) * 2 ** 32 + view.getUint32(6) }
+    const observed = observedOf(body.subarray(STATUS_HEAD))
+    if (typeof observed === "string") return observed
+    return { _tag: "Ok", until: view.getUint32(2) * 2 ** 32 + view.getUint32(6), observed }
   }
   try {
     return { _tag: "Refused", reason: code, detail: decoder.decode(body.subarray(STATUS_HEAD)) }

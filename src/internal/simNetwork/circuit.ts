@@ -15,8 +15,9 @@
  * connection's does. When the circuit's stream ends (the relay closed it or died) an end closes
  * with Error "relay circuit closed"; an end that closes ends its side of the circuit.
  *
- * `remoteHost`/`remotePort` of a relayed end are the relay's address on that end's leg (its
- * direct connection to the relay), or 0.0.0.0:0 when it has none.
+ * `remoteHost`/`remotePort` of a relayed end are the peer's address as the relay observed it
+ * (`Circuit.peer`); without it, the relay's address on that end's leg (its direct connection to
+ * the relay), or 0.0.0.0:0 when it has none.
  */
 import { Socket } from "@effect/platform"
 import { Effect, Exit, Scope } from "effect"
@@ -259,8 +260,10 @@ const readIn = (side: CircuitSide): Effect.Effect<void> =>
     Effect.sync(() => side.finish(CIRCUIT_CLOSED))
   )
 
-/** The relay's address on the endpoint's leg: its direct connection to the relay. */
-const legOf = (ep: Endpoint, relay: NodeId.NodeId): Address => {
+/** The peer's address as the relay observed it, else the relay's on the endpoint's leg (its direct connection to it). */
+const legOf = (ep: Endpoint, circuit: Circuit): Address => {
+  if (circuit.peer !== undefined) return { host: circuit.peer.host, port: circuit.peer.port }
+  const relay = circuit.relay
   for (const end of ep.ends)
     if (end.pair.circuit === undefined && NodeId.equals(end.remoteNodeId, relay))
       return { host: end.remoteHost, port: end.remotePort }
@@ -324,7 +327,7 @@ export const dialCircuit =
   (world: World, ep: Endpoint): NonNullable<QuicTransportService["dialCircuit"]> =>
   (circuit, options) =>
     Effect.suspend(() => {
-      const leg = legOf(ep, circuit.relay)
+      const leg = legOf(ep, circuit)
       const refused = (reason: DialError["reason"], detail: string) =>
         Effect.fail(new DialError({ host: leg.host, port: leg.port, reason, detail }))
       if (ep.stopped) return refused("stopped", "the transport is stopped")
@@ -376,7 +379,7 @@ export const acceptCircuit =
   (circuit: Circuit): Effect.Effect<void> =>
     Effect.async<void>((resume) => {
       if (ep.stopped) return resume(Effect.void)
-      const side = new CircuitSide(world, ep, circuit, legOf(ep, circuit.relay))
+      const side = new CircuitSide(world, ep, circuit, legOf(ep, circuit))
       side.handshake = (bytes) => acceptHello(world, side, bytes)
       side.onStop = () => resume(Effect.void)
       world.scheduler.schedule(ep.connectMs, () => {

@@ -47,6 +47,12 @@ export interface WorldOptions {
    * the node's registry, `RpcConfig` and manager, e.g. an `AppRpc` group's layer.
    */
   readonly protocols?: true | NodeProtocols
+  /**
+   * Relays: the seeds serve as relays (`relay`), and every node serves the relay protocols on
+   * its connections (a `Protocols` registry of its own), so that nodes nobody can reach
+   * directly reserve with the seeds and are connected through them. Default false.
+   */
+  readonly relays?: boolean
 }
 
 /** The application layer one node serves (see `WorldOptions.protocols`). */

@@ -105,7 +105,9 @@ export const makeWorld = (
     const directRpc = PeerRpcSim.make(sim, CMConfig.defaults.rpcCallTimeoutTime)
     // Simulated hosts are IP addresses: no name to resolve.
     const dns = Dns.makeStatic({})
-    const withProtocols = options.protocols !== undefined
+    const relays = options.relays === true
+    // Relays are served from a node's registry, as application protocols are.
+    const withProtocols = options.protocols !== undefined || relays
     const nodeProtocols = options.protocols === true ? undefined : options.protocols
     const nodes: SimNode[] = []
     const seeds: SimNode[] = []
@@ -144,7 +146,10 @@ export const makeWorld = (
           connectionConnectTimeoutTime: Duration.millis(connectTimeoutMs),
           seedNodes,
           // A seed is provisioned to hold a connection to everyone who joined through it.
-          ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {})
+          ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {}),
+          ...(relays && node.isSeed
+            ? { relay: true, relayMaxReservations: 1_000_000, relayMaxCircuits: 1_000_000 }
+            : {})
         })
         // The services of one node as values, composed by Node.make rather than with layers:
         // a layer graph per node costs more memory than the node (thousands of them).

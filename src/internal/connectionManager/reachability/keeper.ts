@@ -149,7 +149,7 @@ export const make = (
       )
         yield* Queue.offer(changed, undefined)
       // The relays it is reachable through: only through them when it confirmed no address.
-      const relays = RelayHints.fromWire(message.relays, state.selfKey, key)
+      const relays = RelayHints.fromWire(message.relays, key)
       state.relayHints.learn(peer, relays, checked.confirmed.length === 0)
       announcedBy.delete(key)
       if (checked.confirmed.length > 0) {
