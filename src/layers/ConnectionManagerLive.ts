@@ -145,7 +145,8 @@ export const makeWithDiagnostics: Effect.Effect<
   yield* renewal.follow
   yield* gating.closeRefusedOnChange
   yield* inbound.serveIncoming
-  relaying.onReservationsChanged(() => reachability.announce)
+  // In the background: a reservation that ends as the manager stops must not wait on peers.
+  relaying.onReservationsChanged(() => Effect.asVoid(FiberSet.run(state.background, reachability.announce)))
   yield* relaying.start
   yield* SeedKeepAlive.start(state)
   yield* inbound.stopOnTransportFailure

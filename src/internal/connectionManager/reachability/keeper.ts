@@ -211,7 +211,8 @@ export const make = (
     // Not through relays: there the peer would only repeat the relay's observation (see identifyDialled).
     const peers = [...state.map.entries.values()].filter((e) => e.record.connection.relay === undefined)
     return Effect.zipRight(
-      previous === undefined ? Effect.void : Fiber.interrupt(previous),
+      // Not waited for: a round stuck on a silent peer must not hold up the next (or a stop).
+      previous === undefined ? Effect.void : Fiber.interruptFork(previous),
       Effect.flatMap(
         FiberSet.run(
           state.background,
