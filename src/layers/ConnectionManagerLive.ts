@@ -5,7 +5,7 @@
  * manager alone; `layer` provides it as `ConnectionManager`, with
  * `ConnectionManagerDiagnostics` beside it.
  */
-import { Context, Deferred, Effect, FiberSet, Layer, type Scope } from "effect"
+import { Context, Deferred, Effect, FiberSet, Layer, Option, type Scope } from "effect"
 import * as Dialing from "../internal/connectionManager/dialing.js"
 import * as Gating from "../internal/connectionManager/gating.js"
 import * as GraphUpkeep from "../internal/connectionManager/graphUpkeep.js"
@@ -36,6 +36,7 @@ import * as NodeId from "../services/NodeId.js"
 import { PeerRpc } from "../services/PeerRpc.js"
 import { Protocols } from "../services/Protocols.js"
 import { QuicTransport } from "../services/QuicTransport.js"
+import { RelayTap } from "../services/Relay.js"
 
 /** Everything the manager stands on. */
 export type Dependencies =
@@ -98,6 +99,7 @@ export const makeWithDiagnostics: Effect.Effect<
   const relaying = Relaying.make(state, {
     transport,
     protocols: yield* Effect.serviceOption(Protocols),
+    tap: Option.getOrUndefined(yield* Effect.serviceOption(RelayTap)),
     gating,
     records,
     dialing: () => dialing,

@@ -3,7 +3,7 @@
  * its seed nodes, serving the control API on `<node-path>/agent.sock` until SIGINT/SIGTERM
  * or `quicmesh agent stop`.
  */
-import { chmodSync, existsSync, rmSync } from "node:fs"
+import { appendFileSync, chmodSync, existsSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
@@ -21,6 +21,7 @@ import type { Contact } from "../services/Contact.js"
 import { NodeGraph } from "../services/NodeGraph.js"
 import * as NodeId from "../services/NodeId.js"
 import { QuicTransport } from "../services/QuicTransport.js"
+import { RelayTap } from "../services/Relay.js"
 import { ControlError, ControlRpcs } from "./ControlApi.js"
 import { gateHandlers } from "./control/gates.js"
 import { identityHandlers } from "./control/identity.js"
@@ -82,6 +83,16 @@ export const receiveBufferFromEnv = (
     Effect.withConfigProvider(CMConfig.envProvider(env)),
     Effect.mapError((e) => new UsageError({ message: configErrorText(String(e)) }))
   )
+
+/**
+ * A test hook: with QUICMESH_TEST_RELAY_TAP set to a file, every chunk the agent's relay
+ * forwards is appended to it (the NAT lab looks there for plaintext). Nothing otherwise.
+ */
+const relayTapFromEnv = (env: Record<string, string | undefined> = process.env): Layer.Layer<RelayTap> => {
+  const file = env.QUICMESH_TEST_RELAY_TAP
+  if (file === undefined || file === "") return Layer.empty
+  return Layer.succeed(RelayTap, (bytes: Uint8Array) => appendFileSync(file, bytes))
+}
 
 /** What the agent reads from the environment besides the manager's options. */
 export interface NodeTuning {
@@ -298,7 +309,11 @@ export const runLocked = (options: AgentOptions) =>
     yield* program.pipe(
       Effect.provide(
         controlServerLayer(options.nodePath, stop).pipe(
-          Layer.provideMerge(nodeLayer(options, managerOptions, { ipDiversity, receiveBufferSize }))
+          Layer.provideMerge(
+            nodeLayer(options, managerOptions, { ipDiversity, receiveBufferSize }).pipe(
+              Layer.provide(relayTapFromEnv())
+            )
+          )
         )
       ),
       Effect.mapError((e) => new OperationError({ message: `agent failed: ${e.message}` }))

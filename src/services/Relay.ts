@@ -16,7 +16,7 @@
  * status codes and arrive as `RelayRefused`.
  */
 import type { Socket } from "@effect/platform"
-import { Data, Duration, type Effect, type Scope } from "effect"
+import { Context, Data, Duration, type Effect, type Scope } from "effect"
 import type * as NodeId from "./NodeId.js"
 import type { ProtocolId } from "./Protocols.js"
 
@@ -117,3 +117,9 @@ export interface RelayHost {
   /** Keeps the connection to `nodeId` in use while the scope is open. */
   readonly hold: (nodeId: NodeId.NodeId) => Effect.Effect<void, unknown, Scope.Scope>
 }
+
+/**
+ * A test hook: when the node's context has one, it sees every chunk the node's relay forwards
+ * (the NAT lab checks that a relay never sees a connection's plaintext).
+ */
+export class RelayTap extends Context.Tag("quicmesh/RelayTap")<RelayTap, (bytes: Uint8Array) => void>() {}
