@@ -90,7 +90,8 @@ export const receiveBufferFromEnv = (
  */
 const relayTapFromEnv = (env: Record<string, string | undefined> = process.env): Layer.Layer<RelayTap> => {
   const file = env.QUICMESH_TEST_RELAY_TAP
-  if (file === undefined || file === "") return Layer.empty
+  // No tap: an empty layer (the manager reads the tap as an optional service).
+  if (file === undefined || file === "") return Layer.empty as Layer.Layer<unknown> as Layer.Layer<RelayTap>
   return Layer.succeed(RelayTap, (bytes: Uint8Array) => appendFileSync(file, bytes))
 }
 
