@@ -393,6 +393,76 @@ describe("Relay", () => {
   )
 
   inWorld(
+    "one node's requests: bad ones count too, the 11th in a second and a flood are rate-limited; other nodes and the open circuit go on",
+    {},
+    (w) =>
+      Effect.gen(function* () {
+        const { a, arrival } = yield* circuit(w)
+        // A's first window (its circuit's CONNECT) ends; ten bad requests in the next one.
+        yield* Effect.sleep("1 second")
+        const start = yield* now
+        const stranger = NodeId.canonical(idOf(9))
+        const reasons: Array<string> = []
+        for (let i = 0; i < 4; i++)
+          reasons.push((yield* refusalOf(RelayClient.connect(w.a, stranger, "5 seconds"))).reason)
+        for (let i = 0; i < 3; i++)
+          reasons.push((yield* refusalOf(RelayClient.connect(w.a, aId, "5 seconds"))).reason)
+        for (let i = 0; i < 3; i++) {
+          malformedDetail(yield* rawHop(w, [0x10, 0x00, 0x01]))
+          reasons.push("malformed")
+        }
+        expect(reasons).toEqual([
+          ...Array(4).fill("no-reservation"),
+          ...Array(3).fill("denied"),
+          ...Array(3).fill("malformed")
+        ])
+        // The eleventh, a valid CONNECT, is refused before it is read.
+        const limited = yield* refusalOf(RelayClient.connect(w.a, bId, "5 seconds"))
+        expect(limited.reason).toBe("rate-limited")
+        expect(limited.message).toBe(
+          `relay ${NodeId.encode(relayId)} refused (rate-limited): more than 10 requests in a second from node ${NodeId.encode(aId)}`
+        )
+        const flood = yield* Effect.forEach(
+          Array.from({ length: 30 }, () => refusalOf(RelayClient.connect(w.a, bId, "5 seconds"))),
+          (refusal) => refusal,
+          { concurrency: "unbounded" }
+        )
+        expect(flood.map((r) => r.reason)).toEqual(Array(30).fill("rate-limited"))
+        expect((yield* now) - start).toBeLessThan(1000)
+        // Another node is not limited by A's flood; the circuit open carries bytes both ways.
+        yield* RelayClient.reserve(w.b)
+        yield* (yield* writerOf(a))(encoder.encode("after"))
+        expect(decoder.decode(yield* readBytes(arrival.socket, 5))).toBe("after")
+        yield* (yield* writerOf(arrival.socket))(encoder.encode("flood"))
+        expect(decoder.decode(yield* readBytes(a, 5))).toBe("flood")
+        expect(yield* w.relay.stats).toMatchObject({
+          reservations: 1,
+          circuits: 1,
+          refused: { "rate-limited": 31, "no-reservation": 4, denied: 3, malformed: 3 }
+        })
+        // A new second: A is taken again.
+        yield* Effect.sleep(Duration.millis(1000 - ((yield* now) - start)))
+        yield* RelayClient.connect(w.a, bId, "5 seconds")
+        const next = yield* Queue.take(w.arrivals)
+        expect(NodeId.equals(next.source, aId)).toBe(true)
+      })
+  )
+
+  inWorld(
+    "hopRequestsPerSecond sets the limit: the third request in a second is refused",
+    { hopRequestsPerSecond: 2 },
+    (w) =>
+      Effect.gen(function* () {
+        yield* RelayClient.reserve(w.b)
+        yield* RelayClient.connect(w.a, bId, "5 seconds")
+        yield* RelayClient.reserve(w.a)
+        expect((yield* refusalOf(RelayClient.connect(w.a, bId, "5 seconds"))).reason).toBe("rate-limited")
+        expect((yield* refusalOf(RelayClient.reserve(w.a))).reason).toBe("rate-limited")
+        expect((yield* w.relay.stats).refused["rate-limited"]).toBe(2)
+      })
+  )
+
+  inWorld(
     "a reservation ends at reservationDuration; stopping the relay ends reservations and circuits",
     { reservationDuration: "1 minute" },
     (w) =>
@@ -418,6 +488,16 @@ describe("Relay", () => {
         expect(yield* w.relay.stats).toMatchObject({ reservations: 0, circuits: 0 })
       })
   )
+
+  it("status codes are positional: rate-limited, appended last, is code 9 and round-trips", () => {
+    const bytes = Wire.encodeStatus({ _tag: "Refused", reason: "rate-limited", detail: "slow down" })
+    expect(bytes[3]).toBe(9)
+    expect(Wire.encodeStatus({ _tag: "Refused", reason: "malformed", detail: "" })[3]).toBe(8)
+    expect(Wire.parseStatus(bytes)).toMatchObject({
+      _tag: "Done",
+      value: { _tag: "Refused", reason: "rate-limited", detail: "slow down" }
+    })
+  })
 
   it("STATUS round trip: until kept to the millisecond, a long detail cut to 200 bytes", () => {
     const until = Date.UTC(2125, 0, 1) + 123

@@ -39,6 +39,12 @@ export interface RelayOptions {
   readonly reservationDuration: Duration.DurationInput
   /** How long the relay waits for a node's request, and for a target's answer. Default 10 s. */
   readonly messageTimeout: Duration.DurationInput
+  /**
+   * HOP requests (reservations and circuits, refused ones and malformed ones included) taken
+   * from one node per second; past it the relay refuses with "rate-limited" before reading the
+   * request. Default 10.
+   */
+  readonly hopRequestsPerSecond: number
   /** Sees every chunk the relay forwards, before it is forwarded (a test hook). */
   readonly tap?: ((bytes: Uint8Array) => void) | undefined
 }
@@ -49,7 +55,8 @@ export const defaults: RelayOptions = {
   circuitIdleTimeout: Duration.seconds(60),
   circuitBytesPerSecond: 1024 * 1024,
   reservationDuration: Duration.hours(1),
-  messageTimeout: Duration.seconds(10)
+  messageTimeout: Duration.seconds(10),
+  hopRequestsPerSecond: 10
 }
 
 /** Why a relay (or the target behind it) said no. */
@@ -70,6 +77,8 @@ export type RelayRefusedReason =
   | "denied"
   /** A message was not valid, too long, or did not arrive in time. */
   | "malformed"
+  /** The node sent more requests than the relay takes from one node per second. */
+  | "rate-limited"
 
 /** Every reason; its place here (from 1) is its status code on the wire: append, never reorder. */
 export const refusedReasons: ReadonlyArray<RelayRefusedReason> = [
@@ -80,7 +89,8 @@ export const refusedReasons: ReadonlyArray<RelayRefusedReason> = [
   "target-refused",
   "target-unreachable",
   "denied",
-  "malformed"
+  "malformed",
+  "rate-limited"
 ]
 
 /** A relay refused a reservation or a circuit (`relay`: which relay, when known). */

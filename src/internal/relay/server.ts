@@ -11,6 +11,11 @@
  *   (as its connection proved it), waits for the target's status (at most `messageTimeout`),
  *   answers the caller, and splices the two streams (`splice.ts`).
  *
+ * - Every HOP stream counts against its node's `hopRequestsPerSecond` (by the NodeId its
+ *   connection proved), whatever it asks and whether or not it is valid; one over the limit is
+ *   refused "rate-limited" before its request is read. The windows are kept for at most
+ *   `RATE_TABLE_CAPACITY` nodes (the oldest window goes first).
+ *
  * Every refusal is a STATUS with its code, then the end of the stream, counted by reason.
  */
 import { Clock, Deferred, Duration, Effect, Either, Predicate, type Scope } from "effect"
@@ -27,6 +32,7 @@ import {
   refusedReasons
 } from "../../services/Relay.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
+import { RateWindows } from "../rateWindows.js"
 import { type SpliceEnd, splice } from "./splice.js"
 import * as Wire from "./wire.js"
 
@@ -37,6 +43,9 @@ export interface RelayServer {
 }
 
 type Writer = SpliceEnd["write"]
+
+/** Nodes whose request rate the relay keeps track of at once. */
+export const RATE_TABLE_CAPACITY = 4096
 
 /**
  * One reservation; `ended` completes when a newer one of the same node replaces it. `at` is
@@ -61,6 +70,7 @@ export const makeRelayServer = (
     const stopped = yield* Deferred.make<void>()
     yield* Effect.addFinalizer(() => Deferred.succeed(stopped, undefined))
     const reservations = new Map<NodeId.NodeIdEncoded, Held>()
+    const requests = new RateWindows(config.hopRequestsPerSecond, 1000, RATE_TABLE_CAPACITY)
     const counters = { circuits: 0, bytesForwarded: 0 }
     const refused = Object.fromEntries(refusedReasons.map((reason) => [reason, 0])) as Record<
       RelayRefusedReason,
@@ -181,6 +191,12 @@ export const makeRelayServer = (
         const write = yield* socket.writer
         if (yield* Deferred.isDone(stopped))
           return yield* refuse(write, "not-a-relay", "the relay has stopped")
+        if (requests.exceeded(NodeId.encode(caller.nodeId), yield* Clock.currentTimeMillis))
+          return yield* refuse(
+            write,
+            "rate-limited",
+            `more than ${config.hopRequestsPerSecond} requests in a second from node ${NodeId.encode(caller.nodeId)}`
+          )
         const request = yield* Effect.either(
           Wire.readMessage(reader, Wire.parseHopRequest, config.messageTimeout)
         )
