@@ -232,6 +232,18 @@ describe("a hostile peer's closest-nodes answers", () => {
     })
   )
 
+  it.scopedLive("a contact at a dead address is tried at the addresses it confirmed for itself", () =>
+    Effect.gen(function* () {
+      // Only H names T: at a dead address, with T's real address among those T confirmed.
+      const w = yield* makeWorld(
+        "confirmed-target",
+        (w) => always([{ ...contact(w.t.nodeId, deadAddress), addresses: [w.t.address] }]),
+        false
+      )
+      yield* lookupSucceedsAndGraphIsClean(w)
+    })
+  )
+
   it.scopedLive(
     "an answer that does not match its schema fails the call with a typed error, not a defect",
     () =>

@@ -23,6 +23,8 @@ export interface HeardContact {
   readonly key: string
   readonly nodeId: NodeId.NodeId
   readonly address: Address.Address
+  /** The external addresses the node confirmed for itself, as the answer carries them (well formed, other than `address`). */
+  readonly confirmed: ReadonlyArray<Address.Address>
   /** The relays the answer says the node is reachable through (`relayHints.fromWire`). */
   readonly relays: ReadonlyArray<Contact>
   /** The answer named relays and no confirmed address of the node's own. */
@@ -85,8 +87,16 @@ export const filterAnswer = (
     }
     taken.add(key)
     const relays = RelayHints.fromWire(c.relays, key)
+    const confirmed: Array<Address.Address> = []
+    for (const a of c.addresses ?? []) {
+      if (typeof a.host !== "string" || a.host.length > MAX_HOST_LENGTH || !Address.isPort(a.port)) continue
+      const at = { host: Address.normalizeHost(a.host), port: a.port }
+      if (Address.ipVersion(at.host) === 0) continue
+      if (at.host === host && at.port === c.port) continue
+      if (!confirmed.some((b) => Address.equals(b, at))) confirmed.push(at)
+    }
     const relayOnly = relays.length > 0 && (c.addresses?.length ?? 0) === 0
-    out.push({ key, nodeId: id.right, address: { host, port: c.port }, relays, relayOnly })
+    out.push({ key, nodeId: id.right, address: { host, port: c.port }, confirmed, relays, relayOnly })
   }
   return out
 }

@@ -277,7 +277,11 @@ export const make = (
             onSuccess: (contacts) =>
               Effect.suspend(() => {
                 c.state = "answered"
-                for (const r of contacts) hear(r.key, r.nodeId, r.address, c.depth + 1)
+                // Each node at the address the answer gives, then at those it confirmed for itself.
+                for (const r of contacts) {
+                  hear(r.key, r.nodeId, r.address, c.depth + 1)
+                  for (const a of r.confirmed) hear(r.key, r.nodeId, a, c.depth + 1)
+                }
                 const added = addToGraph(c.nodeId, c.address.host, c.address.port)
                 if (fillBucket === undefined || NodeId.bucketIndex(state.self, c.nodeId) !== fillBucket)
                   return added
