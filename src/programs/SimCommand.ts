@@ -2,12 +2,14 @@
  * `quicmesh sim`: runs a deterministic network simulation (see Simulation.ts) and reports.
  *
  *   quicmesh sim --nodes N --lookups L --seed S [--alpha A] [-k K] [--crash FRACTION]
- *                [--loss P] [--latency MS] [--nat MIX] [--rpc direct|wire] [--format human|json]
- *                [--report FILE.html]
+ *                [--loss P] [--latency MS] [--nat MIX] [--rpc direct|wire] [--no-relays]
+ *                [--format human|json] [--report FILE.html]
  *
- * Progress goes to stderr (a bar on a terminal, a line per 10% otherwise). A run whose lookups
- * fail where the network should have answered exits 1 and prints its seed and the command
- * that replays it exactly.
+ * The report counts, per NAT pair, the lookups that left the origin connected to the target
+ * directly, through a hole punch or through a relay, and those that did not. Progress goes to
+ * stderr (a bar on a terminal, a line per 10% otherwise). A run whose lookups of live targets
+ * fail (with `--no-relays`: of targets a hole punch can reach) exits 1 and prints its seed and
+ * the command that replays it exactly.
  */
 import { accessSync, constants, existsSync, statSync, writeFileSync } from "node:fs"
 import { dirname, resolve } from "node:path"

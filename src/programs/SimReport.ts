@@ -13,6 +13,14 @@ const summaryLine = (s: Summary, unit: (x: number) => string = num) =>
     ? "n/a"
     : `median ${unit(s.median)}, p95 ${unit(s.p95)}, p99 ${unit(s.p99)}, max ${unit(s.max)} (mean ${unit(s.mean)})`
 
+const PATH_COLUMNS = ["direct", "punched", "relayed", "failed"]
+
+/** "12 direct, 7 punched, 21 relayed, 0 failed": every lookup by what it left the origin with. */
+const pathsLine = (pairs: ReadonlyArray<NatPairFigure>) => {
+  const sum = (f: (p: NatPairFigure) => number) => pairs.reduce((s, p) => s + f(p), 0)
+  return `${sum((p) => p.direct)} direct, ${sum((p) => p.punched)} punched, ${sum((p) => p.relayed)} relayed, ${sum((p) => p.failed)} failed`
+}
+
 export const renderText = (r: SimReport, replay: string): string => {
   const o = r.options
   const lines = [
@@ -20,6 +28,7 @@ export const renderText = (r: SimReport, replay: string): string => {
     `  alpha ${o.alpha}, k ${o.k}, latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}, crashed ${r.crashed} (${pct(o.crash)}), NAT ${o.nat}, RPC ${o.rpc}, ${o.joinConcurrency} join(s) at a time`,
     `joined:        ${r.joined}/${o.nodes}${r.joinFailures > 0 ? ` (${r.joinFailures} failed)` : ""}`,
     `lookups:       ${r.lookups.succeeded}/${r.lookups.total} found (${pct(r.lookups.successRate)})`,
+    `paths:         ${pathsLine(r.natPairs)} (the origin's connection to the target after each lookup; seeds ${o.relays ? "relay" : "do not relay"})`,
     `rounds:        ${summaryLine(r.rounds)}`,
     `RPC queries:   ${summaryLine(r.queries)}`,
     `lookup time:   ${summaryLine(r.lookupVirtualMs, ms)} (virtual; ${r.alreadyConnected} lookup(s) of an already connected target left out, 0 ms each)`,
@@ -30,11 +39,20 @@ export const renderText = (r: SimReport, replay: string): string => {
     `trace:         ${r.network.traceEvents} events, sha256 ${r.traceHash}`
   ]
   if (r.natPairs.some((p) => p.from !== "none" || p.to !== "none")) {
-    lines.push("connection to the target by NAT pair (origin → target):")
-    for (const p of r.natPairs)
+    lines.push(
+      `connection to the target by NAT pair (origin → target; relays ${o.relays ? "on" : "off"}):`,
+      `  ${"".padEnd(26)} ${"connected".padStart(9)}  ${"".padStart(7)}  ${PATH_COLUMNS.map((c) => c.padStart(8)).join("")}`
+    )
+    for (const p of r.natPairs) {
+      const connected = p.attempts - p.failed
+      const counts = [p.direct, p.punched, p.relayed, p.failed].map((n) => String(n).padStart(8)).join("")
+      // Without relays, failures between pairs no hole punch can join do not fail the run.
+      const excused =
+        !o.relays && p.failed > 0 && !punchable(p.from, p.to) ? "  (no hole punch joins these)" : ""
       lines.push(
-        `  ${`${p.from} → ${p.to}`.padEnd(26)} ${`${p.succeeded}/${p.attempts}`.padStart(9)}  ${pct(p.succeeded / p.attempts).padStart(7)}${punchable(p.from, p.to) ? "" : "  (not punchable)"}`
+        `  ${`${p.from} → ${p.to}`.padEnd(26)} ${`${connected}/${p.attempts}`.padStart(9)}  ${pct(connected / p.attempts).padStart(7)}  ${counts}${excused}`
       )
+    }
   }
   lines.push(`replay:        ${replay}`)
   return lines.join("\n")
@@ -115,12 +133,14 @@ const natGrid = (pairs: ReadonlyArray<NatPairFigure>) => {
         )
         return
       }
-      const rate = p.succeeded / p.attempts
+      const connected = p.attempts - p.failed
+      const rate = connected / p.attempts
       const hue = Math.round(rate * 120)
       parts.push(
-        `<rect x="${x}" y="${y}" width="${cell - 2}" height="${cell - 2}" fill="hsl(${hue},60%,70%)"><title>${from} → ${to}: ${p.succeeded}/${p.attempts}</title></rect>`,
-        `<text x="${x + cell / 2}" y="${y + cell / 2 - 4}" text-anchor="middle" font-size="14" font-weight="bold">${pct(rate)}</text>`,
-        `<text x="${x + cell / 2}" y="${y + cell / 2 + 14}" text-anchor="middle" font-size="11">${p.succeeded}/${p.attempts}</text>`
+        `<rect x="${x}" y="${y}" width="${cell - 2}" height="${cell - 2}" fill="hsl(${hue},60%,70%)"><title>${from} → ${to}: ${connected}/${p.attempts} connected (${p.direct} direct, ${p.punched} punched, ${p.relayed} relayed, ${p.failed} failed)</title></rect>`,
+        `<text x="${x + cell / 2}" y="${y + cell / 2 - 10}" text-anchor="middle" font-size="14" font-weight="bold">${pct(rate)}</text>`,
+        `<text x="${x + cell / 2}" y="${y + cell / 2 + 8}" text-anchor="middle" font-size="11">${connected}/${p.attempts}</text>`,
+        `<text x="${x + cell / 2}" y="${y + cell / 2 + 24}" text-anchor="middle" font-size="10">${p.direct}d ${p.punched}p ${p.relayed}r</text>`
       )
     })
   })
@@ -128,7 +148,7 @@ const natGrid = (pairs: ReadonlyArray<NatPairFigure>) => {
     `<text x="${left + (size * cell) / 2}" y="14" text-anchor="middle" font-size="12">target NAT</text>`,
     `<text x="${left + (size * cell) / 2}" y="${height - 8}" text-anchor="middle" font-size="11">rows: origin NAT</text>`
   )
-  return `<figure><figcaption>Lookups that connected to their target, by NAT pair (origin → target)</figcaption><svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="success by NAT pair">${parts.join("")}</svg></figure>`
+  return `<figure><figcaption>Lookups that connected to their target, by NAT pair (origin → target; d direct, p punched, r relayed)</figcaption><svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="success by NAT pair">${parts.join("")}</svg></figure>`
 }
 
 const row = (name: string, s: Summary, unit: (x: number) => string = num) =>
@@ -173,6 +193,7 @@ latency ${o.latency} ms ± ${o.jitter} ms, loss ${pct(o.loss)}; ${r.crashed} nod
 <table>
 <tr><th>joined</th><td>${r.joined}/${o.nodes}</td></tr>
 <tr><th>lookups found</th><td>${r.lookups.succeeded}/${r.lookups.total} (${pct(r.lookups.successRate)})</td></tr>
+<tr><th>paths</th><td>${pathsLine(r.natPairs)} (relays ${o.relays ? "on" : "off"})</td></tr>
 <tr><th>virtual time</th><td>build ${ms(r.virtualMs.build)}, lookups ${ms(r.virtualMs.lookups)}</td></tr>
 <tr><th>wall time</th><td>${ms(r.wallMs.total)} (build ${ms(r.wallMs.build)}, lookups ${ms(r.wallMs.lookups)})</td></tr>
 <tr><th>peak RSS</th><td>${r.peakRssMiB} MiB</td></tr>

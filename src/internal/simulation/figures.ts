@@ -1,7 +1,9 @@
-/** The figures a scenario reports: summaries, lookup outcomes, NAT pairs, the report and its verdict. */
+/** The figures a scenario reports: summaries, lookup outcomes, NAT pairs by path, and the report. */
 
+import type { ConnectionPath } from "../../services/ConnectionManager.js"
+import type { NodeIdEncoded } from "../../services/NodeId.js"
 import type { NatType, SimNetworkStats } from "../../services/SimNetwork.js"
-import type { RpcMode } from "./options.js"
+import { NAT_TYPES, type RpcMode } from "./options.js"
 import type { ReachabilityFigure } from "./reachability.js"
 
 export interface Summary {
@@ -42,13 +44,50 @@ export interface LookupOutcome {
   readonly contacted: number
   /** Virtual milliseconds the lookup took. */
   readonly virtualMs: number
+  /**
+   * How the origin's connection to the target travels right after the lookup (the `path` of
+   * its `listConnections` entry); undefined when the origin holds no connection to it.
+   */
+  readonly path: ConnectionPath | undefined
+  /** The relay carrying a `relayed` connection. */
+  readonly relay: NodeIdEncoded | undefined
 }
 
+/** The lookups from nodes behind one NAT model to targets behind another. */
 export interface NatPairFigure {
   readonly from: NatType
   readonly to: NatType
   readonly attempts: number
+  /** Lookups that found the target. */
   readonly succeeded: number
+  /** Lookups after which the origin held a connection to the target, by its path. */
+  readonly direct: number
+  readonly punched: number
+  readonly relayed: number
+  /** Lookups after which the origin held no connection to the target. */
+  readonly failed: number
+}
+
+/** The outcomes by (origin NAT, target NAT), in `NAT_TYPES` order, pairs without lookups left out. */
+export const natPairFigures = (outcomes: ReadonlyArray<LookupOutcome>): ReadonlyArray<NatPairFigure> => {
+  const figures: Array<NatPairFigure> = []
+  for (const from of NAT_TYPES)
+    for (const to of NAT_TYPES) {
+      const these = outcomes.filter((x) => x.fromNat === from && x.targetNat === to)
+      if (these.length === 0) continue
+      const by = (path: ConnectionPath) => these.filter((x) => x.path === path).length
+      figures.push({
+        from,
+        to,
+        attempts: these.length,
+        succeeded: these.filter((x) => x.found).length,
+        direct: by("direct"),
+        punched: by("punched"),
+        relayed: by("relayed"),
+        failed: these.filter((x) => x.path === undefined).length
+      })
+    }
+  return figures
 }
 
 export interface SimReport {
@@ -66,6 +105,8 @@ export interface SimReport {
     readonly nat: string
     readonly rpc: RpcMode
     readonly joinConcurrency: number
+    /** Whether the seeds served as relays. */
+    readonly relays: boolean
   }
   readonly joined: number
   readonly joinFailures: number
@@ -85,7 +126,7 @@ export interface SimReport {
   readonly alreadyConnected: number
   /** Lookups by rounds taken (successful ones). */
   readonly roundsHistogram: ReadonlyArray<{ readonly rounds: number; readonly count: number }>
-  /** Whether the origin got a connection to the target, by (origin NAT, target NAT). */
+  /** Whether the origin got a connection to the target, and by which path, by (origin NAT, target NAT). */
   readonly natPairs: ReadonlyArray<NatPairFigure>
   /** Connections each live node holds after the lookups. */
   readonly connectionsPerNode: Summary

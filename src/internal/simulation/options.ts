@@ -53,6 +53,11 @@ export interface WorldOptions {
    * directly reserve with the seeds and are connected through them. Default false.
    */
   readonly relays?: boolean
+  /** With `relays`: the seeds' relay limits (default: no limit a world reaches). */
+  readonly relayLimits?: {
+    readonly maxReservations?: number
+    readonly maxCircuits?: number
+  }
 }
 
 /** The application layer one node serves (see `WorldOptions.protocols`). */

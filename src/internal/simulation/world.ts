@@ -17,7 +17,7 @@ import type { Contact } from "../../services/Contact.js"
 import * as Dns from "../../services/Dns.js"
 import * as NodeConfig from "../../services/NodeConfig.js"
 import type { NodeGraphService } from "../../services/NodeGraph.js"
-import type * as NodeId from "../../services/NodeId.js"
+import * as NodeId from "../../services/NodeId.js"
 import { PeerRpc } from "../../services/PeerRpc.js"
 import * as Protocols from "../../services/Protocols.js"
 import type { TransportError } from "../../services/QuicTransport.js"
@@ -148,7 +148,11 @@ export const makeWorld = (
           // A seed is provisioned to hold a connection to everyone who joined through it.
           ...(node.isSeed ? { maxConnections: 1_000_000, maxInboundPending: 1_000_000 } : {}),
           ...(relays && node.isSeed
-            ? { relay: true, relayMaxReservations: 1_000_000, relayMaxCircuits: 1_000_000 }
+            ? {
+                relay: true,
+                relayMaxReservations: options.relayLimits?.maxReservations ?? 1_000_000,
+                relayMaxCircuits: options.relayLimits?.maxCircuits ?? 1_000_000
+              }
             : {})
         })
         // The services of one node as values, composed by Node.make rather than with layers:
@@ -280,6 +284,8 @@ export const makeWorld = (
         const start = ctx.clock.elapsed
         const connected = yield* from.cm.hasConnection(target.nodeId)
         const result = yield* from.cm.getClosestGlobalNodes(target.nodeId, { timeout: lookupTimeout })
+        const targetKey = NodeId.encode(target.nodeId)
+        const entry = (yield* from.cm.listConnections).find((c) => c.nodeId === targetKey)
         return {
           from: from.index,
           target: target.index,
@@ -290,7 +296,9 @@ export const makeWorld = (
           rounds: result.stats.rounds,
           queries: result.stats.queries,
           contacted: result.stats.contacted,
-          virtualMs: ctx.clock.elapsed - start
+          virtualMs: ctx.clock.elapsed - start,
+          path: entry?.path,
+          relay: entry?.relay
         } satisfies LookupOutcome
       })
 
