@@ -268,6 +268,9 @@ describe("relays in the simulated network", () => {
           const refused = yield* dial(e, f)
           expect(refused._tag === "Left" && refused.left.reason).toBe("relay-refused")
           expect(yield* infoOf(e, f)).toBeUndefined()
+          // By NodeId alone (a lookup first, which cannot connect either): the same reason.
+          const byId = yield* Effect.either(e.cm.getConnection(f.nodeId))
+          expect(byId._tag === "Left" && byId.left.reason).toBe("relay-refused")
           // The open circuits carry their streams still.
           expect(yield* talk(a, b, "from a")).toBe("echo:from a")
           expect(yield* talk(c, d, "from c")).toBe("echo:from c")

@@ -115,10 +115,13 @@ export const makeWithDiagnostics: Effect.Effect<
     dialBack: {
       wanted: () => mayBeUnreachable(state.selfAddresses),
       // A plain dial (no signalling of its own, or the two sides would signal each other on and
-      // on), unless we hold or are making a connection to the source already.
+      // on), unless we hold a direct connection to the source or are making one already (a
+      // relayed one is what the dial-back upgrades).
       dial: (source, address) =>
         Effect.suspend(() =>
-          state.map.get(source) !== undefined || state.pending.has(NodeId.encode(source))
+          (state.map.get(source) !== undefined &&
+            state.map.get(source)?.record.connection.relay === undefined) ||
+          state.pending.has(NodeId.encode(source))
             ? Effect.void
             : records
                 .dialRecord([source], address, state.connectTimeout, undefined, undefined, () => "punched")

@@ -339,9 +339,17 @@ export const make = (
       // Resolve outside the joined dial: a lookup dials the target itself (joining that dial
       // from inside would wait on itself). The lookup usually leaves the connection made. The
       // dial gets what the search left of the timeout.
+      // A node the search could not connect to but heard relays for: those are tried (and say why not).
+      const found = findAddresses(nodeId, timeout).pipe(
+        Effect.catchAll((e) =>
+          e.reason === "not-found" && deps.relaying !== undefined && state.relayHints.of(nodeId) !== undefined
+            ? Effect.succeed<ReadonlyArray<Address.Address>>([])
+            : Effect.fail(e)
+        )
+      )
       return Deadline.andThen(
         timeout,
-        findAddresses(nodeId, timeout),
+        found,
         (addresses, left) => {
           const now = map.get(nodeId)
           return now ? Effect.succeed(now) : joinDial(nodeId, left, dialEntry(nodeId, addresses, left))

@@ -149,10 +149,8 @@ export const make = (
           limit: k,
           ipDiversity: graph.ipDiversity
         })
-        // Relays heard of are kept for the dials that may need them (a node we know better keeps ours).
-        for (const c of heard)
-          if (c.relays.length > 0 && state.relayHints.of(c.nodeId) === undefined)
-            state.relayHints.learn(c.nodeId, c.relays, c.relayOnly)
+        // Relays heard of are kept for the dials that may need them (what a node told us itself wins).
+        for (const c of heard) state.relayHints.heard(c.nodeId, c.relays, c.relayOnly)
         return heard
       })
     )

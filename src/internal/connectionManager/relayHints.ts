@@ -17,6 +17,8 @@ export interface RelayHint {
   readonly relays: ReadonlyArray<Contact>
   /** True when the node announced no address of its own beside its relays: dial it through them at once. */
   readonly relayOnly: boolean
+  /** The node told us itself (identify), rather than a third node's answer. */
+  readonly firstHand: boolean
 }
 
 /**
@@ -50,12 +52,28 @@ export class RelayHints {
   readonly #hints = new Map<string, RelayHint>()
   constructor(readonly capacity = 4096) {}
 
-  /** Records `nodeId`'s relays (an empty list forgets them: the node no longer needs any). */
+  /**
+   * Records `nodeId`'s relays as the node itself told us (an empty list forgets them: the node
+   * no longer needs any).
+   */
   learn(nodeId: NodeId.NodeId, relays: ReadonlyArray<Contact>, relayOnly: boolean): void {
+    this.#set(NodeId.encode(nodeId) as string, relays, relayOnly, true)
+  }
+
+  /**
+   * Records `nodeId`'s relays as a third node's answer names them: replaces what other answers
+   * said (the newest wins), never what the node told us itself.
+   */
+  heard(nodeId: NodeId.NodeId, relays: ReadonlyArray<Contact>, relayOnly: boolean): void {
     const key = NodeId.encode(nodeId) as string
+    if (relays.length === 0 || this.#hints.get(key)?.firstHand === true) return
+    this.#set(key, relays, relayOnly, false)
+  }
+
+  #set(key: string, relays: ReadonlyArray<Contact>, relayOnly: boolean, firstHand: boolean) {
     this.#hints.delete(key)
     if (relays.length === 0) return
-    this.#hints.set(key, { relays, relayOnly })
+    this.#hints.set(key, { relays, relayOnly, firstHand })
     if (this.#hints.size > this.capacity) this.#hints.delete(this.#hints.keys().next().value as string)
   }
 

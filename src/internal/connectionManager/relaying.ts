@@ -6,7 +6,7 @@
  *   (`QuicTransport.acceptCircuit`) and arrives as any inbound connection does.
  * - A node started as a relay (`relay`) serves HOP (`makeRelayServer`): reservations and
  *   circuits, on connections it already holds (it never dials for them).
- * - A node that may be unreachable (its class is neither public nor cone) keeps reservations
+ * - A node that is not public (cone, symmetric, or unknown for a while) keeps reservations
  *   with `relayReservationsKept` relays, its seeds first, then relays other nodes use; it
  *   reserves again when one ends, and announces them (`reserved`) as "reachable via relay R".
  * - `dialVia` is the fallback a dial takes (`dialing.ts`): a circuit through each of the
@@ -149,7 +149,10 @@ export const make = (
       const entry = yield* map.adopt(record)
       if (entry.record === record) yield* FiberSet.run(state.background, upgrade(nodeId, record))
       return entry
-    }).pipe(Effect.mapError((e) => relayFailure(nodeId, relay, e)))
+    }).pipe(
+      Effect.mapError((e) => relayFailure(nodeId, relay, e)),
+      Effect.tapError((e) => Effect.logDebug(`relayed dial failed: ${e.message}`))
+    )
 
   /**
    * The upgrade (DCUtR-like): over the relayed connection we ask the target to punch toward
@@ -210,7 +213,12 @@ export const make = (
         return Deadline.withLeft(
           deadline,
           (left) =>
-            viaOne(nodeId, relays[i]!, left).pipe(
+            // Each relay gets its share of what is left (a dead one must not starve the next).
+            viaOne(
+              nodeId,
+              relays[i]!,
+              Option.getOrElse(Duration.divide(left, relays.length - i), () => left)
+            ).pipe(
               Effect.catchAll((e) => {
                 errors.push(e)
                 return tryFrom(i + 1)
@@ -279,9 +287,9 @@ export const make = (
     const check = Effect.gen(function* () {
       const now = yield* Clock.currentTimeMillis
       const nat = state.selfAddresses.nat()
+      // Cone nodes too: no hole punch joins a symmetric NAT to a port-restricted cone.
       const wanted =
-        mayBeUnreachable(state.selfAddresses) &&
-        (nat === "symmetric" || now - started >= Duration.toMillis(UNKNOWN_GRACE))
+        nat !== "public" && (nat !== "unknown" || now - started >= Duration.toMillis(UNKNOWN_GRACE))
       if (!wanted) {
         if ((yield* FiberMap.size(running)) > 0) yield* FiberMap.clear(running)
         return
