@@ -100,14 +100,7 @@ export const make = (
       return record
     })
 
-  const dialRecord = (
-    expected: ReadonlyArray<NodeId.NodeId>,
-    address: Address.Address,
-    timeout: Duration.Duration,
-    hostname?: string,
-    whenSlow?: DialOptions["whenSlow"],
-    pathOf?: () => ConnectionPath
-  ): Effect.Effect<ConnRecord, DialError | NodeConnectionError> =>
+  const dialRecord: Records["dialRecord"] = (expected, address, timeout, hostname, whenSlow, pathOf) =>
     Effect.gen(function* () {
       const targets = gating.dialTargets(expected, address.host)
       if (Predicate.isTagged(targets, "NodeConnectionError")) return yield* Effect.fail(targets)
