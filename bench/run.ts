@@ -29,6 +29,7 @@ const suiteNames = [
   "reachability",
   "connectionManager",
   "appProtocols",
+  "relay",
   "simulation"
 ]
 const load = (name: string): Promise<{ suite: BenchSuite }> => import(`./${name}.js`)

@@ -33,7 +33,7 @@ import {
 } from "../../services/Relay.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
 import { RateWindows } from "../rateWindows.js"
-import { type SpliceEnd, splice } from "./splice.js"
+import { makeSplicer, type SpliceEnd } from "./splice.js"
 import * as Wire from "./wire.js"
 
 export interface RelayServer {
@@ -72,6 +72,12 @@ export const makeRelayServer = (
     const reservations = new Map<NodeId.NodeIdEncoded, Held>()
     const requests = new RateWindows(config.hopRequestsPerSecond, 1000, RATE_TABLE_CAPACITY)
     const counters = { circuits: 0, bytesForwarded: 0 }
+    const splicer = yield* makeSplicer({
+      idleMs: Duration.toMillis(config.circuitIdleTimeout),
+      bytesPerSecond: config.circuitBytesPerSecond,
+      tap: config.tap,
+      counters
+    })
     const refused = Object.fromEntries(refusedReasons.map((reason) => [reason, 0])) as Record<
       RelayRefusedReason,
       number
@@ -176,13 +182,7 @@ export const makeRelayServer = (
         yield* Effect.ignore(host.hold(caller.nodeId))
         yield* Effect.ignore(host.hold(target))
         yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: reservation.at }))
-        yield* splice({ reader, write }, stop.right, {
-          idleMs: Duration.toMillis(config.circuitIdleTimeout),
-          bytesPerSecond: config.circuitBytesPerSecond,
-          tap: config.tap,
-          stop: Deferred.await(stopped),
-          counters
-        })
+        yield* splicer.splice({ reader, write }, stop.right)
       })
 
     const handleHop: StreamHandler = (socket, caller) =>

@@ -1,18 +1,20 @@
 /**
- * A circuit's splice: the bytes of each of two streams written to the other, as they come,
- * until one of them ends.
+ * The relay's splices: for each circuit, the bytes of each of two streams written to the other,
+ * as they come, until one of them ends.
  *
  * - Backpressure: each direction reads one chunk, waits for its write, then reads the next: at
  *   most one chunk per direction is in flight, so an idle circuit holds no buffer of its own.
  * - Rate: both directions together pass at most `bytesPerSecond` (pacing by a theoretical
  *   arrival time, with a burst of `BURST_MS` worth of bytes), the wait taken before the write.
- * - Idle: no byte read either way for `idleMs` ends the splice (one sleeping fiber watches).
+ * - Idle: no byte read either way for `idleMs` ends the splice. One sweeping fiber per relay
+ *   (running while any splice is open) wakes at the earliest deadline and ends the circuits
+ *   past theirs: an idle circuit costs its two reading fibers and no timer of its own.
  * - End: a stream ending (FIN) ends both with FIN; a failed read or write, the idle timeout or
- *   `stop` end both with a reset. `tap` sees each chunk before it is written; `forwarded`
- *   counts its bytes once written.
+ *   the relay's stop (the splicer's scope closing) end both with a reset. `tap` sees each chunk
+ *   before it is written; `counters.bytesForwarded` counts its bytes once written.
  */
 import { Socket } from "@effect/platform"
-import { Clock, Effect } from "effect"
+import { Clock, Deferred, Effect, Fiber, type Scope } from "effect"
 import type { ChunkReader } from "../quicStreamSocket.js"
 
 /** One side of the splice: its stream read chunk by chunk, and the writer of that stream. */
@@ -26,8 +28,6 @@ export interface SpliceOptions {
   /** `Infinity`: no cap. */
   readonly bytesPerSecond: number
   readonly tap: ((bytes: Uint8Array) => void) | undefined
-  /** Completing ends the splice (the relay stops). */
-  readonly stop: Effect.Effect<void>
   /** Bytes forwarded, both directions; the splice adds to `bytesForwarded`. */
   readonly counters: { bytesForwarded: number }
 }
@@ -69,28 +69,86 @@ const pump = (from: ChunkReader, to: SpliceEnd, pace: Pace, options: SpliceOptio
     }
   })
 
-const idleWatch = (pace: Pace, idleMs: number) =>
-  Effect.gen(function* () {
-    for (;;) {
-      const left = pace.lastAt + idleMs - (yield* Clock.currentTimeMillis)
-      if (left <= 0) return "idle" as const
-      yield* Effect.sleep(left)
-    }
-  })
+/** An open splice: its pace, and its outcome once decided (by a direction, the sweeper or the stop). */
+interface Running {
+  readonly pace: Pace
+  readonly done: Deferred.Deferred<SpliceOutcome>
+}
 
-/** Splices `a` and `b` until one ends (see the module comment); both are ended on return. */
-export const splice = (a: SpliceEnd, b: SpliceEnd, options: SpliceOptions): Effect.Effect<SpliceOutcome> =>
+/** A direction, its outcome (a failure is "failed") handed to `running`. */
+const direction = (from: ChunkReader, to: SpliceEnd, running: Running, options: SpliceOptions) =>
+  pump(from, to, running.pace, options).pipe(
+    Effect.orElseSucceed(() => "failed" as const),
+    Effect.flatMap((outcome) => Deferred.succeed(running.done, outcome))
+  )
+
+export interface Splicer {
+  /** Splices `a` and `b` until one ends (see the module comment); both are ended on return. */
+  readonly splice: (a: SpliceEnd, b: SpliceEnd) => Effect.Effect<SpliceOutcome>
+}
+
+/** The relay's splicer, until the scope closes (which ends every splice open, "stopped"). */
+export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const now = yield* Clock.currentTimeMillis
-    const pace: Pace = { lastAt: now, due: now }
-    const outcome: SpliceOutcome = yield* pump(a.reader, b, pace, options).pipe(
-      Effect.raceFirst(pump(b.reader, a, pace, options)),
-      Effect.raceFirst(idleWatch(pace, options.idleMs)),
-      Effect.raceFirst(Effect.as(options.stop, "stopped" as const)),
-      Effect.orElseSucceed(() => "failed" as const)
+    const scope = yield* Effect.scope
+    const live = new Set<Running>()
+    let sweeping = false
+    let stopped = false
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        stopped = true
+        return Effect.forEach(live, (running) => Deferred.succeed(running.done, "stopped"), { discard: true })
+      })
     )
-    const close = outcome === "ended" ? finished : new Socket.CloseEvent(4000, `relay circuit ${outcome}`)
-    yield* Effect.ignore(a.write(close))
-    yield* Effect.ignore(b.write(close))
-    return outcome
+
+    /** Ends the splices past their idle deadline, then sleeps until the next one; stops when none is open. */
+    const sweep: Effect.Effect<void> = Effect.gen(function* () {
+      while (live.size > 0) {
+        const now = yield* Clock.currentTimeMillis
+        let next = now + options.idleMs
+        for (const running of live) {
+          const due = running.pace.lastAt + options.idleMs
+          if (due > now) next = Math.min(next, due)
+          else {
+            live.delete(running)
+            yield* Deferred.succeed(running.done, "idle")
+          }
+        }
+        if (live.size > 0) yield* Effect.sleep(next - now)
+      }
+      sweeping = false
+    })
+
+    const splice = (a: SpliceEnd, b: SpliceEnd): Effect.Effect<SpliceOutcome> =>
+      Effect.gen(function* () {
+        const now = yield* Clock.currentTimeMillis
+        const running: Running = {
+          pace: { lastAt: now, due: now },
+          done: yield* Deferred.make<SpliceOutcome>()
+        }
+        if (stopped) yield* Deferred.succeed(running.done, "stopped")
+        else live.add(running)
+        if (!sweeping && live.size > 0) {
+          sweeping = true
+          yield* Effect.forkIn(sweep, scope)
+        }
+        const directions = [
+          yield* Effect.fork(direction(a.reader, b, running, options)),
+          yield* Effect.fork(direction(b.reader, a, running, options))
+        ]
+        const outcome = yield* Deferred.await(running.done).pipe(
+          Effect.ensuring(
+            Effect.zipRight(
+              Effect.sync(() => live.delete(running)),
+              Fiber.interruptAll(directions)
+            )
+          )
+        )
+        const close = outcome === "ended" ? finished : new Socket.CloseEvent(4000, `relay circuit ${outcome}`)
+        yield* Effect.ignore(a.write(close))
+        yield* Effect.ignore(b.write(close))
+        return outcome
+      })
+
+    return { splice }
   })
