@@ -49,6 +49,11 @@ export interface ConnectionManagerOptions {
   readonly relayCircuitBytesPerSecond: number
   /** Serving as a relay: how long a reservation lasts before the node must reserve again. */
   readonly relayReservationDuration: Duration.Duration
+  /**
+   * Serving as a relay: HOP requests (reservations and circuits, refused or malformed ones
+   * included) taken from one node per second; past it the relay answers `rate-limited`.
+   */
+  readonly relayHopRequestsPerSecond: number
 }
 
 export const defaults: ConnectionManagerOptions = {
@@ -72,7 +77,8 @@ export const defaults: ConnectionManagerOptions = {
   relayMaxCircuits: 256,
   relayCircuitIdleTimeout: Duration.seconds(60),
   relayCircuitBytesPerSecond: 1024 * 1024,
-  relayReservationDuration: Duration.hours(1)
+  relayReservationDuration: Duration.hours(1),
+  relayHopRequestsPerSecond: 10
 }
 
 export class ConnectionManagerConfig extends Context.Tag("quicmesh/ConnectionManagerConfig")<
@@ -124,7 +130,8 @@ const options: Config.Config<Omit<ConnectionManagerOptions, "seedNodes">> = Conf
   relayMaxCircuits: intOr("relayMaxCircuits", defaults.relayMaxCircuits),
   relayCircuitIdleTimeout: durationOr("relayCircuitIdleTimeout", defaults.relayCircuitIdleTimeout),
   relayCircuitBytesPerSecond: intOr("relayCircuitBytesPerSecond", defaults.relayCircuitBytesPerSecond),
-  relayReservationDuration: durationOr("relayReservationDuration", defaults.relayReservationDuration)
+  relayReservationDuration: durationOr("relayReservationDuration", defaults.relayReservationDuration),
+  relayHopRequestsPerSecond: intOr("relayHopRequestsPerSecond", defaults.relayHopRequestsPerSecond)
 })
 
 /**

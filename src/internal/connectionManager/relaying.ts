@@ -321,6 +321,7 @@ export const make = (
           circuitIdleTimeout: config.relayCircuitIdleTimeout,
           circuitBytesPerSecond: config.relayCircuitBytesPerSecond,
           reservationDuration: config.relayReservationDuration,
+          hopRequestsPerSecond: config.relayHopRequestsPerSecond,
           tap: deps.tap
         },
         host
