@@ -219,15 +219,16 @@ export const make = (
         : addresses.length === 1
           ? attempt(addresses[0]!)
           : Effect.raceAll(addresses.map(attempt))
-    // A signalled target may dial us back (it cannot be reached, we can): its connection ends the dial.
-    const dial = punching ? pending.get(NodeId.encode(nodeId)) : undefined
-    const direct =
-      dial === undefined
-        ? dialled
-        : Effect.raceFirst(
-            dialled,
-            Deferred.await((dial.arrived ??= Deferred.unsafeMake<Entry>(FiberId.none)))
-          )
+    // A signalled target may dial us back (it cannot be reached, we can): its connection ends the
+    // dial. Looked up when the dial runs: joinDial registers it only after this effect is built.
+    const direct = !punching
+      ? dialled
+      : Effect.suspend(() => {
+          const dial = pending.get(NodeId.encode(nodeId))
+          if (dial === undefined) return dialled
+          dial.arrived ??= Deferred.unsafeMake<Entry>(FiberId.none)
+          return Effect.raceFirst(dialled, Deferred.await(dial.arrived))
+        })
     const directPhase = signal ? Effect.ensuring(direct, signal.stop) : direct
     return ensureCapacity(nodeId).pipe(Effect.zipRight(withRelayFallback(nodeId, timeout, directPhase)))
   }
