@@ -38,12 +38,20 @@ export const make = (
 
   const expired = () => "no time left" as const
 
-  // A connection that fails its round trip is dead: it goes.
+  // A connection that fails its round trip is dead: it goes (unless another has replaced it
+  // meanwhile). The round trip uses the record: an upgrade closes it only after the answer.
   const roundTrip = (entry: Entry, timeout: Duration.Duration) =>
-    entry.record.client.ping.pipe(
-      Effect.timeout(timeout),
-      Effect.as(true),
-      Effect.catchAll(() => map.remove(entry, "ping failed").pipe(Effect.as(false)))
+    Effect.acquireUseRelease(
+      map.acquire(entry),
+      (record) =>
+        record.client.ping.pipe(
+          Effect.timeout(timeout),
+          Effect.as(true),
+          Effect.catchAll(() =>
+            (entry.record === record ? map.remove(entry, "ping failed") : Effect.void).pipe(Effect.as(false))
+          )
+        ),
+      (record) => map.release(entry, record, false)
     )
 
   // A fresh connection to exactly the address: kept (if we hold none) once the peer answered.
