@@ -34,6 +34,8 @@ export interface StartAgentOptions {
   readonly env?: Record<string, string>
   /** The node path (the same identity across restarts); a fresh one removed with the scope unless given. */
   readonly dir?: string
+  /** Serve as a relay (`agent start --relay`). */
+  readonly relay?: boolean
 }
 
 /** Starts an agent in lab node `name`, listening on the node's own address; stopped with the scope. */
@@ -49,7 +51,10 @@ export const startAgent = (
     const proc = yield* lab.spawn(
       name,
       process.execPath,
-      agentStartArgs({ dir, host: node.ip, port: options.port ?? 0, seeds, verbose: true }),
+      [
+        ...agentStartArgs({ dir, host: node.ip, port: options.port ?? 0, seeds, verbose: true }),
+        ...(options.relay ? ["--relay"] : [])
+      ],
       { env: { ...process.env, ...options.env } }
     )
     const ready = parseReady(yield* proc.waitForLine(isReadyLine, "30 seconds"))
@@ -67,6 +72,10 @@ export interface ConnectionJson {
   readonly host: string
   readonly port: number
   readonly direction: string
+  /** "direct", "punched" or "relayed". */
+  readonly path?: string | undefined
+  /** The relay's NodeId for a relayed connection (null otherwise). */
+  readonly relay?: string | null | undefined
 }
 
 export const connections = (agent: AgentInfo): Effect.Effect<ReadonlyArray<ConnectionJson>, unknown> =>
