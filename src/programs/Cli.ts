@@ -94,9 +94,15 @@ const agentStart = Command.make(
       // only here, so the client commands start quickly.
       yield* lockNodePath(dir)
       const Agent = yield* Effect.promise(() => import("./Agent.js"))
-      yield* Agent.runLocked({ nodePath: dir, host, port, seedNodes, format: fmt, portMapping, relay: o.relay }).pipe(
-        Logger.withMinimumLogLevel(o.verbose ? LogLevel.Debug : LogLevel.Info)
-      )
+      yield* Agent.runLocked({
+        nodePath: dir,
+        host,
+        port,
+        seedNodes,
+        format: fmt,
+        portMapping,
+        relay: o.relay
+      }).pipe(Logger.withMinimumLogLevel(o.verbose ? LogLevel.Debug : LogLevel.Info))
     }).pipe(Effect.scoped)
 ).pipe(Command.withDescription("Run a node in the foreground until SIGINT or SIGTERM"))
 
