@@ -50,6 +50,8 @@ export * as Protocols from "./services/Protocols.js"
 export * as QuicTransport from "./services/QuicTransport.js"
 /** How the world sees a node: observed addresses, confirmed external addresses, its NAT class (`ConnectionManager.reachability`). */
 export * as Reachability from "./services/Reachability.js"
+/** Relays: their options, typed refusals (`RelayRefused`), figures and the test hook `RelayTap`. */
+export * as Relay from "./services/Relay.js"
 /** Serving the agent RPC on a connection's streams, and `RpcConfig`, its limits. */
 export * as RpcServer from "./services/RpcServer.js"
 
