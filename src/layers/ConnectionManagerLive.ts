@@ -20,7 +20,6 @@ import * as Records from "../internal/connectionManager/records.js"
 import * as Relaying from "../internal/connectionManager/relaying.js"
 import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
-import { mayBeUnreachable } from "../internal/connectionManager/selfAddresses.js"
 import * as State from "../internal/connectionManager/state.js"
 import { ConnectionGater } from "../services/ConnectionGater.js"
 import {
@@ -113,7 +112,7 @@ export const makeWithDiagnostics: Effect.Effect<
     sign: keyRing.sign,
     withConnection: dialing.withConnection,
     dialBack: {
-      wanted: () => mayBeUnreachable(state.selfAddresses),
+      wanted: () => state.selfAddresses.nat() === "symmetric",
       // A plain dial (no signalling of its own, or the two sides would signal each other on and
       // on), unless we hold a direct connection to the source or are making one already (a
       // relayed one is what the dial-back upgrades).
