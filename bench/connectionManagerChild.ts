@@ -45,6 +45,7 @@ import { NodeGraph } from "../src/services/NodeGraph.js"
 import * as NodeId from "../src/services/NodeId.js"
 import { QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { nodeIdVerifier, rawDial, startSocket } from "./rawQuic.js"
+import { gcHard } from "./types.js"
 
 export interface PeerInfo {
   readonly nodeId: string
@@ -64,19 +65,6 @@ export interface MemoryReport {
   readonly heapTotalDelta: number
   readonly connectMs: number
   readonly failures: number
-}
-
-/**
- * Full collections before a reading. The last one is V8's "last resort" collection, which also
- * compacts the heap and gives freed pages back: the reading is what the held connections
- * keep, not the heap pages left half-empty by the burst of connects (same on every side).
- */
-const gcHard = async () => {
-  const gc = (globalThis as { gc?: (options?: object) => void }).gc
-  for (let i = 0; i < 4; i++) {
-    gc?.(i === 3 ? { type: "major", execution: "sync", flavor: "last-resort" } : undefined)
-    await new Promise((r) => setTimeout(r, 50))
-  }
 }
 
 /** Runs `f` on every item with at most `n` in flight; none is started after `deadline` (ms, performance.now). */

@@ -58,7 +58,15 @@ import {
 } from "../src/services/QuicTransport.js"
 import { RpcConfig, RpcServer } from "../src/services/RpcServer.js"
 import { decodeId, nodeLayer, type PeerInfo } from "./connectionManagerChild.js"
-import { type BenchResult, type BenchSuite, envInt, median, quantile, timeSequential } from "./types.js"
+import {
+  type BenchResult,
+  type BenchSuite,
+  envInt,
+  gcHard,
+  median,
+  quantile,
+  timeSequential
+} from "./types.js"
 
 const CIRCUITS = envInt("BENCH_RELAY_CIRCUITS", 200)
 const PAIRS = envInt("BENCH_RELAY_PAIRS", 8)
@@ -89,15 +97,6 @@ interface RelayReading {
 }
 
 // ---- the relay's process ----------------------------------------------------------------------
-
-/** Full collections (the last one compacting), so that a reading is what is held. */
-const gcHard = async () => {
-  const gc = (globalThis as { gc?: (options?: object) => void }).gc
-  for (let i = 0; i < 4; i++) {
-    gc?.(i === 3 ? { type: "major", execution: "sync", flavor: "last-resort" } : undefined)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 /**
  * `relay <maxCircuits>`: the relay node; prints `{"relay":{"nodeId","host","port"}}`, then

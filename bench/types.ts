@@ -82,3 +82,16 @@ export const envInt = (name: string, fallback: number): number => {
   const n = Number(process.env[name])
   return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback
 }
+
+/**
+ * Full collections before a reading (run with --expose-gc). The last one is V8's "last resort"
+ * collection, which also compacts the heap and gives freed pages back: the reading is what is
+ * held, not heap pages left half-empty by a burst of allocations.
+ */
+export const gcHard = async () => {
+  const gc = (globalThis as { gc?: (options?: object) => void }).gc
+  for (let i = 0; i < 4; i++) {
+    gc?.(i === 3 ? { type: "major", execution: "sync", flavor: "last-resort" } : undefined)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
