@@ -8,7 +8,7 @@
  *   circuits, on connections it already holds (it never dials for them).
  * - A node that is not public (cone, symmetric, or unknown for a while) keeps reservations
  *   with `relayReservationsKept` relays, its seeds first, then relays other nodes use; it
- *   reserves again when one ends, and announces them (`reserved`) as "reachable via relay R".
+ *   reserves again when one ends, and announces them (`state.ownRelays`) as "reachable via relay R".
  * - `dialVia` is the fallback a dial takes (`dialing.ts`): a circuit through each of the
  *   target's relays in turn, and the target's own connection over it (`dialCircuit`), which
  *   enters the map like a dialled one. The relay's connection is held while the circuit lasts.
@@ -43,8 +43,6 @@ const COOLDOWN = Duration.minutes(1)
 export interface Relaying extends RelayFallback {
   /** Serves STOP (and HOP as a relay) and keeps the reservations, in the scope. */
   readonly start: Effect.Effect<void, never, Scope.Scope>
-  /** The relays we hold reservations with now: what we announce. */
-  readonly reserved: () => ReadonlyArray<Contact>
   /** Runs `f` whenever the reservations change (the announcement of them). */
   readonly onReservationsChanged: (f: () => Effect.Effect<void>) => void
   readonly status: Effect.Effect<RelayStatus>
@@ -339,7 +337,6 @@ export const make = (
     start,
     dialVia,
     selfReachable: () => !mayBeUnreachable(state.selfAddresses),
-    reserved: () => [...reservations.values()],
     onReservationsChanged: (f) => {
       changed = f
     },
