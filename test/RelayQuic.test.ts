@@ -100,6 +100,13 @@ describe("Relay over QUIC", () => {
         expect(seen.length - before).toBeGreaterThan(2 * marker.length)
         expect(seen.includes(marker)).toBe(false)
         expect((yield* r.cm.relays).server).toMatchObject({ circuits: 1, bytesForwarded: seen.length })
+        // R forwarded them as circuit datagrams (a zero byte, the circuit's id, one QUIC packet), not on a stream.
+        const id = Buffer.from(tapped[0]!.subarray(1, 9))
+        for (const datagram of tapped) {
+          expect(datagram[0]).toBe(0)
+          expect(Buffer.from(datagram.subarray(1, 9)).equals(id)).toBe(true)
+          expect(datagram.length).toBeLessThanOrEqual(9 + 1200)
+        }
 
         // R stops while a call is in flight: the call fails, the connection closes with an error.
         const relayed = yield* s.cm.withConnection(t.nodeId, (handle) => Effect.succeed(handle.connection))

@@ -9,97 +9,28 @@ import { randomBytes } from "node:crypto"
 import type { Socket } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import {
-  Context,
   Deferred,
   Duration,
   Effect,
   Exit,
   Fiber,
-  Layer,
   Option,
   Queue,
   Scope,
-  Stream,
   Supervisor
 } from "effect"
 import { FrameReader, frameOf, joinFrames } from "../src/internal/circuitFrames.js"
-import { isChunkReader } from "../src/internal/protocolWire.js"
-import * as KeyRingTest from "../src/layers/KeyRingTest.js"
-import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
-import { KeyRing } from "../src/services/KeyRing.js"
 import * as NodeId from "../src/services/NodeId.js"
+import type { Circuit } from "../src/services/QuicTransport.js"
 import {
-  type Circuit,
-  type QuicConnection,
-  QuicTransportConfig,
-  type QuicTransportOptions,
-  type QuicTransportService
-} from "../src/services/QuicTransport.js"
-
-interface TestNode {
-  readonly transport: QuicTransportService
-  readonly nodeId: NodeId.NodeId
-  readonly internals: QuicTransportLive.TransportInternals
-}
-
-/** A transport on the wildcard address (its shims bind loopback), living as long as the test. */
-const makeNode = (seed: string, options: Partial<QuicTransportOptions> = {}) =>
-  Effect.gen(function* () {
-    const context = yield* Layer.build(
-      Layer.merge(KeyRingTest.layer(seed), QuicTransportConfig.layer(options))
-    )
-    const { transport, internals } = yield* QuicTransportLive.makeWithInternals.pipe(Effect.provide(context))
-    const nodeId = yield* Context.get(context, KeyRing).nodeId
-    return { transport, nodeId, internals } satisfies TestNode
-  })
-
-const statsOf = (node: TestNode) => node.transport.stats ?? Effect.die("the transport keeps no stats")
-
-/** Every item of `stream` into a queue, from now on. */
-const queueOf = <A>(stream: Stream.Stream<A>) =>
-  Effect.gen(function* () {
-    const queue = yield* Queue.unbounded<A>()
-    yield* Stream.runForEach(stream, (a) => Queue.offer(queue, a)).pipe(Effect.forkScoped)
-    return queue
-  })
-
-const chunkReader = (socket: Socket.Socket) =>
-  isChunkReader(socket) ? Effect.succeed(socket) : Effect.die("a transport stream reads by chunks")
-
-/** A, B and R, with A connected to R and R to B; what B and R accept is queued. */
-const makeWorld = (prefix: string, bOptions: Partial<QuicTransportOptions> = {}) =>
-  Effect.gen(function* () {
-    // Long idle timeouts: every close below has another cause.
-    const options = { maxIdleTimeout: Duration.seconds(60), keepAliveInterval: Duration.seconds(5) }
-    const a = yield* makeNode(`${prefix}-a`, options)
-    const b = yield* makeNode(`${prefix}-b`, { ...options, ...bOptions })
-    const r = yield* makeNode(`${prefix}-r`, options)
-    const bIncoming = yield* queueOf(b.transport.incoming)
-    const rIncoming = yield* queueOf(r.transport.incoming)
-    const aToR = yield* a.transport.dial({
-      host: "127.0.0.1",
-      port: r.transport.port,
-      expectedNodeIds: [r.nodeId]
-    })
-    const rFromA = yield* Queue.take(rIncoming)
-    const rToB = yield* r.transport.dial({
-      host: "127.0.0.1",
-      port: b.transport.port,
-      expectedNodeIds: [b.nodeId]
-    })
-    const bFromR = yield* Queue.take(bIncoming)
-    return {
-      a,
-      b,
-      r,
-      bIncoming,
-      aToR,
-      rToB,
-      rStreamsFromA: yield* queueOf(rFromA.acceptedStreams),
-      bStreamsFromR: yield* queueOf(bFromR.acceptedStreams)
-    }
-  })
-type World = Effect.Effect.Success<ReturnType<typeof makeWorld>>
+  chunkReader,
+  eventually,
+  makeWorld,
+  roundTrip,
+  serveEcho,
+  statsOf,
+  type World
+} from "./fixtures/circuitWorld.js"
 
 /** What the test relay does to the bytes it passes ("ab": from A towards B). */
 type Tap = (direction: "ab" | "ba", chunk: Uint8Array) => Uint8Array
@@ -144,38 +75,6 @@ const serveCircuit = (world: World, bCircuit: Effect.Effect<Circuit>) =>
   bCircuit.pipe(
     Effect.flatMap((circuit) => world.b.transport.acceptCircuit!(circuit)),
     Effect.forkScoped
-  )
-
-/** Echoes every stream the peer opens on `connection`. */
-const serveEcho = (connection: QuicConnection) =>
-  connection.handleStreams((socket) =>
-    Effect.scoped(
-      Effect.gen(function* () {
-        const write = yield* socket.writer
-        yield* socket.run((bytes) => write(bytes))
-      })
-    ).pipe(Effect.ignore)
-  )
-
-/** Opens a stream, sends `data` and ends our side, and collects what comes back until the peer ends. */
-const roundTrip = (connection: QuicConnection, data: Uint8Array) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const socket = yield* connection.openStream
-      const received: Array<Uint8Array> = []
-      const reading = yield* socket.run((bytes) => void received.push(bytes)).pipe(Effect.fork)
-      yield* Effect.scoped(Effect.flatMap(socket.writer, (write) => write(data)))
-      yield* Fiber.join(reading)
-      return Buffer.concat(received)
-    })
-  )
-
-/** Waits until `check` holds (polling), failing the test after `within`. */
-const eventually = <A>(read: Effect.Effect<A>, check: (a: A) => boolean, within: Duration.DurationInput) =>
-  read.pipe(
-    Effect.tap((a) => (check(a) ? Effect.void : Effect.sleep("20 millis"))),
-    Effect.repeat({ until: check }),
-    Effect.timeoutFail({ duration: within, onTimeout: () => new Error("condition not reached in time") })
   )
 
 /** A relayed connection A → B over a fresh circuit: both ends, and B's acceptCircuit fiber. */

@@ -1,16 +1,19 @@
 /**
  * circuitShim: the local end of a relayed circuit, standing in for the peer. A UDP socket on
  * the transport's own host exchanges datagrams with the transport's QUIC socket as any peer
- * would, and carries them on the circuit's byte stream, one frame per packet (circuitFrames):
+ * would (from any other sender it takes nothing), and carries them on the circuit:
  *
- * - a datagram from the transport's address (any other sender is ignored) becomes a frame
- *   written to the stream, one write at a time (the frames waiting joined into it); while the
- *   stream is slower than the datagrams come, up to `maxQueuedBytes` wait and later ones are
- *   dropped, as a full UDP buffer drops them (QUIC sends them again and slows down);
- * - each frame read from the stream is sent to the transport's address as a datagram. The
- *   stream is read one chunk at a time through its pull reader (`readChunk`) where it has one,
- *   the next read only once the last chunk's packets are sent, so a slow side holds back the
- *   stream instead of filling a buffer.
+ * - on a datagram circuit (`Circuit.datagrams`), each packet from the transport goes to the
+ *   relay as a circuit datagram (circuitDatagrams) from the transport's own socket, and each
+ *   circuit datagram the relay sends goes to the transport; the circuit's stream carries
+ *   nothing and is only watched for its end;
+ * - on a spliced circuit, each packet is a frame on the circuit's stream (circuitFrames),
+ *   written one write at a time (the frames waiting joined into it); while the stream is
+ *   slower than the datagrams come, up to `maxQueuedBytes` wait and later ones are dropped, as
+ *   a full UDP buffer drops them (QUIC sends them again and slows down). Each frame read from
+ *   the stream is sent to the transport: one chunk at a time through its pull reader
+ *   (`readChunk`) where it has one, the next read only once the last chunk's packets are sent,
+ *   so a slow side holds back the stream instead of filling a buffer.
  *
  * The circuit ends (`ended`) when the stream ends, fails or carries a malformed frame, or a
  * write to it fails. Closing the shim's scope ends our side of the stream and closes the socket.
@@ -18,7 +21,9 @@
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from "node:dgram"
 import { isIPv6 } from "node:net"
 import { Socket } from "@effect/platform"
-import { Chunk, Data, Deferred, Duration, Effect, Exit, Queue, Scope } from "effect"
+import { Chunk, Data, Deferred, Duration, Effect, Exit, Fiber, Queue, Scope } from "effect"
+import type { Circuit, CircuitDatagrams as DatagramPath } from "../services/QuicTransport.js"
+import type { CircuitDatagrams } from "./circuitDatagrams.js"
 import { FrameReader, frameOf, joinFrames } from "./circuitFrames.js"
 import { isChunkReader } from "./protocolWire.js"
 import { describe } from "./quicErrors.js"
@@ -78,15 +83,18 @@ const closeUdp = (udp: UdpSocket) =>
 const ignore = () => {}
 
 /**
- * Opens a shim for the circuit on `stream`, bound to `host` (port 0), exchanging datagrams
- * with the transport's socket at `host:port`. Lasts until its scope closes.
+ * Opens a shim for `circuit`, bound to `host` (port 0), exchanging datagrams with the
+ * transport's socket at `host:port`; a datagram circuit's packets go through `datagrams` (the
+ * transport's). Lasts until its scope closes.
  */
 export const open = (
-  stream: Socket.Socket,
+  circuit: Circuit,
   host: string,
-  port: number
+  port: number,
+  datagrams: CircuitDatagrams
 ): Effect.Effect<CircuitShim, CircuitShimError, Scope.Scope> =>
   Effect.gen(function* () {
+    const stream = circuit.socket
     const ended = yield* Deferred.make<string>()
     let endReason: string | undefined
     const end = (why: string) => {
@@ -110,34 +118,14 @@ export const open = (
 
     const udp = yield* Effect.acquireRelease(bindUdp(host), closeUdp)
     const local = udp.address()
-
-    // Transport → stream.
-    const queue = yield* Effect.acquireRelease(Queue.unbounded<Uint8Array>(), Queue.shutdown)
-    let queuedBytes = 0
-    udp.on("message", (datagram: Buffer, from: RemoteInfo) => {
-      if (from.port !== port || from.address !== host) return
-      if (queuedBytes + datagram.byteLength > maxQueuedBytes) return
-      const frame = frameOf(datagram)
-      if (frame === undefined) return
-      queuedBytes += frame.byteLength
-      Queue.unsafeOffer(queue, frame)
-    })
     udp.on("error", (cause: Error) => end(`local socket error: ${describe(cause)}`))
-    yield* Queue.takeBetween(queue, 1, maxFramesPerWrite).pipe(
-      Effect.flatMap((frames) => {
-        const joined = joinFrames(Chunk.toReadonlyArray(frames))
-        queuedBytes -= joined.byteLength
-        return write(joined)
-      }),
-      Effect.forever,
-      Effect.catchAll((error) => Effect.sync(() => end(`the stream failed: ${describe(error)}`))),
-      Effect.forkScoped
-    )
-
-    // Stream → transport.
-    const reader = new FrameReader()
-    const send = (packet: Uint8Array) => udp.send(packet, port, host, ignore)
-    yield* readFrames(stream, reader, send).pipe(
+    const toTransport = (packet: Uint8Array) => udp.send(packet, port, host, ignore)
+    const path = circuit.datagrams
+    const carried =
+      path === undefined
+        ? spliced(stream, udp, host, port, write, toTransport)
+        : overDatagrams(stream, udp, host, port, path, datagrams, toTransport)
+    yield* carried.pipe(
       Effect.match({
         onFailure: (error) => `the stream failed: ${describe(error)}`,
         onSuccess: (why) => why
@@ -154,31 +142,96 @@ export const open = (
     } satisfies CircuitShim
   })
 
+/** Whether `from` is the transport's socket. */
+const fromTransport = (from: RemoteInfo, host: string, port: number) =>
+  from.port === port && from.address === host
+
+/**
+ * A datagram circuit: packets both ways as circuit datagrams, until the stream ends (any bytes
+ * on it are ignored). Answers why it ended.
+ */
+const overDatagrams = (
+  stream: Socket.Socket,
+  udp: UdpSocket,
+  host: string,
+  port: number,
+  path: DatagramPath,
+  datagrams: CircuitDatagrams,
+  toTransport: (packet: Uint8Array) => void
+): Effect.Effect<string, Socket.SocketError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const relay = { host: path.host, port: path.port }
+    udp.on("message", (packet: Buffer, from: RemoteInfo) => {
+      if (fromTransport(from, host, port)) datagrams.send(path.id, relay, packet)
+    })
+    yield* Effect.acquireRelease(
+      Effect.sync(() => datagrams.addEnd(path.id, relay, toTransport)),
+      (remove) => Effect.sync(remove)
+    )
+    return yield* readFrames(stream, undefined, toTransport)
+  })
+
+/** A spliced circuit: packets both ways as frames on the stream, until it ends. Answers why it ended. */
+const spliced = (
+  stream: Socket.Socket,
+  udp: UdpSocket,
+  host: string,
+  port: number,
+  write: (chunk: Uint8Array) => Effect.Effect<void, Socket.SocketError>,
+  toTransport: (packet: Uint8Array) => void
+): Effect.Effect<string, Socket.SocketError, Scope.Scope> =>
+  Effect.gen(function* () {
+    // Transport → stream.
+    const queue = yield* Effect.acquireRelease(Queue.unbounded<Uint8Array>(), Queue.shutdown)
+    let queuedBytes = 0
+    udp.on("message", (datagram: Buffer, from: RemoteInfo) => {
+      if (!fromTransport(from, host, port)) return
+      if (queuedBytes + datagram.byteLength > maxQueuedBytes) return
+      const frame = frameOf(datagram)
+      if (frame === undefined) return
+      queuedBytes += frame.byteLength
+      Queue.unsafeOffer(queue, frame)
+    })
+    const writes = yield* Queue.takeBetween(queue, 1, maxFramesPerWrite).pipe(
+      Effect.flatMap((frames) => {
+        const joined = joinFrames(Chunk.toReadonlyArray(frames))
+        queuedBytes -= joined.byteLength
+        return write(joined)
+      }),
+      Effect.forever,
+      Effect.forkScoped
+    )
+    // Stream → transport, until it ends or a write fails.
+    return yield* Effect.raceFirst(readFrames(stream, new FrameReader(), toTransport), Fiber.join(writes))
+  })
+
 /** A malformed frame on the stream. */
 class MalformedFrame extends Data.TaggedError("MalformedFrame") {}
 
 const malformed = "malformed frame on the stream"
 
 /**
- * Reads `stream` to its end, each packet to `send`; answers why it stopped. Pulls one chunk at
- * a time where the socket can (`readChunk`); any other socket is `run`.
+ * Reads `stream` to its end, each packet to `send` (with no `reader`, its bytes are ignored);
+ * answers why it stopped. Pulls one chunk at a time where the socket can (`readChunk`); any
+ * other socket is `run`.
  */
 const readFrames = (
   stream: Socket.Socket,
-  reader: FrameReader,
+  reader: FrameReader | undefined,
   send: (packet: Uint8Array) => void
 ): Effect.Effect<string, Socket.SocketError> => {
-  const atEnd = () => (reader.midFrame ? "the stream ended inside a frame" : "the stream ended")
+  const push = (chunk: Uint8Array) => reader === undefined || reader.push(chunk, send)
+  const atEnd = () => (reader?.midFrame ? "the stream ended inside a frame" : "the stream ended")
   if (isChunkReader(stream))
     return Effect.gen(function* () {
       while (true) {
         const chunk = yield* stream.readChunk
         if (chunk === undefined) return atEnd()
-        if (!reader.push(chunk, send)) return malformed
+        if (!push(chunk)) return malformed
       }
     })
   return stream
-    .run((chunk) => (reader.push(chunk, send) ? undefined : Effect.fail(new MalformedFrame())))
+    .run((chunk) => (push(chunk) ? undefined : Effect.fail(new MalformedFrame())))
     .pipe(
       Effect.map(atEnd),
       Effect.catchTag("MalformedFrame", () => Effect.succeed(malformed))

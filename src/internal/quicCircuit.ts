@@ -1,7 +1,8 @@
 /**
  * quicCircuit: QUIC connections over relayed circuits (`dialCircuit`, `acceptCircuit`). Each
  * circuit gets a shim (circuitShim): a UDP socket beside the transport's that carries the
- * packets of one connection on the circuit's stream. The transport's own QUIC client dials the
+ * packets of one connection on the circuit (as circuit datagrams through the relay, or as frames
+ * on the circuit's stream). The transport's own QUIC client dials the
  * shim, or its own server accepts a connection from it, exactly as over a direct path: retry
  * tokens, both sides' NodeId certificates, the connection gate and the handshake cap all apply;
  * the relay sees only the QUIC packets, encrypted end to end.
@@ -15,6 +16,7 @@ import type { QUICConnection, QUICSocket } from "@matrixai/quic"
 import { Deferred, Duration, Effect, ExecutionStrategy, Exit, Scope } from "effect"
 import * as NodeId from "../services/NodeId.js"
 import { type Circuit, DialError, type DialOptions } from "../services/QuicTransport.js"
+import type { CircuitDatagrams } from "./circuitDatagrams.js"
 import * as CircuitShim from "./circuitShim.js"
 import { unmapHost, type WrappedConnection } from "./quicConnection.js"
 import type { DialVia } from "./quicDial.js"
@@ -28,6 +30,8 @@ export interface CircuitContext {
   ) => Effect.Effect<WrappedConnection, DialError, Scope.Scope>
   readonly connectTimeout: Duration.Duration
   readonly isStopping: () => boolean
+  /** The transport's circuit datagrams (a datagram circuit's packets go through it). */
+  readonly datagrams: CircuitDatagrams
 }
 
 /** An accepting circuit: the connection that came over it, once one has. */
@@ -93,7 +97,7 @@ export class Circuits {
         Effect.sync(() => {
           this.shims--
         })
-    ).pipe(Effect.zipRight(CircuitShim.open(circuit.socket, this.host, this.cc.socket.port)))
+    ).pipe(Effect.zipRight(CircuitShim.open(circuit, this.host, this.cc.socket.port, this.cc.datagrams)))
   }
 
   /** The transport's `dialCircuit`. */

@@ -11,14 +11,15 @@
  * its errors become `DialError` / `ConnectionError` / `TransportError`. The machinery lives in
  * `src/internal/`: the connection (`quicConnection`), dialling (`quicDial`), certificates and
  * crypto (`quicTls`), the inbound handshake cap and its refusals (`quicHandshakeGate`,
- * `quicRefusal`), connections over relayed circuits (`quicCircuit`, `circuitShim`,
- * `circuitFrames`), the socket's receive buffer (`udpReceiveBuffer`), error mapping
+ * `quicRefusal`), connections over relayed circuits and a relay's forwarding of them
+ * (`quicCircuit`, `circuitShim`, `circuitFrames`, `circuitDatagrams`), the socket's receive buffer (`udpReceiveBuffer`), error mapping
  * (`quicErrors`) and every use of js-quic's private members (`quicPatches`).
  */
 
 import type { QUICConnection } from "@matrixai/quic"
 import { QUICServer, QUICSocket, errors as quicErrors, events as quicEvents } from "@matrixai/quic"
 import { Deferred, Duration, Effect, Exit, FiberSet, Layer, Queue, Runtime, type Scope, Stream } from "effect"
+import { CircuitDatagrams } from "../internal/circuitDatagrams.js"
 import { Circuits } from "../internal/quicCircuit.js"
 import { type ConnectionContext, WrappedConnection } from "../internal/quicConnection.js"
 import { makeDial } from "../internal/quicDial.js"
@@ -62,6 +63,8 @@ export interface TransportInternals {
   readonly server: QUICServer
   /** The transport's relayed circuits (`shims`: how many are open). */
   readonly circuits: Circuits
+  /** Its circuit datagrams: the circuits it forwards as a relay, its ends, what it dropped. */
+  readonly datagrams: CircuitDatagrams
 }
 
 /**
@@ -217,7 +220,28 @@ export const makeWithInternals: Effect.Effect<
     timings,
     isStopping
   })
-  const circuits = new Circuits({ socket, dial, connectTimeout: options.connectTimeout, isStopping })
+  // Circuit datagrams share the socket: a listener beside js-quic's takes them (circuitDatagrams).
+  const udp = udpSocketOf(socket)
+  const datagrams = new CircuitDatagrams(udp)
+  yield* Effect.acquireRelease(
+    Effect.sync(() => udp.on("message", datagrams.onMessage)),
+    () => Effect.sync(() => udp.off("message", datagrams.onMessage))
+  )
+  const circuits = new Circuits({
+    socket,
+    dial,
+    connectTimeout: options.connectTimeout,
+    isStopping,
+    datagrams
+  })
+  const forwardDatagrams: NonNullable<QuicTransportService["forwardDatagrams"]> = (ends, forwardOptions) =>
+    Effect.map(
+      Effect.acquireRelease(
+        Effect.sync(() => datagrams.forward(ends.a, ends.b, forwardOptions)),
+        (forward) => Effect.sync(forward.stop)
+      ),
+      (forward) => forward.forwarding
+    )
 
   // Inbound: wrap at once (streams must not be missed), then authenticate and offer.
   const incoming = yield* Queue.unbounded<QuicConnection>()
@@ -290,6 +314,7 @@ export const makeWithInternals: Effect.Effect<
     incoming: Stream.fromQueue(incoming),
     dialCircuit: circuits.dialCircuit,
     acceptCircuit: circuits.acceptCircuit,
+    forwardDatagrams,
     sendDatagram,
     failure: Deferred.await(failure),
     stats: Effect.sync(() => ({
@@ -303,7 +328,7 @@ export const makeWithInternals: Effect.Effect<
       receiveBufferGranted: receiveBuffer.granted
     }))
   }
-  return { transport: service, internals: { socket, server, circuits } }
+  return { transport: service, internals: { socket, server, circuits, datagrams } }
 })
 
 export const make: Effect.Effect<

@@ -5,6 +5,7 @@
  */
 import type { Socket } from "@effect/platform"
 import { Context, Data, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
+import type { Address } from "./Address.js"
 import { defaults as managerDefaults } from "./ConnectionManagerConfig.js"
 import type { NodeId } from "./NodeId.js"
 
@@ -81,13 +82,19 @@ export interface DialOptions {
 }
 
 /**
- * A byte stream to one peer through a relay (the relay splices our stream to it with one to the
- * peer): a path for a QUIC connection whose packets travel as frames on the stream. The
- * relay sees only those packets, encrypted end to end by the two nodes' own TLS; each side
- * still proves its NodeId in the handshake. Closing the stream ends the connection over it.
+ * A path to one peer through a relay, for a QUIC connection between the two: the relay sees
+ * only that connection's packets, encrypted end to end by the two nodes' own TLS, and each side
+ * still proves its NodeId in the handshake. The packets travel
+ * - as datagrams when `datagrams` is given: each sent to the relay's address with the circuit's
+ *   id in front, and forwarded by the relay to the other end (`forwardDatagrams`); `socket`
+ *   then carries nothing and only says how long the circuit lasts;
+ * - else as frames on `socket`, a stream the relay splices to one to the peer.
+ * Ending the stream (either side, or the relay) ends the circuit and the connection over it.
  */
 export interface Circuit {
   readonly socket: Socket.Socket
+  /** Datagram forwarding by the relay: the circuit's id, and the relay's address as our connection to it has it. */
+  readonly datagrams?: CircuitDatagrams | undefined
   /** The relay's NodeId (the connection's `relay`). */
   readonly relay: NodeId
   /**
@@ -95,6 +102,33 @@ export interface Circuit {
    * connection's `remoteHost`/`remotePort` when given (else the circuit's local end).
    */
   readonly peer?: { readonly host: string; readonly port: number } | undefined
+}
+
+/** A circuit's datagram path: its id (`CIRCUIT_ID_BYTES`), and where its relay takes datagrams. */
+export interface CircuitDatagrams {
+  readonly id: Uint8Array
+  readonly host: string
+  readonly port: number
+}
+
+/** The length of a circuit's id. */
+export const CIRCUIT_ID_BYTES = 8
+
+/** What a relay's transport needs to forward one circuit's datagrams (`forwardDatagrams`). */
+export interface ForwardOptions {
+  /** Both directions together, in bytes per second (`Infinity`: no cap); a datagram over it is dropped. */
+  readonly bytesPerSecond: number
+  /** Sees every datagram before it is forwarded (a test hook). */
+  readonly tap?: ((bytes: Uint8Array) => void) | undefined
+  /** Told the size of every datagram forwarded. */
+  readonly forwarded: (bytes: number) => void
+}
+
+/** A relay's forwarding of one circuit's datagrams, while its scope lasts. */
+export interface DatagramForwarding {
+  readonly id: Uint8Array
+  /** When a datagram last passed either way (ms since 1970), or the forwarding began. */
+  readonly lastActive: () => number
 }
 
 /** Dialling failed. A `mismatch` names both NodeIds. */
@@ -164,6 +198,15 @@ export interface QuicTransportService {
    * within the connect timeout; ending (or interrupting) it closes that connection.
    */
   readonly acceptCircuit?: (circuit: Circuit) => Effect.Effect<void>
+  /**
+   * The relay's side of a datagram circuit: until the scope closes, datagrams carrying the
+   * returned id are forwarded from `a` to `b` and back (only from those two addresses, exactly).
+   * Optional: without it a relay splices the circuit's streams instead.
+   */
+  readonly forwardDatagrams?: (
+    ends: { readonly a: Address; readonly b: Address },
+    options: ForwardOptions
+  ) => Effect.Effect<DatagramForwarding, never, Scope.Scope>
   /** Raw datagram over the shared socket (hole punching). */
   readonly sendDatagram: (host: string, port: number, data: Uint8Array) => Effect.Effect<void, TransportError>
   /** Fails when the socket or server stops without being asked to; never succeeds. */

@@ -16,9 +16,10 @@
  * status codes and arrive as `RelayRefused`.
  */
 import type { Socket } from "@effect/platform"
-import { Context, Data, Duration, type Effect, type Scope } from "effect"
+import { Context, Data, Duration, type Effect, type Option, type Scope } from "effect"
 import type * as NodeId from "./NodeId.js"
 import type { ProtocolId } from "./Protocols.js"
+import type { DatagramForwarding, ForwardOptions } from "./QuicTransport.js"
 
 export interface RelayOptions {
   /** Nodes holding a reservation at once. Default 128. */
@@ -45,7 +46,7 @@ export interface RelayOptions {
    * request. Default 10.
    */
   readonly hopRequestsPerSecond: number
-  /** Sees every chunk the relay forwards, before it is forwarded (a test hook). */
+  /** Sees every chunk (or datagram) the relay forwards, before it is forwarded (a test hook). */
   readonly tap?: ((bytes: Uint8Array) => void) | undefined
 }
 
@@ -126,6 +127,17 @@ export interface RelayHost {
   ) => Effect.Effect<Socket.Socket, unknown, Scope.Scope>
   /** Keeps the connection to `nodeId` in use while the scope is open. */
   readonly hold: (nodeId: NodeId.NodeId) => Effect.Effect<void, unknown, Scope.Scope>
+  /**
+   * Forwards a circuit's datagrams between the nodes `a` and `b` while the scope is open (the
+   * transport's `forwardDatagrams`, at the addresses of the connections held to them); none when
+   * it cannot (a connection that is itself relayed, or a transport that forwards no datagrams).
+   * Without it every circuit is spliced.
+   */
+  readonly forward?: (
+    a: NodeId.NodeId,
+    b: NodeId.NodeId,
+    options: ForwardOptions
+  ) => Effect.Effect<Option.Option<DatagramForwarding>, never, Scope.Scope>
 }
 
 /**

@@ -21,7 +21,12 @@ import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { ProtocolsService } from "../../services/Protocols.js"
 import * as Protocols from "../../services/Protocols.js"
-import { type Circuit, DialError, type QuicTransportService } from "../../services/QuicTransport.js"
+import {
+  type Circuit,
+  DialError,
+  type QuicConnection,
+  type QuicTransportService
+} from "../../services/QuicTransport.js"
 import { type RelayHost, RelayRefused, type RelayStats } from "../../services/Relay.js"
 import * as RelayClient from "../relay/client.js"
 import { makeRelayServer } from "../relay/server.js"
@@ -82,7 +87,20 @@ export const make = (
   const host: RelayHost = {
     openStream: (nodeId, protocol) =>
       Effect.flatMap(holdExisting(nodeId), (record) => Protocols.open(record.connection, protocol)),
-    hold: (nodeId) => Effect.asVoid(holdExisting(nodeId))
+    hold: (nodeId) => Effect.asVoid(holdExisting(nodeId)),
+    forward: (a, b, options) =>
+      Effect.gen(function* () {
+        const forwardDatagrams = transport.forwardDatagrams
+        const held = yield* Effect.option(Effect.all([holdExisting(a), holdExisting(b)]))
+        if (forwardDatagrams === undefined || Option.isNone(held)) return Option.none()
+        const [toA, toB] = held.value.map((record) => record.connection)
+        if (toA!.relay !== undefined || toB!.relay !== undefined) return Option.none()
+        const at = (connection: QuicConnection) => ({
+          host: connection.remoteHost,
+          port: connection.remotePort
+        })
+        return Option.some(yield* forwardDatagrams({ a: at(toA!), b: at(toB!) }, options))
+      })
   }
 
   // --- the target's side: circuits a relay brings us ---

@@ -6,9 +6,10 @@
  *   (closing it ends the reservation) and until the relay ends it (`held` completes then: at
  *   its `until`, when the node reserved again on another stream, or when the relay stops).
  * - `connect(connection, target, timeout)`: CONNECT on a HOP stream; once the relay answers OK
- *   the stream is the circuit to `target` (closing the scope ends it).
+ *   and says how it carries the circuit (PATH), the stream is the circuit to `target` (closing
+ *   the scope ends it), with its datagram path when the relay forwards datagrams.
  * - `serveStop(socket, caller, decide, run)`: the target's STOP handler: reads which node the
- *   relay brings, asks `decide`, answers, and runs the circuit with `run`.
+ *   relay brings and the circuit's PATH, asks `decide`, answers, and runs the circuit with `run`.
  *
  * A refusal is a `RelayRefused` naming the relay; a relay that serves no relay protocol is
  * "not-a-relay"; a stream that fails is the connection's `ConnectionError`.
@@ -20,6 +21,7 @@ import * as NodeId from "../../services/NodeId.js"
 import * as Protocols from "../../services/Protocols.js"
 import { type Circuit, ConnectionError, type QuicConnection } from "../../services/QuicTransport.js"
 import { RelayRefused } from "../../services/Relay.js"
+import type { Parsed } from "../protocolWire.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
 import * as Wire from "./wire.js"
 
@@ -50,8 +52,16 @@ const keptOnSuccess = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>): Effect.E
     )
   )
 
-/** Opens HOP on `connection`, sends `message`, and reads the relay's OK (its `until`). */
-const ask = (connection: QuicConnection, message: Uint8Array, timeout: Duration.DurationInput) =>
+/**
+ * Opens HOP on `connection`, sends `message`, and reads the relay's OK (its `until`), and then
+ * its PATH when `path` (an OK to a CONNECT).
+ */
+const ask = (
+  connection: QuicConnection,
+  message: Uint8Array,
+  timeout: Duration.DurationInput,
+  path: boolean
+) =>
   Effect.gen(function* () {
     const relay = NodeId.encode(connection.remoteNodeId)
     const socket = yield* Protocols.open(connection, Wire.HOP_PROTOCOL, { timeout }).pipe(
@@ -62,17 +72,29 @@ const ask = (connection: QuicConnection, message: Uint8Array, timeout: Duration.
     const reader = yield* Wire.chunkReader(socket)
     const write = yield* socket.writer
     yield* Effect.mapError(write(message), (cause) => streamError(connection, cause))
-    const status = yield* Wire.readMessage(reader, Wire.parseStatus, timeout).pipe(
-      Effect.mapError((cause) =>
-        Predicate.isTagged(cause, "RelayRefused")
-          ? new RelayRefused({ reason: cause.reason, detail: `its answer: ${cause.detail}`, relay })
-          : streamError(connection, cause)
+    const read = <A>(parse: (bytes: Uint8Array) => Parsed<A>) =>
+      Wire.readMessage(reader, parse, timeout).pipe(
+        Effect.mapError((cause) =>
+          Predicate.isTagged(cause, "RelayRefused")
+            ? new RelayRefused({ reason: cause.reason, detail: `its answer: ${cause.detail}`, relay })
+            : streamError(connection, cause)
+        )
       )
-    )
+    const status = yield* read(Wire.parseStatus)
     if (Predicate.isTagged(status, "Refused"))
       return yield* new RelayRefused({ reason: status.reason, detail: status.detail, relay })
-    return { socket, reader, until: status.until, observed: status.observed }
+    const carried = path ? yield* read(Wire.parsePath) : noPath
+    return { socket, reader, until: status.until, observed: status.observed, path: carried }
   })
+
+const noPath: Wire.Path = { id: undefined }
+
+/** The circuit's datagram path, when the relay forwards its datagrams: the relay at its address as we reach it. */
+const datagramsOf = (
+  path: Wire.Path,
+  relay: { readonly host: string; readonly port: number }
+): Circuit["datagrams"] =>
+  path.id === undefined ? undefined : { id: path.id, host: relay.host, port: relay.port }
 
 /** Reads `reader` until its stream ends or fails. */
 const untilEnd = (reader: ChunkReader): Effect.Effect<void> =>
@@ -87,7 +109,12 @@ export const reserve = (
 ): Effect.Effect<Reservation, RelayRefused | ConnectionError, Scope.Scope> =>
   keptOnSuccess(
     Effect.gen(function* () {
-      const { reader, until } = yield* ask(connection, Wire.reserve, options?.timeout ?? defaultTimeout)
+      const { reader, until } = yield* ask(
+        connection,
+        Wire.reserve,
+        options?.timeout ?? defaultTimeout,
+        false
+      )
       const watch = yield* Effect.forkScoped(untilEnd(reader))
       return { relay: connection.remoteNodeId, until, held: Effect.asVoid(Fiber.await(watch)) }
     })
@@ -104,8 +131,13 @@ export const connect = (
 ): Effect.Effect<Circuit, RelayRefused | ConnectionError, Scope.Scope> =>
   keptOnSuccess(
     Effect.map(
-      ask(connection, Wire.encodeConnect(target), timeout),
-      (asked): Circuit => ({ socket: asked.socket, relay: connection.remoteNodeId, peer: asked.observed })
+      ask(connection, Wire.encodeConnect(target), timeout, true),
+      (asked): Circuit => ({
+        socket: asked.socket,
+        relay: connection.remoteNodeId,
+        peer: asked.observed,
+        datagrams: datagramsOf(asked.path, { host: connection.remoteHost, port: connection.remotePort })
+      })
     ).pipe(
       Effect.timeoutFail({
         duration: timeout,
@@ -134,19 +166,29 @@ export const serveStop = (
   Effect.gen(function* () {
     const reader = yield* Wire.chunkReader(socket)
     const write = yield* socket.writer
+    const timeout = options?.timeout ?? defaultTimeout
     const source = yield* Effect.either(
-      Wire.readMessage(reader, Wire.parseConnectFrom, options?.timeout ?? defaultTimeout)
+      Effect.zip(
+        Wire.readMessage(reader, Wire.parseConnectFrom, timeout),
+        Wire.readMessage(reader, Wire.parsePath, timeout)
+      )
     )
     if (Either.isLeft(source)) {
       if (Predicate.isTagged(source.left, "RelayRefused"))
         yield* write(Wire.encodeStatus({ _tag: "Refused", reason: "malformed", detail: source.left.detail }))
       return
     }
-    const refusal = Option.fromNullable(yield* decide(source.right.source))
+    const [from, path] = source.right
+    const refusal = Option.fromNullable(yield* decide(from.source))
     if (Option.isSome(refusal)) {
       const { reason, detail } = refusal.value
       return yield* write(Wire.encodeStatus({ _tag: "Refused", reason, detail }))
     }
     yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0 }))
-    yield* run(source.right.source, { socket, relay: caller.nodeId, peer: source.right.observed })
+    yield* run(from.source, {
+      socket,
+      relay: caller.nodeId,
+      peer: from.observed,
+      datagrams: datagramsOf(path, caller)
+    })
   }).pipe(Effect.scoped, Effect.ignore)

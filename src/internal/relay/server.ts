@@ -8,8 +8,11 @@
  *   stops; the relay then ends the stream.
  * - CONNECT target: refused for the caller itself, a target without a reservation, or over
  *   `maxCircuits`; else the relay opens STOP on its connection to the target, names the caller
- *   (as its connection proved it), waits for the target's status (at most `messageTimeout`),
- *   answers the caller, and splices the two streams (`splice.ts`).
+ *   (as its connection proved it) and how it carries the circuit (PATH), waits for the
+ *   target's status (at most `messageTimeout`), and answers the caller (OK, PATH). Where the
+ *   host can (`RelayHost.forward`: both nodes on direct connections), the circuit's packets go
+ *   as datagrams the transport forwards, and the relay only watches the two streams for their
+ *   end (`splice.ts` `watch`); else it splices the two streams.
  *
  * - Every HOP stream counts against its node's `hopRequestsPerSecond` (by the NodeId its
  *   connection proved), whatever it asks and whether or not it is valid; one over the limit is
@@ -18,10 +21,11 @@
  *
  * Every refusal is a STATUS with its code, then the end of the stream, counted by reason.
  */
-import { Clock, Deferred, Duration, Effect, Either, Predicate, type Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, Either, Option, Predicate, type Scope } from "effect"
 import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { StreamHandler } from "../../services/Protocols.js"
+import type { ForwardOptions } from "../../services/QuicTransport.js"
 import {
   defaults,
   type RelayHost,
@@ -56,6 +60,14 @@ interface Held {
   readonly at: { readonly host: string; readonly port: number }
 }
 
+/** Two messages in one write. */
+const joined = (first: Uint8Array, second: Uint8Array): Uint8Array => {
+  const out = new Uint8Array(first.length + second.length)
+  out.set(first)
+  out.set(second, first.length)
+  return out
+}
+
 const detailOf = (cause: unknown): string =>
   Predicate.hasProperty(cause, "message") ? String(cause.message) : String(cause)
 
@@ -78,6 +90,13 @@ export const makeRelayServer = (
       tap: config.tap,
       counters
     })
+    const forwardOptions: ForwardOptions = {
+      bytesPerSecond: config.circuitBytesPerSecond,
+      tap: config.tap,
+      forwarded: (bytes) => {
+        counters.bytesForwarded += bytes
+      }
+    }
     const refused = Object.fromEntries(refusedReasons.map((reason) => [reason, 0])) as Record<
       RelayRefusedReason,
       number
@@ -129,7 +148,7 @@ export const makeRelayServer = (
       })
 
     /** The target's STOP stream, accepted for `source`, or the refusal to answer the source. */
-    const openStop = (target: NodeId.NodeId, source: Contact) =>
+    const openStop = (target: NodeId.NodeId, source: Contact, path: Uint8Array) =>
       Effect.gen(function* () {
         const unreachable = (detail: string) =>
           new RelayRefused({
@@ -143,7 +162,9 @@ export const makeRelayServer = (
         const reader = yield* Wire.chunkReader(socket)
         const write = yield* socket.writer
         yield* Effect.mapError(
-          write(Wire.encodeConnectFrom(source.nodeId, { host: source.host, port: source.port })),
+          write(
+            joined(Wire.encodeConnectFrom(source.nodeId, { host: source.host, port: source.port }), path)
+          ),
           (cause) => unreachable(detailOf(cause))
         )
         const status = yield* Wire.readMessage(reader, Wire.parseStatus, config.messageTimeout).pipe(
@@ -177,12 +198,21 @@ export const makeRelayServer = (
             counters.circuits--
           })
         )
-        const stop = yield* Effect.either(openStop(target, caller))
+        const forwarding =
+          host.forward === undefined
+            ? Option.none()
+            : yield* host.forward(caller.nodeId, target, forwardOptions)
+        const path = Wire.encodePath(Option.getOrUndefined(forwarding)?.id)
+        const stop = yield* Effect.either(openStop(target, caller, path))
         if (Either.isLeft(stop)) return yield* refuse(write, stop.left.reason, stop.left.detail)
         yield* Effect.ignore(host.hold(caller.nodeId))
         yield* Effect.ignore(host.hold(target))
-        yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: reservation.at }))
-        yield* splicer.splice({ reader, write }, stop.right)
+        yield* write(joined(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: reservation.at }), path))
+        const source = { reader, write }
+        yield* Option.match(forwarding, {
+          onNone: () => splicer.splice(source, stop.right),
+          onSome: (forwarded) => splicer.watch(forwarded.lastActive, source, stop.right)
+        })
       })
 
     const handleHop: StreamHandler = (socket, caller) =>

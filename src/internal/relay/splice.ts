@@ -1,6 +1,8 @@
 /**
  * The relay's splices: for each circuit, the bytes of each of two streams written to the other,
- * as they come, until one of them ends.
+ * as they come, until one of them ends. A circuit whose packets the transport forwards as
+ * datagrams is only watched (`watch`): its streams carry nothing, and its idle time is the
+ * forwarding's.
  *
  * - Backpressure: each direction reads one chunk, waits for its write, then reads the next: at
  *   most one chunk per direction is in flight, so an idle circuit holds no buffer of its own.
@@ -69,15 +71,15 @@ const pump = (from: ChunkReader, to: SpliceEnd, pace: Pace, options: SpliceOptio
     }
   })
 
-/** An open splice: its pace, and its outcome once decided (by a direction, the sweeper or the stop). */
+/** An open circuit: when a byte last moved, and its outcome once decided (by a direction, the sweeper or the stop). */
 interface Running {
-  readonly pace: Pace
+  readonly lastAt: () => number
   readonly done: Deferred.Deferred<SpliceOutcome>
 }
 
-/** A direction, its outcome (a failure is "failed") handed to `running`. */
-const direction = (from: ChunkReader, to: SpliceEnd, running: Running, options: SpliceOptions) =>
-  pump(from, to, running.pace, options).pipe(
+/** A part of a circuit (a direction, a drain) whose end decides its outcome (a failure is "failed"). */
+const decides = (part: Effect.Effect<"ended", Socket.SocketError>, running: Running) =>
+  part.pipe(
     Effect.orElseSucceed(() => "failed" as const),
     Effect.flatMap((outcome) => Deferred.succeed(running.done, outcome))
   )
@@ -85,7 +87,18 @@ const direction = (from: ChunkReader, to: SpliceEnd, running: Running, options: 
 export interface Splicer {
   /** Splices `a` and `b` until one ends (see the module comment); both are ended on return. */
   readonly splice: (a: SpliceEnd, b: SpliceEnd) => Effect.Effect<SpliceOutcome>
+  /**
+   * Holds the streams of a circuit carried elsewhere (bytes on them are read and dropped) until
+   * one ends, or nothing moved for the idle time by `lastAt`; both are ended on return.
+   */
+  readonly watch: (lastAt: () => number, a: SpliceEnd, b: SpliceEnd) => Effect.Effect<SpliceOutcome>
 }
+
+/** Reads `from` to its end, dropping what it carries. */
+const drain = (from: ChunkReader): Effect.Effect<"ended", Socket.SocketError> =>
+  Effect.flatMap(from.readChunk, (chunk) =>
+    chunk === undefined ? Effect.succeed("ended" as const) : drain(from)
+  )
 
 /** The relay's splicer, until the scope closes (which ends every splice open, "stopped"). */
 export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, never, Scope.Scope> =>
@@ -107,7 +120,7 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
         const now = yield* Clock.currentTimeMillis
         let next = now + options.idleMs
         for (const running of live) {
-          const due = running.pace.lastAt + options.idleMs
+          const due = running.lastAt() + options.idleMs
           if (due > now) next = Math.min(next, due)
           else {
             live.delete(running)
@@ -119,28 +132,27 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
       sweeping = false
     })
 
-    const splice = (a: SpliceEnd, b: SpliceEnd): Effect.Effect<SpliceOutcome> =>
+    /** Runs a circuit: `directions` decide its outcome, as do the sweeper and the stop; both ends are ended after. */
+    const run = (
+      lastAt: () => number,
+      a: SpliceEnd,
+      b: SpliceEnd,
+      directions: (running: Running) => ReadonlyArray<Effect.Effect<unknown>>
+    ): Effect.Effect<SpliceOutcome> =>
       Effect.gen(function* () {
-        const now = yield* Clock.currentTimeMillis
-        const running: Running = {
-          pace: { lastAt: now, due: now },
-          done: yield* Deferred.make<SpliceOutcome>()
-        }
+        const running: Running = { lastAt, done: yield* Deferred.make<SpliceOutcome>() }
         if (stopped) yield* Deferred.succeed(running.done, "stopped")
         else live.add(running)
         if (!sweeping && live.size > 0) {
           sweeping = true
           yield* Effect.forkIn(sweep, scope)
         }
-        const directions = [
-          yield* Effect.fork(direction(a.reader, b, running, options)),
-          yield* Effect.fork(direction(b.reader, a, running, options))
-        ]
+        const fibers = yield* Effect.forEach(directions(running), (direction) => Effect.fork(direction))
         const outcome = yield* Deferred.await(running.done).pipe(
           Effect.ensuring(
             Effect.zipRight(
               Effect.sync(() => live.delete(running)),
-              Fiber.interruptAll(directions)
+              Fiber.interruptAll(fibers)
             )
           )
         )
@@ -150,5 +162,22 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
         return outcome
       })
 
-    return { splice }
+    const splice = (a: SpliceEnd, b: SpliceEnd): Effect.Effect<SpliceOutcome> =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const pace: Pace = { lastAt: now, due: now }
+        return run(
+          () => pace.lastAt,
+          a,
+          b,
+          (running) => [
+            decides(pump(a.reader, b, pace, options), running),
+            decides(pump(b.reader, a, pace, options), running)
+          ]
+        )
+      })
+
+    const watch = (lastAt: () => number, a: SpliceEnd, b: SpliceEnd): Effect.Effect<SpliceOutcome> =>
+      run(lastAt, a, b, (running) => [decides(drain(a.reader), running), decides(drain(b.reader), running)])
+
+    return { splice, watch }
   })

@@ -11,6 +11,9 @@
  * - STATUS, the answer on either: `[0x04][code][until: u64 BE, ms since 1970, 0 for none]
  *   [detail: UTF-8, at most 200 bytes]`. Code 0 is OK; the others name a `RelayRefusedReason`.
  *   An OK to a CONNECT carries, as its detail, the target's address as the relay sees it ("HOST:PORT").
+ * - PATH, relay → source on HOP right after its OK to a CONNECT, and relay → target on STOP
+ *   right after CONNECT-FROM: `[0x05][circuit id: 8 bytes]` when the relay forwards the
+ *   circuit's datagrams, `[0x05]` alone when it splices the streams.
  *
  * A message is read with `readMessage`: bounded by its size and a deadline, the bytes after it
  * put back for whoever reads the stream next. Anything else (another type, a wrong size, an
@@ -21,6 +24,7 @@ import { Duration, Effect, Either, Predicate } from "effect"
 import * as Address from "../../services/Address.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { ProtocolId } from "../../services/Protocols.js"
+import { CIRCUIT_ID_BYTES } from "../../services/QuicTransport.js"
 import { RelayRefused, type RelayRefusedReason, refusedReasons } from "../../services/Relay.js"
 import { isChunkReader, type Parsed, readPrefix } from "../protocolWire.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
@@ -37,6 +41,7 @@ const RESERVE = 0x01
 const CONNECT = 0x02
 const CONNECT_FROM = 0x03
 const STATUS = 0x04
+const PATH = 0x05
 const STATUS_HEAD = 11
 
 /** Status codes: 0 is OK, then each reason at its place in `refusedReasons` (1 and up). */
@@ -83,6 +88,19 @@ export const encodeConnectFrom = (source: NodeId.NodeId, observed?: Address.Addr
   body.set(source, 1)
   body.set(text, 1 + NodeId.NODE_ID_BYTES)
   return frame(body)
+}
+
+/** PATH: the circuit's id when the relay forwards its datagrams, none when it splices. */
+export const encodePath = (id: Uint8Array | undefined): Uint8Array => {
+  const body = new Uint8Array(id === undefined ? 1 : 1 + CIRCUIT_ID_BYTES)
+  body[0] = PATH
+  if (id !== undefined) body.set(id, 1)
+  return frame(body)
+}
+
+/** How the relay carries a circuit: `id` set when it forwards datagrams. */
+export interface Path {
+  readonly id: Uint8Array | undefined
 }
 
 /** The source a relay brings on STOP, and its address as the relay observes it (when the relay says). */
@@ -146,7 +164,7 @@ const parseFrame =
   }
 
 const typeName = (type: number) =>
-  [undefined, "RESERVE", "CONNECT", "CONNECT-FROM", "STATUS"][type] ?? `type 0x${type.toString(16)}`
+  [undefined, "RESERVE", "CONNECT", "CONNECT-FROM", "STATUS", "PATH"][type] ?? `type 0x${type.toString(16)}`
 
 const unexpected = (body: Uint8Array, wanted: string) => `${typeName(body[0]!)} where ${wanted} was expected`
 
@@ -179,6 +197,14 @@ export const parseConnectFrom = parseFrame((body): ConnectFrom | string => {
   const observed = observedOf(body.subarray(1 + NodeId.NODE_ID_BYTES))
   if (typeof observed === "string") return observed
   return { source: NodeId.canonical(body.subarray(1, 1 + NodeId.NODE_ID_BYTES)), observed }
+})
+
+/** How the relay carries the circuit. */
+export const parsePath = parseFrame((body): Path | string => {
+  if (body[0] !== PATH) return unexpected(body, "PATH")
+  if (body.length === 1) return { id: undefined }
+  if (body.length === 1 + CIRCUIT_ID_BYTES) return { id: body.slice(1) }
+  return `PATH of ${body.length} bytes (1 or ${1 + CIRCUIT_ID_BYTES} expected)`
 })
 
 /** An answer on either protocol. */
