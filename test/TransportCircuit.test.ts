@@ -8,17 +8,7 @@
 import { randomBytes } from "node:crypto"
 import type { Socket } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import {
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Fiber,
-  Option,
-  Queue,
-  Scope,
-  Supervisor
-} from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Option, Queue, Scope, Supervisor } from "effect"
 import { FrameReader, frameOf, joinFrames } from "../src/internal/circuitFrames.js"
 import * as NodeId from "../src/services/NodeId.js"
 import type { Circuit } from "../src/services/QuicTransport.js"
