@@ -103,10 +103,12 @@ const relayWorld = (sim: SimNetworkService, alter: (c: Uint8Array) => Uint8Array
 
 type RelayWorld = Effect.Effect.Success<ReturnType<typeof relayWorld>>
 
-/** B serves its side of the circuit; A dials over it expecting `expected` (default B). */
-const dialOver = (w: RelayWorld, expected?: ReadonlyArray<NodeId.NodeId>) =>
+/** B serves its side of the circuit (for `source`, when given); A dials over it expecting `expected` (default B). */
+const dialOver = (w: RelayWorld, expected?: ReadonlyArray<NodeId.NodeId>, source?: NodeId.NodeId) =>
   Effect.gen(function* () {
-    const accepting = yield* Effect.forkScoped(w.b.t.acceptCircuit!({ socket: w.legB, relay: w.r.id }))
+    const accepting = yield* Effect.forkScoped(
+      w.b.t.acceptCircuit!({ socket: w.legB, relay: w.r.id, source })
+    )
     const dial = yield* Effect.fork(
       w.a.t.dialCircuit!({ socket: w.legA, relay: w.r.id }, { expectedNodeIds: expected ?? [w.b.id] })
     )
@@ -233,6 +235,26 @@ describe("SimNetwork relay circuits", () => {
         expect((yield* sim.stats).openConnectionEnds).toBe(4)
       })
     )
+  )
+
+  it.effect(
+    "B takes over a circuit only the source the relay named; A, proving another NodeId, gets no connection",
+    () =>
+      run((sim) =>
+        Effect.gen(function* () {
+          const w = yield* relayWorld(sim)
+          const { accepting, dial } = yield* dialOver(w, undefined, w.r.id)
+          expect(Exit.isFailure(dial)).toBe(true)
+          const refusals = (yield* sim.trace).filter(
+            (e) => e.kind === "circuit" && e.detail.startsWith("refused")
+          )
+          expect(refusals.map((e) => e.detail)).toEqual([
+            `refused: the relay named ${NodeId.encode(w.r.id)} as this circuit's source`
+          ])
+          yield* Fiber.join(accepting)
+          expect(w.b.inbound).toHaveLength(0)
+        })
+      )
   )
 
   it.effect("a circuit whose first bytes are not a hello ends; the dial fails with a DialError", () =>

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto"
 import { createSocket } from "node:dgram"
 import type { Socket } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Queue, Scope } from "effect"
+import { Effect, Either, Exit, Fiber, Queue, Scope } from "effect"
 import * as NodeId from "../src/services/NodeId.js"
 import type { Circuit, ForwardOptions } from "../src/services/QuicTransport.js"
 import {
@@ -200,6 +200,28 @@ describe("QuicTransportLive over datagram circuits", () => {
         }).pipe(Effect.exit)
         expect(Exit.isFailure(dial)).toBe(true)
         expect(world.r.internals.datagrams.sizes.forwarded).toBe(0)
+      })
+  )
+
+  it.scopedLive(
+    "B takes over a circuit only the source the relay named: a connection proving another NodeId is closed",
+    () =>
+      Effect.gen(function* () {
+        const world = yield* makeWorld("tcd-source")
+        const { aCircuit, bCircuit } = yield* openCircuit(world)
+        // The relay names R itself as the source, but A dials over the circuit.
+        yield* world.b.transport.acceptCircuit!({ ...bCircuit, source: world.r.nodeId }).pipe(
+          Effect.forkScoped
+        )
+        const dialled = yield* world.a.transport.dialCircuit!(aCircuit, {
+          expectedNodeIds: [world.b.nodeId],
+          timeout: "3 seconds"
+        }).pipe(Effect.either)
+        if (Either.isRight(dialled)) {
+          const reason = yield* dialled.right.closed.pipe(Effect.timeout("5 seconds"))
+          expect(JSON.stringify(reason)).toContain("as this circuit's source")
+        }
+        expect(yield* Queue.size(world.bIncoming)).toBe(0)
       })
   )
 })

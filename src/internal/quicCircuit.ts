@@ -38,6 +38,7 @@ export interface CircuitContext {
 interface Accepting {
   readonly relay: NodeId.NodeId
   readonly peer: Circuit["peer"]
+  readonly source: NodeId.NodeId | undefined
   readonly arrived: Deferred.Deferred<WrappedConnection>
   connection: WrappedConnection | undefined
 }
@@ -75,16 +76,19 @@ export class Circuits {
   }
 
   /**
-   * Hands an admitted connection to its circuit (true for a direct one); false when its circuit
-   * already carries a connection or has ended (the caller closes it).
+   * Hands an admitted connection to its circuit (nothing to do for a direct one); refused when its circuit
+   * already carries a connection, has ended, or was brought for another source: why, for the
+   * caller to close it with.
    */
-  attach(connection: WrappedConnection): boolean {
-    if (connection.relay === undefined) return true
+  attach(connection: WrappedConnection): string | undefined {
+    if (connection.relay === undefined) return undefined
     const entry = this.accepting.get(connection.pathPort)
-    if (entry === undefined || entry.connection !== undefined) return false
+    if (entry === undefined || entry.connection !== undefined) return "a relay circuit carries one connection"
+    if (entry.source !== undefined && !NodeId.equals(entry.source, connection.remoteNodeId))
+      return `the relay named ${NodeId.encode(entry.source)} as this circuit's source`
     entry.connection = connection
     Deferred.unsafeDone(entry.arrived, Exit.succeed(connection))
-    return true
+    return undefined
   }
 
   /** A shim for `circuit`, counted while its scope lasts. */
@@ -167,6 +171,7 @@ export class Circuits {
         const entry: Accepting = {
           relay: circuit.relay,
           peer: circuit.peer,
+          source: circuit.source,
           arrived: yield* Deferred.make<WrappedConnection>(),
           connection: undefined
         }

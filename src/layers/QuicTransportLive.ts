@@ -262,11 +262,11 @@ export const makeWithInternals: Effect.Effect<
             // A dialler that rejects our certificate closes right after the handshake. A relayed
             // connection goes to its circuit, which carries only one.
             Effect.flatMap((connection) =>
-              connection.isClosing()
-                ? Effect.void
-                : circuits.attach(connection)
-                  ? Queue.offer(incoming, connection)
-                  : connection.close("a relay circuit carries one connection")
+              Effect.suspend(() => {
+                if (connection.isClosing()) return Effect.void
+                const refused = circuits.attach(connection)
+                return refused === undefined ? Queue.offer(incoming, connection) : connection.close(refused)
+              })
             )
           )
       }),

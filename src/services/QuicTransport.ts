@@ -98,6 +98,11 @@ export interface Circuit {
   /** The relay's NodeId (the connection's `relay`). */
   readonly relay: NodeId
   /**
+   * On the accepting side, the node the relay named as the circuit's source: the connection
+   * over the circuit must prove it (one that proves another NodeId, even the relay's, is closed).
+   */
+  readonly source?: NodeId | undefined
+  /**
    * The peer's address as the relay observes it (its connection to the relay): the relayed
    * connection's `remoteHost`/`remotePort` when given (else the circuit's local end).
    */

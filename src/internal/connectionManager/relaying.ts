@@ -202,7 +202,13 @@ export const make = (
           Effect.logDebug(`relayed connection to ${NodeId.encode(nodeId)} upgraded to a direct one`)
         ),
         Effect.catchAll((e) =>
-          Effect.logDebug(`no direct path to ${NodeId.encode(nodeId)} (staying relayed): ${e.message}`)
+          Effect.suspend(() => {
+            // The target's own connection (its punch, or its dial-back) may have won instead.
+            const now = map.get(nodeId)?.record
+            return now !== undefined && now.connection.relay === undefined
+              ? Effect.logDebug(`relayed connection to ${NodeId.encode(nodeId)} upgraded by its own direct connection`)
+              : Effect.logDebug(`no direct path to ${NodeId.encode(nodeId)} (staying relayed): ${e.message}`)
+          })
         )
       )
     })

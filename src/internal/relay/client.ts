@@ -189,6 +189,7 @@ export const serveStop = (
       socket,
       relay: caller.nodeId,
       peer: from.observed,
-      datagrams: datagramsOf(path, caller)
+      datagrams: datagramsOf(path, caller),
+      source: from.source
     })
   }).pipe(Effect.scoped, Effect.ignore)

@@ -313,6 +313,9 @@ const acceptHello = (world: World, side: CircuitSide, bytes: Uint8Array): Step =
     return refuse(`no dial waits with token #${hello.token}`)
   if (!NodeId.equals(dial.side.ep.nodeId, hello.dialler))
     return refuse(`the dialler's certificate does not prove ${NodeId.encode(hello.dialler)}`)
+  const source = side.circuit.source
+  if (source !== undefined && !NodeId.equals(source, hello.dialler))
+    return refuse(`the relay named ${NodeId.encode(source)} as this circuit's source`)
   dial.acceptor = side
   side.queue(Wire.encodeReply(ep.nodeId))
   world.log.add("circuit", ep.label, side.legLabel, `hello #${hello.token}`)
