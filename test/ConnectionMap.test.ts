@@ -123,4 +123,27 @@ describe("ConnectionMap: a second connection to a node it holds", () => {
       expect(log.closed).toEqual(["second scope", "second: duplicate connection"])
     })
   )
+
+  it.scoped(
+    "a call that fails on a superseded connection closes that one only: the entry keeps the new one",
+    () =>
+      Effect.gen(function* () {
+        const { map, log } = yield* mapWith(true)
+        const relayed = { ...(yield* record("relayed", "forward", log)), path: "relayed" as const }
+        const relayedConnection = { ...relayed.connection, relay: idOf(9) }
+        const first = { ...relayed, connection: relayedConnection }
+        const entry = yield* map.adopt(first)
+        const inUse = yield* map.acquire(entry)
+        // The upgrade: a direct connection takes over while a call is in flight on the relayed one.
+        const direct = yield* record("direct", "reverse", log)
+        yield* map.adopt(direct)
+        expect(entry.record).toBe(direct)
+        // The call on the relayed connection fails, destroying what it used.
+        yield* map.release(entry, inUse, true)
+        expect(log.closed).toContain("relayed: connection error")
+        expect(log.closed.some((line) => line.startsWith("direct"))).toBe(false)
+        expect(entry.record).toBe(direct)
+        expect(log.events).not.toContain("ConnectionRemoved")
+      })
+  )
 })

@@ -292,7 +292,12 @@ export const make = <Client>(options: ConnectionMapOptions) => {
       record.users--
       entry.usageCount = Math.max(0, entry.usageCount - 1)
       entry.lastUsed = now()
-      if (destroy) return remove(entry, "connection error")
+      // A failing connection takes its entry with it only while it serves it: one already
+      // superseded (a relayed one upgraded to a direct path) is closed alone.
+      if (destroy)
+        return entry.record === record
+          ? remove(entry, "connection error")
+          : closeRecord(record, "connection error")
       if (record.retired && record.users === 0 && record.connection.direction === "forward")
         return closeRecord(record, "retired")
       return entry.usageCount === 0 && entries.get(entry.key) === entry ? startIdle(entry) : Effect.void
