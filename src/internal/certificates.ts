@@ -1,13 +1,13 @@
 /**
  * Certificates: Ed25519 key pairs and the X.509 certificates quicmesh nodes present in TLS.
  *
- * - A node's certificate is self-signed, subject `CN=<NodeIdEncoded>`, signed with Ed25519.
+ * - A node's certificate is self-signed, subject and issuer `CN=<NodeIdEncoded>`, signed with
+ *   Ed25519, in Polykey 1.x's format: it carries Polykey's version and node-signature extensions
+ *   (`polykey/certificateFormat.ts`) and quicmesh's marker.
  * - After a key renewal the chain is `[newLeaf, oldSelfSigned]`: the new leaf is issued by the
  *   old key, which proves that the new NodeId continues the old one.
- * - Certificates are made with `@peculiar/x509`.
- * - `verifyCertChain` runs in the QUIC TLS verify callback on every handshake. It reads the
- *   fields it checks with a small strict DER reader of its own and checks signatures
- *   synchronously with `node:crypto` over the exact to-be-signed bytes of each certificate.
+ * - Certificates are made with `@peculiar/x509`; chains are verified in `certificateChain.ts`
+ *   (re-exported here) without it.
  *
  * Nothing here logs or puts private key material into an error.
  */
@@ -15,9 +15,17 @@ import "reflect-metadata"
 import * as nodeCrypto from "node:crypto"
 import * as x509 from "@peculiar/x509"
 import { Effect, Either } from "effect"
-import { CertificateError } from "../services/KeyRing.js"
 import { encode, type NodeId, type NodeIdEncoded } from "../services/NodeId.js"
 import { base64url, publicKeyObject } from "./ed25519Key.js"
+import {
+  markerUri,
+  NODE_SIGNATURE_OID,
+  nodeSignatureExtensionValue,
+  POLYKEY_VERSION_OID,
+  versionExtensionValue
+} from "./polykey/certificateFormat.js"
+
+export { renewedFrom, verifyCertChain } from "./certificateChain.js"
 
 x509.cryptoProvider.set(nodeCrypto.webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0])
 
@@ -27,10 +35,6 @@ x509.cryptoProvider.set(nodeCrypto.webcrypto as unknown as Parameters<typeof x50
 
 /** DER prefix of a PKCS#8 Ed25519 private key; the 32-byte seed follows. */
 const PKCS8_ED25519_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex")
-/** DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32-byte public key follows. */
-const SPKI_ED25519_PREFIX = Buffer.from("302a300506032b6570032100", "hex")
-/** DER AlgorithmIdentifier of Ed25519 (1.3.101.112, no parameters). */
-const ED25519_ALGORITHM_ID = Buffer.from("300506032b6570", "hex")
 
 export const DEFAULT_CERT_VALIDITY_MS = 365 * 24 * 60 * 60 * 1000
 
@@ -173,13 +177,14 @@ const ED25519 = { name: "Ed25519" } as const
 
 const importKeys = async (subject: Ed25519KeyPair, issuer: Ed25519KeyPair) => {
   const subtle = nodeCrypto.webcrypto.subtle
-  const [publicKey, signingKey] = await Promise.all([
+  const signing = (keys: Ed25519KeyPair) =>
+    subtle.importKey("jwk", keys.privateKeyJwk() as nodeCrypto.webcrypto.JsonWebKey, ED25519, false, ["sign"])
+  const [publicKey, subjectKey, issuerKey] = await Promise.all([
     subtle.importKey("raw", subject.nodeId, ED25519, true, ["verify"]),
-    subtle.importKey("jwk", issuer.privateKeyJwk() as nodeCrypto.webcrypto.JsonWebKey, ED25519, false, [
-      "sign"
-    ])
+    signing(subject),
+    subject === issuer ? undefined : signing(issuer)
   ])
-  return { publicKey, signingKey }
+  return { publicKey, subjectKey, issuerKey: issuerKey ?? subjectKey }
 }
 
 const randomSerial = (): string => {
@@ -189,9 +194,22 @@ const randomSerial = (): string => {
   return bytes.toString("hex")
 }
 
+/** The extensions every certificate carries, before the node signature. */
+const bodyExtensions = (subject: NodeId): Array<x509.Extension> => [
+  new x509.BasicConstraintsExtension(true, undefined, true),
+  new x509.KeyUsagesExtension(
+    x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
+    true
+  ),
+  new x509.Extension(POLYKEY_VERSION_OID, false, versionExtensionValue),
+  new x509.SubjectAlternativeNameExtension([{ type: "url", value: markerUri(encode(subject)) }])
+]
+
 /**
  * A certificate for `subject`'s public key, signed by `issuer`'s private key (pass the same key
- * pair twice for a self-signed certificate). Returns DER.
+ * pair twice for a self-signed certificate). Returns DER. The subject's key first signs the
+ * body (the certificate without its node-signature extension); that signature becomes the
+ * node-signature extension, and the issuer signs the whole.
  */
 export const issueCert = (
   subject: Ed25519KeyPair,
@@ -199,23 +217,27 @@ export const issueCert = (
   options: CertOptions
 ): Effect.Effect<Uint8Array> =>
   Effect.promise(async () => {
-    const { publicKey, signingKey } = await importKeys(subject, issuer)
-    const cert = await x509.X509CertificateGenerator.create({
+    const { publicKey, subjectKey, issuerKey } = await importKeys(subject, issuer)
+    const body = {
       serialNumber: options.serialNumber ?? randomSerial(),
       subject: subjectName(subject.nodeId),
       issuer: subjectName(issuer.nodeId),
       notBefore: options.notBefore,
       notAfter: options.notAfter,
       signingAlgorithm: ED25519,
-      publicKey: publicKey as never,
-      signingKey: signingKey as never,
-      extensions: [
-        new x509.BasicConstraintsExtension(true, undefined, true),
-        new x509.KeyUsagesExtension(
-          x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
-          true
-        )
-      ]
+      publicKey: publicKey as never
+    }
+    const extensions = bodyExtensions(subject.nodeId)
+    const bySubject = await x509.X509CertificateGenerator.create({
+      ...body,
+      extensions,
+      signingKey: subjectKey as never
+    })
+    const nodeSignature = nodeSignatureExtensionValue(new Uint8Array(bySubject.signature))
+    const cert = await x509.X509CertificateGenerator.create({
+      ...body,
+      extensions: [...extensions, new x509.Extension(NODE_SIGNATURE_OID, false, nodeSignature)],
+      signingKey: issuerKey as never
     })
     return new Uint8Array(cert.rawData)
   })
@@ -252,252 +274,3 @@ const PEM_CERT = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIF
 /** DER certificates found in a PEM text, in order. Empty when there are none. */
 export const certChainFromPem = (pem: string): ReadonlyArray<Uint8Array> =>
   [...pem.matchAll(PEM_CERT)].map((m) => new Uint8Array(Buffer.from(m[1]!.replace(/\s+/g, ""), "base64")))
-
-// ---------------------------------------------------------------------------------------------
-// Verification
-// ---------------------------------------------------------------------------------------------
-//
-// A strict little DER reader for exactly the fields we check. Parsing with `@peculiar/x509`
-// costs about three Ed25519 verifications per certificate; this is a small fraction of one.
-
-interface Tlv {
-  readonly tag: number
-  /** Offset of the tag byte. */
-  readonly header: number
-  /** Offset of the content. */
-  readonly start: number
-  /** Offset just past the content. */
-  readonly end: number
-}
-
-class Malformed {
-  constructor(readonly detail: string) {}
-}
-
-/** Reads one DER TLV at `offset`, bounded by `limit`, expecting `tag`. */
-const readTlv = (der: Uint8Array, offset: number, limit: number, tag: number, what: string): Tlv => {
-  if (offset + 2 > limit) throw new Malformed(`truncated before ${what}`)
-  if (der[offset] !== tag) throw new Malformed(`unexpected tag 0x${der[offset]!.toString(16)} for ${what}`)
-  let length = der[offset + 1]!
-  let start = offset + 2
-  if (length & 0x80) {
-    const n = length & 0x7f
-    if (n === 0 || n > 3 || start + n > limit) throw new Malformed(`bad length of ${what}`)
-    length = 0
-    for (let i = 0; i < n; i++) length = length * 256 + der[start + i]!
-    start += n
-  }
-  const end = start + length
-  if (end > limit) throw new Malformed(`${what} overruns its container`)
-  return { tag, header: offset, start, end }
-}
-
-const bytesOf = (der: Uint8Array, tlv: Tlv): Uint8Array => der.subarray(tlv.header, tlv.end)
-
-const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => {
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
-const digits = (der: Uint8Array, at: number, n: number): number => {
-  let v = 0
-  for (let i = 0; i < n; i++) {
-    const c = der[at + i]! - 48
-    if (c < 0 || c > 9) throw new Malformed("a validity date has a non-digit")
-    v = v * 10 + c
-  }
-  return v
-}
-
-/** UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` (the DER forms). */
-const readTime = (
-  der: Uint8Array,
-  offset: number,
-  limit: number,
-  what: string
-): { ms: number; end: number } => {
-  const tag = der[offset]
-  const tlv = readTlv(der, offset, limit, tag === 0x18 ? 0x18 : 0x17, what)
-  const len = tlv.end - tlv.start
-  let at = tlv.start
-  let year: number
-  if (tag === 0x17 && len === 13) {
-    const yy = digits(der, at, 2)
-    year = yy >= 50 ? 1900 + yy : 2000 + yy
-    at += 2
-  } else if (tag === 0x18 && len === 15) {
-    year = digits(der, at, 4)
-    at += 4
-  } else throw new Malformed(`${what} is not a DER time`)
-  if (der[tlv.end - 1] !== 0x5a) throw new Malformed(`${what} is not in UTC`)
-  const month = digits(der, at, 2)
-  const day = digits(der, at + 2, 2)
-  const hour = digits(der, at + 4, 2)
-  const minute = digits(der, at + 6, 2)
-  const second = digits(der, at + 8, 2)
-  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 59)
-    throw new Malformed(`${what} is out of range`)
-  return { ms: Date.UTC(year, month - 1, day, hour, minute, second), end: tlv.end }
-}
-
-const CN_OID = Buffer.from("0603550403", "hex")
-
-/** `CN=…` of a Name for messages, or a byte count when it has none. */
-const showName = (name: Uint8Array): string => {
-  for (let i = 0; i + CN_OID.length + 2 <= name.length; i++) {
-    if (sameBytes(name.subarray(i, i + CN_OID.length), CN_OID)) {
-      const at = i + CN_OID.length
-      const len = name[at + 1]!
-      if (len < 0x80 && at + 2 + len <= name.length)
-        return `CN=${Buffer.from(name.subarray(at + 2, at + 2 + len)).toString("latin1")}`
-    }
-  }
-  return `<name of ${name.length} bytes>`
-}
-
-interface ParsedCert {
-  /** The exact bytes the issuer signed. */
-  readonly tbs: Uint8Array
-  readonly algorithm: Uint8Array
-  readonly signature: Uint8Array
-  readonly issuer: Uint8Array
-  readonly subject: Uint8Array
-  readonly notBefore: number
-  readonly notAfter: number
-  /** Raw Ed25519 public key, or undefined for another key type. */
-  readonly ed25519: Uint8Array | undefined
-}
-
-const parseCert = (der: Uint8Array): ParsedCert => {
-  const cert = readTlv(der, 0, der.length, 0x30, "Certificate")
-  if (cert.end !== der.length) throw new Malformed("trailing bytes after the certificate")
-  const tbs = readTlv(der, cert.start, cert.end, 0x30, "TBSCertificate")
-  const algorithm = readTlv(der, tbs.end, cert.end, 0x30, "signatureAlgorithm")
-  const signature = readTlv(der, algorithm.end, cert.end, 0x03, "signatureValue")
-  if (signature.end !== cert.end) throw new Malformed("trailing bytes inside the certificate")
-  if (signature.end === signature.start || der[signature.start] !== 0)
-    throw new Malformed("the signature is not a whole number of bytes")
-
-  let at = tbs.start
-  if (der[at] === 0xa0) at = readTlv(der, at, tbs.end, 0xa0, "version").end
-  at = readTlv(der, at, tbs.end, 0x02, "serialNumber").end
-  const innerAlgorithm = readTlv(der, at, tbs.end, 0x30, "signature")
-  if (!sameBytes(bytesOf(der, innerAlgorithm), bytesOf(der, algorithm)))
-    throw new Malformed("the inner and outer signature algorithms differ")
-  const issuer = readTlv(der, innerAlgorithm.end, tbs.end, 0x30, "issuer")
-  const validity = readTlv(der, issuer.end, tbs.end, 0x30, "validity")
-  const notBefore = readTime(der, validity.start, validity.end, "notBefore")
-  const notAfter = readTime(der, notBefore.end, validity.end, "notAfter")
-  if (notAfter.end !== validity.end) throw new Malformed("trailing bytes in validity")
-  const subject = readTlv(der, validity.end, tbs.end, 0x30, "subject")
-  const spki = bytesOf(der, readTlv(der, subject.end, tbs.end, 0x30, "subjectPublicKeyInfo"))
-  const ed25519 =
-    spki.length === SPKI_ED25519_PREFIX.length + 32 &&
-    sameBytes(spki.subarray(0, SPKI_ED25519_PREFIX.length), SPKI_ED25519_PREFIX)
-      ? spki.subarray(SPKI_ED25519_PREFIX.length)
-      : undefined
-  return {
-    tbs: bytesOf(der, tbs),
-    algorithm: bytesOf(der, algorithm),
-    signature: der.subarray(signature.start + 1, signature.end),
-    issuer: bytesOf(der, issuer),
-    subject: bytesOf(der, subject),
-    notBefore: notBefore.ms,
-    notAfter: notAfter.ms,
-    ed25519
-  }
-}
-
-/**
- * The NodeId whose key issued a chain's leaf when that is another key: a renewed node's chain
- * is its new leaf, then the previous key's self-signed certificate. Undefined for a chain of
- * one certificate or a second one without an Ed25519 key. Trust it only for a verified chain.
- */
-export const renewedFrom = (certs: ReadonlyArray<Uint8Array>): NodeId | undefined => {
-  if (certs.length < 2) return undefined
-  try {
-    const key = parseCert(certs[1]!).ed25519
-    return key === undefined ? undefined : (new Uint8Array(key) as NodeId)
-  } catch {
-    return undefined
-  }
-}
-
-const fail = (reason: CertificateError["reason"], index: number, detail: string) =>
-  Either.left(new CertificateError({ reason, index, detail }))
-
-/**
- * Verifies a chain (leaf first, subject to issuer): every certificate parses and is valid at
- * `now`; certificate i names certificate i+1's subject as its issuer and carries an Ed25519
- * signature by certificate i+1's key; the last certificate is self-signed. Succeeds with the
- * leaf's Ed25519 public key, which is the peer's NodeId.
- */
-export const verifyCertChain = (
-  certs: ReadonlyArray<Uint8Array>,
-  now: Date
-): Either.Either<NodeId, CertificateError> => {
-  if (certs.length === 0) return fail("empty", 0, "no certificate presented")
-  const parsed: Array<ParsedCert> = []
-  for (let i = 0; i < certs.length; i++) {
-    try {
-      parsed.push(parseCert(certs[i]!))
-    } catch (e) {
-      if (e instanceof Malformed) return fail("malformed", i, e.detail)
-      return Either.left(
-        new CertificateError({
-          reason: "malformed",
-          index: i,
-          detail: "not a DER X.509 certificate",
-          cause: e
-        })
-      )
-    }
-  }
-  const leaf = parsed[0]!
-  if (leaf.ed25519 === undefined) return fail("malformed", 0, "the leaf's public key is not Ed25519")
-  const t = now.getTime()
-  for (let i = 0; i < parsed.length; i++) {
-    const { notBefore, notAfter } = parsed[i]!
-    if (t < notBefore)
-      return fail(
-        "not-yet-valid",
-        i,
-        `valid from ${new Date(notBefore).toISOString()}, now is ${now.toISOString()}`
-      )
-    if (t > notAfter)
-      return fail("expired", i, `expired at ${new Date(notAfter).toISOString()}, now is ${now.toISOString()}`)
-  }
-  for (let i = 0; i < parsed.length; i++) {
-    const child = parsed[i]!
-    const last = i === parsed.length - 1
-    const issuer = last ? child : parsed[i + 1]!
-    if (!sameBytes(child.issuer, issuer.subject))
-      return fail(
-        "broken-chain",
-        i,
-        last
-          ? `the last certificate must be self-signed, but its issuer ${showName(child.issuer)} is not its subject ${showName(child.subject)}`
-          : `issuer ${showName(child.issuer)} is not the next certificate's subject ${showName(issuer.subject)}`
-      )
-    if (!sameBytes(child.algorithm, ED25519_ALGORITHM_ID))
-      return fail("bad-signature", i, "the signature algorithm is not Ed25519")
-    if (issuer.ed25519 === undefined)
-      return fail("bad-signature", i, `the issuer's key (certificate ${last ? i : i + 1}) is not Ed25519`)
-    let ok: boolean
-    try {
-      ok = nodeCrypto.verify(null, child.tbs, publicKeyObject(issuer.ed25519), child.signature)
-    } catch {
-      ok = false
-    }
-    if (!ok)
-      return fail(
-        "bad-signature",
-        i,
-        last
-          ? "the self-signature does not verify"
-          : `the signature does not verify with certificate ${i + 1}'s key`
-      )
-  }
-  return Either.right(new Uint8Array(leaf.ed25519) as NodeId)
-}

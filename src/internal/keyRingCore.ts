@@ -12,14 +12,14 @@ import {
   type TlsConfig
 } from "../services/KeyRing.js"
 import type { NodeId } from "../services/NodeId.js"
+import { verifyCertChain } from "./certificateChain.js"
 import {
   type CertOptions,
   certChainToPem,
   DEFAULT_CERT_VALIDITY_MS,
   type Ed25519KeyPair,
   sign,
-  validityFrom,
-  verifyCertChain
+  validityFrom
 } from "./certificates.js"
 
 /** A key pair with its certificate chain (leaf first, DER) and the PEM form of both. */

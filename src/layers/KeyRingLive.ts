@@ -5,7 +5,8 @@
  *   a readable Ed25519 key that nobody but the owner can read or write, or start-up fails with
  *   a KeyRingError naming the file, and no file is touched.
  * - `cert.pem`: the certificate chain, leaf first. Rebuilt from the key when it is missing,
- *   unparsable, expired, not yet valid or for another key.
+ *   unparsable, expired, not yet valid, for another key, or made before certificates carried
+ *   Polykey's extensions and quicmesh's marker.
  * - `key.prev.pem`: the key before the last renewal; the chain's second certificate is its
  *   self-signed one and the leaf is issued by it.
  *
@@ -27,6 +28,7 @@ import {
   makeCertChain
 } from "../internal/certificates.js"
 import { keyMaterial, makeService, validityNow, verifyNow } from "../internal/keyRingCore.js"
+import { isQuicmeshCertificate } from "../internal/polykey/certificateFormat.js"
 import { KeyRing, KeyRingError, type KeyRingService } from "../services/KeyRing.js"
 import { encode, equals } from "../services/NodeId.js"
 
@@ -149,6 +151,7 @@ const readChain = (file: string, keyPair: Ed25519KeyPair) =>
     if (Either.isLeft(verified)) return Either.left(verified.left.message)
     if (!equals(verified.right, keyPair.nodeId))
       return Either.left(`it belongs to ${encode(verified.right)}, not to ${encode(keyPair.nodeId)}`)
+    if (!chain.every(isQuicmeshCertificate)) return Either.left("it is in an older format")
     return Either.right(chain)
   })
 

@@ -31,9 +31,19 @@ export class KeyRingError extends Data.TaggedError("KeyRingError")<{
   }
 }
 
-/** A certificate chain that does not verify. `index` is the certificate at fault (0 = leaf). */
+/**
+ * A certificate chain that does not verify. `index` is the certificate at fault (0 = leaf).
+ * `cn-mismatch`: the certificate's subject CN names another NodeId than its key's.
+ */
 export class CertificateError extends Data.TaggedError("CertificateError")<{
-  readonly reason: "empty" | "malformed" | "expired" | "not-yet-valid" | "bad-signature" | "broken-chain"
+  readonly reason:
+    | "empty"
+    | "malformed"
+    | "expired"
+    | "not-yet-valid"
+    | "bad-signature"
+    | "broken-chain"
+    | "cn-mismatch"
   readonly index: number
   readonly detail: string
   /** The parser's error, when it failed unexpectedly. */
@@ -52,8 +62,9 @@ export interface KeyRingService {
   /** Current certificate chain as DER, leaf first. */
   readonly certChainDer: Effect.Effect<ReadonlyArray<Uint8Array>>
   /**
-   * Verifies a peer's chain (leaf first, as the TLS verify callback gets it): every signature,
-   * validity dates against the Clock, and issuer order. Succeeds with the leaf's NodeId.
+   * Verifies a peer's chain (leaf first, as the TLS verify callback gets it): the signatures,
+   * issuer order, each subject CN against its key, and validity against the Clock (older
+   * certificates may have expired). Succeeds with the NodeId of the leaf's key.
    */
   readonly verifyCertChain: (certs: ReadonlyArray<Uint8Array>) => Effect.Effect<NodeId, CertificateError>
   /** New key pair and certificate, signed by the old key; persisted, then published on `changes`. */
