@@ -206,7 +206,9 @@ export const make = (
             // The target's own connection (its punch, or its dial-back) may have won instead.
             const now = map.get(nodeId)?.record
             return now !== undefined && now.connection.relay === undefined
-              ? Effect.logDebug(`relayed connection to ${NodeId.encode(nodeId)} upgraded by its own direct connection`)
+              ? Effect.logDebug(
+                  `relayed connection to ${NodeId.encode(nodeId)} upgraded by its own direct connection`
+                )
               : Effect.logDebug(`no direct path to ${NodeId.encode(nodeId)} (staying relayed): ${e.message}`)
           })
         )
