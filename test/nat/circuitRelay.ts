@@ -13,7 +13,8 @@
  *   (what its dial to the target gave) and, when the source's circuit is over,
  *   {"ev":"accept-ended","fromSource":N}: how many relayed connections from the source this
  *   node holds (its direct one, which carries the HOP stream, is not counted).
- * - MODE "flip": splices the two circuit streams as an honest relay does, reading the frames
+ * - MODE "flip": splices the two circuit streams as an honest relay does where it cannot forward
+ *   datagrams (each PATH it sends says "spliced"), reading the frames
  *   (2-byte length, QUIC packet) on each; once armed (a stdin line "arm") it flips the last
  *   byte of every packet it forwards. Prints {"ev":"spliced"} when a circuit starts and
  *   {"ev":"splice-ended","flipped":N} when it ends.
@@ -30,6 +31,8 @@ import { makeNode } from "../fixtures/cmNode.js"
 
 const print = (value: unknown) => process.stdout.write(`${JSON.stringify(value)}\n`)
 const messageTimeout = Duration.seconds(10)
+/** PATH: this relay splices the circuit's streams (it never forwards datagrams). */
+const spliced = Wire.encodePath(undefined)
 const detailOf = (e: unknown) => (Predicate.hasProperty(e, "message") ? String(e.message) : String(e))
 
 const host = process.argv[2]!
@@ -93,6 +96,7 @@ const program = Effect.gen(function* () {
       const reader = yield* Wire.chunkReader(socket)
       const write = yield* socket.writer
       yield* write(Wire.encodeConnectFrom(source.nodeId, { host: source.host, port: source.port }))
+      yield* write(spliced)
       const status = yield* Wire.readMessage(reader, Wire.parseStatus, messageTimeout)
       if (Predicate.isTagged(status, "Refused")) return yield* Effect.fail(`target refused: ${status.detail}`)
       return {
@@ -107,6 +111,7 @@ const program = Effect.gen(function* () {
   const mitm = (socket: Socket.Socket, write: Write, source: Contact, target: NodeId.NodeId) =>
     Effect.gen(function* () {
       yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: { host, port: relay.address.port } }))
+      yield* write(spliced)
       const impersonate = yield* Effect.gen(function* () {
         const stop = yield* openStop(target, source)
         const connection = yield* transport.dialCircuit!(
@@ -142,6 +147,7 @@ const program = Effect.gen(function* () {
         return
       }
       yield* write(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: stop.right.peer }))
+      yield* write(spliced)
       print({ ev: "spliced" })
       const flipped = { n: 0 }
       yield* pump(reader, stop.right.write, flipped).pipe(

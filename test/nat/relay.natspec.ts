@@ -1,8 +1,8 @@
 /**
  * Relay fallback with real quicmesh agents (bin/quicmesh.js, built) in the NAT lab, driven
- * through their control API and CLI. Seeds started with `--relay` splice circuits for nodes
- * behind symmetric NATs, which reserve with them and announce them; the nodes' own QUIC
- * connection runs end to end over the circuit. Two hostile relays (test/nat/circuitRelay.ts)
+ * through their control API and CLI. Seeds started with `--relay` forward circuits' datagrams
+ * for nodes behind symmetric NATs, which reserve with them and announce them; the nodes' own
+ * QUIC connection runs end to end over the circuit. Two hostile relays (test/nat/circuitRelay.ts)
  * present their own certificate on the circuit or flip bytes of the packets they carry.
  *
  * Each test prints what it measured. Root only: `npm run build && npm run test:nat`.
@@ -255,9 +255,10 @@ describeLab("Relays (agents)", () => {
           // d is reachable only through the relays, and says so.
           yield* reserved(d, 1)
           yield* poll(connectionTo(c, d), (x) => x === undefined, 80)
+          // (Flows of the first test's agent on nat1, from another port, open nothing for d.)
           yield* poll(
             lab.conntrackUdp("nat1"),
-            (flows) => !flows.some((l) => l.includes(`dst=${lab.node("c").ip}`)),
+            (flows) => !flows.some((l) => l.includes(`dst=${lab.node("c").ip} sport=${d.port} `)),
             80
           )
 
