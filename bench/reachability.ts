@@ -18,8 +18,9 @@
  */
 import { Effect, Either } from "effect"
 import { control, poll } from "../test/nat/agents.js"
-import { type Lab, labAvailability, makeLab } from "../test/nat/lab.js"
+import type { Lab } from "../test/nat/lab.js"
 import { JOINED, joinWorld, WORLD_HOSTS, world } from "../test/nat/world.js"
+import { inLab, messageOf } from "./lab.js"
 import { type BenchResult, type BenchSuite, envInt, median } from "./types.js"
 
 const SUITE = "reachability"
@@ -50,8 +51,6 @@ const LAB = {
 } as const
 
 const say = (line: string) => process.stderr.write(`reachability: ${line}\n`)
-
-const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e)).slice(0, 300)
 
 /** A log line's time (the pretty logger's local "[HH:MM:SS.mmm]") in ms since the epoch, within 12 h of `near`. */
 const lineTime = (line: string, near: number): number | undefined => {
@@ -125,35 +124,21 @@ const row = (
 
 export const suite: BenchSuite = {
   name: SUITE,
-  run: async () => {
-    const availability = labAvailability()
-    if (!availability.ok) {
-      say(`not run: ${availability.reason}`)
-      return []
-    }
-    return Effect.runPromise(
-      Effect.scoped(
-        Effect.gen(function* () {
-          const built = yield* Effect.either(makeLab(LAB))
-          if (Either.isLeft(built)) {
-            say(`not run: the NAT lab could not be built: ${messageOf(built.left)}`)
-            return []
+  run: () =>
+    inLab(LAB, say, (lab) =>
+      Effect.gen(function* () {
+        const rows: BenchResult[] = []
+        for (const [i, kind] of KINDS.entries()) {
+          const samples: Array<{ joined: number; classified: number }> = []
+          let failure: string | undefined
+          for (let run = 0; run < RUNS && failure === undefined; run++) {
+            const out = yield* Effect.either(measure(lab, kind, 7800 + 100 * run + 10 * i))
+            if (Either.isLeft(out)) failure = messageOf(out.left)
+            else samples.push(out.right)
           }
-          const lab = built.right
-          const rows: BenchResult[] = []
-          for (const [i, kind] of KINDS.entries()) {
-            const samples: Array<{ joined: number; classified: number }> = []
-            let failure: string | undefined
-            for (let run = 0; run < RUNS && failure === undefined; run++) {
-              const out = yield* Effect.either(measure(lab, kind, 7800 + 100 * run + 10 * i))
-              if (Either.isLeft(out)) failure = messageOf(out.left)
-              else samples.push(out.right)
-            }
-            rows.push(row(kind, samples, failure))
-          }
-          return rows
-        })
-      )
+          rows.push(row(kind, samples, failure))
+        }
+        return rows
+      })
     )
-  }
 }

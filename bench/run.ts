@@ -30,6 +30,7 @@ const suiteNames = [
   "connectionManager",
   "appProtocols",
   "relay",
+  "relayLab",
   "simulation"
 ]
 const load = (name: string): Promise<{ suite: BenchSuite }> => import(`./${name}.js`)
