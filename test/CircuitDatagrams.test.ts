@@ -122,7 +122,7 @@ describe("CircuitDatagrams", () => {
     first.stop()
     datagrams.onMessage(datagram(first.forwarding.id, [1]), info(A.host, A.port))
     datagrams.onMessage(datagram(second.forwarding.id, [2]), info(A.host, A.port))
-    expect(sent.map((s) => s.data.at(-1))).toEqual([2])
+    expect(sent.filter((s) => s.data[0] === 0).map((s) => s.data.at(-1))).toEqual([2])
     expect(datagrams.sizes).toEqual({ forwarded: 1, ends: 0 })
   })
 
@@ -132,7 +132,12 @@ describe("CircuitDatagrams", () => {
     const relay = { host: "10.0.0.9", port: 9999 }
     const id = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8])
     const delivered: Array<Uint8Array> = []
-    const remove = datagrams.addEnd(id, relay, (packet) => void delivered.push(Uint8Array.from(packet)))
+    const remove = datagrams.addEnd(
+      id,
+      relay,
+      (packet) => void delivered.push(Uint8Array.from(packet)),
+      () => {}
+    )
     datagrams.onMessage(datagram(id, [0xc0, 1]), info(relay.host, relay.port))
     datagrams.onMessage(datagram(id, [0xc0, 2]), info(A.host, A.port)) // not the relay
     expect(delivered).toEqual([Uint8Array.from([0xc0, 1])])
@@ -141,5 +146,58 @@ describe("CircuitDatagrams", () => {
     remove()
     datagrams.onMessage(datagram(id, [0xc0, 4]), info(relay.host, relay.port))
     expect(delivered.length).toBe(1)
+  })
+
+  it("END: from an end to the relay it is reported; stopping a forwarding sends END to both ends", () => {
+    const { udp, sent } = fakeSocket()
+    const datagrams = new CircuitDatagrams(udp, () => 1000)
+    let ended = 0
+    const { forwarding, stop } = datagrams.forward(
+      A,
+      B,
+      forwardOptions({
+        ended: () => {
+          ended++
+        }
+      }).options
+    )
+    const end = Buffer.from([1, ...forwarding.id])
+    datagrams.onMessage(end, info("10.0.0.3", 3333)) // not an end of the circuit
+    expect(ended).toBe(0)
+    datagrams.onMessage(end, info(B.host, B.port))
+    expect(ended).toBe(1)
+    expect(sent).toEqual([])
+    stop()
+    expect(sent).toEqual([
+      { data: Uint8Array.from(end), host: A.host, port: A.port },
+      { data: Uint8Array.from(end), host: B.host, port: B.port }
+    ])
+    stop() // once only
+    expect(sent.length).toBe(2)
+  })
+
+  it("END: at an end, from its relay only, it ends the circuit once; sendEnd tells the relay", () => {
+    const { udp, sent } = fakeSocket()
+    const datagrams = new CircuitDatagrams(udp, () => 1000)
+    const relay = { host: "10.0.0.9", port: 9999 }
+    const id = Uint8Array.from([8, 7, 6, 5, 4, 3, 2, 1])
+    let ended = 0
+    datagrams.addEnd(
+      id,
+      relay,
+      () => {},
+      () => {
+        ended++
+      }
+    )
+    const end = Buffer.from([1, ...id])
+    datagrams.onMessage(end, info(A.host, A.port))
+    expect(ended).toBe(0)
+    datagrams.onMessage(end, info(relay.host, relay.port))
+    datagrams.onMessage(end, info(relay.host, relay.port))
+    expect(ended).toBe(1)
+    expect(datagrams.sizes.ends).toBe(0)
+    datagrams.sendEnd(id, relay)
+    expect(sent).toEqual([{ data: Uint8Array.from(end), host: relay.host, port: relay.port }])
   })
 })

@@ -3,6 +3,7 @@
  * reserving with it and serving STOP, a node A making circuits to B through it. R's RelayHost
  * is made here from the connections R accepted.
  */
+import { randomBytes } from "node:crypto"
 import { Socket } from "@effect/platform"
 import { describe, expect, it } from "@effect/vitest"
 import {
@@ -29,7 +30,7 @@ import * as SimNet from "../src/layers/SimWorld.js"
 import { simulate } from "../src/programs/SimRuntime.js"
 import * as NodeId from "../src/services/NodeId.js"
 import * as Protocols from "../src/services/Protocols.js"
-import type { QuicConnection } from "../src/services/QuicTransport.js"
+import type { Circuit, ForwardOptions, QuicConnection } from "../src/services/QuicTransport.js"
 import { type RelayHost, type RelayOptions, RelayRefused } from "../src/services/Relay.js"
 import { idOf } from "./fixtures/simPair.js"
 
@@ -48,6 +49,8 @@ interface Arrival {
   /** The source's address as the relay told it. */
   readonly peer: { readonly host: string; readonly port: number } | undefined
   readonly socket: Reader
+  /** The datagram path, when the relay forwards the circuit's datagrams. */
+  readonly datagrams: Circuit["datagrams"]
   readonly done: Deferred.Deferred<void>
 }
 
@@ -88,9 +91,21 @@ const routeOn = (connection: QuicConnection, protocols: Protocols.ProtocolsServi
  * R (relay), A and B, A and B each connected to R; B serves STOP with `decide` and hands its
  * circuits to `arrivals`. `holds` counts R's open holds by node.
  */
+/** A stand-in for the transport's datagram forwarding: what the relay asked of it. */
+interface FakeForwarding {
+  /** Forwardings open now, by circuit id (hex): their options. */
+  readonly open: Map<string, ForwardOptions>
+  /** Forwardings stopped so far (each would have sent END to both ends). */
+  stopped: number
+  /** When a datagram last passed, for every forwarding. */
+  lastAt: number
+}
+
 const relayWorld = (
   options: Partial<RelayOptions>,
-  decide: (source: NodeId.NodeId) => Effect.Effect<RelayRefused | undefined> = () => Effect.succeed(undefined)
+  decide: (source: NodeId.NodeId) => Effect.Effect<RelayRefused | undefined> = () =>
+    Effect.succeed(undefined),
+  forwarding?: FakeForwarding
 ) =>
   Effect.gen(function* () {
     const sim = yield* SimNet.make({ seed: 1, latency: "10 millis", jitter: 0 })
@@ -106,7 +121,24 @@ const relayWorld = (
         const connection = atRelay.get(NodeId.encode(nodeId))
         return connection === undefined ? Effect.fail("no connection") : Protocols.open(connection, protocol)
       },
-      hold: (nodeId) => Effect.acquireRelease(count(nodeId, 1), () => count(nodeId, -1))
+      hold: (nodeId) => Effect.acquireRelease(count(nodeId, 1), () => count(nodeId, -1)),
+      ...(forwarding === undefined
+        ? {}
+        : {
+            forward: (_a, _b, forwardOptions) =>
+              Effect.acquireRelease(
+                Effect.sync(() => {
+                  const id = Uint8Array.from(randomBytes(8))
+                  forwarding.open.set(Buffer.from(id).toString("hex"), forwardOptions)
+                  return id
+                }),
+                (id) =>
+                  Effect.sync(() => {
+                    forwarding.open.delete(Buffer.from(id).toString("hex"))
+                    forwarding.stopped++
+                  })
+              ).pipe(Effect.map((id) => Option.some({ id, lastActive: () => forwarding.lastAt })))
+          })
     }
     const relayScope = yield* Scope.fork(yield* Effect.scope, ExecutionStrategy.sequential)
     const relay = yield* Scope.extend(makeRelayServer(options, host), relayScope)
@@ -129,6 +161,7 @@ const relayWorld = (
             relay: circuit.relay,
             peer: circuit.peer,
             socket: asReader(circuit.socket),
+            datagrams: circuit.datagrams,
             done
           })
           yield* Deferred.await(done)
@@ -150,7 +183,7 @@ const circuit = (w: World) =>
     const reservation = yield* RelayClient.reserve(w.b)
     const made = yield* RelayClient.connect(w.a, bId, "5 seconds")
     const arrival = yield* Queue.take(w.arrivals)
-    return { reservation, a: asReader(made.socket), aPeer: made.peer, arrival }
+    return { reservation, a: asReader(made.socket), aPeer: made.peer, aDatagrams: made.datagrams, arrival }
   })
 
 const refusalOf = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>) =>
@@ -165,8 +198,12 @@ const inWorld = (
   name: string,
   options: Partial<RelayOptions>,
   body: (w: World) => Effect.Effect<void, unknown, Scope.Scope>,
-  decide?: (source: NodeId.NodeId) => Effect.Effect<RelayRefused | undefined>
-) => it.effect(name, () => simulate(() => Effect.flatMap(relayWorld(options, decide), body), { seed: 1 }))
+  decide?: (source: NodeId.NodeId) => Effect.Effect<RelayRefused | undefined>,
+  forwarding?: FakeForwarding
+) =>
+  it.effect(name, () =>
+    simulate(() => Effect.flatMap(relayWorld(options, decide, forwarding), body), { seed: 1 })
+  )
 
 const now = Clock.currentTimeMillis
 
@@ -511,4 +548,52 @@ describe("Relay", () => {
       value: { _tag: "Refused", reason: "denied", detail: "é".repeat(100) }
     })
   })
+
+  {
+    const forwarding: FakeForwarding = { open: new Map(), stopped: 0, lastAt: 0 }
+    inWorld(
+      "a forwarded circuit: both streams end once it is set up; it lasts until an end's END, the idle timeout or the relay's stop",
+      { circuitIdleTimeout: "60 seconds" },
+      (w) =>
+        Effect.gen(function* () {
+          const holdsOf = (id: NodeId.NodeId) => w.holds.get(NodeId.encode(id)) ?? 0
+          // 1. The END of an end.
+          forwarding.lastAt = yield* now
+          const first = yield* circuit(w)
+          const id = Buffer.from(first.aDatagrams!.id).toString("hex")
+          expect(Buffer.from(first.arrival.datagrams!.id).toString("hex")).toBe(id)
+          expect([...forwarding.open.keys()]).toEqual([id])
+          expect(yield* readEnd(first.a)).toBe("fin")
+          expect(yield* readEnd(first.arrival.socket)).toBe("fin")
+          expect((yield* w.relay.stats).circuits).toBe(1)
+          expect(holdsOf(aId)).toBe(1)
+          forwarding.open.get(id)!.ended!()
+          yield* Effect.sleep("10 millis")
+          expect((yield* w.relay.stats).circuits).toBe(0)
+          expect(forwarding.stopped).toBe(1)
+          expect(holdsOf(aId)).toBe(0)
+
+          // 2. The idle timeout, by the forwarding's clock: a datagram at 30 s restarts the wait.
+          forwarding.lastAt = yield* now
+          yield* circuit(w)
+          yield* Effect.sleep("30 seconds")
+          forwarding.lastAt = yield* now
+          yield* Effect.sleep("59 seconds")
+          expect((yield* w.relay.stats).circuits).toBe(1)
+          yield* Effect.sleep("2 seconds")
+          expect((yield* w.relay.stats).circuits).toBe(0)
+          expect(forwarding.stopped).toBe(2)
+
+          // 3. The relay's stop.
+          forwarding.lastAt = yield* now
+          yield* circuit(w)
+          expect(forwarding.open.size).toBe(1)
+          yield* Scope.close(w.relayScope, Exit.void)
+          expect(forwarding.open.size).toBe(0)
+          expect(forwarding.stopped).toBe(3)
+        }),
+      undefined,
+      forwarding
+    )
+  }
 })

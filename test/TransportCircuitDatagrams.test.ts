@@ -2,7 +2,7 @@
  * QuicTransportLive over datagram circuits, real QUIC on loopback. Three transports: A, B and
  * the relay R (A connected to R, R to B). R forwards the circuit's datagrams with its
  * transport's `forwardDatagrams`; each end's circuit stream is a stream on its connection to R
- * that carries nothing but the test's first byte, and only says how long the circuit lasts.
+ * that carries nothing but the test's first byte (a datagram circuit does not use it).
  */
 import { randomBytes } from "node:crypto"
 import { createSocket } from "node:dgram"
@@ -38,12 +38,13 @@ const announced = (open: Effect.Effect<Socket.Socket, unknown, Scope.Scope>) =>
  * A datagram circuit A → B through R: R's forwarding (in its own scope, `forwarding`), and
  * both ends' circuits. `tap` sees (and may alter) each datagram R forwards.
  */
-const openCircuit = (world: World, tap?: (bytes: Uint8Array) => void) =>
+const openCircuit = (world: World, tap?: (bytes: Uint8Array) => void, ended?: () => void) =>
   Effect.gen(function* () {
     const counted = { bytes: 0 }
     const options: ForwardOptions = {
       bytesPerSecond: Number.POSITIVE_INFINITY,
       tap,
+      ended,
       forwarded: (bytes) => {
         counted.bytes += bytes
       }
@@ -67,9 +68,9 @@ const openCircuit = (world: World, tap?: (bytes: Uint8Array) => void) =>
   })
 
 /** A relayed connection A → B over a fresh datagram circuit: both ends, and B's acceptCircuit fiber. */
-const relayedPair = (world: World, tap?: (bytes: Uint8Array) => void) =>
+const relayedPair = (world: World, tap?: (bytes: Uint8Array) => void, ended?: () => void) =>
   Effect.gen(function* () {
-    const opened = yield* openCircuit(world, tap)
+    const opened = yield* openCircuit(world, tap, ended)
     const accepting = yield* world.b.transport.acceptCircuit!(opened.bCircuit).pipe(Effect.forkScoped)
     const forward = yield* world.a.transport.dialCircuit!(opened.aCircuit, {
       expectedNodeIds: [world.b.nodeId]
@@ -177,29 +178,42 @@ describe("QuicTransportLive over datagram circuits", () => {
   )
 
   it.scopedLive(
-    "ending a circuit's stream closes both ends' connections; ending the forwarding stops the packets",
+    "the relay ending a circuit (END) closes both ends' connections; an end that leaves tells the relay",
     () =>
       Effect.gen(function* () {
         const world = yield* makeWorld("tcd-end")
-        const first = yield* relayedPair(world)
-        // R ends its stream to B: B's connection closes with the circuit's reason, and so A's.
+        const ended = { n: 0 }
+        const first = yield* relayedPair(world, undefined, () => {
+          ended.n++
+        })
+        // The circuit's stream ending says nothing about a datagram circuit: it goes on.
         yield* first.rToB.end
-        const reason = yield* first.reverse.closed
-        expect(JSON.stringify(reason)).toContain("relay circuit closed")
-        yield* Fiber.join(first.accepting)
-        yield* first.forward.closed
+        yield* serveEcho(first.reverse)
+        expect((yield* roundTrip(first.forward, Buffer.from("after the stream"))).toString()).toBe(
+          "after the stream"
+        )
+        // R ends the forwarding: its END reaches both ends, whose connections close at once.
         yield* Scope.close(first.forwardingScope, Exit.void)
-
-        // A second circuit whose forwarding R ends: no packet passes any more, the dial times out.
-        const second = yield* openCircuit(world)
-        yield* Scope.close(second.forwardingScope, Exit.void)
-        yield* world.b.transport.acceptCircuit!(second.bCircuit).pipe(Effect.forkScoped)
-        const dial = yield* world.a.transport.dialCircuit!(second.aCircuit, {
-          expectedNodeIds: [world.b.nodeId],
-          timeout: "1 second"
-        }).pipe(Effect.exit)
-        expect(Exit.isFailure(dial)).toBe(true)
+        const reasons = yield* Effect.all([first.forward.closed, first.reverse.closed]).pipe(
+          Effect.timeout("3 seconds")
+        )
+        for (const reason of reasons) expect(JSON.stringify(reason)).toContain("the relay ended the circuit")
+        yield* Fiber.join(first.accepting)
         expect(world.r.internals.datagrams.sizes.forwarded).toBe(0)
+        expect(world.a.internals.datagrams.sizes.ends).toBe(0)
+        expect(world.b.internals.datagrams.sizes.ends).toBe(0)
+
+        // A closes its relayed connection: its END reaches R (the relay's `ended`).
+        const second = yield* relayedPair(world, undefined, () => {
+          ended.n++
+        })
+        expect(ended.n).toBe(0)
+        yield* second.forward.close()
+        yield* eventually(
+          Effect.sync(() => ended.n),
+          (n) => n >= 1,
+          "3 seconds"
+        )
       })
   )
 

@@ -1,17 +1,20 @@
 /**
  * circuitDatagrams: the datagram path of relayed circuits, on a transport's own UDP socket.
  *
- * A circuit datagram is `[0x00][circuit id: 8 bytes][QUIC packet]`. A first byte of zero is
- * never a QUIC v1 packet (its fixed bit is clear): js-quic's socket reads it as a short header
- * naming no connection of its and drops it before making any state, and this module's
- * listener, on the same socket, takes it:
+ * A circuit datagram is `[0x00][circuit id: 8 bytes][QUIC packet]`; a circuit's END is
+ * `[0x01][circuit id]` alone. A first byte of 0 or 1 is never a QUIC v1 packet (its fixed bit
+ * is clear): js-quic's socket reads one as a short header naming no connection of its and
+ * drops it before making any state, and this module's listener, on the same socket, takes it:
  * - on a node at one end of a circuit (`addEnd`), a datagram with the circuit's id from the
- *   relay's address is delivered without its header;
+ *   relay's address is delivered without its header, and an END from it ends the circuit;
+ *   `sendEnd` tells the relay that our end is gone;
  * - on the relay (`forward`), a datagram with a forwarded id from one of the circuit's two
  *   ends, exactly (host and port), is sent on unchanged to the other end, within the circuit's
  *   byte rate (pacing by a theoretical arrival time, a burst of `BURST_MS` of it; a datagram
- *   over it is dropped, as a full link drops it, and QUIC inside slows down).
- * Anything else is dropped. Sends are not awaited: one that fails is lost, as UDP loses it.
+ *   over it is dropped, as a full link drops it, and QUIC inside slows down). An END from an
+ *   end is reported (`ForwardOptions.ended`); stopping a forwarding sends END to both ends.
+ * Anything else is dropped. Sends are not awaited: one that fails is lost, as UDP loses it (a
+ * lost END leaves the circuit to the relay's idle timeout and the QUIC connection's own).
  */
 import { randomBytes } from "node:crypto"
 import type { RemoteInfo, Socket as UdpSocket } from "node:dgram"
@@ -22,6 +25,8 @@ import { unmapHost } from "./quicConnection.js"
 
 /** The first byte of every circuit datagram. */
 export const CIRCUIT_DATAGRAM = 0x00
+/** The first byte of a circuit's END. */
+export const CIRCUIT_END = 0x01
 /** Type byte and id. */
 export const HEADER_BYTES = 1 + CIRCUIT_ID_BYTES
 /** The burst allowed above a circuit's rate, in milliseconds of it. */
@@ -37,6 +42,7 @@ interface Peer {
 interface End {
   readonly relay: Peer
   readonly deliver: (packet: Uint8Array) => void
+  readonly ended: () => void
 }
 
 interface Forward extends DatagramForwarding {
@@ -69,28 +75,46 @@ export class CircuitDatagrams {
 
   /** The socket's `message` listener. */
   readonly onMessage = (data: Buffer, info: RemoteInfo): void => {
-    if (data[0] !== CIRCUIT_DATAGRAM) return
-    if (data.length <= HEADER_BYTES) {
-      this.dropped++
-      return
-    }
+    const type = data[0]
+    if (type === CIRCUIT_DATAGRAM) {
+      if (data.length > HEADER_BYTES && this.onData(data, info)) return
+    } else if (type === CIRCUIT_END) {
+      if (data.length === HEADER_BYTES && this.onEnd(data, info)) return
+    } else return
+    this.dropped++
+  }
+
+  /** A circuit datagram: delivered or forwarded, or not (false). */
+  private onData(data: Buffer, info: RemoteInfo): boolean {
     const key = keyOf(data, 1)
     const end = this.ends.get(key)
     if (end !== undefined && from(end.relay, info)) {
       end.deliver(data.subarray(HEADER_BYTES))
-      return
+      return true
     }
     const forward = this.forwards.get(key)
-    if (forward !== undefined) {
-      const to = from(forward.a, info) ? forward.b : from(forward.b, info) ? forward.a : undefined
-      if (to !== undefined && this.pace(forward, data.length)) {
-        forward.options.tap?.(data)
-        this.udp.send(data, to.port, to.sendHost, ignore)
-        forward.options.forwarded(data.length)
-        return
-      }
+    if (forward === undefined) return false
+    const to = from(forward.a, info) ? forward.b : from(forward.b, info) ? forward.a : undefined
+    if (to === undefined || !this.pace(forward, data.length)) return false
+    forward.options.tap?.(data)
+    this.udp.send(data, to.port, to.sendHost, ignore)
+    forward.options.forwarded(data.length)
+    return true
+  }
+
+  /** A circuit's END, from its relay (to an end) or from one of its ends (to the relay); false if neither. */
+  private onEnd(data: Buffer, info: RemoteInfo): boolean {
+    const key = keyOf(data, 1)
+    const end = this.ends.get(key)
+    if (end !== undefined && from(end.relay, info)) {
+      this.ends.delete(key)
+      end.ended()
+      return true
     }
-    this.dropped++
+    const forward = this.forwards.get(key)
+    if (forward === undefined || !(from(forward.a, info) || from(forward.b, info))) return false
+    forward.options.ended?.()
+    return true
   }
 
   /** Whether `bytes` more may pass now; if so, counted. */
@@ -121,17 +145,36 @@ export class CircuitDatagrams {
     this.udp.send(datagram, relay.port, this.peer(relay).sendHost, ignore)
   }
 
-  /** Delivers the circuit `id`'s datagrams from `relay` to `deliver`, until the returned function is called. */
-  addEnd(id: Uint8Array, relay: Address, deliver: (packet: Uint8Array) => void): () => void {
+  /** Sends the circuit `id`'s END to `to`. */
+  sendEnd(id: Uint8Array, to: Address): void {
+    const datagram = Buffer.allocUnsafe(HEADER_BYTES)
+    datagram[0] = CIRCUIT_END
+    datagram.set(id, 1)
+    this.udp.send(datagram, to.port, this.peer(to).sendHost, ignore)
+  }
+
+  /**
+   * Delivers the circuit `id`'s datagrams from `relay` to `deliver`, and its END to `ended`
+   * (once; the circuit is then removed), until the returned function is called.
+   */
+  addEnd(
+    id: Uint8Array,
+    relay: Address,
+    deliver: (packet: Uint8Array) => void,
+    ended: () => void
+  ): () => void {
     const key = keyOf(id, 0)
-    const end: End = { relay: this.peer(relay), deliver }
+    const end: End = { relay: this.peer(relay), deliver, ended }
     this.ends.set(key, end)
     return () => {
       if (this.ends.get(key) === end) this.ends.delete(key)
     }
   }
 
-  /** Forwards a new circuit's datagrams between `a` and `b` (see the module comment) until `stop` is called. */
+  /**
+   * Forwards a new circuit's datagrams between `a` and `b` (see the module comment) until
+   * `stop` is called, which sends END to both.
+   */
   forward(
     a: Address,
     b: Address,
@@ -154,7 +197,13 @@ export class CircuitDatagrams {
       lastActive: () => forward.lastAt
     }
     this.forwards.set(key, forward)
-    return { forwarding: forward, stop: () => this.forwards.delete(key) }
+    const stop = () => {
+      if (this.forwards.get(key) !== forward) return
+      this.forwards.delete(key)
+      this.sendEnd(id, a)
+      this.sendEnd(id, b)
+    }
+    return { forwarding: forward, stop }
   }
 
   /** Circuits forwarded now (as a relay), and circuit ends open now. */

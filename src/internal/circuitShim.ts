@@ -5,8 +5,9 @@
  *
  * - on a datagram circuit (`Circuit.datagrams`), each packet from the transport goes to the
  *   relay as a circuit datagram (circuitDatagrams) from the transport's own socket, and each
- *   circuit datagram the relay sends goes to the transport; the circuit's stream carries
- *   nothing and is only watched for its end;
+ *   circuit datagram the relay sends goes to the transport, until the relay sends the
+ *   circuit's END or the connection to the relay closes (`Circuit.until`); closing the shim
+ *   sends our END to the relay;
  * - on a spliced circuit, each packet is a frame on the circuit's stream (circuitFrames),
  *   written one write at a time (the frames waiting joined into it); while the stream is
  *   slower than the datagrams come, up to `maxQueuedBytes` wait and later ones are dropped, as
@@ -15,7 +16,7 @@
  *   (`readChunk`) where it has one, the next read only once the last chunk's packets are sent,
  *   so a slow side holds back the stream instead of filling a buffer.
  *
- * The circuit ends (`ended`) when the stream ends, fails or carries a malformed frame, or a
+ * A spliced circuit ends (`ended`) when the stream ends, fails or carries a malformed frame, or a
  * write to it fails. Closing the shim's scope ends our side of the stream and closes the socket.
  */
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from "node:dgram"
@@ -124,7 +125,7 @@ export const open = (
     const carried =
       path === undefined
         ? spliced(stream, udp, host, port, write, toTransport)
-        : overDatagrams(stream, udp, host, port, path, datagrams, toTransport)
+        : overDatagrams(udp, host, port, path, circuit.until, datagrams, toTransport)
     yield* carried.pipe(
       Effect.match({
         onFailure: (error) => `the stream failed: ${describe(error)}`,
@@ -147,28 +148,40 @@ const fromTransport = (from: RemoteInfo, host: string, port: number) =>
   from.port === port && from.address === host
 
 /**
- * A datagram circuit: packets both ways as circuit datagrams, until the stream ends (any bytes
- * on it are ignored). Answers why it ended.
+ * A datagram circuit: packets both ways as circuit datagrams, until the relay sends its END or
+ * `until` completes (the stream is not read: the relay ends it once the circuit is set up).
+ * Answers why it ended. Leaving sends our END to the relay.
  */
 const overDatagrams = (
-  stream: Socket.Socket,
   udp: UdpSocket,
   host: string,
   port: number,
   path: DatagramPath,
+  until: Effect.Effect<unknown> | undefined,
   datagrams: CircuitDatagrams,
   toTransport: (packet: Uint8Array) => void
-): Effect.Effect<string, Socket.SocketError, Scope.Scope> =>
+): Effect.Effect<string, never, Scope.Scope> =>
   Effect.gen(function* () {
     const relay = { host: path.host, port: path.port }
     udp.on("message", (packet: Buffer, from: RemoteInfo) => {
       if (fromTransport(from, host, port)) datagrams.send(path.id, relay, packet)
     })
+    const ended = yield* Deferred.make<string>()
     yield* Effect.acquireRelease(
-      Effect.sync(() => datagrams.addEnd(path.id, relay, toTransport)),
-      (remove) => Effect.sync(remove)
+      Effect.sync(() =>
+        datagrams.addEnd(path.id, relay, toTransport, () =>
+          Deferred.unsafeDone(ended, Exit.succeed("the relay ended the circuit"))
+        )
+      ),
+      (remove) =>
+        Effect.sync(() => {
+          remove()
+          datagrams.sendEnd(path.id, relay)
+        })
     )
-    return yield* readFrames(stream, undefined, toTransport)
+    const relayGone =
+      until === undefined ? Effect.never : Effect.as(until, "the connection to the relay closed")
+    return yield* Effect.raceFirst(Deferred.await(ended), relayGone)
   })
 
 /** A spliced circuit: packets both ways as frames on the stream, until it ends. Answers why it ended. */

@@ -87,14 +87,21 @@ export interface DialOptions {
  * still proves its NodeId in the handshake. The packets travel
  * - as datagrams when `datagrams` is given: each sent to the relay's address with the circuit's
  *   id in front, and forwarded by the relay to the other end (`forwardDatagrams`); `socket`
- *   then carries nothing and only says how long the circuit lasts;
- * - else as frames on `socket`, a stream the relay splices to one to the peer.
- * Ending the stream (either side, or the relay) ends the circuit and the connection over it.
+ *   carries nothing then;
+ * - else as frames on `socket`, a stream the relay splices to one to the peer: ending the
+ *   stream (either side, or the relay) ends the circuit.
+ * The end of the circuit closes the connection over it.
  */
 export interface Circuit {
   readonly socket: Socket.Socket
-  /** Datagram forwarding by the relay: the circuit's id, and the relay's address as our connection to it has it. */
+  /**
+   * Datagram forwarding by the relay: the circuit's id, and the relay's address as our
+   * connection to it has it. The relay ends the circuit's stream once it is set up; the circuit
+   * then lasts until either end or the relay ends it (a datagram saying so), or `until`.
+   */
   readonly datagrams?: CircuitDatagrams | undefined
+  /** Completes when the circuit can carry nothing more: the connection to its relay has closed. */
+  readonly until?: Effect.Effect<unknown> | undefined
   /** The relay's NodeId (the connection's `relay`). */
   readonly relay: NodeId
   /**
@@ -127,6 +134,8 @@ export interface ForwardOptions {
   readonly tap?: ((bytes: Uint8Array) => void) | undefined
   /** Told the size of every datagram forwarded. */
   readonly forwarded: (bytes: number) => void
+  /** Told when one of the two ends says its end of the circuit is gone (the forwarding goes on until its scope closes). */
+  readonly ended?: (() => void) | undefined
 }
 
 /** A relay's forwarding of one circuit's datagrams, while its scope lasts. */
@@ -205,8 +214,9 @@ export interface QuicTransportService {
   readonly acceptCircuit?: (circuit: Circuit) => Effect.Effect<void>
   /**
    * The relay's side of a datagram circuit: until the scope closes, datagrams carrying the
-   * returned id are forwarded from `a` to `b` and back (only from those two addresses, exactly).
-   * Optional: without it a relay splices the circuit's streams instead.
+   * returned id are forwarded from `a` to `b` and back (only from those two addresses, exactly);
+   * closing the scope tells both ends the circuit has ended. Optional: without it a relay
+   * splices the circuit's streams instead.
    */
   readonly forwardDatagrams?: (
     ends: { readonly a: Address; readonly b: Address },

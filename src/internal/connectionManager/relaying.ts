@@ -116,12 +116,16 @@ export const make = (
       return denied === undefined ? undefined : new RelayRefused({ reason: "denied", detail: denied.detail })
     })
 
+  /** Serves a circuit the relay brought, holding our connection to the relay (whose close ends the circuit). */
   const runCircuit = (_source: NodeId.NodeId, circuit: Circuit) =>
     Effect.scoped(
-      Effect.zipRight(
-        Effect.ignore(holdExisting(circuit.relay)),
-        transport.acceptCircuit === undefined ? Effect.void : transport.acceptCircuit(circuit)
-      )
+      Effect.gen(function* () {
+        const acceptCircuit = transport.acceptCircuit
+        const held = yield* Effect.option(holdExisting(circuit.relay))
+        if (acceptCircuit === undefined) return
+        const until = Option.match(held, { onNone: () => circuit.until, onSome: (r) => r.connection.closed })
+        yield* acceptCircuit({ ...circuit, until })
+      })
     )
 
   // --- the source's side: a connection through a relay ---

@@ -136,7 +136,8 @@ export const connect = (
         socket: asked.socket,
         relay: connection.remoteNodeId,
         peer: asked.observed,
-        datagrams: datagramsOf(asked.path, { host: connection.remoteHost, port: connection.remotePort })
+        datagrams: datagramsOf(asked.path, { host: connection.remoteHost, port: connection.remotePort }),
+        until: connection.closed
       })
     ).pipe(
       Effect.timeoutFail({

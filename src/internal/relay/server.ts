@@ -11,8 +11,10 @@
  *   (as its connection proved it) and how it carries the circuit (PATH), waits for the
  *   target's status (at most `messageTimeout`), and answers the caller (OK, PATH). Where the
  *   host can (`RelayHost.forward`: both nodes on direct connections), the circuit's packets go
- *   as datagrams the transport forwards, and the relay only watches the two streams for their
- *   end (`splice.ts` `watch`); else it splices the two streams.
+ *   as datagrams the transport forwards: both streams end once the circuit is set up, and the
+ *   circuit lasts, in a scope of its own, until an end says it left (END), nothing moved for
+ *   `circuitIdleTimeout`, or the relay stops (each ending sends END to both ends). Else the
+ *   relay splices the two streams (`splice.ts`) until one ends.
  *
  * - Every HOP stream counts against its node's `hopRequestsPerSecond` (by the NodeId its
  *   connection proved), whatever it asks and whether or not it is valid; one over the limit is
@@ -21,7 +23,19 @@
  *
  * Every refusal is a STATUS with its code, then the end of the stream, counted by reason.
  */
-import { Clock, Deferred, Duration, Effect, Either, Option, Predicate, type Scope } from "effect"
+import {
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  ExecutionStrategy,
+  Exit,
+  Option,
+  Predicate,
+  Queue,
+  Scope
+} from "effect"
 import type { Contact } from "../../services/Contact.js"
 import * as NodeId from "../../services/NodeId.js"
 import type { StreamHandler } from "../../services/Protocols.js"
@@ -78,6 +92,7 @@ export const makeRelayServer = (
 ): Effect.Effect<RelayServer, never, Scope.Scope> =>
   Effect.gen(function* () {
     const config: RelayOptions = { ...defaults, ...options }
+    const relayScope = yield* Effect.scope
     const reservationMs = Duration.toMillis(config.reservationDuration)
     const stopped = yield* Deferred.make<void>()
     yield* Effect.addFinalizer(() => Deferred.succeed(stopped, undefined))
@@ -97,6 +112,13 @@ export const makeRelayServer = (
         counters.bytesForwarded += bytes
       }
     }
+    // Circuits an end said it left (END): closed one at a time by one fiber.
+    const ending = yield* Queue.unbounded<Scope.CloseableScope>()
+    yield* Queue.take(ending).pipe(
+      Effect.flatMap((circuit) => Scope.close(circuit, Exit.void)),
+      Effect.forever,
+      Effect.forkScoped
+    )
     const refused = Object.fromEntries(refusedReasons.map((reason) => [reason, 0])) as Record<
       RelayRefusedReason,
       number
@@ -192,8 +214,14 @@ export const makeRelayServer = (
             "circuit-limit",
             `the relay has its maximum of ${config.maxCircuits} circuits`
           )
+        // The circuit's own scope (the relay's child): it outlives this stream when the
+        // transport forwards the circuit's datagrams; else it ends with the splice.
+        const circuit = yield* Scope.fork(relayScope, ExecutionStrategy.sequential)
+        let adopted = false
+        yield* Effect.addFinalizer(() => (adopted ? Effect.void : Scope.close(circuit, Exit.void)))
         counters.circuits++
-        yield* Effect.addFinalizer(() =>
+        yield* Scope.addFinalizer(
+          circuit,
           Effect.sync(() => {
             counters.circuits--
           })
@@ -201,18 +229,23 @@ export const makeRelayServer = (
         const forwarding =
           host.forward === undefined
             ? Option.none()
-            : yield* host.forward(caller.nodeId, target, forwardOptions)
+            : yield* Scope.extend(
+                host.forward(caller.nodeId, target, {
+                  ...forwardOptions,
+                  ended: () => Queue.unsafeOffer(ending, circuit)
+                }),
+                circuit
+              )
         const path = Wire.encodePath(Option.getOrUndefined(forwarding)?.id)
         const stop = yield* Effect.either(openStop(target, caller, path))
         if (Either.isLeft(stop)) return yield* refuse(write, stop.left.reason, stop.left.detail)
-        yield* Effect.ignore(host.hold(caller.nodeId))
-        yield* Effect.ignore(host.hold(target))
+        yield* Scope.extend(Effect.ignore(host.hold(caller.nodeId)), circuit)
+        yield* Scope.extend(Effect.ignore(host.hold(target)), circuit)
         yield* write(joined(Wire.encodeStatus({ _tag: "Ok", until: 0, observed: reservation.at }), path))
-        const source = { reader, write }
-        yield* Option.match(forwarding, {
-          onNone: () => splicer.splice(source, stop.right),
-          onSome: (forwarded) => splicer.watch(forwarded.lastActive, source, stop.right)
-        })
+        if (Option.isNone(forwarding)) return yield* splicer.splice({ reader, write }, stop.right)
+        // Forwarded: the two streams end here, the circuit goes on as datagrams.
+        adopted = true
+        yield* splicer.adopt(forwarding.value.lastActive, circuit)
       })
 
     const handleHop: StreamHandler = (socket, caller) =>

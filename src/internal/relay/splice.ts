@@ -1,8 +1,7 @@
 /**
  * The relay's splices: for each circuit, the bytes of each of two streams written to the other,
  * as they come, until one of them ends. A circuit whose packets the transport forwards as
- * datagrams is only watched (`watch`): its streams carry nothing, and its idle time is the
- * forwarding's.
+ * datagrams is only watched for its idle time, by the forwarding's clock (`adopt`).
  *
  * - Backpressure: each direction reads one chunk, waits for its write, then reads the next: at
  *   most one chunk per direction is in flight, so an idle circuit holds no buffer of its own.
@@ -16,7 +15,7 @@
  *   before it is written; `counters.bytesForwarded` counts its bytes once written.
  */
 import { Socket } from "@effect/platform"
-import { Clock, Deferred, Effect, Fiber, type Scope } from "effect"
+import { Clock, Deferred, Effect, Exit, Fiber, Scope } from "effect"
 import type { ChunkReader } from "../quicStreamSocket.js"
 
 /** One side of the splice: its stream read chunk by chunk, and the writer of that stream. */
@@ -71,34 +70,28 @@ const pump = (from: ChunkReader, to: SpliceEnd, pace: Pace, options: SpliceOptio
     }
   })
 
-/** An open circuit: when a byte last moved, and its outcome once decided (by a direction, the sweeper or the stop). */
+/** An open circuit: when a byte last moved, and how to end it (once its outcome is decided: by a direction, the sweeper or the stop). */
 interface Running {
   readonly lastAt: () => number
-  readonly done: Deferred.Deferred<SpliceOutcome>
+  readonly finish: (outcome: SpliceOutcome) => Effect.Effect<unknown>
 }
 
 /** A part of a circuit (a direction, a drain) whose end decides its outcome (a failure is "failed"). */
 const decides = (part: Effect.Effect<"ended", Socket.SocketError>, running: Running) =>
   part.pipe(
     Effect.orElseSucceed(() => "failed" as const),
-    Effect.flatMap((outcome) => Deferred.succeed(running.done, outcome))
+    Effect.flatMap(running.finish)
   )
 
 export interface Splicer {
   /** Splices `a` and `b` until one ends (see the module comment); both are ended on return. */
   readonly splice: (a: SpliceEnd, b: SpliceEnd) => Effect.Effect<SpliceOutcome>
   /**
-   * Holds the streams of a circuit carried elsewhere (bytes on them are read and dropped) until
-   * one ends, or nothing moved for the idle time by `lastAt`; both are ended on return.
+   * Watches a circuit carried elsewhere (as datagrams the transport forwards: no stream of its
+   * own) for its idle time by `lastAt`: past it, or at the relay's stop, `circuit` is closed.
    */
-  readonly watch: (lastAt: () => number, a: SpliceEnd, b: SpliceEnd) => Effect.Effect<SpliceOutcome>
+  readonly adopt: (lastAt: () => number, circuit: Scope.CloseableScope) => Effect.Effect<void>
 }
-
-/** Reads `from` to its end, dropping what it carries. */
-const drain = (from: ChunkReader): Effect.Effect<"ended", Socket.SocketError> =>
-  Effect.flatMap(from.readChunk, (chunk) =>
-    chunk === undefined ? Effect.succeed("ended" as const) : drain(from)
-  )
 
 /** The relay's splicer, until the scope closes (which ends every splice open, "stopped"). */
 export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, never, Scope.Scope> =>
@@ -110,7 +103,7 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
         stopped = true
-        return Effect.forEach(live, (running) => Deferred.succeed(running.done, "stopped"), { discard: true })
+        return Effect.forEach(live, (running) => running.finish("stopped"), { discard: true })
       })
     )
 
@@ -124,13 +117,22 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
           if (due > now) next = Math.min(next, due)
           else {
             live.delete(running)
-            yield* Deferred.succeed(running.done, "idle")
+            yield* running.finish("idle")
           }
         }
         if (live.size > 0) yield* Effect.sleep(next - now)
       }
       sweeping = false
     })
+
+    /** Adds `running` to the circuits the sweeper watches (starting it if it sleeps). */
+    const watchIdle = (running: Running): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        live.add(running)
+        if (sweeping) return Effect.void
+        sweeping = true
+        return Effect.asVoid(Effect.forkIn(sweep, scope))
+      })
 
     /** Runs a circuit: `directions` decide its outcome, as do the sweeper and the stop; both ends are ended after. */
     const run = (
@@ -140,15 +142,12 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
       directions: (running: Running) => ReadonlyArray<Effect.Effect<unknown>>
     ): Effect.Effect<SpliceOutcome> =>
       Effect.gen(function* () {
-        const running: Running = { lastAt, done: yield* Deferred.make<SpliceOutcome>() }
-        if (stopped) yield* Deferred.succeed(running.done, "stopped")
-        else live.add(running)
-        if (!sweeping && live.size > 0) {
-          sweeping = true
-          yield* Effect.forkIn(sweep, scope)
-        }
+        const done = yield* Deferred.make<SpliceOutcome>()
+        const running: Running = { lastAt, finish: (outcome) => Deferred.succeed(done, outcome) }
+        if (stopped) yield* Deferred.succeed(done, "stopped")
+        else yield* watchIdle(running)
         const fibers = yield* Effect.forEach(directions(running), (direction) => Effect.fork(direction))
-        const outcome = yield* Deferred.await(running.done).pipe(
+        const outcome = yield* Deferred.await(done).pipe(
           Effect.ensuring(
             Effect.zipRight(
               Effect.sync(() => live.delete(running)),
@@ -176,8 +175,16 @@ export const makeSplicer = (options: SpliceOptions): Effect.Effect<Splicer, neve
         )
       })
 
-    const watch = (lastAt: () => number, a: SpliceEnd, b: SpliceEnd): Effect.Effect<SpliceOutcome> =>
-      run(lastAt, a, b, (running) => [decides(drain(a.reader), running), decides(drain(b.reader), running)])
+    const adopt = (lastAt: () => number, circuit: Scope.CloseableScope): Effect.Effect<void> =>
+      Effect.gen(function* () {
+        const running: Running = { lastAt, finish: () => Scope.close(circuit, Exit.void) }
+        yield* Scope.addFinalizer(
+          circuit,
+          Effect.sync(() => live.delete(running))
+        )
+        if (stopped) return yield* running.finish("stopped")
+        yield* watchIdle(running)
+      })
 
-    return { splice, watch }
+    return { splice, adopt }
   })
