@@ -9,9 +9,15 @@ import type { QUICClient, QUICConnection, QUICStream } from "@matrixai/quic"
 import { errors as quicErrors, events as quicEvents } from "@matrixai/quic"
 import { Effect, type Fiber, Scope, type Stream } from "effect"
 import type * as NodeId from "../services/NodeId.js"
-import { type CloseReason, ConnectionError, type QuicConnection } from "../services/QuicTransport.js"
+import {
+  type CloseReason,
+  ConnectionError,
+  type PeerWire,
+  type QuicConnection
+} from "../services/QuicTransport.js"
 import { renewedFrom } from "./certificates.js"
 import { Dispatch } from "./connectionDispatch.js"
+import { isQuicmeshCertificate } from "./polykey/certificateFormat.js"
 import { closeReasonOf, describe } from "./quicErrors.js"
 import { connectionError, existingStreams } from "./quicPatches.js"
 import * as QuicStreamSocket from "./quicStreamSocket.js"
@@ -111,6 +117,12 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
   /** The port the packets come from: the remote port, or a relayed connection's local circuit end. */
   get pathPort(): number {
     return this.raw.remotePort
+  }
+
+  /** Read from the peer's leaf certificate at each call: quicmesh's marker, or a Polykey node. */
+  get speaks(): PeerWire {
+    const leaf = this.raw.getRemoteCertsChain()[0]
+    return leaf === undefined || isQuicmeshCertificate(leaf) ? "quicmesh" : "polykey"
   }
 
   /** Read from the peer's (verified) chain at each call. */

@@ -8,6 +8,8 @@
  *   served by the node's `Protocols` is accepted (status first) and its handler gets the stream
  *   and the peer as the connection proves it; the stream ends when the handler returns (reset
  *   if it dies). Anything else named is refused with its reason, then the stream ends.
+ * - `{` (a JSON-RPC message: Polykey's agent RPC), where the node serves that wire: its
+ *   stream server, on the same socket with the first chunk put back.
  * - Any other first byte (or an agent stream where the agent is not on streams): reset.
  *
  * A bad stream is refused alone; the connection and its other streams go on.
@@ -21,6 +23,9 @@ import * as ProtocolWire from "./protocolWire.js"
 
 /** Serves one agent RPC stream (errors already handled). */
 export type AgentStream = (socket: Socket.Socket) => Effect.Effect<void>
+
+/** The first byte of a JSON-RPC message, `{`: a Polykey agent RPC stream. */
+export const JSON_RPC_FIRST_BYTE = 0x7b
 
 const finished = new Socket.CloseEvent(1000)
 const resetEvent = new Socket.CloseEvent(4000, "refused")
@@ -73,14 +78,16 @@ const serveProtocol = (
 
 /**
  * Routes one stream the peer opened on `connection`. `agent` serves agent RPC streams
- * (undefined where the agent is not on streams); `protocols` the application protocols.
+ * (undefined where the agent is not on streams); `protocols` the application protocols;
+ * `polykey`, where given, Polykey's agent RPC streams.
  */
 export const route = (
   socket: Socket.Socket,
   connection: QuicConnection,
   agent: AgentStream | undefined,
   protocols: ProtocolsService,
-  headerTimeout: Duration.DurationInput
+  headerTimeout: Duration.DurationInput,
+  polykey?: AgentStream
 ): Effect.Effect<void> => {
   if (!ProtocolWire.isChunkReader(socket))
     return agent === undefined ? endWith(socket, resetEvent) : agent(socket)
@@ -88,11 +95,15 @@ export const route = (
     onFailure: () => endWith(socket, resetEvent),
     onSuccess: (first): Effect.Effect<void> => {
       if (first === undefined) return agent === undefined ? endWith(socket, finished) : agent(socket)
-      if (first.length === 0) return route(socket, connection, agent, protocols, headerTimeout)
+      if (first.length === 0) return route(socket, connection, agent, protocols, headerTimeout, polykey)
       const byte = first[0]
       if (byte === ProtocolWire.AGENT_FIRST_BYTE && agent !== undefined) {
         socket.unread(first)
         return agent(socket)
+      }
+      if (byte === JSON_RPC_FIRST_BYTE && polykey !== undefined) {
+        socket.unread(first)
+        return polykey(socket)
       }
       if (byte !== ProtocolWire.PROTOCOL_MAGIC) return endWith(socket, resetEvent)
       return Effect.matchEffect(

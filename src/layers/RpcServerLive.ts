@@ -15,10 +15,13 @@ import { makeGroupServer } from "../internal/groupServer.js"
 import * as StreamRouter from "../internal/streamRouter.js"
 import { type AgentRpc, AgentRpcs } from "../services/AgentRpc.js"
 import { Caller } from "../services/Contact.js"
-import { Protocols } from "../services/Protocols.js"
+import * as ProtocolsService from "../services/Protocols.js"
 import type { QuicConnection } from "../services/QuicTransport.js"
 import { RpcConfig, RpcServer, type RpcServerService } from "../services/RpcServer.js"
 import * as RpcClientLive from "./RpcClientLive.js"
+
+/** A node that serves no application protocols refuses every protocol stream. */
+const noProtocols = ProtocolsService.make()
 
 export const make = Effect.gen(function* () {
   const config = yield* RpcConfig
@@ -26,7 +29,7 @@ export const make = Effect.gen(function* () {
   const { serveStream } = yield* makeGroupServer(AgentRpcs, handlers, config)
 
   // The node's application protocols, if it serves any: then each stream goes through the router.
-  const protocols = yield* Effect.serviceOption(Protocols)
+  const protocols = yield* Effect.serviceOption(ProtocolsService.Protocols)
 
   /**
    * Serves every stream the peer opens, each in a fiber of its own started when the stream
@@ -52,17 +55,19 @@ export const make = Effect.gen(function* () {
   // connection costs no more with a Protocols registry than without).
   const serve = (
     connection: QuicConnection,
-    context: Context.Context<never> = Context.empty()
+    context: Context.Context<never> = Context.empty(),
+    polykey?: (socket: Socket.Socket) => Effect.Effect<void>
   ): Effect.Effect<void, never, Scope.Scope> =>
-    Option.isNone(protocols)
+    Option.isNone(protocols) && polykey === undefined
       ? connection.handleStreams((socket) => serveAgent(socket, connection, context))
       : connection.handleStreams((socket) =>
           StreamRouter.route(
             socket,
             connection,
             (agentSocket) => serveAgent(agentSocket, connection, context),
-            protocols.value,
-            config.rpcCallTimeoutTime
+            Option.getOrElse(protocols, () => noProtocols),
+            config.rpcCallTimeoutTime,
+            polykey
           )
         )
 

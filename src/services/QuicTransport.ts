@@ -40,6 +40,11 @@ export interface QuicConnection {
    */
   readonly relay?: NodeId | undefined
   /**
+   * The wire the peer speaks for the agent RPC: `polykey` for a peer whose certificate does
+   * not carry quicmesh's marker (a Polykey node), else `quicmesh` (also when left out).
+   */
+  readonly speaks?: PeerWire | undefined
+  /**
    * Opens a bidirectional stream. Closing the scope ends our side of it.
    */
   readonly openStream: Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope>
@@ -144,6 +149,9 @@ export interface DatagramForwarding {
   /** When a datagram last passed either way (ms since 1970), or the forwarding began. */
   readonly lastActive: () => number
 }
+
+/** The agent RPC wires a peer may speak. */
+export type PeerWire = "quicmesh" | "polykey"
 
 /** Dialling failed. A `mismatch` names both NodeIds. */
 export class DialError extends Data.TaggedError("DialError")<{

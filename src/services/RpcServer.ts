@@ -10,6 +10,7 @@
  * multiplexed is the default; bench/rpc.ts compares both with a raw js-quic echo (figures
  * in bench/results/latest.md).
  */
+import type { Socket } from "@effect/platform"
 import { Context, type Duration, type Effect, Layer, type Scope, type Stream } from "effect"
 import type {
   HolePunchRefused,
@@ -88,11 +89,13 @@ export interface RpcServerService {
    * its own started when the stream arrives; returns at once. Serving lasts until the
    * connection or the scope closes (the scope's close interrupts calls in progress).
    * Handlers see the peer as `Caller`, and the services of `context` (empty by default): what
-   * the calls of this connection, and no other, are answered with.
+   * the calls of this connection, and no other, are answered with. `polykey`, when given,
+   * serves the streams that carry Polykey's agent RPC (JSON-RPC) on the same connection.
    */
   readonly serve: (
     connection: QuicConnection,
-    context?: Context.Context<never>
+    context?: Context.Context<never>,
+    polykey?: (socket: Socket.Socket) => Effect.Effect<void>
   ) => Effect.Effect<void, never, Scope.Scope>
   /** A client for calls to the peer of `connection`, with this server's limits. */
   readonly makeClient: (connection: QuicConnection) => Effect.Effect<AgentClient, never, Scope.Scope>
