@@ -466,7 +466,7 @@ const relayedAndDirect = (relay: Relay) =>
           name: "relay CPU per relayed MiB (user + system)",
           value: relayWork.cpuMs / forwardedMib,
           unit: "ms/MiB",
-          notes: `${forwardedMib.toFixed(1)} MiB forwarded (both directions, framed QUIC packets) for ${STREAM_PAIRS * mib} MiB of stream data, ${relayWork.cpuMs.toFixed(0)} ms of CPU`
+          notes: `${forwardedMib.toFixed(1)} MiB forwarded (both directions, circuit datagrams with their QUIC packets) for ${STREAM_PAIRS * mib} MiB of stream data, ${relayWork.cpuMs.toFixed(0)} ms of CPU`
         }
       ]
       return rows
