@@ -1,7 +1,9 @@
 /**
  * PeerRpc over the agent RPC: the connection manager's view of `RpcServer` and the agent
  * client. `serve(connection, handlers)` serves the RPC server on `connection` with `handlers`
- * in the context of its calls; the server's handlers (`handlersLayer`) delegate to them.
+ * in the context of its calls; the server's handlers (`handlersLayer`) delegate to them. Each
+ * connection also serves Polykey's agent RPC with the same handlers, and a peer that speaks
+ * Polykey (`QuicConnection.speaks`) is called in Polykey's wire (`internal/polykeyPeer.ts`).
  */
 import {
   Cause,
@@ -20,6 +22,8 @@ import {
   Stream
 } from "effect"
 import { wireCalls, wireHandlers } from "../internal/connectionManager/reachability/wire.js"
+import { type PolykeyMethods, servePolykeyStream } from "../internal/polykey/rpcServer.js"
+import * as PolykeyPeer from "../internal/polykeyPeer.js"
 import { AgentRpcs, type HolePunchRefused } from "../services/AgentRpc.js"
 import { Caller, type WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
@@ -40,6 +44,13 @@ import {
   type RpcServerService
 } from "../services/RpcServer.js"
 import * as RpcServerLive from "./RpcServerLive.js"
+
+/** The peer of `connection` as its calls see it. */
+const callerOf = (connection: QuicConnection) => ({
+  nodeId: connection.remoteNodeId,
+  host: connection.remoteHost,
+  port: connection.remotePort
+})
 
 /** The handlers `serve` was given for the connection a call arrived on. */
 export class ServedHandlers extends Context.Tag("quicmesh/PeerRpcLive/ServedHandlers")<
@@ -324,9 +335,25 @@ export const make = Effect.gen(function* () {
       served = Context.make(ServedHandlers, handlers)
     return served
   }
+  // Likewise Polykey's methods for the last handlers served.
+  let polykeyServed: { readonly handlers: AgentHandlers; readonly methods: PolykeyMethods } | undefined
+  const polykeyMethodsOf = (handlers: AgentHandlers) => {
+    if (polykeyServed === undefined || polykeyServed.handlers !== handlers)
+      polykeyServed = { handlers, methods: PolykeyPeer.methods(handlers) }
+    return polykeyServed.methods
+  }
   return PeerRpc.of({
-    serve: (connection, handlers) => server.serve(connection, contextOf(handlers)),
-    client: (connection) => Effect.map(Effect.scope, (scope) => new LazyClient(server, connection, scope))
+    // Both wires on every connection: the stream router tells a Polykey call by its first byte.
+    serve: (connection, handlers) => {
+      const methods = polykeyMethodsOf(handlers)
+      return server.serve(connection, contextOf(handlers), (socket) =>
+        servePolykeyStream(socket, callerOf(connection), methods)
+      )
+    },
+    client: (connection) =>
+      connection.speaks === "polykey"
+        ? Effect.succeed(PolykeyPeer.client(connection))
+        : Effect.map(Effect.scope, (scope) => new LazyClient(server, connection, scope))
   })
 })
 

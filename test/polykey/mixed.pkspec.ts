@@ -1,0 +1,75 @@
+/**
+ * A mixed network: real Polykey 1.15.1 agents (child processes) and quicmesh nodes (full
+ * connection managers on loopback QUIC, test/fixtures/cmNode.ts) joined through a Polykey
+ * seed. quicmesh calls Polykey peers in Polykey's wire and answers theirs on the same port
+ * (`internal/polykeyPeer.ts`): lookups both ways, and pings that prove acceptance.
+ */
+import { expect, it } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import type { Contact } from "../../src/services/Contact.js"
+import * as NodeId from "../../src/services/NodeId.js"
+import { makeNode, type TestNode } from "../fixtures/cmNode.js"
+import { find, isRunning, type PolykeyAgent, ping, startPolykeyAgent } from "./agents.js"
+import { describePolykey } from "./describePolykey.js"
+
+const contactOf = (agent: PolykeyAgent): Contact => ({
+  nodeId: agent.nodeIdBytes,
+  host: agent.host,
+  port: agent.port
+})
+
+/** A quicmesh node whose only seed is `seed`, joined. */
+const joinedThrough = (name: string, seed: PolykeyAgent) =>
+  Effect.gen(function* () {
+    const node = yield* makeNode(name, { config: { seedNodes: [contactOf(seed)] } })
+    yield* node.cm.syncNodeGraph({ timeout: "20 seconds" })
+    return node
+  })
+
+const idOf = (x: PolykeyAgent | TestNode) => ("nodeIdBytes" in x ? x.nodeIdBytes : x.nodeId)
+
+describePolykey("Polykey and quicmesh in one network", () => {
+  it.scopedLive(
+    "Polykey agents and quicmesh nodes joined through a Polykey seed: every quicmesh node finds and pings every node; a Polykey agent finds and pings a quicmesh node it never met, and finds through a quicmesh seed",
+    () =>
+      Effect.gen(function* () {
+        const seed = yield* startPolykeyAgent()
+        const other = yield* startPolykeyAgent({ seeds: [seed] })
+        const q1 = yield* joinedThrough("mixed-q1", seed)
+        const q2 = yield* joinedThrough("mixed-q2", seed)
+
+        for (const q of [q1, q2]) {
+          for (const target of [seed, other, q1, q2]) {
+            if (target === q) continue
+            const found = yield* q.cm.findNode(idOf(target), { timeout: "15 seconds" })
+            expect(Option.isSome(found), `${q.seed} finds ${NodeId.encode(idOf(target))}`).toBe(true)
+            expect(yield* q.cm.pingNode(idOf(target), undefined, { timeout: "10 seconds" })).toBe(true)
+          }
+        }
+
+        // Each peer is spoken to in its own wire, told by its certificate.
+        const speaks = (from: TestNode, to: PolykeyAgent | TestNode) =>
+          from.cm.withConnection(idOf(to), (handle) => Effect.succeed(handle.connection.speaks))
+        expect(yield* speaks(q1, q2)).toBe("quicmesh")
+        expect(yield* speaks(q1, seed)).toBe("polykey")
+        expect(yield* speaks(q2, other)).toBe("polykey")
+
+        // A third quicmesh node that only the seed knows: the other Polykey agent finds it by
+        // its own lookup (through the seed), and pings it.
+        const q3 = yield* joinedThrough("mixed-q3", seed)
+        const address = yield* find(other, NodeId.encode(q3.nodeId))
+        expect(address).toEqual({ host: q3.address.host, port: q3.address.port })
+        expect(yield* ping(other, NodeId.encode(q3.nodeId))).toBe(true)
+
+        // A Polykey agent whose only seed is a quicmesh node: its lookup of the other agent
+        // goes through quicmesh's answer to Polykey's nodesClosestLocalNodesGet.
+        const third = yield* startPolykeyAgent({
+          seeds: [`${NodeId.encode(q1.nodeId)}@${q1.address.host}:${q1.address.port}`]
+        })
+        expect(yield* find(third, other)).toEqual({ host: other.host, port: other.port })
+        expect(yield* ping(third, other)).toBe(true)
+        for (const agent of [seed, other, third]) expect(isRunning(agent.pid)).toBe(true)
+      }),
+    120_000
+  )
+})
