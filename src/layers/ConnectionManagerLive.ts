@@ -5,7 +5,7 @@
  * manager alone; `layer` provides it as `ConnectionManager`, with
  * `ConnectionManagerDiagnostics` beside it.
  */
-import { Context, Deferred, Effect, FiberSet, Layer, Option, type Scope } from "effect"
+import { Clock, Context, Deferred, Effect, FiberSet, Layer, Option, type Scope } from "effect"
 import * as Dialing from "../internal/connectionManager/dialing.js"
 import * as Gating from "../internal/connectionManager/gating.js"
 import * as GraphUpkeep from "../internal/connectionManager/graphUpkeep.js"
@@ -21,6 +21,8 @@ import * as Relaying from "../internal/connectionManager/relaying.js"
 import * as Renewal from "../internal/connectionManager/renewal.js"
 import * as SeedKeepAlive from "../internal/connectionManager/seedKeepAlive.js"
 import * as State from "../internal/connectionManager/state.js"
+import { POLYKEY_RELAY_REFILL_PER_SECOND } from "../internal/polykey/signallingRoles.js"
+import { RateWindows } from "../internal/rateWindows.js"
 import { ConnectionGater } from "../services/ConnectionGater.js"
 import {
   ConnectionManager,
@@ -36,6 +38,10 @@ import { PeerRpc } from "../services/PeerRpc.js"
 import { Protocols } from "../services/Protocols.js"
 import { QuicTransport } from "../services/QuicTransport.js"
 import { RelayTap } from "../services/Relay.js"
+
+/** Another wire's signalling requests one source may make of us as relay per second, and sources tracked. */
+const SIGNAL_RELAY_PER_SECOND = POLYKEY_RELAY_REFILL_PER_SECOND
+const SIGNAL_RELAY_SOURCES = 4096
 
 /** Everything the manager stands on. */
 export type Dependencies =
@@ -69,6 +75,8 @@ export const makeWithDiagnostics: Effect.Effect<
   // bucket's oldest node, which may dial; a dial of an unknown node looks it up, and a lookup
   // dials; every connection answers the peer's lookups and hole-punch signals). The arrows
   // below reach parts made further down: they run only once everything is made.
+  // Requests of each source to us as its relay in another wire's signalling (Polykey's rate).
+  const signalWindows = new RateWindows(SIGNAL_RELAY_PER_SECOND, 1000, SIGNAL_RELAY_SOURCES)
   const records = Records.make(state, {
     transport: sending,
     rpc,
@@ -76,7 +84,16 @@ export const makeWithDiagnostics: Effect.Effect<
       touch: (caller) => state.map.touch(caller.nodeId),
       reachability: reachability.handlers,
       closestNodes: (caller, target) => lookup.answerClosest(caller, target),
-      holePunchSignal: (caller, message) => holePunch.handleHolePunchSignal(caller, message)
+      holePunchSignal: (caller, message) => holePunch.handleHolePunchSignal(caller, message),
+      signalling: {
+        self: () => state.self,
+        sign: keyRing.sign,
+        punch: (host, port) =>
+          Effect.asVoid(FiberSet.run(state.background, holePunch.holePunchReverse(host, port))),
+        connectionTo: (target) => Option.fromNullable(state.map.get(target)?.record.connection),
+        admit: (source) =>
+          Effect.map(Clock.currentTimeMillis, (now) => !signalWindows.exceeded(NodeId.encode(source), now))
+      }
     },
     gating,
     renewedFrom: (previous) => renewal.forgetPrevious(previous),

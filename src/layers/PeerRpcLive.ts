@@ -352,7 +352,7 @@ export const make = Effect.gen(function* () {
     },
     client: (connection) =>
       connection.speaks === "polykey"
-        ? Effect.succeed(PolykeyPeer.client(connection))
+        ? Effect.succeed(PolykeyPeer.client(connection, () => polykeyServed?.handlers.signalling))
         : Effect.map(Effect.scope, (scope) => new LazyClient(server, connection, scope))
   })
 })

@@ -4,7 +4,7 @@
  * @effect/rpc server and client (RpcServer / AgentRpc) to this; PeerRpcSim carries the calls
  * as messages on simulated connections.
  */
-import { Context, Data, type Duration, type Effect, type Scope, type Stream } from "effect"
+import { Context, Data, type Duration, type Effect, type Option, type Scope, type Stream } from "effect"
 import type { Address } from "./Address.js"
 import { HolePunchRefused, type SignedHolePunchRequest } from "./AgentRpc.js"
 import type { Contact, WireContact } from "./Contact.js"
@@ -55,8 +55,26 @@ export interface PeerClient extends Partial<ReachabilityCalls> {
   readonly holePunchSignal: (message: HolePunchMessage) => Effect.Effect<void, PeerCallError>
 }
 
+/**
+ * Hole-punch signalling with peers of another wire (Polykey's two-step signalling): what the
+ * node signs with, and what it does as a target and as a relay.
+ */
+export interface SignallingHandlers {
+  /** Our NodeId now. */
+  readonly self: () => NodeId
+  readonly sign: (data: Uint8Array) => Effect.Effect<Uint8Array>
+  /** Starts punching toward host:port in the background and returns at once. */
+  readonly punch: (host: string, port: number) => Effect.Effect<void>
+  /** The connection held to `target`, if any (a relay never dials for a source). */
+  readonly connectionTo: (target: NodeId) => Option.Option<QuicConnection>
+  /** Counts one request of `source` to us as its relay: false when it is over its rate. */
+  readonly admit: (source: NodeId) => Effect.Effect<boolean>
+}
+
 /** What the node answers; the manager provides these. */
 export interface AgentHandlers {
+  /** Signalling in other wires; without it the node neither relays nor punches for them. */
+  readonly signalling?: SignallingHandlers
   /** The reachability methods (`Reachability`); without them, identify answers only what it sees. */
   readonly reachability?: ReachabilityHandlers
   /** Every call the peer makes counts as use of the connection (restarts its idle timer). */

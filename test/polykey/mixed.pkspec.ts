@@ -6,9 +6,10 @@
  */
 import { expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
+import { unary } from "../../src/internal/polykey/rpcClient.js"
 import type { Contact } from "../../src/services/Contact.js"
 import * as NodeId from "../../src/services/NodeId.js"
-import { makeNode, type TestNode } from "../fixtures/cmNode.js"
+import { eventually, makeNode, type TestNode } from "../fixtures/cmNode.js"
 import { find, isRunning, type PolykeyAgent, ping, startPolykeyAgent } from "./agents.js"
 import { describePolykey } from "./describePolykey.js"
 
@@ -71,5 +72,45 @@ describePolykey("Polykey and quicmesh in one network", () => {
         for (const agent of [seed, other, third]) expect(isRunning(agent.pid)).toBe(true)
       }),
     120_000
+  )
+
+  it.scopedLive(
+    "signalling through a Polykey relay between two quicmesh nodes: the target punches toward the source's address, and the relay lives on",
+    () =>
+      Effect.gen(function* () {
+        const relay = yield* startPolykeyAgent()
+        const source = yield* joinedThrough("signal-source", relay)
+        const target = yield* joinedThrough("signal-target", relay)
+        const toSource = (sent: ReadonlyArray<{ readonly host: string; readonly port: number }>) =>
+          sent.filter((d) => d.port === source.address.port).length
+        expect(toSource(yield* target.sentDatagrams)).toBe(0)
+        // The source's signal goes to the Polykey relay as its Initial; the relay's Final
+        // reaches the target, which punches toward the source as the relay sees it.
+        yield* source.cm.sendSignalingMessage(relay.nodeIdBytes, source.nodeId, target.nodeId)
+        yield* eventually(Effect.map(target.sentDatagrams, toSource), (n) => n > 0, "5 seconds")
+        expect(isRunning(relay.pid)).toBe(true)
+        // A Final that the relay did not sign (from the source itself) makes no punch: `{}` all the same.
+        const before = toSource(yield* target.sentDatagrams)
+        const forged = yield* source.cm.withConnection(target.nodeId, (handle) =>
+          unary(
+            handle.connection,
+            "nodesConnectionSignalFinal",
+            {
+              sourceNodeIdEncoded: NodeId.encode(source.nodeId),
+              targetNodeIdEncoded: NodeId.encode(target.nodeId),
+              address: { host: "127.0.0.1", port: 9 },
+              requestSignature: "A".repeat(86),
+              relaySignature: "A".repeat(86)
+            },
+            { timeout: "5 seconds" }
+          )
+        )
+        expect(forged).toEqual({})
+        yield* Effect.sleep("300 millis")
+        const sent = yield* target.sentDatagrams
+        expect(sent.some((d) => d.port === 9)).toBe(false)
+        expect(toSource(sent)).toBeGreaterThanOrEqual(before)
+      }),
+    60_000
   )
 })
