@@ -39,13 +39,20 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { Data, type Duration, Effect, type Scope } from "effect"
+import { Data, type Duration, Effect, Either, type Scope } from "effect"
 import * as NodeId from "../../src/services/NodeId.js"
 
 export const POLYKEY_VERSION = "1.15.1"
 
-const here = dirname(fileURLToPath(import.meta.url))
+/** test/polykey in the source tree, where the launchers are (this file also runs compiled, in build/bench). */
+const here = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url))
+  while (!existsSync(join(dir, "package.json")) && dirname(dir) !== dir) dir = dirname(dir)
+  return join(dir, "test", "polykey")
+})()
 const AGENT_MAIN = join(here, "agentMain.mjs")
+/** agentMain.mjs with a command channel that times the agent's own calls (bench/polykey.ts). */
+const BENCH_MAIN = join(here, "benchMain.mjs")
 const CLIENT_MAIN = join(here, "clientMain.mjs")
 
 /** The harness folder: `QUICMESH_POLYKEY_DIR`, else `<repo>/.polykey-harness`. */
@@ -104,6 +111,8 @@ export interface StartPolykeyOptions {
   readonly verbose?: boolean
   /** How long the agent may take to be live; 60 s by default. */
   readonly readyTimeout?: Duration.DurationInput
+  /** Start it with test/polykey/benchMain.mjs, which takes timing commands on its stdin. */
+  readonly bench?: boolean
 }
 
 /** A running Polykey agent, child of this process. */
@@ -237,7 +246,7 @@ export const startPolykeyAgent = (
     writeFileSync(passwordFile, "quicmesh-polykey-harness\n", { mode: 0o600 })
     const mdnsPort = options.mdns ? undefined : yield* freeUdpPort
     const args = [
-      AGENT_MAIN,
+      options.bench ? BENCH_MAIN : AGENT_MAIN,
       "--harness",
       harnessDir,
       "--node-path",
@@ -369,3 +378,26 @@ export interface PolykeyConnection {
 /** `nodes connections` of `agent`: its active node connections. */
 export const connections = (agent: PolykeyAgent) =>
   agent.cli<ReadonlyArray<PolykeyConnection>>(["nodes", "connections"])
+
+/** `agent status` of `agent`: what its client service says of it (NodeId, ports, version). */
+export interface PolykeyStatus {
+  readonly status: string
+  readonly nodeIdEncoded: string
+  readonly agentPort: number
+  readonly sourceVersion: string
+}
+
+export const status = (agent: PolykeyAgent) => agent.cli<PolykeyStatus>(["agent", "status"])
+
+/**
+ * `keys renew` on `agent`: Polykey's KeysKeyPairRenew, a new key pair whose certificate the old
+ * key issues (the agent then presents a two-certificate chain). Its new NodeId: `agent.nodeId`
+ * and `agent.nodeIdBytes` keep the one it started with.
+ */
+export const renewKey = (agent: PolykeyAgent) =>
+  agent.cli<{ nodeIdEncoded: string }>(["keys", "renew"]).pipe(
+    Effect.map(({ nodeIdEncoded }) => ({
+      nodeId: nodeIdEncoded,
+      nodeIdBytes: Either.getOrThrow(NodeId.decode(nodeIdEncoded))
+    }))
+  )

@@ -11,6 +11,8 @@
  *     nodes find <nodeId>                 → {"nodeAddress":[host,port],"nodeContactAddressData":{…}}
  *     nodes connections                   → [{"host","hostname","nodeIdEncoded","port","timeout","usageCount"}]
  *     nodes add <nodeId> <host> <port> [--force] [--no-ping]  → {}
+ *     keys renew                          → {"nodeIdEncoded"} (a new key pair, its certificate
+ *                                           issued by the old key: a two-certificate chain)
  *
  * Any other failure prints one line on stderr and exits 1 (2 for bad usage).
  */
@@ -59,9 +61,8 @@ const status = new Status({
 })
 const info = await status.readStatus()
 if (info === undefined || info.status !== "LIVE") fail(1, `agent at ${nodePath} is not live`)
-const metadata = {
-  authorization: clientUtils.encodeAuthFromPassword((await readFile(flags["password-file"], "utf8")).trim())
-}
+const password = (await readFile(flags["password-file"], "utf8")).trim()
+const metadata = { authorization: clientUtils.encodeAuthFromPassword(password) }
 
 const nodeIdArg = (i) => {
   const text = positionals[i]
@@ -126,8 +127,14 @@ try {
       out = {}
       break
     }
+    case "keys renew": {
+      // The agent's KeysKeyPairRenew (Polykey-CLI's `keys renew`), keeping the password.
+      await rpc.keysKeyPairRenew({ metadata, password })
+      out = { nodeIdEncoded: (await rpc.agentStatus({ metadata })).nodeIdEncoded }
+      break
+    }
     default:
-      fail(2, "unknown command (agent status, nodes ping|find|connections|add)")
+      fail(2, "unknown command (agent status, nodes ping|find|connections|add, keys renew)")
   }
 } catch (e) {
   const cause = e?.cause?.message ? ` (${e.cause.name}: ${e.cause.message})` : ""
