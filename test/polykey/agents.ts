@@ -401,3 +401,19 @@ export const renewKey = (agent: PolykeyAgent) =>
       nodeIdBytes: Either.getOrThrow(NodeId.decode(nodeIdEncoded))
     }))
   )
+
+/**
+ * How many calls of `method` a verbose agent has served since now (its RPC server logs
+ * "Handling stream with method (…)" for each).
+ */
+export const handledCalls = (agent: PolykeyAgent, method: string): (() => number) => {
+  const line = `Handling stream with method (${method})`
+  let count = 0
+  let partial = ""
+  agent.proc.stderr!.on("data", (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split("\n")
+    partial = lines.pop() ?? ""
+    for (const l of lines) if (l.includes(line)) count++
+  })
+  return () => count
+}

@@ -17,6 +17,7 @@ import { eventually, makeNode, type TestNode } from "../fixtures/cmNode.js"
 import {
   connections,
   find,
+  handledCalls,
   isRunning,
   type PolykeyAgent,
   ping,
@@ -35,22 +36,6 @@ const connectedIds = (agent: PolykeyAgent) =>
   Effect.map(connections(agent), (open) => open.map((c) => c.nodeIdEncoded))
 const listedIds = (node: TestNode) =>
   Effect.map(node.cm.listConnections, (open) => open.map((c) => c.nodeId as string))
-
-/**
- * How many calls of `method` a verbose agent has served since now (its RPC server logs
- * "Handling stream with method (…)" for each).
- */
-const handledCalls = (agent: PolykeyAgent, method: string): (() => number) => {
-  const line = `Handling stream with method (${method})`
-  let count = 0
-  let partial = ""
-  agent.proc.stderr!.on("data", (chunk: Buffer) => {
-    const lines = (partial + chunk.toString()).split("\n")
-    partial = lines.pop() ?? ""
-    for (const l of lines) if (l.includes(line)) count++
-  })
-  return () => count
-}
 
 /** A bare quicmesh transport on 127.0.0.1 presenting `seed`'s key under a CN naming `claimed`. */
 const claimingTransport = (seed: string, claimed: NodeId.NodeId) =>

@@ -10,7 +10,7 @@ import { unary } from "../../src/internal/polykey/rpcClient.js"
 import type { Contact } from "../../src/services/Contact.js"
 import * as NodeId from "../../src/services/NodeId.js"
 import { eventually, makeNode, type TestNode } from "../fixtures/cmNode.js"
-import { find, isRunning, type PolykeyAgent, ping, startPolykeyAgent } from "./agents.js"
+import { find, handledCalls, isRunning, type PolykeyAgent, ping, startPolykeyAgent } from "./agents.js"
 import { describePolykey } from "./describePolykey.js"
 
 const contactOf = (agent: PolykeyAgent): Contact => ({
@@ -31,16 +31,17 @@ const idOf = (x: PolykeyAgent | TestNode) => ("nodeIdBytes" in x ? x.nodeIdBytes
 
 describePolykey("Polykey and quicmesh in one network", () => {
   it.scopedLive(
-    "Polykey agents and quicmesh nodes joined through a Polykey seed: every quicmesh node finds and pings every node; a Polykey agent finds and pings a quicmesh node it never met, and finds through a quicmesh seed",
+    "two Polykey agents and three quicmesh nodes joined through a Polykey seed: every quicmesh node finds and pings every node; a Polykey agent finds and pings a quicmesh node it never met, and finds through a quicmesh seed",
     () =>
       Effect.gen(function* () {
         const seed = yield* startPolykeyAgent()
         const other = yield* startPolykeyAgent({ seeds: [seed] })
         const q1 = yield* joinedThrough("mixed-q1", seed)
         const q2 = yield* joinedThrough("mixed-q2", seed)
+        const q3 = yield* joinedThrough("mixed-q3", seed)
 
-        for (const q of [q1, q2]) {
-          for (const target of [seed, other, q1, q2]) {
+        for (const q of [q1, q2, q3]) {
+          for (const target of [seed, other, q1, q2, q3]) {
             if (target === q) continue
             const found = yield* q.cm.findNode(idOf(target), { timeout: "15 seconds" })
             expect(Option.isSome(found), `${q.seed} finds ${NodeId.encode(idOf(target))}`).toBe(true)
@@ -55,12 +56,12 @@ describePolykey("Polykey and quicmesh in one network", () => {
         expect(yield* speaks(q1, seed)).toBe("polykey")
         expect(yield* speaks(q2, other)).toBe("polykey")
 
-        // A third quicmesh node that only the seed knows: the other Polykey agent finds it by
+        // A fourth quicmesh node that only the seed knows: the other Polykey agent finds it by
         // its own lookup (through the seed), and pings it.
-        const q3 = yield* joinedThrough("mixed-q3", seed)
-        const address = yield* find(other, NodeId.encode(q3.nodeId))
-        expect(address).toEqual({ host: q3.address.host, port: q3.address.port })
-        expect(yield* ping(other, NodeId.encode(q3.nodeId))).toBe(true)
+        const q4 = yield* joinedThrough("mixed-q4", seed)
+        const address = yield* find(other, NodeId.encode(q4.nodeId))
+        expect(address).toEqual({ host: q4.address.host, port: q4.address.port })
+        expect(yield* ping(other, NodeId.encode(q4.nodeId))).toBe(true)
 
         // A Polykey agent whose only seed is a quicmesh node: its lookup of the other agent
         // goes through quicmesh's answer to Polykey's nodesClosestLocalNodesGet.
@@ -110,6 +111,33 @@ describePolykey("Polykey and quicmesh in one network", () => {
         const sent = yield* target.sentDatagrams
         expect(sent.some((d) => d.port === 9)).toBe(false)
         expect(toSource(sent)).toBeGreaterThanOrEqual(before)
+      }),
+    60_000
+  )
+
+  it.scopedLive(
+    "signalling through a quicmesh relay between two Polykey agents: the target takes the relay's Final, the source finds it, both live",
+    () =>
+      Effect.gen(function* () {
+        const relay = yield* makeNode("signal-relay")
+        const seedOfRelay = `${NodeId.encode(relay.nodeId)}@${relay.address.host}:${relay.address.port}`
+        const target = yield* startPolykeyAgent({ seeds: [seedOfRelay], verbose: true })
+        const finals = handledCalls(target, "nodesConnectionSignalFinal")
+        yield* eventually(
+          Effect.map(relay.cm.listConnections, (open) => open.some((c) => c.nodeId === target.nodeId)),
+          (held) => held,
+          "20 seconds"
+        )
+        // The source knows only the relay: its lookup of the target asks the relay for its
+        // active connections near it and signals through it (Initial to the relay, which
+        // sends the target a Final it signed).
+        const source = yield* startPolykeyAgent({ seeds: [seedOfRelay] })
+        expect(yield* find(source, target)).toEqual({ host: target.host, port: target.port })
+        yield* eventually(Effect.sync(finals), (n) => n > 0, "10 seconds")
+        // The target checked both signatures: Polykey logs a failed check as an error.
+        expect(target.stderr()).not.toMatch(/VerificationFailed/)
+        expect(yield* ping(source, target)).toBe(true)
+        for (const agent of [source, target]) expect(isRunning(agent.pid)).toBe(true)
       }),
     60_000
   )
