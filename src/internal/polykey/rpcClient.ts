@@ -18,7 +18,7 @@
  *   or a unary call's stream ended without a result.
  */
 import type { Socket } from "@effect/platform"
-import { Duration, Effect, Either } from "effect"
+import { Duration, Effect, Either, Predicate } from "effect"
 import { PeerCallError } from "../../services/PeerRpc.js"
 import type { QuicConnection } from "../../services/QuicTransport.js"
 import { isChunkReader } from "../protocolWire.js"
@@ -88,7 +88,7 @@ const readResults = (
       for (const value of values.right) {
         const answer = JsonRpc.parseResponse(value)
         if (Either.isLeft(answer)) return yield* failure(method, "invalid-response", answer.left.message)
-        if (answer.right._tag === "Error")
+        if (Predicate.isTagged(answer.right, "Error"))
           return yield* failure(
             method,
             "remote",

@@ -18,7 +18,7 @@
  * the answer and the FIN are still written, each bounded by `WRITE_GRACE`.
  */
 import { Socket } from "@effect/platform"
-import { Cause, Clock, Duration, Effect, Either, Exit, Option } from "effect"
+import { Cause, Clock, Duration, Effect, Either, Exit, Option, Predicate } from "effect"
 import type { Contact } from "../../services/Contact.js"
 import { isChunkReader } from "../protocolWire.js"
 import type { ChunkReader } from "../quicStreamSocket.js"
@@ -96,7 +96,7 @@ const readHeader = (socket: ChunkReader, maxMessageBytes: number): Effect.Effect
       const values = chunk.right === undefined ? parser.end() : parser.push(chunk.right)
       if (Either.isLeft(values))
         return refused(
-          values.left._tag === "JsonRpcMessageTooLarge"
+          Predicate.isTagged(values.left, "JsonRpcMessageTooLarge")
             ? JsonRpc.ErrorCode.RPCMessageLength
             : JsonRpc.ErrorCode.ParseError,
           values.left.message
@@ -129,14 +129,14 @@ const answer = (
   Effect.map(Clock.currentTimeMillis, (now) => {
     const error = (code: number, detail: string) => [JsonRpc.errorMessage(code, detail, now)]
     if (Exit.isSuccess(exit))
-      return method._tag === "Unary"
+      return Predicate.isTagged(method, "Unary")
         ? [JsonRpc.resultMessage(exit.value)]
         : (exit.value as ReadonlyArray<unknown>).map(JsonRpc.resultMessage)
-    if (method._tag === "Unary" && "insteadOfError" in method)
+    if (Predicate.isTagged(method, "Unary") && "insteadOfError" in method)
       return [JsonRpc.resultMessage(method.insteadOfError)]
     const failure = Cause.failureOption(exit.cause)
     if (Option.isSome(failure))
-      return failure.value._tag === "PolykeyRpcError"
+      return Predicate.isTagged(failure.value, "PolykeyRpcError")
         ? error(failure.value.code, failure.value.detail)
         : error(JsonRpc.ErrorCode.RPCTimedOut, `${name} did not answer within ${Duration.format(timeout)}`)
     if (Cause.isInterruptedOnly(exit.cause))
