@@ -25,7 +25,7 @@ import {
   validityFrom,
   verifyCertChain
 } from "../src/internal/certificates.js"
-import { isQuicmeshCertificate } from "../src/internal/polykey/certificateFormat.js"
+import { isPolykeyCertificate, isQuicmeshCertificate } from "../src/internal/polykey/certificateFormat.js"
 import * as KeyRingLive from "../src/layers/KeyRingLive.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import { KeyRing } from "../src/services/KeyRing.js"
@@ -165,6 +165,13 @@ describe("quicmesh certificates in Polykey's format", () => {
       expect(isQuicmeshCertificate(bare)).toBe(false)
       expect(isQuicmeshCertificate(new Uint8Array(0))).toBe(false)
       expect(isQuicmeshCertificate(chain[0]!.subarray(0, chain[0]!.length - 1))).toBe(false)
+      // A Polykey node's: Polykey's node signature and no marker. Ours is not, and neither is a
+      // certificate with neither (a quicmesh node of a release before this format).
+      for (const name of ["single.pem", "renewed.pem", "renewed-twice.pem"])
+        expect(isPolykeyCertificate(polykeyChain(name)[0]!)).toBe(true)
+      expect(isPolykeyCertificate(chain[0]!)).toBe(false)
+      expect(isPolykeyCertificate(bare)).toBe(false)
+      expect(isPolykeyCertificate(new Uint8Array(0))).toBe(false)
     })
   )
 })

@@ -17,7 +17,7 @@ import {
 } from "../services/QuicTransport.js"
 import { renewedFrom } from "./certificates.js"
 import { Dispatch } from "./connectionDispatch.js"
-import { isQuicmeshCertificate } from "./polykey/certificateFormat.js"
+import { isPolykeyCertificate } from "./polykey/certificateFormat.js"
 import { closeReasonOf, describe } from "./quicErrors.js"
 import { connectionError, existingStreams } from "./quicPatches.js"
 import * as QuicStreamSocket from "./quicStreamSocket.js"
@@ -119,10 +119,10 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
     return this.raw.remotePort
   }
 
-  /** Read from the peer's leaf certificate at each call: quicmesh's marker, or a Polykey node. */
+  /** Read from the peer's leaf certificate at each call: a Polykey node's, or quicmesh's. */
   get speaks(): PeerWire {
     const leaf = this.raw.getRemoteCertsChain()[0]
-    return leaf === undefined || isQuicmeshCertificate(leaf) ? "quicmesh" : "polykey"
+    return leaf !== undefined && isPolykeyCertificate(leaf) ? "polykey" : "quicmesh"
   }
 
   /** Read from the peer's (verified) chain at each call. */

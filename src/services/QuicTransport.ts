@@ -40,8 +40,9 @@ export interface QuicConnection {
    */
   readonly relay?: NodeId | undefined
   /**
-   * The wire the peer speaks for the agent RPC: `polykey` for a peer whose certificate does
-   * not carry quicmesh's marker (a Polykey node), else `quicmesh` (also when left out).
+   * The wire the peer speaks for the agent RPC: `polykey` for a peer whose certificate is in
+   * Polykey's format without quicmesh's marker (a Polykey node), else `quicmesh` (also when
+   * left out).
    */
   readonly speaks?: PeerWire | undefined
   /**

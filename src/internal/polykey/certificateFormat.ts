@@ -10,7 +10,7 @@
  *   agreed to it.
  * - quicmesh's marker: a subjectAltName URI `quicmesh://<NodeIdEncoded>` (Polykey writes
  *   `pk://<NodeIdEncoded>` there). A peer whose leaf carries it speaks quicmesh's wire; one
- *   without it is a Polykey node. The marker uses the standard extension, not an OID of our
+ *   with Polykey's node signature and without it is a Polykey node. The marker uses the standard extension, not an OID of our
  *   own: an arc anyone may claim unregistered (2.25, a UUID) has arcs beyond 2^53, which
  *   Polykey's ASN.1 library re-encodes wrongly when it rebuilds the body to check the node
  *   signature, so it would refuse every such certificate.
@@ -113,6 +113,21 @@ const hasMarker = (cert: ParsedCert): boolean => {
 export const isQuicmeshCertificate = (der: Uint8Array): boolean => {
   try {
     return hasMarker(parseCert(der))
+  } catch (e) {
+    if (e instanceof Malformed) return false
+    throw e
+  }
+}
+
+/**
+ * Whether a leaf certificate (DER) is a Polykey node's: it carries Polykey's node signature
+ * and not quicmesh's marker. A certificate with neither (a quicmesh node of a release before
+ * this format) is not; nor is anything that does not parse.
+ */
+export const isPolykeyCertificate = (der: Uint8Array): boolean => {
+  try {
+    const cert = parseCert(der)
+    return findExtension(cert, NODE_SIGNATURE_OID_DER) !== undefined && !hasMarker(cert)
   } catch (e) {
     if (e instanceof Malformed) return false
     throw e
