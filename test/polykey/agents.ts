@@ -41,6 +41,7 @@ import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Data, type Duration, Effect, Either, type Scope } from "effect"
 import * as NodeId from "../../src/services/NodeId.js"
+import { awaitReady, exitOf, hasExited, killOf } from "../fixtures/childProcess.js"
 
 export const POLYKEY_VERSION = "1.15.1"
 
@@ -155,16 +156,6 @@ interface Ready {
   readonly pid: number
 }
 
-const hasExited = (proc: ChildProcess) => proc.exitCode !== null || proc.signalCode !== null
-
-const exitOf = (proc: ChildProcess): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
-    if (hasExited(proc)) return resume(Effect.void)
-    const done = () => resume(Effect.void)
-    proc.once("exit", done)
-    return Effect.sync(() => proc.off("exit", done))
-  })
-
 /** True while a process with this pid exists (signal 0 probes without signalling). */
 export const isRunning = (pid: number): boolean => {
   try {
@@ -266,16 +257,10 @@ export const startPolykeyAgent = (
       ...(options.verbose ? ["--verbose"] : [])
     ]
     return yield* Effect.acquireRelease(
-      Effect.async<PolykeyAgent, PolykeyStartError>((resume) => {
+      Effect.suspend(() => {
         // stdin stays open: the launcher stops its agent when it closes (this process died).
         const proc = spawn(process.execPath, args, { stdio: ["pipe", "pipe", "pipe"] })
-        let out = ""
-        let err = ""
-        let done = false
-        const kill = Effect.suspend(() => {
-          if (!hasExited(proc)) proc.kill("SIGKILL")
-          return exitOf(proc)
-        })
+        const kill = killOf(proc)
         const stop = Effect.suspend(() => {
           if (!hasExited(proc)) proc.kill("SIGTERM")
           return exitOf(proc).pipe(
@@ -283,7 +268,7 @@ export const startPolykeyAgent = (
             Effect.flatten
           )
         })
-        const agent = (ready: Ready): PolykeyAgent => ({
+        const agent = (ready: Ready, stderr: () => string): PolykeyAgent => ({
           nodeId: ready.nodeId,
           nodeIdBytes: NodeId.unsafeFromBytes(Buffer.from(ready.publicKey, "hex")),
           host: ready.agentHost,
@@ -294,7 +279,7 @@ export const startPolykeyAgent = (
           nodePath,
           passwordFile,
           proc,
-          stderr: () => err,
+          stderr,
           run: runCli({ nodePath, passwordFile }),
           cli: <A>(cliArgs: ReadonlyArray<string>) =>
             runCli({ nodePath, passwordFile })(cliArgs).pipe(
@@ -308,38 +293,13 @@ export const startPolykeyAgent = (
           kill,
           exited: exitOf(proc)
         })
-        proc.stdout!.on("data", (d: Buffer) => {
-          if (done) return
-          out += d.toString()
-          const line = out.split("\n").find((l) => l.startsWith("{") && l.includes('"nodeId"'))
-          if (line) {
-            done = true
-            resume(Effect.succeed(agent(JSON.parse(line) as Ready)))
-          }
+        return awaitReady(proc, {
+          isReady: (l) => l.startsWith("{") && l.includes('"nodeId"'),
+          ready: (line, stderr) => agent(JSON.parse(line) as Ready, stderr),
+          failed: (detail) => new PolykeyStartError({ detail }),
+          timeout: options.readyTimeout ?? "60 seconds"
         })
-        proc.stderr!.on("data", (d: Buffer) => {
-          err = (err + d.toString()).slice(-65_536)
-        })
-        proc.on("exit", (code, signal) => {
-          if (done) return
-          done = true
-          resume(
-            Effect.fail(
-              new PolykeyStartError({
-                detail: `exited ${code ?? signal} before it was live: ${err.slice(-2000)}`
-              })
-            )
-          )
-        })
-        return Effect.sync(() => {
-          if (!hasExited(proc)) proc.kill("SIGKILL")
-        })
-      }).pipe(
-        Effect.timeoutFail({
-          duration: options.readyTimeout ?? "60 seconds",
-          onTimeout: () => new PolykeyStartError({ detail: "not live in time" })
-        })
-      ),
+      }),
       (agent) => agent.kill
     )
   })
