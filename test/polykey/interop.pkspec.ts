@@ -26,8 +26,7 @@ import {
   status
 } from "./agents.js"
 import { describePolykey } from "./describePolykey.js"
-import { claimingKeyRing } from "./forgedCertificate.js"
-import { plainCertKeyRing } from "./plainCertificate.js"
+import { claimingKeyRing, plainCertKeyRing } from "./plainCertificate.js"
 
 const addressOf = (agent: PolykeyAgent) => ({ host: agent.host, port: agent.port })
 const seedAddressOf = (node: TestNode) =>

@@ -1,15 +1,29 @@
 /**
- * A KeyRing whose TLS certificate is a plain one: self-signed Ed25519, subject and issuer
- * `CN=<NodeId>`, CA basic constraints and key usage, and none of Polykey's extensions (its
- * node signature, OID 1.3.6.1.4.1.57167.2.2.2, and version, …2.2.1): quicmesh's certificate
- * profile without what #21 adds for Polykey, made here by the test itself so that it stays
- * plain whatever quicmesh's KeyRing makes. Everything else (the key, verifying the peer's
- * chain) is KeyRingTest's.
+ * KeyRings that present a certificate the test makes itself (with the X.509 library directly,
+ * so that it stays what the test needs whatever quicmesh's KeyRing makes); everything else (the
+ * key, verifying the peer's chain) is KeyRingTest's. Each certificate is self-signed Ed25519
+ * with CA basic constraints and key usage, subject and issuer `CN=<NodeId>`, valid for a day:
+ *
+ * - `plainCertKeyRing`: none of Polykey's extensions (its node signature, OID
+ *   1.3.6.1.4.1.57167.2.2.2, and version, …2.2.1): quicmesh's certificate profile without what
+ *   #21 adds for Polykey, which Polykey refuses.
+ * - `claimingKeyRing`: Polykey's format (version extension, a node signature of the same key:
+ *   Polykey's checks pass) and no quicmesh marker, its CN naming whichever NodeId the test
+ *   chooses. With another node's (a victim's) it claims that node's identity with the
+ *   attacker's key, which quicmesh refuses (`cn-mismatch`) and Polykey 1.15.1 accepts (it reads
+ *   a peer's NodeId from the CN).
  */
 import "reflect-metadata"
-import { createPrivateKey, createPublicKey, randomBytes, webcrypto } from "node:crypto"
+import { randomBytes, webcrypto } from "node:crypto"
 import * as x509 from "@peculiar/x509"
 import { Effect, Layer, Stream } from "effect"
+import type { Ed25519KeyPair } from "../../src/internal/certificates.js"
+import {
+  NODE_SIGNATURE_OID,
+  nodeSignatureExtensionValue,
+  POLYKEY_VERSION_OID,
+  versionExtensionValue
+} from "../../src/internal/polykey/certificateFormat.js"
 import * as KeyRingTest from "../../src/layers/KeyRingTest.js"
 import { KeyRing } from "../../src/services/KeyRing.js"
 import * as NodeId from "../../src/services/NodeId.js"
@@ -18,34 +32,30 @@ x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoPro
 
 const ED25519 = { name: "Ed25519" } as const
 
-/** A plain self-signed certificate (DER) for the Ed25519 key in `keyPrivatePem`. */
-export const plainSelfSignedCert = (
-  keyPrivatePem: string,
-  nodeId: NodeId.NodeId
+/** `keys` as WebCrypto keys: the public one to certify, the private one to sign with. */
+const cryptoKeys = (keys: Ed25519KeyPair) =>
+  Promise.all([
+    webcrypto.subtle.importKey("raw", keys.nodeId, ED25519, true, ["verify"]),
+    webcrypto.subtle.importKey("jwk", keys.privateKeyJwk() as webcrypto.JsonWebKey, ED25519, false, ["sign"])
+  ])
+
+/**
+ * A self-signed certificate (DER) for `keys` with subject and issuer `CN=<named>`, CA basic
+ * constraints and key usage; `polykey` adds Polykey's version extension and the key's node
+ * signature.
+ */
+const selfSigned = (
+  keys: Ed25519KeyPair,
+  named: NodeId.NodeId,
+  polykey: boolean
 ): Effect.Effect<Uint8Array> =>
   Effect.promise(async () => {
-    const privateKey = createPrivateKey(keyPrivatePem)
-    const [signingKey, publicKey] = await Promise.all([
-      webcrypto.subtle.importKey(
-        "pkcs8",
-        privateKey.export({ type: "pkcs8", format: "der" }),
-        ED25519,
-        false,
-        ["sign"]
-      ),
-      webcrypto.subtle.importKey(
-        "spki",
-        createPublicKey(privateKey).export({ type: "spki", format: "der" }),
-        ED25519,
-        true,
-        ["verify"]
-      )
-    ])
-    const name = `CN=${NodeId.encode(nodeId)}`
+    const [publicKey, signingKey] = await cryptoKeys(keys)
+    const name = `CN=${NodeId.encode(named)}`
     const serial = randomBytes(16)
     serial[0] = (serial[0]! & 0x7f) | 0x01
     const now = Date.now()
-    const cert = await x509.X509CertificateGenerator.create({
+    const body = {
       serialNumber: serial.toString("hex"),
       subject: name,
       issuer: name,
@@ -53,35 +63,52 @@ export const plainSelfSignedCert = (
       notAfter: new Date(now + 24 * 3600_000),
       signingAlgorithm: ED25519,
       publicKey: publicKey as never,
-      signingKey: signingKey as never,
-      extensions: [
-        new x509.BasicConstraintsExtension(true, undefined, true),
-        new x509.KeyUsagesExtension(
-          x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
-          true
-        )
-      ]
+      signingKey: signingKey as never
+    }
+    const extensions: Array<x509.Extension> = [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(
+        x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
+        true
+      )
+    ]
+    if (!polykey)
+      return new Uint8Array((await x509.X509CertificateGenerator.create({ ...body, extensions })).rawData)
+    extensions.push(new x509.Extension(POLYKEY_VERSION_OID, false, versionExtensionValue))
+    // The node signature: the key's signature over the certificate without that extension.
+    const unsigned = await x509.X509CertificateGenerator.create({ ...body, extensions })
+    const nodeSignature = nodeSignatureExtensionValue(new Uint8Array(unsigned.signature))
+    const cert = await x509.X509CertificateGenerator.create({
+      ...body,
+      extensions: [...extensions, new x509.Extension(NODE_SIGNATURE_OID, false, nodeSignature)]
     })
     return new Uint8Array(cert.rawData)
   })
 
-/** KeyRingTest's KeyRing for `seed`, presenting a plain certificate instead of its own chain. */
-export const plainCertKeyRing = (seed: string) =>
+/** KeyRingTest's KeyRing for `seed`, presenting `der` (made from its key pair) instead of its own chain. */
+const presenting = (seed: string, der: (keys: Ed25519KeyPair) => Effect.Effect<Uint8Array>) =>
   Layer.effect(
     KeyRing,
     Effect.gen(function* () {
       const keyRing = yield* KeyRing
+      const cert = yield* der(KeyRingTest.makeKeyPair(seed))
       const tls = yield* keyRing.tlsConfig
-      const der = yield* plainSelfSignedCert(tls.keyPrivatePem, yield* keyRing.nodeId)
-      const plain = {
-        keyPrivatePem: tls.keyPrivatePem,
-        certChainPem: new x509.X509Certificate(der).toString("pem")
-      }
       return {
         ...keyRing,
-        tlsConfig: Effect.succeed(plain),
-        certChainDer: Effect.succeed([der]),
+        tlsConfig: Effect.succeed({
+          keyPrivatePem: tls.keyPrivatePem,
+          certChainPem: new x509.X509Certificate(cert).toString("pem")
+        }),
+        certChainDer: Effect.succeed([cert]),
         changes: Stream.empty
       }
     })
   ).pipe(Layer.provide(KeyRingTest.layer(seed)))
+
+/** KeyRingTest's KeyRing for `seed`, presenting a plain certificate (see the module comment). */
+export const plainCertKeyRing = (seed: string) =>
+  presenting(seed, (keys) => selfSigned(keys, keys.nodeId, false))
+
+/** KeyRingTest's KeyRing for `seed`, presenting a Polykey-format certificate naming `claimed`. */
+export const claimingKeyRing = (seed: string, claimed: NodeId.NodeId) =>
+  presenting(seed, (keys) => selfSigned(keys, claimed, true))
