@@ -6,15 +6,9 @@ import { native, errors as quicErrors } from "@matrixai/quic"
 import { Duration } from "effect"
 import { type CloseReason, DialError } from "../services/QuicTransport.js"
 
-/** An error's message, with its causes' after it in parentheses. */
-export const describe = (e: unknown): string => {
-  if (e instanceof Error) {
-    const cause = (e as { cause?: unknown }).cause
-    const own = e.message || e.constructor.name
-    return cause instanceof Error ? `${own} (${describe(cause)})` : own
-  }
-  return String(e)
-}
+import { describe } from "./errorText.js"
+
+export { describe }
 
 const textDecoder = new TextDecoder()
 
