@@ -85,6 +85,9 @@ describePolykey("Polykey and quicmesh in one network", () => {
         const toSource = (sent: ReadonlyArray<{ readonly host: string; readonly port: number }>) =>
           sent.filter((d) => d.port === source.address.port).length
         expect(toSource(yield* target.sentDatagrams)).toBe(0)
+        // Both hold a connection to the relay now (an idle one may have closed since the join).
+        for (const node of [source, target])
+          yield* node.cm.getConnectionWithAddress(relay.nodeIdBytes, { host: relay.host, port: relay.port })
         // The source's signal goes to the Polykey relay as its Initial; the relay's Final
         // reaches the target, which punches toward the source as the relay sees it.
         yield* source.cm.sendSignalingMessage(relay.nodeIdBytes, source.nodeId, target.nodeId)
