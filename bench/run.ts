@@ -31,6 +31,7 @@ const suiteNames = [
   "appProtocols",
   "relay",
   "relayLab",
+  "polykey",
   "simulation"
 ]
 const load = (name: string): Promise<{ suite: BenchSuite }> => import(`./${name}.js`)

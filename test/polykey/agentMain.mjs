@@ -71,7 +71,8 @@ const logger = new Logger("PolykeyAgent", flags.verbose ? LogLevel.INFO : LogLev
 ])
 
 const password = readFileSync(flags["password-file"], "utf8").trim()
-const agent = await PolykeyAgent.createPolykeyAgent({
+// Exported for test/polykey/benchMain.mjs, which runs this launcher and times the agent's calls.
+export const agent = await PolykeyAgent.createPolykeyAgent({
   password,
   options: {
     nodePath: flags["node-path"],
