@@ -5,4 +5,6 @@
  */
 import { describe } from "@effect/vitest"
 
-export const describePolykey = (name: string, body: () => void): void => describe(name, body)
+export const describePolykey = (name: string, body: () => void): void => {
+  describe(name, body)
+}
