@@ -230,41 +230,6 @@ const expectFailure = (
 const timeout = { timeout: Duration.seconds(30) }
 
 describe("rpcClient and rpcServer in memory", () => {
-  it.live(
-    "at most RpcClient.MAX_CALLS_PER_CONNECTION calls run at once on a connection; the rest wait and are answered",
-    () =>
-      Effect.scoped(
-        Effect.gen(function* () {
-          let running = 0
-          let most = 0
-          const { a } = yield* setup({
-            slow: unaryMethod(() =>
-              Effect.acquireUseRelease(
-                Effect.sync(() => {
-                  running++
-                  most = Math.max(most, running)
-                }),
-                () => Effect.as(Effect.sleep("20 millis"), {}),
-                () =>
-                  Effect.sync(() => {
-                    running--
-                  })
-              )
-            )
-          })
-          const calls = RpcClient.MAX_CALLS_PER_CONNECTION * 2 + 10
-          const answers = yield* Effect.forEach(
-            Array.from({ length: calls }, (_, i) => i),
-            () => RpcClient.unary(a, "slow", {}, timeout),
-            { concurrency: "unbounded" }
-          )
-          expect(answers).toHaveLength(calls)
-          expect(most).toBeGreaterThan(1)
-          expect(most).toBeLessThanOrEqual(RpcClient.MAX_CALLS_PER_CONNECTION)
-        })
-      )
-  )
-
   it.scoped(
     "a unary call: the params as sent (with the metadata timeout), the caller from the connection",
     () =>

@@ -9,6 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import {
   Chunk,
   Context,
+  Deferred,
   Duration,
   Effect,
   Exit,
@@ -16,6 +17,7 @@ import {
   Layer,
   Option,
   Queue,
+  Ref,
   Schedule,
   Scope,
   Stream,
@@ -304,6 +306,74 @@ describe("QuicTransportLive", () => {
       expect(got.port).toBe(a.transport.port)
       const bad = yield* a.transport.sendDatagram("::1", 9, new Uint8Array([1])).pipe(Effect.flip)
       expect(bad.reason).toBe("send")
+    })
+  )
+
+  it.scopedLive(
+    "150 streams at once, past the peer's limit of 100: the opens beyond it wait for credit, every round trip completes, the connection stays",
+    () =>
+      Effect.gen(function* () {
+        const a = yield* makeNode("qt-streams-a")
+        const b = yield* makeNode("qt-streams-b")
+        const { forward, inbound } = yield* dialPair(a, b)
+        const reverse = yield* Fiber.join(inbound)
+        yield* serveEcho(reverse)
+        yield* serveEcho(forward)
+        const sizes = Array.from({ length: 150 }, (_, i) => 1 + i)
+        for (const [from, label] of [
+          [forward, "forward"],
+          [reverse, "reverse"]
+        ] as const) {
+          const echoed = yield* Effect.forEach(
+            sizes,
+            (size) => Effect.map(roundTrip(from, randomBytes(size)), (bytes) => bytes.length),
+            { concurrency: "unbounded" }
+          )
+          expect(echoed, label).toEqual(sizes)
+        }
+        // The same connection still carries streams.
+        expect([...(yield* roundTrip(forward, new Uint8Array([9])))]).toEqual([9])
+        expect((yield* statsOf(a)).connections).toBe(1)
+      })
+  )
+
+  it.scopedLive("with the peer's 100 streams held open, the 101st open waits until one of them ends", () =>
+    Effect.gen(function* () {
+      const a = yield* makeNode("qt-credit-a")
+      const b = yield* makeNode("qt-credit-b")
+      const { forward, inbound } = yield* dialPair(a, b)
+      const reverse = yield* Fiber.join(inbound)
+      yield* serveEcho(reverse)
+      // 100 streams, each held open (our side not ended) until its latch opens.
+      const latches = yield* Effect.forEach(Array.from({ length: 100 }), () => Deferred.make<void>())
+      const opened = yield* Ref.make(0)
+      const held = yield* Effect.forEach(
+        latches,
+        (latch) =>
+          Effect.scoped(
+            Effect.gen(function* () {
+              const socket = yield* forward.openStream
+              const write = yield* socket.writer
+              yield* write(new Uint8Array([1]))
+              yield* Ref.update(opened, (n) => n + 1)
+              yield* Deferred.await(latch)
+            })
+          ).pipe(Effect.fork),
+        { concurrency: "unbounded" }
+      )
+      yield* Ref.get(opened).pipe(
+        Effect.repeat({ until: (n) => n === 100, schedule: Schedule.spaced("5 millis") })
+      )
+      const extra = yield* roundTrip(forward, new Uint8Array([7, 7])).pipe(Effect.fork)
+      yield* Effect.sleep("300 millis")
+      expect(Option.isNone(yield* Fiber.poll(extra))).toBe(true)
+      // One stream ends: the peer collects it and grants one more.
+      yield* Deferred.succeed(latches[0]!, undefined)
+      const echoed = yield* Fiber.join(extra)
+      expect([...echoed]).toEqual([7, 7])
+      for (const latch of latches) yield* Deferred.succeed(latch, undefined)
+      yield* Fiber.joinAll(held)
+      expect((yield* statsOf(a)).connections).toBe(1)
     })
   )
 

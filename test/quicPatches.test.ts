@@ -23,6 +23,7 @@ import {
   existingStreams,
   initialPacketType,
   isOurRetryToken,
+  peerStreamsLeft,
   quicConnectionCount,
   silentLogger,
   udpSocketOf,
@@ -197,10 +198,13 @@ describe("the js-quic internals quicPatches relies on", () => {
     expect(quicConnectionCount(clientSocket)).toBe(1)
   })
 
-  it("QUICConnection.streamMap: holds the connection's streams, the peer's included", async () => {
+  it("QUICConnection.streamMap: holds the connection's streams, the peer's included; conn.peerStreamsLeftBidi counts the credit", async () => {
     const serverConnection = serverConnections[0]!
     expect(existingStreams(serverConnection)).toEqual([])
+    expect(peerStreamsLeft(client.connection)).toBe(100)
     const stream = client.connection.newStream("bidi")
+    // conn.peerStreamsLeftBidi: the peer's credit, one less for the stream opened.
+    expect(peerStreamsLeft(client.connection)).toBe(99)
     const writer = stream.writable.getWriter()
     await writer.write(new Uint8Array([1, 2, 3]))
     await waitFor(() => serverStreams.length === 1)

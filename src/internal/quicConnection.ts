@@ -7,7 +7,7 @@
 import type { Socket } from "@effect/platform"
 import type { QUICClient, QUICConnection, QUICStream } from "@matrixai/quic"
 import { errors as quicErrors, events as quicEvents } from "@matrixai/quic"
-import { Effect, type Fiber, Scope, type Stream } from "effect"
+import { Duration, Effect, type Fiber, Scope, type Stream } from "effect"
 import type * as NodeId from "../services/NodeId.js"
 import {
   type CloseReason,
@@ -19,8 +19,13 @@ import { renewedFrom } from "./certificates.js"
 import { Dispatch } from "./connectionDispatch.js"
 import { isPolykeyCertificate } from "./polykey/certificateFormat.js"
 import { closeReasonOf, describe } from "./quicErrors.js"
-import { connectionError, existingStreams } from "./quicPatches.js"
+import { connectionError, existingStreams, peerStreamsLeft } from "./quicPatches.js"
 import * as QuicStreamSocket from "./quicStreamSocket.js"
+
+/** How often an `openStream` that waits for the peer's stream credit looks again. */
+const CREDIT_POLL = Duration.millis(2)
+/** How long an `openStream` waits for the peer's stream credit before it fails. */
+const CREDIT_WAIT = Duration.seconds(30)
 
 /** "::ffff:1.2.3.4" → "1.2.3.4": a dual-stack socket reports IPv4 peers as mapped. */
 export const unmapHost = (host: string): string => {
@@ -162,25 +167,47 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
     return this.reason !== undefined || this.stopping !== undefined || connectionError(this.raw) !== undefined
   }
 
+  /**
+   * Opens a stream once the peer's stream credit allows one. js-quic 2.0.9 must never be asked
+   * for a stream past the peer's limit: it fails that stream without moving on to the next
+   * stream id, and its next `newStream` reuses the id, which it treats as a broken invariant,
+   * destroying the whole connection. So while the peer grants no credit (its MAX_STREAMS come
+   * as it collects finished streams) the open waits, polling every `CREDIT_POLL`, for up to
+   * `CREDIT_WAIT`; the check and the `newStream` run in one synchronous step.
+   */
   get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
     return Effect.acquireRelease(
-      Effect.suspend(() => {
-        if (this.isClosing() || this.raw.closed)
-          return Effect.fail(
-            new ConnectionError({ connectionId: this.id, reason: "closed", detail: "connection is closed" })
-          )
-        return Effect.try({
-          try: () => this.raw.newStream("bidi"),
-          catch: (e) =>
-            new ConnectionError({
-              connectionId: this.id,
-              reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
-              detail: describe(e)
-            })
-        }).pipe(Effect.map((stream) => QuicStreamSocket.make(stream)))
-      }),
+      Effect.map(this.newStream(Date.now() + Duration.toMillis(CREDIT_WAIT)), QuicStreamSocket.make),
       (socket) => socket.close()
     )
+  }
+
+  private newStream(deadline: number): Effect.Effect<QUICStream, ConnectionError> {
+    return Effect.suspend(() => {
+      if (this.isClosing() || this.raw.closed)
+        return Effect.fail(
+          new ConnectionError({ connectionId: this.id, reason: "closed", detail: "connection is closed" })
+        )
+      if (peerStreamsLeft(this.raw) === 0)
+        return Date.now() >= deadline
+          ? Effect.fail(
+              new ConnectionError({
+                connectionId: this.id,
+                reason: "stream",
+                detail: `the peer allows no more streams at once, and freed none within ${Duration.format(CREDIT_WAIT)}`
+              })
+            )
+          : Effect.zipRight(Effect.sleep(CREDIT_POLL), this.newStream(deadline))
+      return Effect.try({
+        try: () => this.raw.newStream("bidi"),
+        catch: (e) =>
+          new ConnectionError({
+            connectionId: this.id,
+            reason: e instanceof quicErrors.ErrorQUICConnectionNotRunning ? "closed" : "stream",
+            detail: describe(e)
+          })
+      })
+    })
   }
 
   handleStreams(

@@ -46,6 +46,16 @@ export const existingStreams = (connection: QUICConnection): ReadonlyArray<QUICS
 }
 
 /**
+ * How many more bidirectional streams the peer lets a js-quic connection open now: quiche's
+ * `peer_streams_left_bidi` on the connection's native `conn` (not in js-quic's typings). The
+ * peer's limit counts every stream ever opened against the credit it has granted so far
+ * (100 at first, raised by MAX_STREAMS frames as it collects finished streams), so a stream
+ * that ended on our side may still hold its credit.
+ */
+export const peerStreamsLeft = (connection: QUICConnection): number =>
+  (connection as unknown as { conn: { peerStreamsLeftBidi: () => number } }).conn.peerStreamsLeftBidi()
+
+/**
  * How many connections a js-quic socket routes packets to: the size of its `connectionMap`
  * (not in its typings), which holds every connection from its start, handshakes included,
  * until it has stopped.

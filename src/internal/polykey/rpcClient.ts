@@ -107,26 +107,10 @@ const readResults = (
 const awaitEnd = (socket: ChunkReader): Effect.Effect<void, Socket.SocketError> =>
   Effect.flatMap(socket.readChunk, (chunk) => (chunk === undefined ? Effect.void : awaitEnd(socket)))
 
-/** One call: the results read, at most `max`. */
 /**
- * Calls at once on one connection, at most: a peer takes 100 streams at once (js-quic's
- * default), and js-quic 2.0.9 loses the whole connection when a stream is opened past that
- * ("We should never repeat streamIds"). Calls beyond it wait for a stream.
+ * One call: the results read, at most `max`. Calls past the peer's stream limit wait for a
+ * stream within their timeout (the transport's `openStream` waits for the peer's credit).
  */
-export const MAX_CALLS_PER_CONNECTION = 64
-
-const semaphores = new WeakMap<QuicConnection, Effect.Semaphore>()
-
-/** The connection's semaphore of streams for calls. */
-const streamsOf = (connection: QuicConnection): Effect.Semaphore => {
-  let semaphore = semaphores.get(connection)
-  if (semaphore === undefined) {
-    semaphore = Effect.unsafeMakeSemaphore(MAX_CALLS_PER_CONNECTION)
-    semaphores.set(connection, semaphore)
-  }
-  return semaphore
-}
-
 const call = (
   connection: QuicConnection,
   method: string,
@@ -177,15 +161,6 @@ const call = (
   )
   return Effect.scoped(
     Effect.gen(function* () {
-      // A stream of the connection's, held until the call's scope ends; a call waits for one
-      // within its timeout.
-      const streams = streamsOf(connection)
-      yield* Effect.acquireRelease(streams.take(1), () => streams.release(1)).pipe(
-        Effect.timeoutFail({
-          duration: timeout,
-          onTimeout: () => failure(method, "timeout", `no stream free within ${Duration.format(timeout)}`)
-        })
-      )
       const { socket, results } = yield* exchange
       // A unary answer is complete; the server's FIN follows it at once. Waiting for it (briefly)
       // lets the stream end on both sides before it is closed.
