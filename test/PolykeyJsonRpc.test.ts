@@ -17,6 +17,7 @@ import {
   type UnaryMethod,
   unaryMethod
 } from "../src/internal/polykey/rpcServer.js"
+import * as PolykeyPeer from "../src/internal/polykeyPeer.js"
 import type { Contact, WireContact } from "../src/services/Contact.js"
 import * as NodeId from "../src/services/NodeId.js"
 import type { AgentHandlers, PeerCallError } from "../src/services/PeerRpc.js"
@@ -245,6 +246,48 @@ describe("rpcClient and rpcServer in memory", () => {
           caller: NodeId.encode(peer.nodeId),
           port: peer.port
         })
+      })
+  )
+
+  it.scoped(
+    "nodesClosestActiveConnectionsGet answers the nodes connected now, nearest the target first, at most 20, the caller left out",
+    () =>
+      Effect.gen(function* () {
+        // Connections to nodes 3…30, and one to the caller (node 1); node 31 is only in the graph.
+        const connected = [1, ...Array.from({ length: 28 }, (_, i) => i + 3)]
+        const connectionOf = (i: number) => {
+          const e = endpoint(i)
+          return {
+            remoteNodeId: e.nodeId,
+            remoteHost: e.host,
+            remotePort: e.port
+          } as unknown as QuicConnection
+        }
+        const agent: AgentHandlers = {
+          touch: () => Effect.void,
+          closestNodes: () => Effect.succeed([contactOf(31)]),
+          holePunchSignal: () => Effect.void,
+          signalling: {
+            self: () => endpoint(2).nodeId,
+            sign: () => Effect.succeed(new Uint8Array(64)),
+            punch: () => Effect.void,
+            connectionTo: () => Option.none(),
+            connections: () => connected.map(connectionOf),
+            admit: () => Effect.succeed(true)
+          }
+        }
+        const { a } = yield* setup(PolykeyPeer.methods(agent))
+        const target = endpoint(9).nodeId
+        // The XOR distance of node i (every byte i) to node 9 is every byte i ^ 9.
+        const nearest = connected
+          .filter((i) => i !== 1)
+          .sort((x, y) => (x ^ 9) - (y ^ 9))
+          .slice(0, 20)
+        expect(yield* NodeMethods.closestActiveConnections(a, target, timeout)).toEqual(
+          nearest.map(contactOf)
+        )
+        // The graph still answers nodesClosestLocalNodesGet.
+        expect(yield* NodeMethods.closestLocalNodes(a, target, timeout)).toEqual([contactOf(31)])
       })
   )
 

@@ -11,10 +11,11 @@
  *   signature) and fails, typed: the manager goes on without it.
  * - `methods(handlers)`: what the node answers Polykey peers with, made from the manager's
  *   handlers (`polykey/nodeMethods.ts`), for the streams the router sends to Polykey's server:
- *   lookups, and signalling as relay (the Final goes to the target in Polykey's wire, which
+ *   lookups (`nodesClosestActiveConnectionsGet` from the connections held), and signalling as relay (the Final goes to the target in Polykey's wire, which
  *   every node serves) and as target (a punch toward the address the relay signed).
  */
 import { Duration, Effect, Either, Option, Stream } from "effect"
+import type { Contact, WireContact } from "../services/Contact.js"
 import * as NodeId from "../services/NodeId.js"
 import {
   type AgentHandlers,
@@ -96,6 +97,31 @@ const signalFinal = (signalling: SignallingHandlers) =>
     asTarget(caller.nodeId, params, { self: signalling.self(), punch: signalling.punch })
   )
 
+/** How many nodes an answer to `nodesClosestActiveConnectionsGet` lists at most (Polykey's bucket size). */
+const ACTIVE_CONNECTIONS_ANSWERED = 20
+
+/**
+ * `nodesClosestActiveConnectionsGet` as Polykey answers it: the nodes the node holds a connection
+ * to (and so can signal), nearest `target` first, each at the address its connection sees, the
+ * caller left out.
+ */
+const activeConnections =
+  (signalling: SignallingHandlers) =>
+  (caller: Contact, target: NodeId.NodeId): Effect.Effect<ReadonlyArray<WireContact>> =>
+    Effect.sync(() =>
+      signalling
+        .connections()
+        .filter((c) => !NodeId.equals(c.remoteNodeId, caller.nodeId))
+        .map((c) => ({ connection: c, distance: NodeId.distance(c.remoteNodeId, target) }))
+        .sort((a, b) => (a.distance < b.distance ? -1 : a.distance > b.distance ? 1 : 0))
+        .slice(0, ACTIVE_CONNECTIONS_ANSWERED)
+        .map(({ connection: c }) => ({
+          nodeIdEncoded: NodeId.encode(c.remoteNodeId),
+          host: c.remoteHost,
+          port: c.remotePort
+        }))
+    )
+
 /** Polykey's methods as the node answers them with `handlers` (signalling where it takes part). */
 export const methods = (handlers: AgentHandlers): PolykeyMethods => {
   const signalling = handlers.signalling
@@ -104,7 +130,11 @@ export const methods = (handlers: AgentHandlers): PolykeyMethods => {
       handlers,
       signalling === undefined
         ? {}
-        : { signalInitial: signalInitial(signalling), signalFinal: signalFinal(signalling) }
+        : {
+            activeConnections: activeConnections(signalling),
+            signalInitial: signalInitial(signalling),
+            signalFinal: signalFinal(signalling)
+          }
     )
   )
 }

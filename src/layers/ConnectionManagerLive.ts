@@ -91,6 +91,7 @@ export const makeWithDiagnostics: Effect.Effect<
         punch: (host, port) =>
           Effect.asVoid(FiberSet.run(state.background, holePunch.holePunchReverse(host, port))),
         connectionTo: (target) => Option.fromNullable(state.map.get(target)?.record.connection),
+        connections: () => Array.from(state.map.entries.values(), (entry) => entry.record.connection),
         admit: (source) =>
           Effect.map(Clock.currentTimeMillis, (now) => !signalWindows.exceeded(NodeId.encode(source), now))
       }

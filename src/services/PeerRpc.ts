@@ -67,6 +67,8 @@ export interface SignallingHandlers {
   readonly punch: (host: string, port: number) => Effect.Effect<void>
   /** The connection held to `target`, if any (a relay never dials for a source). */
   readonly connectionTo: (target: NodeId) => Option.Option<QuicConnection>
+  /** The connections held now, any order: the nodes the node can signal for. */
+  readonly connections: () => ReadonlyArray<QuicConnection>
   /** Counts one request of `source` to us as its relay: false when it is over its rate. */
   readonly admit: (source: NodeId) => Effect.Effect<boolean>
 }
