@@ -36,7 +36,7 @@
 import { Rpc, RpcGroup } from "@effect/rpc"
 import type { QUICConnection, QUICStream } from "@matrixai/quic"
 import { QUICServer, events as quicEvents } from "@matrixai/quic"
-import { Context, Effect, Exit, Fiber, Layer, Schema, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Schema, Scope } from "effect"
 import * as AppRpc from "../src/services/AppRpc.js"
 import { ConnectionManager, type ConnectionManagerService } from "../src/services/ConnectionManager.js"
 import { KeyRing } from "../src/services/KeyRing.js"
@@ -52,6 +52,7 @@ import {
   startSocket,
   stopRaw
 } from "./rawQuic.js"
+import { sendToSink, sinkHandler } from "./sinkStream.js"
 import {
   type BenchResult,
   type BenchSuite,
@@ -94,16 +95,6 @@ const benchHandlers = BenchRpcs.toLayer({ ping: ({ nonce }) => Effect.succeed({ 
 const SINK = Protocols.ProtocolId.unsafeMake("bench-sink/1")
 const encoder = new TextEncoder()
 const decoder = new TextDecoder()
-
-/** B's side of a transfer: counts the bytes until the peer's FIN, then answers the count and ends. */
-const sinkHandler: Protocols.StreamHandler = (socket) =>
-  Effect.gen(function* () {
-    let received = 0
-    yield* socket.run((chunk) => {
-      received += chunk.length
-    })
-    yield* Effect.scoped(Effect.flatMap(socket.writer, (write) => write(encoder.encode(String(received)))))
-  }).pipe(Effect.catchAll(() => Effect.void))
 
 /** A raw js-quic server with `tls` that answers every stream as `sinkHandler` does. */
 const startRawSink = async (tls: RawTls, verify: (certs: Array<Uint8Array>) => Promise<undefined>) => {
@@ -156,34 +147,6 @@ const rawTransfer = async (connection: QUICConnection, chunk: Uint8Array, chunks
   await writer.close()
   return reading
 }
-
-/** One transfer through the manager: `openStream` by NodeId, `chunks` writes, FIN, the count answered. */
-const appTransfer = (
-  cm: ConnectionManagerService,
-  nodeId: NodeId.NodeId,
-  chunk: Uint8Array,
-  chunks: number
-) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const socket = yield* cm.openStream(nodeId, SINK)
-      const parts: Uint8Array[] = []
-      const reading = yield* Effect.fork(
-        socket.run((c) => {
-          parts.push(c.slice())
-        })
-      )
-      yield* Effect.scoped(
-        Effect.flatMap(socket.writer, (write) =>
-          Effect.gen(function* () {
-            for (let i = 0; i < chunks; i++) yield* write(chunk)
-          })
-        )
-      )
-      yield* Fiber.join(reading)
-      return Number(decoder.decode(Buffer.concat(parts)))
-    })
-  )
 
 /** Parts 1 and 3: application RPC vs nodesPing on A's connection to B, 1 caller and concurrent callers. */
 const roundTrips = (a: ConnectionManagerService, nodeIdB: NodeId.NodeId) =>
@@ -297,7 +260,7 @@ const streamThroughput = (
           const received =
             kind === "raw"
               ? yield* Effect.promise(() => rawTransfer(raw.client.connection, chunk, n))
-              : yield* Effect.orDie(appTransfer(a, nodeIdB, chunk, n))
+              : yield* Effect.orDie(sendToSink(a.openStream(nodeIdB, SINK), chunk, n))
           const ms = performance.now() - t0
           const sent = n * chunk.length
           if (received !== sent)

@@ -39,7 +39,15 @@ export const commandsOf = (agent: PolykeyAgent): Send => {
   return <A>(op: string, params: Record<string, unknown>) =>
     Effect.async<A, PolykeyCommandError>((resume) => {
       const id = next++
-      const exited = () => resume(Effect.fail(new PolykeyCommandError({ op, detail: "the agent exited" })))
+      const exited = (code: number | null, signal: string | null) =>
+        resume(
+          Effect.fail(
+            new PolykeyCommandError({
+              op,
+              detail: `the agent exited (${code ?? signal}); the end of its stderr: ${agent.stderr().trim().split("\n").slice(-6).join(" | ")}`
+            })
+          )
+        )
       agent.proc.once("exit", exited)
       waiting.set(id, (answer) => {
         agent.proc.off("exit", exited)

@@ -37,7 +37,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { createInterface } from "node:readline"
 import { fileURLToPath, pathToFileURL } from "node:url"
-import { Context, Deferred, Duration, Effect, Fiber, Layer, Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Layer, Scope, Stream } from "effect"
 import * as RelayClient from "../src/internal/relay/client.js"
 import * as Wire from "../src/internal/relay/wire.js"
 import * as StreamRouter from "../src/internal/streamRouter.js"
@@ -45,7 +45,6 @@ import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
-import { AgentRpcs } from "../src/services/AgentRpc.js"
 import { ConnectionManager } from "../src/services/ConnectionManager.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import * as NodeId from "../src/services/NodeId.js"
@@ -58,6 +57,7 @@ import {
 } from "../src/services/QuicTransport.js"
 import { RpcConfig, RpcServer } from "../src/services/RpcServer.js"
 import { decodeId, nodeLayer, type PeerInfo } from "./connectionManagerChild.js"
+import { pingHandlers, sendToSink, sinkHandler } from "./sinkStream.js"
 import {
   type BenchResult,
   type BenchSuite,
@@ -297,52 +297,10 @@ const idleCircuits = (relay: Relay) =>
 
 // ---- 2-4: round trips, throughput, CPU --------------------------------------------------------
 
-const handlers = AgentRpcs.toLayer({
-  nodesPing: ({ nonce }) => Effect.succeed({ nonce }),
-  nodesHolePunchSignal: () => Effect.void,
-  nodesClosestLocalNodesGet: () => Stream.empty,
-  nodesIdentify: () => Effect.succeed({ observed: { host: "127.0.0.1", port: 1 }, confirmed: [] }),
-  nodesDialBackRequest: () => Effect.void,
-  nodesDialBack: () => Effect.void,
-  nodesDialBackProof: () => Effect.void
-})
-
 const SINK = Protocols.ProtocolId.unsafeMake("bench-relay-sink/1")
-const encoder = new TextEncoder()
-const decoder = new TextDecoder()
-
-/** Counts the bytes until the peer's FIN, then answers the count and ends. */
-const sink: Protocols.StreamHandler = (socket) =>
-  Effect.gen(function* () {
-    let received = 0
-    yield* socket.run((chunk) => {
-      received += chunk.length
-    })
-    yield* Effect.scoped(Effect.flatMap(socket.writer, (write) => write(encoder.encode(String(received)))))
-  }).pipe(Effect.ignore)
-
 /** `chunks` writes of `chunk` on a new sink stream of `connection`, FIN, and the count answered. */
 const transfer = (connection: QuicConnection, chunk: Uint8Array, chunks: number) =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const socket = yield* Protocols.open(connection, SINK)
-      const parts: Array<Uint8Array> = []
-      const reading = yield* Effect.fork(
-        socket.run((c) => {
-          parts.push(c.slice())
-        })
-      )
-      yield* Effect.scoped(
-        Effect.flatMap(socket.writer, (write) =>
-          Effect.gen(function* () {
-            for (let i = 0; i < chunks; i++) yield* write(chunk)
-          })
-        )
-      )
-      yield* Fiber.join(reading)
-      return Number(decoder.decode(Buffer.concat(parts)))
-    })
-  ).pipe(Effect.orDie)
+  sendToSink(Protocols.open(connection, SINK), chunk, chunks).pipe(Effect.orDie)
 
 type Kind = "relayed" | "direct"
 
@@ -356,9 +314,9 @@ const relayedAndDirect = (relay: Relay) =>
       const server = Context.get(
         yield* Layer.build(
           RpcServerLive.layer.pipe(
-            Layer.provide(handlers),
+            Layer.provide(pingHandlers),
             Layer.provide(RpcConfig.layerDefaults),
-            Layer.provide(Layer.succeed(Protocols.Protocols, Protocols.make([[SINK, sink]])))
+            Layer.provide(Layer.succeed(Protocols.Protocols, Protocols.make([[SINK, sinkHandler]])))
           )
         ),
         RpcServer

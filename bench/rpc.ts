@@ -12,11 +12,11 @@ import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import * as QuicTransportLive from "../src/layers/QuicTransportLive.js"
 import * as RpcClientLive from "../src/layers/RpcClientLive.js"
 import * as RpcServerLive from "../src/layers/RpcServerLive.js"
-import { AgentRpcs } from "../src/services/AgentRpc.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { QuicTransport, QuicTransportConfig } from "../src/services/QuicTransport.js"
 import { type AgentClient, RpcConfig, RpcServer, type RpcStreamMode } from "../src/services/RpcServer.js"
 import { rawEcho, rawEchoPair } from "./rawQuic.js"
+import { pingHandlers } from "./sinkStream.js"
 import {
   type BenchResult,
   type BenchSuite,
@@ -38,16 +38,6 @@ const node = (seed: string) =>
     Layer.provide(QuicTransportConfig.layer({ host: "127.0.0.1" }))
   )
 
-const handlers = AgentRpcs.toLayer({
-  nodesPing: ({ nonce }) => Effect.succeed({ nonce }),
-  nodesHolePunchSignal: () => Effect.void,
-  nodesClosestLocalNodesGet: () => Stream.empty,
-  nodesIdentify: () => Effect.succeed({ observed: { host: "127.0.0.1", port: 1 }, confirmed: [] }),
-  nodesDialBackRequest: () => Effect.void,
-  nodesDialBack: () => Effect.void,
-  nodesDialBackProof: () => Effect.void
-})
-
 const program = Effect.gen(function* () {
   const scope = yield* Scope.make()
   const a = yield* Layer.buildWithScope(node("bench-rpc-a"), scope)
@@ -62,7 +52,7 @@ const program = Effect.gen(function* () {
     .pipe(Scope.extend(scope), Effect.orDie)
   const connB = yield* Fiber.join(incoming).pipe(Effect.flatten)
   const server = (yield* Layer.buildWithScope(
-    RpcServerLive.layer.pipe(Layer.provide(handlers), Layer.provide(RpcConfig.layerDefaults)),
+    RpcServerLive.layer.pipe(Layer.provide(pingHandlers), Layer.provide(RpcConfig.layerDefaults)),
     scope
   )).unsafeMap.get(RpcServer.key) as RpcServer["Type"]
   yield* server.serve(connB).pipe(Scope.extend(scope))

@@ -38,6 +38,7 @@ import * as KeyRingLive from "../src/layers/KeyRingLive.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import { CertificateError, KeyRing, KeyRingError, type KeyRingService } from "../src/services/KeyRing.js"
 import { encode, equals, type NodeId } from "../src/services/NodeId.js"
+import { plainCert } from "./fixtures/x509Certificate.js"
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -101,28 +102,7 @@ const subscribe = (keyRing: KeyRingService, n: number) =>
 
 /** A self-signed Ed25519 certificate whose subject is `name` but whose key is `keys` (a forgery). */
 const forgedCert = (keys: Ed25519KeyPair, name: string, now: number) =>
-  Effect.promise(async () => {
-    const subtle = nodeCrypto.webcrypto.subtle
-    const algorithm = { name: "Ed25519" }
-    const cert = await x509.X509CertificateGenerator.createSelfSigned({
-      serialNumber: "01",
-      name,
-      notBefore: new Date(now - 1000),
-      notAfter: new Date(now + YEAR),
-      signingAlgorithm: algorithm,
-      keys: {
-        publicKey: (await subtle.importKey("raw", keys.nodeId, algorithm, true, ["verify"])) as never,
-        privateKey: (await subtle.importKey(
-          "jwk",
-          keys.privateKeyJwk() as nodeCrypto.webcrypto.JsonWebKey,
-          algorithm,
-          false,
-          ["sign"]
-        )) as never
-      }
-    })
-    return new Uint8Array(cert.rawData)
-  })
+  plainCert(keys, name, { name, keys }, new Date(now - 1000), new Date(now + YEAR))
 
 // ---------------------------------------------------------------------------------------------
 // Certificates

@@ -14,7 +14,6 @@ import { Effect, Either, TestClock } from "effect"
 import {
   certChainFromPem,
   certChainToPem,
-  type Ed25519KeyPair,
   generateKeyPair,
   issueCert,
   keyPairFromPem,
@@ -30,6 +29,7 @@ import * as KeyRingLive from "../src/layers/KeyRingLive.js"
 import * as KeyRingTest from "../src/layers/KeyRingTest.js"
 import { KeyRing } from "../src/services/KeyRing.js"
 import { encode, type NodeId } from "../src/services/NodeId.js"
+import { plainCert } from "./fixtures/x509Certificate.js"
 
 const VERSION_OID = "1.3.6.1.4.1.57167.2.2.1"
 const NODE_SIGNATURE_OID = "1.3.6.1.4.1.57167.2.2.2"
@@ -81,38 +81,6 @@ const nodeSignatureVerifies = (der: Uint8Array, key?: Uint8Array): boolean => {
   const body = new Uint8Array(AsnConvert.serialize(tbs))
   return nodeCrypto.verify(null, body, ed25519Key(key ?? rawKey(cert)), value.subarray(2))
 }
-
-/** A certificate made with the X.509 library alone: subject `name`, key `keys`, issuer `issuer`. */
-const plainCert = (
-  keys: Ed25519KeyPair,
-  name: string,
-  issuer: { readonly name: string; readonly keys: Ed25519KeyPair },
-  notBefore: Date,
-  notAfter: Date,
-  extensions: Array<x509.Extension> = []
-) =>
-  Effect.promise(async () => {
-    const subtle = nodeCrypto.webcrypto.subtle
-    const algorithm = { name: "Ed25519" }
-    const cert = await x509.X509CertificateGenerator.create({
-      serialNumber: "01",
-      subject: name,
-      issuer: issuer.name,
-      notBefore,
-      notAfter,
-      signingAlgorithm: algorithm,
-      extensions,
-      publicKey: (await subtle.importKey("raw", keys.nodeId, algorithm, true, ["verify"])) as never,
-      signingKey: (await subtle.importKey(
-        "jwk",
-        issuer.keys.privateKeyJwk() as nodeCrypto.webcrypto.JsonWebKey,
-        algorithm,
-        false,
-        ["sign"]
-      )) as never
-    })
-    return new Uint8Array(cert.rawData)
-  })
 
 describe("quicmesh certificates in Polykey's format", () => {
   it.effect("carry Polykey's version and a node signature by the subject's key, checked independently", () =>
