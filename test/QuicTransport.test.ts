@@ -337,44 +337,49 @@ describe("QuicTransportLive", () => {
       })
   )
 
-  it.scopedLive("with the peer's 100 streams held open, the 101st open waits until one of them ends", () =>
-    Effect.gen(function* () {
-      const a = yield* makeNode("qt-credit-a")
-      const b = yield* makeNode("qt-credit-b")
-      const { forward, inbound } = yield* dialPair(a, b)
-      const reverse = yield* Fiber.join(inbound)
-      yield* serveEcho(reverse)
-      // 100 streams, each held open (our side not ended) until its latch opens.
-      const latches = yield* Effect.forEach(Array.from({ length: 100 }), () => Deferred.make<void>())
-      const opened = yield* Ref.make(0)
-      const held = yield* Effect.forEach(
-        latches,
-        (latch) =>
-          Effect.scoped(
-            Effect.gen(function* () {
-              const socket = yield* forward.openStream
-              const write = yield* socket.writer
-              yield* write(new Uint8Array([1]))
-              yield* Ref.update(opened, (n) => n + 1)
-              yield* Deferred.await(latch)
-            })
-          ).pipe(Effect.fork),
-        { concurrency: "unbounded" }
-      )
-      yield* Ref.get(opened).pipe(
-        Effect.repeat({ until: (n) => n === 100, schedule: Schedule.spaced("5 millis") })
-      )
-      const extra = yield* roundTrip(forward, new Uint8Array([7, 7])).pipe(Effect.fork)
-      yield* Effect.sleep("300 millis")
-      expect(Option.isNone(yield* Fiber.poll(extra))).toBe(true)
-      // One stream ends: the peer collects it and grants one more.
-      yield* Deferred.succeed(latches[0]!, undefined)
-      const echoed = yield* Fiber.join(extra)
-      expect([...echoed]).toEqual([7, 7])
-      for (const latch of latches) yield* Deferred.succeed(latch, undefined)
-      yield* Fiber.joinAll(held)
-      expect((yield* statsOf(a)).connections).toBe(1)
-    })
+  it.scopedLive(
+    "with the peer's 100 streams held open, the 101st open waits (interruptibly) until one of them ends",
+    () =>
+      Effect.gen(function* () {
+        const a = yield* makeNode("qt-credit-a")
+        const b = yield* makeNode("qt-credit-b")
+        const { forward, inbound } = yield* dialPair(a, b)
+        const reverse = yield* Fiber.join(inbound)
+        yield* serveEcho(reverse)
+        // 100 streams, each held open (our side not ended) until its latch opens.
+        const latches = yield* Effect.forEach(Array.from({ length: 100 }), () => Deferred.make<void>())
+        const opened = yield* Ref.make(0)
+        const held = yield* Effect.forEach(
+          latches,
+          (latch) =>
+            Effect.scoped(
+              Effect.gen(function* () {
+                const socket = yield* forward.openStream
+                const write = yield* socket.writer
+                yield* write(new Uint8Array([1]))
+                yield* Ref.update(opened, (n) => n + 1)
+                yield* Deferred.await(latch)
+              })
+            ).pipe(Effect.fork),
+          { concurrency: "unbounded" }
+        )
+        yield* Ref.get(opened).pipe(
+          Effect.repeat({ until: (n) => n === 100, schedule: Schedule.spaced("5 millis") })
+        )
+        // A wait for credit ends with its caller's timeout.
+        const timedOut = yield* Effect.scoped(forward.openStream).pipe(Effect.timeoutOption("100 millis"))
+        expect(Option.isNone(timedOut)).toBe(true)
+        const extra = yield* roundTrip(forward, new Uint8Array([7, 7])).pipe(Effect.fork)
+        yield* Effect.sleep("300 millis")
+        expect(Option.isNone(yield* Fiber.poll(extra))).toBe(true)
+        // One stream ends: the peer collects it and grants one more.
+        yield* Deferred.succeed(latches[0]!, undefined)
+        const echoed = yield* Fiber.join(extra)
+        expect([...echoed]).toEqual([7, 7])
+        for (const latch of latches) yield* Deferred.succeed(latch, undefined)
+        yield* Fiber.joinAll(held)
+        expect((yield* statsOf(a)).connections).toBe(1)
+      })
   )
 
   it.scopedLive("close is idempotent and reported on both sides; streams cannot open afterwards", () =>

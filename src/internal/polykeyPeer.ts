@@ -11,8 +11,9 @@
  *   signature) and fails, typed: the manager goes on without it.
  * - `methods(handlers)`: what the node answers Polykey peers with, made from the manager's
  *   handlers (`polykey/nodeMethods.ts`), for the streams the router sends to Polykey's server:
- *   lookups (`nodesClosestActiveConnectionsGet` from the connections held), and signalling as relay (the Final goes to the target in Polykey's wire, which
- *   every node serves) and as target (a punch toward the address the relay signed).
+ *   lookups (`nodesClosestActiveConnectionsGet` from the connections held), and signalling
+ *   as relay (the Final goes to the target in Polykey's wire, which every node serves) and as
+ *   target (a punch toward the address the relay signed).
  */
 import { Duration, Effect, Either, Option, Stream } from "effect"
 import type { Contact, WireContact } from "../services/Contact.js"

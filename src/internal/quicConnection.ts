@@ -7,7 +7,7 @@
 import type { Socket } from "@effect/platform"
 import type { QUICClient, QUICConnection, QUICStream } from "@matrixai/quic"
 import { errors as quicErrors, events as quicEvents } from "@matrixai/quic"
-import { Duration, Effect, type Fiber, Scope, type Stream } from "effect"
+import { Clock, Duration, Effect, type Fiber, Scope, type Stream } from "effect"
 import type * as NodeId from "../services/NodeId.js"
 import {
   type CloseReason,
@@ -172,34 +172,47 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
    * for a stream past the peer's limit: it fails that stream without moving on to the next
    * stream id, and its next `newStream` reuses the id, which it treats as a broken invariant,
    * destroying the whole connection. So while the peer grants no credit (its MAX_STREAMS come
-   * as it collects finished streams) the open waits, polling every `CREDIT_POLL`, for up to
-   * `CREDIT_WAIT`; the check and the `newStream` run in one synchronous step.
+   * as it collects finished streams) the open waits, looking again every `CREDIT_POLL`, for up
+   * to `CREDIT_WAIT`. The check and the `newStream` run in one synchronous step; the wait is
+   * interruptible (a caller's timeout ends it).
    */
   get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
-    return Effect.acquireRelease(
-      Effect.map(this.newStream(Date.now() + Duration.toMillis(CREDIT_WAIT)), QuicStreamSocket.make),
-      (socket) => socket.close()
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.openBy(now + Duration.toMillis(CREDIT_WAIT)))
+  }
+
+  private openBy(deadline: number): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
+    return Effect.acquireRelease(this.streamIfCredit, (socket) => socket?.close() ?? Effect.void).pipe(
+      Effect.flatMap((socket) =>
+        socket !== undefined
+          ? Effect.succeed(socket)
+          : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              now >= deadline
+                ? Effect.fail(
+                    new ConnectionError({
+                      connectionId: this.id,
+                      reason: "stream",
+                      detail: `the peer allows no more streams at once, and freed none within ${Duration.format(CREDIT_WAIT)}`
+                    })
+                  )
+                : Effect.zipRight(Effect.sleep(CREDIT_POLL), this.openBy(deadline))
+            )
+      )
     )
   }
 
-  private newStream(deadline: number): Effect.Effect<QUICStream, ConnectionError> {
+  /** A new stream, or undefined while the peer grants no credit for one. */
+  private get streamIfCredit(): Effect.Effect<
+    QuicStreamSocket.QuicStreamSocket | undefined,
+    ConnectionError
+  > {
     return Effect.suspend(() => {
       if (this.isClosing() || this.raw.closed)
         return Effect.fail(
           new ConnectionError({ connectionId: this.id, reason: "closed", detail: "connection is closed" })
         )
-      if (peerStreamsLeft(this.raw) === 0)
-        return Date.now() >= deadline
-          ? Effect.fail(
-              new ConnectionError({
-                connectionId: this.id,
-                reason: "stream",
-                detail: `the peer allows no more streams at once, and freed none within ${Duration.format(CREDIT_WAIT)}`
-              })
-            )
-          : Effect.zipRight(Effect.sleep(CREDIT_POLL), this.newStream(deadline))
+      if (peerStreamsLeft(this.raw) === 0) return Effect.succeed(undefined)
       return Effect.try({
-        try: () => this.raw.newStream("bidi"),
+        try: () => QuicStreamSocket.make(this.raw.newStream("bidi")),
         catch: (e) =>
           new ConnectionError({
             connectionId: this.id,
