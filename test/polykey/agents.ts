@@ -41,7 +41,7 @@ import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Data, type Duration, Effect, Either, type Scope } from "effect"
 import * as NodeId from "../../src/services/NodeId.js"
-import { awaitReady, exitOf, hasExited, killOf } from "../fixtures/childProcess.js"
+import { awaitReady, CliError, exitOf, hasExited, killOf } from "../fixtures/childProcess.js"
 
 export const POLYKEY_VERSION = "1.15.1"
 
@@ -77,17 +77,6 @@ export class PolykeyStartError extends Data.TaggedError("PolykeyStartError")<{
 }> {
   override get message() {
     return `polykey agent did not start: ${this.detail}`
-  }
-}
-
-export class PolykeyCliError extends Data.TaggedError("PolykeyCliError")<{
-  readonly args: ReadonlyArray<string>
-  readonly code: number | string
-  readonly stdout: string
-  readonly stderr: string
-}> {
-  override get message() {
-    return `polykey ${this.args.join(" ")} exited ${this.code}: ${this.stderr.trim()}`
   }
 }
 
@@ -136,9 +125,9 @@ export interface PolykeyAgent {
   /** Its stderr so far (the last 64 KiB). */
   readonly stderr: () => string
   /** Runs a Polykey CLI command against it (test/polykey/clientMain.mjs says which). */
-  readonly run: (args: ReadonlyArray<string>) => Effect.Effect<CliOutcome, PolykeyCliError>
+  readonly run: (args: ReadonlyArray<string>) => Effect.Effect<CliOutcome, CliError>
   /** As `run`, failing unless the command exits 0; its JSON output. */
-  readonly cli: <A = unknown>(args: ReadonlyArray<string>) => Effect.Effect<A, PolykeyCliError>
+  readonly cli: <A = unknown>(args: ReadonlyArray<string>) => Effect.Effect<A, CliError>
   /** SIGTERM (Polykey stops itself), SIGKILL if still running after 15 s; waits for its exit. */
   readonly stop: Effect.Effect<void>
   /** SIGKILL (if still running); waits for its exit. */
@@ -177,8 +166,8 @@ const freeUdpPort: Effect.Effect<number> = Effect.async<number>((resume) => {
 
 const runCli =
   (agent: { readonly nodePath: string; readonly passwordFile: string }) =>
-  (args: ReadonlyArray<string>): Effect.Effect<CliOutcome, PolykeyCliError> =>
-    Effect.async<CliOutcome, PolykeyCliError>((resume) => {
+  (args: ReadonlyArray<string>): Effect.Effect<CliOutcome, CliError> =>
+    Effect.async<CliOutcome, CliError>((resume) => {
       const all = [
         CLIENT_MAIN,
         "--harness",
@@ -198,7 +187,9 @@ const runCli =
         (error, stdout, stderr) => {
           const code = error === null ? 0 : (error as { code?: number | string }).code
           if (typeof code !== "number") {
-            resume(Effect.fail(new PolykeyCliError({ args, code: code ?? "killed", stdout, stderr })))
+            resume(
+              Effect.fail(new CliError({ program: "polykey", args, code: code ?? "killed", stdout, stderr }))
+            )
             return
           }
           const last = stdout.trim().split("\n").pop() ?? ""
@@ -286,7 +277,7 @@ export const startPolykeyAgent = (
               Effect.flatMap((o) =>
                 o.code === 0
                   ? Effect.succeed(o.json as A)
-                  : Effect.fail(new PolykeyCliError({ args: cliArgs, ...o }))
+                  : Effect.fail(new CliError({ program: "polykey", args: cliArgs, ...o }))
               )
             ),
           stop,
@@ -311,7 +302,7 @@ export const ping = (agent: PolykeyAgent, target: string | PolykeyAgent) =>
       const success = (o.json as { success?: unknown } | undefined)?.success
       return typeof success === "boolean"
         ? Effect.succeed(success)
-        : Effect.fail(new PolykeyCliError({ args: ["nodes", "ping"], ...o }))
+        : Effect.fail(new CliError({ program: "polykey", args: ["nodes", "ping"], ...o }))
     })
   )
 
@@ -322,7 +313,7 @@ export const find = (agent: PolykeyAgent, target: string | PolykeyAgent) =>
       const address = (o.json as { nodeAddress?: [string, number] } | undefined)?.nodeAddress
       if (o.code === 0 && address !== undefined) return Effect.succeed({ host: address[0], port: address[1] })
       if (o.code === 1 && o.stderr.includes("Failed to find node")) return Effect.succeed(undefined)
-      return Effect.fail(new PolykeyCliError({ args: ["nodes", "find"], ...o }))
+      return Effect.fail(new CliError({ program: "polykey", args: ["nodes", "find"], ...o }))
     })
   )
 
