@@ -113,8 +113,8 @@ const activeConnections =
       signalling
         .connections()
         .filter((c) => !NodeId.equals(c.remoteNodeId, caller.nodeId))
-        .map((c) => ({ connection: c, distance: NodeId.distance(c.remoteNodeId, target) }))
-        .sort((a, b) => (a.distance < b.distance ? -1 : a.distance > b.distance ? 1 : 0))
+        .map((c) => ({ connection: c, distance: NodeId.distanceBytes(c.remoteNodeId, target) }))
+        .sort((a, b) => NodeId.compare(a.distance, b.distance))
         .slice(0, ACTIVE_CONNECTIONS_ANSWERED)
         .map(({ connection: c }) => ({
           nodeIdEncoded: NodeId.encode(c.remoteNodeId),

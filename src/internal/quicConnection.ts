@@ -177,26 +177,32 @@ export class WrappedConnection implements QuicConnection, LiveConnection {
    * interruptible (a caller's timeout ends it).
    */
   get openStream(): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
-    return Effect.flatMap(Clock.currentTimeMillis, (now) => this.openBy(now + Duration.toMillis(CREDIT_WAIT)))
+    return Effect.flatMap(Effect.zip(Effect.scope, Clock.currentTimeMillis), ([scope, now]) =>
+      this.openIn(scope, now + Duration.toMillis(CREDIT_WAIT))
+    )
   }
 
-  private openBy(deadline: number): Effect.Effect<Socket.Socket, ConnectionError, Scope.Scope> {
-    return Effect.acquireRelease(this.streamIfCredit, (socket) => socket?.close() ?? Effect.void).pipe(
-      Effect.flatMap((socket) =>
-        socket !== undefined
-          ? Effect.succeed(socket)
-          : Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              now >= deadline
-                ? Effect.fail(
-                    new ConnectionError({
-                      connectionId: this.id,
-                      reason: "stream",
-                      detail: `the peer allows no more streams at once, and freed none within ${Duration.format(CREDIT_WAIT)}`
-                    })
-                  )
-                : Effect.zipRight(Effect.sleep(CREDIT_POLL), this.openBy(deadline))
-            )
+  /** Opens a stream whose close `scope` owns (only a stream opened adds a finalizer to it). */
+  private openIn(scope: Scope.Scope, deadline: number): Effect.Effect<Socket.Socket, ConnectionError> {
+    const attempt = Effect.uninterruptible(
+      Effect.tap(this.streamIfCredit, (socket) =>
+        socket === undefined ? Effect.void : Scope.addFinalizer(scope, socket.close())
       )
+    )
+    return Effect.flatMap(attempt, (socket) =>
+      socket !== undefined
+        ? Effect.succeed(socket)
+        : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            now >= deadline
+              ? Effect.fail(
+                  new ConnectionError({
+                    connectionId: this.id,
+                    reason: "stream",
+                    detail: `the peer allows no more streams at once, and freed none within ${Duration.format(CREDIT_WAIT)}`
+                  })
+                )
+              : Effect.zipRight(Effect.sleep(CREDIT_POLL), this.openIn(scope, deadline))
+          )
     )
   }
 
