@@ -76,7 +76,7 @@ describePolykey("Polykey and quicmesh in one network", () => {
   )
 
   it.scopedLive(
-    "signalling through a Polykey relay between two quicmesh nodes: the target punches toward the source's address, and the relay lives on",
+    "signalling through a Polykey relay between two quicmesh nodes: the target punches toward the source's address, the source's dial succeeds, and the relay lives on",
     () =>
       Effect.gen(function* () {
         const relay = yield* startPolykeyAgent()
@@ -93,6 +93,8 @@ describePolykey("Polykey and quicmesh in one network", () => {
         yield* source.cm.sendSignalingMessage(relay.nodeIdBytes, source.nodeId, target.nodeId)
         yield* eventually(Effect.map(target.sentDatagrams, toSource), (n) => n > 0, "5 seconds")
         expect(isRunning(relay.pid)).toBe(true)
+        // On loopback the source's dial of the target then succeeds.
+        expect(yield* source.cm.pingNode(target.nodeId, target.address)).toBe(true)
         // A Final that the relay did not sign (from the source itself) makes no punch: `{}` all the same.
         const before = toSource(yield* target.sentDatagrams)
         const forged = yield* source.cm.withConnection(target.nodeId, (handle) =>
